@@ -1,0 +1,235 @@
+//! The operator's book of Jobs: one [`Ledger`] per Job uid, and the writing of Job status.
+//!
+//! Reports from workers are folded in as they arrive; statuses are written at most once per
+//! `status_interval` per Job, so API-server load does not grow with the number of tasks. Every
+//! fold gets a sequence number; the reports consumer acknowledges a report message only once every
+//! Job it touched has a status persisted at or past that number — so a crashed operator loses no
+//! report, and a restarted one counts nothing twice (the ledger is idempotent).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use warren_protocol::{JobRef, TaskEvent};
+
+use crate::controllers::job::plan::Blocker;
+use crate::controllers::job::status;
+use crate::crd::{Job, JobStatus};
+use crate::ledger::Ledger;
+
+struct Entry {
+    job: Arc<Job>,
+    ledger: Ledger,
+    blocker: Option<Blocker>,
+    /// Sequence number of the last fold (or blocker change).
+    applied: u64,
+    /// Highest sequence number whose effects are in the stored status.
+    persisted: u64,
+    last_written: Option<JobStatus>,
+    last_write: Option<Instant>,
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Errors writing a Job's status.
+#[derive(Debug, thiserror::Error)]
+pub enum BookError {
+    #[error("writing status of Job {namespace}/{name}: {source}")]
+    StatusWrite { namespace: String, name: String, source: kube::Error },
+}
+
+/// What [`JobBook::apply`] did with an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Folded in (or a duplicate); safe to acknowledge once `uid` is persisted through `seq`.
+    Pending { uid: String, seq: u64 },
+    /// The Job is not in the book.
+    UnknownJob,
+}
+
+pub struct JobBook {
+    client: Client,
+    entries: Mutex<HashMap<String, Entry>>,
+    next_seq: std::sync::atomic::AtomicU64,
+    pub status_interval: Duration,
+}
+
+impl JobBook {
+    pub fn new(client: Client, status_interval: Duration) -> Self {
+        Self { client, entries: Mutex::new(HashMap::new()), next_seq: 1.into(), status_interval }
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the latest version of a Job, restoring its ledger from its status on first sight.
+    pub fn observe(&self, job: Arc<Job>) {
+        let Some(uid) = job.uid() else { return };
+        let mut entries = self.entries.lock().expect("book lock");
+        match entries.get_mut(&uid) {
+            Some(entry) => entry.job = job,
+            None => {
+                let ledger = Ledger::restore(job.task_count(), job.status.as_ref());
+                let seq = self.seq();
+                entries.insert(
+                    uid,
+                    Entry {
+                        last_written: job.status.clone(),
+                        job,
+                        ledger,
+                        blocker: None,
+                        applied: seq,
+                        persisted: seq,
+                        last_write: None,
+                        write_lock: Arc::default(),
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn knows(&self, uid: &str) -> bool {
+        self.entries.lock().expect("book lock").contains_key(uid)
+    }
+
+    /// Fetches a Job the book has not seen (e.g. reports arriving before the first reconcile).
+    /// Returns false when the Job is gone or is another Job with the same name.
+    pub async fn load(&self, job_ref: &JobRef) -> Result<bool, kube::Error> {
+        if self.knows(&job_ref.uid) {
+            return Ok(true);
+        }
+        let api: Api<Job> = Api::namespaced(self.client.clone(), &job_ref.namespace);
+        match api.get_opt(&job_ref.name).await? {
+            Some(job) if job.uid().as_deref() == Some(job_ref.uid.as_str()) => {
+                self.observe(Arc::new(job));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.entries.lock().expect("book lock").remove(uid);
+    }
+
+    /// Folds a worker's event into its Job's ledger.
+    pub fn apply(&self, event: &TaskEvent) -> Applied {
+        let mut entries = self.entries.lock().expect("book lock");
+        let Some(entry) = entries.get_mut(&event.job.uid) else { return Applied::UnknownJob };
+        if entry.ledger.apply(event) {
+            entry.applied = self.seq();
+        }
+        Applied::Pending { uid: event.job.uid.clone(), seq: entry.applied }
+    }
+
+    /// True when the Job's stored status includes every fold up to `seq` (or the Job is gone).
+    pub fn persisted_through(&self, uid: &str, seq: u64) -> bool {
+        self.entries.lock().expect("book lock").get(uid).is_none_or(|e| e.persisted >= seq)
+    }
+
+    /// Sets what blocks a Job (None = nothing).
+    pub fn set_blocker(&self, uid: &str, blocker: Option<Blocker>) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid) {
+            if entry.blocker != blocker {
+                entry.blocker = blocker;
+                entry.applied = self.seq();
+            }
+        }
+    }
+
+    /// Advances the enqueue watermark after the broker confirmed tasks `..enqueued`.
+    pub fn set_enqueued(&self, uid: &str, enqueued: u32) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid) {
+            if enqueued > entry.ledger.enqueued {
+                entry.ledger.enqueued = enqueued;
+                entry.applied = self.seq();
+            }
+        }
+    }
+
+    /// The confirmed enqueue watermark of a Job.
+    pub fn enqueued(&self, uid: &str) -> u32 {
+        self.entries.lock().expect("book lock").get(uid).map_or(0, |e| e.ledger.enqueued)
+    }
+
+    /// True when every task of the Job finished.
+    pub fn is_complete(&self, uid: &str) -> bool {
+        self.entries.lock().expect("book lock").get(uid).is_some_and(|e| e.ledger.is_complete())
+    }
+
+    /// Writes the Job's status now if it changed. Returns whether it wrote.
+    pub async fn flush(&self, uid: &str) -> Result<bool, BookError> {
+        let Some(write_lock) = self.entries.lock().expect("book lock").get(uid).map(|e| e.write_lock.clone()) else {
+            return Ok(false);
+        };
+        let _writing = write_lock.lock().await;
+        let (job, status, seq) = {
+            let mut entries = self.entries.lock().expect("book lock");
+            let Some(entry) = entries.get_mut(uid) else { return Ok(false) };
+            let now = Time(jiff::Timestamp::now());
+            let status = status::desired(&entry.job, &entry.ledger, entry.blocker.as_ref(), &now);
+            if entry.last_written.as_ref() == Some(&status) {
+                entry.persisted = entry.applied;
+                return Ok(false);
+            }
+            (entry.job.clone(), status, entry.applied)
+        };
+        let namespace = job.namespace().unwrap_or_default();
+        let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            { "op": "add", "path": "/status", "value": status }
+        ]))
+        .expect("a JSON patch");
+        let written = api
+            .patch_status(&job.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await;
+        let mut entries = self.entries.lock().expect("book lock");
+        let Some(entry) = entries.get_mut(uid) else { return Ok(true) };
+        match written {
+            Ok(updated) => {
+                entry.persisted = entry.persisted.max(seq);
+                entry.last_written = updated.status.clone();
+                entry.last_write = Some(Instant::now());
+                Ok(true)
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                entries.remove(uid);
+                Ok(false)
+            }
+            Err(source) => Err(BookError::StatusWrite { namespace, name: job.name_any(), source }),
+        }
+    }
+
+    /// Writes every Job whose ledger changed and whose last write is older than the interval.
+    pub async fn flush_due(&self) {
+        let due: Vec<String> = {
+            let entries = self.entries.lock().expect("book lock");
+            entries
+                .iter()
+                .filter(|(_, e)| e.applied > e.persisted)
+                .filter(|(_, e)| e.last_write.is_none_or(|t| t.elapsed() >= self.status_interval))
+                .map(|(uid, _)| uid.clone())
+                .collect()
+        };
+        for uid in due {
+            if let Err(error) = self.flush(&uid).await {
+                tracing::warn!(%error, "status write failed; will retry");
+            }
+        }
+    }
+
+    /// Runs [`JobBook::flush_due`] forever.
+    pub async fn run_flusher(self: Arc<Self>) {
+        let mut tick = tokio::time::interval((self.status_interval / 4).max(Duration::from_millis(20)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_due().await;
+        }
+    }
+}

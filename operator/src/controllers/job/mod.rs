@@ -1,0 +1,147 @@
+//! The Job controller: validates a Job, enqueues its tasks with publisher confirms (resuming from
+//! the confirmed watermark after a restart), and leaves the status to the [`JobBook`].
+
+pub mod plan;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tracing::Instrument;
+use warren_protocol::{JobRef, TASK_CONTENT_TYPE, names};
+
+use super::Context;
+use crate::book::BookError;
+use crate::broker::BrokerError;
+use crate::crd::{Job, WorkerPool};
+use crate::metrics::{self, ControllerLabels, ErrorLabels, PoolLabels};
+use plan::Plan;
+
+const CONTROLLER: &str = "job";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Status(#[from] BookError),
+    #[error("Job has no uid")]
+    MissingUid,
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Broker(e) => e.reason(),
+            Error::Status(_) => "StatusWriteFailed",
+            Error::MissingUid => "MissingUid",
+        }
+    }
+}
+
+async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    metrics::global().reconciles.get_or_create(&ControllerLabels { controller: CONTROLLER }).inc();
+    let span = tracing::info_span!("reconcile", kind = "Job", namespace = job.namespace(), name = job.name_any());
+    let result = reconcile_inner(job, &ctx).instrument(span).await;
+    metrics::global()
+        .reconcile_duration
+        .get_or_create(&ControllerLabels { controller: CONTROLLER })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> {
+    let uid = job.uid().ok_or(Error::MissingUid)?;
+    if job.metadata.deletion_timestamp.is_some() {
+        ctx.book.forget(&uid);
+        return Ok(Action::await_change());
+    }
+    ctx.book.observe(job.clone());
+    let namespace = job.namespace().unwrap_or_default();
+    let pool = ctx.pools.get(&ObjectRef::new(&job.spec.pool_ref).within(&namespace));
+    let job_ref = JobRef { namespace: namespace.clone(), name: job.name_any(), uid: uid.clone() };
+    let mut last_write = Instant::now();
+    loop {
+        match plan::plan(&job, pool.as_deref(), ctx.book.enqueued(&uid), ctx.config.publish_batch) {
+            Plan::Blocked(blocker) => {
+                tracing::info!(reason = blocker.reason(), message = blocker.message(), "Job is blocked");
+                let permanent = blocker.is_permanent();
+                ctx.book.set_blocker(&uid, Some(blocker));
+                ctx.book.flush(&uid).await?;
+                ctx.backoff.reset(&uid);
+                // A pool appearing or becoming ready triggers a reconcile through `watches`.
+                return Ok(if permanent { Action::await_change() } else { Action::requeue(Duration::from_secs(60)) });
+            }
+            Plan::Publish { indexes, retry } => {
+                ctx.book.set_blocker(&uid, None);
+                let bodies: Vec<Vec<u8>> =
+                    indexes.clone().map(|i| plan::envelope(&job, &job_ref, i, &retry).to_json()).collect();
+                let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
+                ctx.broker.publish_confirmed(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await?;
+                metrics::global()
+                    .tasks_published
+                    .get_or_create(&PoolLabels {
+                        namespace: namespace.clone(),
+                        pool: job.spec.pool_ref.clone(),
+                        priority: job.spec.priority.clone(),
+                    })
+                    .inc_by(bodies.len() as u64);
+                ctx.book.set_enqueued(&uid, indexes.end);
+                tracing::debug!(enqueued = indexes.end, "tasks confirmed by the broker");
+                // Record the watermark at a bounded rate, and always once at the end.
+                if indexes.end >= job.task_count() || last_write.elapsed() >= ctx.config.status_interval {
+                    ctx.book.flush(&uid).await?;
+                    last_write = Instant::now();
+                }
+            }
+            Plan::Follow => {
+                ctx.book.set_blocker(&uid, None);
+                ctx.backoff.reset(&uid);
+                return Ok(if ctx.book.is_complete(&uid) {
+                    Action::await_change()
+                } else {
+                    Action::requeue(Duration::from_secs(300))
+                });
+            }
+        }
+    }
+}
+
+fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
+    metrics::global()
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() })
+        .inc();
+    let delay = ctx.backoff.next(&job.uid().unwrap_or_default());
+    tracing::warn!(namespace = job.namespace(), name = job.name_any(), reason = error.reason(), %error, ?delay, "Job reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the Job controller until the stream ends.
+pub async fn run(ctx: Arc<Context>) {
+    let jobs: Api<Job> = Api::all(ctx.client.clone());
+    let pools: Api<WorkerPool> = Api::all(ctx.client.clone());
+    let controller = Controller::new(jobs, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches(pools, watcher::Config::default(), move |pool: WorkerPool| {
+            let namespace = pool.namespace();
+            let name = pool.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|job| job.namespace() == namespace && job.spec.pool_ref == name)
+                .map(|job| ObjectRef::from_obj(&*job))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

@@ -1,0 +1,87 @@
+//! The controllers and what they share.
+
+pub mod job;
+pub mod worker_pool;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::reflector::Store;
+
+use crate::book::JobBook;
+use crate::broker::Broker;
+use crate::crd::WorkerPool;
+use crate::workers::WorkerRegistry;
+
+/// Operator settings, parsed once at start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// AMQP URI the operator connects with.
+    pub amqp_url: String,
+    /// AMQP URI given to worker pods (the same broker, as seen from the pods).
+    pub worker_amqp_url: String,
+    /// Tasks per confirmed publish batch.
+    pub publish_batch: u32,
+    /// Minimum time between two status writes of one Job.
+    pub status_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let url = "amqp://guest:guest@127.0.0.1:5672/%2f".to_string();
+        Self { amqp_url: url.clone(), worker_amqp_url: url, publish_batch: 500, status_interval: Duration::from_secs(1) }
+    }
+}
+
+/// Everything a reconcile needs; built once in [`crate::run`].
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub broker: Broker,
+    pub book: Arc<JobBook>,
+    pub workers: Arc<WorkerRegistry>,
+    pub pools: Store<WorkerPool>,
+    pub backoff: ErrorBackoff,
+}
+
+/// Per-object exponential backoff with jitter for failed reconciles.
+#[derive(Default)]
+pub struct ErrorBackoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl ErrorBackoff {
+    /// Delay before retrying `key` after one more failure: 1 s doubling to 5 min, ±20 % jitter.
+    pub fn next(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("backoff lock");
+        let n = failures.entry(key.to_string()).or_default();
+        *n = n.saturating_add(1);
+        let base = (1u64 << (*n - 1).min(9)).min(300) as f64;
+        Duration::from_secs_f64(base * (0.8 + 0.4 * rand::random::<f64>()))
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.failures.lock().expect("backoff lock").remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_per_object_and_resets() {
+        let b = ErrorBackoff::default();
+        let first = b.next("a");
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        for _ in 0..20 {
+            b.next("a");
+        }
+        assert!(b.next("a") <= Duration::from_secs(360));
+        assert!(b.next("b") <= Duration::from_millis(1200), "other objects are not affected");
+        b.reset("a");
+        assert!(b.next("a") <= Duration::from_millis(1200));
+    }
+}

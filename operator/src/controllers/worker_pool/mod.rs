@@ -1,0 +1,172 @@
+//! The WorkerPool controller: declares the pool's RabbitMQ topology, owns its worker Deployment,
+//! and removes the queues on deletion when `deletionPolicy: Delete` (via a finalizer, because
+//! the queues live outside Kubernetes).
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use tracing::Instrument;
+
+use super::Context;
+use crate::broker::BrokerError;
+use crate::conditions::{self, Desired};
+use crate::crd::{DeletionPolicy, WorkerPool, WorkerPoolStatus};
+use crate::metrics::{self, ControllerLabels, ErrorLabels};
+
+const CONTROLLER: &str = "workerpool";
+/// Finalizer guarding the pool's queues.
+pub const FINALIZER: &str = "warren.dev/queues";
+/// Field manager of every server-side apply of the operator.
+pub const FIELD_MANAGER: &str = "warren-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("declaring the pool's queues: {0}")]
+    Topology(#[from] warren_worker::topology::TopologyError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Broker(e) => e.reason(),
+            Error::Topology(e) => e.reason(),
+            Error::Kube(_) => "KubeApiError",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+}
+
+async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    metrics::global().reconciles.get_or_create(&ControllerLabels { controller: CONTROLLER }).inc();
+    let span =
+        tracing::info_span!("reconcile", kind = "WorkerPool", namespace = pool.namespace(), name = pool.name_any());
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, pool, |event| async {
+        match event {
+            Event::Apply(pool) => apply(pool, &ctx).await,
+            Event::Cleanup(pool) => cleanup(pool, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    metrics::global()
+        .reconcile_duration
+        .get_or_create(&ControllerLabels { controller: CONTROLLER })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let topology = plan::topology(&pool);
+
+    let declared = declare(&pool, ctx).await;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let desired = plan::deployment(&pool, &ctx.config.worker_amqp_url);
+    let applied = deployments
+        .patch(&pool.deployment_name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
+        .await?;
+
+    let ready = applied.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    let replicas = applied.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let condition = match &declared {
+        Ok(()) => Desired::new("Ready", true, "QueuesDeclared", format!("{} queues declared; {ready}/{} workers ready", topology.work_queues.len(), pool.spec.replicas)),
+        Err(e) => Desired::new("Ready", false, e.reason(), e.to_string()),
+    };
+    let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let status = WorkerPoolStatus {
+        replicas,
+        ready_replicas: ready,
+        queues: topology.work_queues.clone(),
+        dead_letter_queue: Some(topology.dead_letter_queue.clone()),
+        conditions: conditions::merge(previous, &[condition], pool.metadata.generation, &Time(jiff::Timestamp::now())),
+        observed_generation: pool.metadata.generation,
+    };
+    if pool.status.as_ref() != Some(&status) {
+        let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    declared?;
+    ctx.backoff.reset(&pool.uid().unwrap_or_default());
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn declare(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
+    let channel = ctx.broker.channel().await?;
+    let result = warren_worker::topology::declare_pool(
+        &channel,
+        &pool.namespace().unwrap_or_default(),
+        &pool.name_any(),
+        &pool.spec.priorities,
+        pool.spec.queue_type.as_str(),
+    )
+    .await;
+    if result.is_err() {
+        // A refused declaration closes the channel.
+        ctx.broker.reset().await;
+    }
+    Ok(result?)
+}
+
+async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
+    if pool.spec.deletion_policy == DeletionPolicy::Delete {
+        let topology = plan::topology(&pool);
+        let mut queues = topology.work_queues.clone();
+        queues.push(topology.dead_letter_queue.clone());
+        let namespace = pool.namespace().unwrap_or_default();
+        let retry_exchange = warren_worker::topology::retry_exchange(&namespace, &pool.name_any());
+        ctx.broker.delete(&queues, &[topology.exchange.clone(), retry_exchange]).await?;
+        tracing::info!(queues = queues.len(), "deleted the pool's queues (deletionPolicy: Delete)");
+    } else {
+        tracing::info!("kept the pool's queues (deletionPolicy: Retain)");
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(pool: Arc<WorkerPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    metrics::global()
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() })
+        .inc();
+    let delay = ctx.backoff.next(&pool.uid().unwrap_or_default());
+    tracing::warn!(namespace = pool.namespace(), name = pool.name_any(), reason = error.reason(), %error, ?delay, "WorkerPool reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The pool controller, not yet running: its store serves the Job controller.
+pub fn controller(client: kube::Client) -> Controller<WorkerPool> {
+    let pools: Api<WorkerPool> = Api::all(client.clone());
+    let deployments: Api<Deployment> = Api::all(client);
+    Controller::new(pools, watcher::Config::default()).owns(deployments, watcher::Config::default())
+}
+
+pub async fn run(controller: Controller<WorkerPool>, ctx: Arc<Context>) {
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

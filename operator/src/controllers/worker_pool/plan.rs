@@ -1,0 +1,151 @@
+//! The Deployment a WorkerPool should own, and the RabbitMQ objects it should have. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource, ResourceExt};
+use warren_protocol::{names, worker_env};
+
+use crate::crd::WorkerPool;
+
+/// Label every worker pod of a pool carries.
+pub const POOL_LABEL: &str = "warren.dev/pool";
+
+/// The queues and exchanges of a pool, as named on the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub exchange: String,
+    pub work_queues: Vec<String>,
+    pub dead_letter_queue: String,
+}
+
+pub fn topology(pool: &WorkerPool) -> Topology {
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    Topology {
+        exchange: names::pool_exchange(&namespace, &name),
+        work_queues: pool.spec.priorities.iter().map(|p| names::work_queue(&namespace, &name, p)).collect(),
+        dead_letter_queue: names::dead_letter_queue(&namespace, &name),
+    }
+}
+
+/// The worker Deployment `<pool>-workers`, owned by the pool.
+pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str) -> Deployment {
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "warren-worker".to_string()),
+        ("app.kubernetes.io/instance".to_string(), name.clone()),
+        ("app.kubernetes.io/managed-by".to_string(), "warren".to_string()),
+        (POOL_LABEL.to_string(), name.clone()),
+    ]);
+    let spec = &pool.spec;
+    let plain = |k: &str, v: String| EnvVar { name: k.to_string(), value: Some(v), value_from: None };
+    let mut env = vec![
+        plain(worker_env::AMQP_URL, worker_amqp_url.to_string()),
+        plain(worker_env::NAMESPACE, namespace.clone()),
+        plain(worker_env::POOL, name.clone()),
+        plain(worker_env::PRIORITIES, spec.priorities.join(",")),
+        plain(worker_env::CONCURRENCY, spec.concurrency.to_string()),
+        plain(worker_env::STARVATION_SECONDS, spec.starvation_seconds.to_string()),
+        EnvVar {
+            name: worker_env::POD_NAME.to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }),
+                ..EnvVarSource::default()
+            }),
+        },
+    ];
+    env.extend(spec.workers.env.iter().cloned());
+    let args = spec.workers.handler.as_ref().map(|handler| {
+        let mut args = vec!["--".to_string()];
+        args.extend(handler.iter().cloned());
+        args
+    });
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(pool.deployment_name()),
+            namespace: Some(namespace),
+            labels: Some(labels.clone()),
+            owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(POOL_LABEL.to_string(), name)])),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "worker".into(),
+                        image: Some(spec.workers.image.clone()),
+                        command: spec.workers.command.clone(),
+                        args,
+                        env: Some(env),
+                        resources: spec.workers.resources.clone(),
+                        ..Container::default()
+                    }],
+                    termination_grace_period_seconds: Some(
+                        spec.workers.termination_grace_period_seconds.unwrap_or(30),
+                    ),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::WorkerPoolSpec;
+
+    fn pool(spec: serde_json::Value) -> WorkerPool {
+        let spec: WorkerPoolSpec = serde_json::from_value(spec).unwrap();
+        let mut pool = WorkerPool::new("images", spec);
+        pool.metadata.namespace = Some("media".into());
+        pool.metadata.uid = Some("uid-1".into());
+        pool
+    }
+
+    #[test]
+    fn deployment_runs_the_handler_with_the_pool_settings() {
+        let p = pool(serde_json::json!({
+            "workers": {"handler": ["python3", "resize.py"], "env": [{"name": "MODE", "value": "fast"}]},
+            "concurrency": 4, "replicas": 2, "priorities": ["high", "low"]
+        }));
+        let d = deployment(&p, "amqp://rabbit");
+        assert_eq!(d.metadata.name.as_deref(), Some("images-workers"));
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("WorkerPool", "uid-1", Some(true)));
+        let spec = d.spec;
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("warren-worker"));
+        assert_eq!(c.command, None);
+        assert_eq!(c.args.as_deref().unwrap(), ["--", "python3", "resize.py"]);
+        let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e.value.clone())).collect();
+        assert_eq!(env["WARREN_PRIORITIES"].as_deref(), Some("high,low"));
+        assert_eq!(env["WARREN_CONCURRENCY"].as_deref(), Some("4"));
+        assert_eq!(env["WARREN_NAMESPACE"].as_deref(), Some("media"));
+        assert_eq!(env["MODE"].as_deref(), Some("fast"));
+        assert_eq!(env["WARREN_POD_NAME"], None, "pod name comes from the downward API");
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn topology_names_one_queue_per_class() {
+        let t = topology(&pool(serde_json::json!({"workers": {}})));
+        assert_eq!(t.work_queues, ["warren.media.images.q.high", "warren.media.images.q.normal", "warren.media.images.q.low"]);
+        assert_eq!(t.dead_letter_queue, "warren.media.images.dlq");
+    }
+}

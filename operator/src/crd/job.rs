@@ -1,0 +1,205 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::RetrySpec;
+
+/// Work for a WorkerPool: one task (`payload`), one task per element of `items`, or
+/// `completions` indexed tasks sharing one payload.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "warren.dev",
+    version = "v1alpha1",
+    kind = "Job",
+    doc = "A Warren Job: tasks queued on a WorkerPool, with their outcome counted exactly in its status.",
+    namespaced,
+    status = "JobStatus",
+    shortname = "wjob",
+    category = "warren",
+    printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.poolRef"}"#,
+    printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Done","type":"string","jsonPath":".status.completions"}"#,
+    printcolumn = r#"{"name":"Retries","type":"integer","jsonPath":".status.retries"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("!(has(self.items) && has(self.payload))").message("set either items or payload, not both"))]
+#[x_kube(validation = Rule::new("!(has(self.items) && has(self.completions))").message("set either items or completions, not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// Name of the WorkerPool (same namespace) that runs the tasks. The Job waits, with condition
+    /// `Ready=False` reason `PoolNotFound`, until it exists.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("poolRef is immutable"))]
+    pub pool_ref: String,
+    /// Priority class, one of the pool's `priorities`. Default `normal`.
+    #[serde(default = "default_priority")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("priority is immutable"))]
+    pub priority: String,
+    /// The input of a single task, or the shared input of `completions` tasks. Any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
+    pub payload: Option<serde_json::Value>,
+    /// One task per element, with the element as its payload and its position as index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_list")]
+    pub items: Option<Vec<serde_json::Value>>,
+    /// Number of indexed tasks sharing `payload` (index 0..completions-1 is passed to the handler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub completions: Option<u32>,
+    /// Selects the handler in SDK workers that register several task types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+    /// Retry policy; fields set here override the pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Seconds one attempt may run before the worker cancels it (it then fails and is retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub timeout_seconds: Option<u64>,
+}
+
+fn default_priority() -> String {
+    "normal".into()
+}
+
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
+fn any_json_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 100000,
+        "items": { "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+/// Lifecycle phase of a Job, for humans; tools should read `conditions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum JobPhase {
+    /// Not yet enqueued (waiting for its pool, or invalid).
+    #[default]
+    Pending,
+    /// Tasks are in the queue; none has started.
+    Queued,
+    /// At least one task started or finished.
+    Running,
+    /// Every task succeeded.
+    Succeeded,
+    /// Every task finished and at least one failed, or the Job is invalid.
+    Failed,
+}
+
+impl JobPhase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobPhase::Succeeded | JobPhase::Failed)
+    }
+}
+
+/// Progress of a Job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProgress {
+    /// 0-100. For one task, what its handler reported; else the share of finished tasks.
+    pub percent: u8,
+    /// The handler's last progress message, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What is true of a Job, as far as the operator has heard from the broker and the workers.
+/// Counts of finished tasks are exact (de-duplicated by task index); `queued` and `running` are
+/// live estimates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    #[serde(default)]
+    pub phase: JobPhase,
+    /// Number of tasks.
+    #[serde(default)]
+    pub total: u32,
+    /// Tasks published to RabbitMQ and confirmed, in index order (resume point of the enqueue).
+    #[serde(default)]
+    pub enqueued: u32,
+    /// Tasks waiting in a queue (enqueued, not running, not finished).
+    #[serde(default)]
+    pub queued: u32,
+    /// Tasks a worker is executing.
+    #[serde(default)]
+    pub running: u32,
+    /// Tasks that succeeded.
+    #[serde(default)]
+    pub succeeded: u32,
+    /// Tasks that failed for good.
+    #[serde(default)]
+    pub failed: u32,
+    /// Attempts that failed and were retried, over all tasks.
+    #[serde(default)]
+    pub retries: u64,
+    /// Tasks parked in the pool's dead-letter queue.
+    #[serde(default)]
+    pub dead_lettered: u32,
+    /// `succeeded/total`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completions: Option<String>,
+    /// Indexes of succeeded tasks, compressed like Kubernetes Indexed Jobs: `"0-41,43"`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub succeeded_indexes: String,
+    /// Indexes of failed tasks, same form.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failed_indexes: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+    /// When the first task started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the last task finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// `Ready` (accepted and enqueued or enqueuing), `Complete`, `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Book-keeping that lets a restarted operator keep counting exactly; not for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerSnapshot>,
+}
+
+/// The part of the operator's per-Job accounting that is not derivable from the index lists.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerSnapshot {
+    /// Retries of tasks that have finished.
+    #[serde(default)]
+    pub finished_retries: u64,
+    /// Highest attempt heard of, per unfinished task index that was retried.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retrying_attempts: BTreeMap<String, u32>,
+}
+
+impl Job {
+    /// Number of tasks the spec describes.
+    pub fn task_count(&self) -> u32 {
+        match (&self.spec.items, self.spec.completions) {
+            (Some(items), _) => items.len() as u32,
+            (None, Some(n)) => n,
+            (None, None) => 1,
+        }
+    }
+
+    /// Payload of task `index`.
+    pub fn task_payload(&self, index: u32) -> serde_json::Value {
+        match &self.spec.items {
+            Some(items) => items.get(index as usize).cloned().unwrap_or_default(),
+            None => self.spec.payload.clone().unwrap_or(serde_json::Value::Null),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Consumes the workers' report batches and folds them into the [`JobBook`].
+//!
+//! A report message is acknowledged only when every Job it touched has its status persisted past
+//! the fold (see `book`), in delivery order, with `multiple` acks. A crash before that makes
+//! RabbitMQ redeliver the message to the next operator, whose ledger ignores what it already has.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use warren_protocol::{ReportBatch, names};
+
+use crate::book::{Applied, JobBook};
+use crate::broker::{Broker, reconnect_delay};
+use crate::workers::WorkerRegistry;
+
+/// Report messages the operator holds unacknowledged at most (each is a batch of events).
+const PREFETCH: u16 = 2_000;
+
+/// One received report message, waiting for its Jobs' statuses to be written.
+struct Pending {
+    delivery_tag: u64,
+    needs: Vec<(String, u64)>,
+}
+
+/// Runs forever: connects, consumes, reconnects with backoff on failure.
+pub async fn run(url: String, book: Arc<JobBook>, workers: Arc<WorkerRegistry>) {
+    let mut attempt = 0u32;
+    loop {
+        match consume(&url, &book, &workers).await {
+            Ok(()) => attempt = 0,
+            Err(error) => {
+                tracing::warn!(%error, attempt, "report consumer lost its connection; reconnecting");
+                crate::metrics::global().broker_reconnects.inc();
+            }
+        }
+        tokio::time::sleep(reconnect_delay(attempt, rand::random())).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("looking up the Job of a report: {0}")]
+    JobLookup(kube::Error),
+}
+
+async fn consume(url: &str, book: &JobBook, workers: &WorkerRegistry) -> Result<(), ConsumeError> {
+    let amqp = |what: &'static str| move |source: lapin::Error| ConsumeError::Broker(crate::broker::BrokerError::Amqp { what, source });
+    let conn = Broker::connect(url, 1).await?;
+    let channel = conn.create_channel().await.map_err(amqp("channel.open"))?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(amqp("basic.qos"))?;
+    channel
+        .queue_declare(
+            names::REPORTS_QUEUE.into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("queue.declare"))?;
+    let mut consumer = channel
+        .basic_consume(
+            names::REPORTS_QUEUE.into(),
+            "warren-operator".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("basic.consume"))?;
+    crate::metrics::global().broker_connected.set(1);
+    tracing::info!("consuming worker reports");
+
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        tokio::select! {
+            delivery = consumer.next() => {
+                let Some(delivery) = delivery else { break Ok(()) };
+                let delivery = match delivery {
+                    Ok(d) => d,
+                    Err(source) => break Err(amqp("basic.deliver")(source)),
+                };
+                let needs = match fold(&delivery.data, book, workers).await {
+                    Ok(needs) => needs,
+                    // Reconnect: the unacknowledged messages come back and are folded again.
+                    Err(error) => break Err(ConsumeError::JobLookup(error)),
+                };
+                pending.push_back(Pending { delivery_tag: delivery.delivery_tag, needs });
+            }
+            _ = tick.tick() => {
+                let mut last = None;
+                while let Some(front) = pending.front() {
+                    if front.needs.iter().all(|(uid, seq)| book.persisted_through(uid, *seq)) {
+                        last = pending.pop_front().map(|p| p.delivery_tag);
+                    } else {
+                        break;
+                    }
+                }
+                if let Some(tag) = last {
+                    if let Err(source) = channel.basic_ack(tag, BasicAckOptions { multiple: true }).await {
+                        break Err(amqp("basic.ack")(source));
+                    }
+                }
+            }
+        }
+    };
+    crate::metrics::global().broker_connected.set(0);
+    result
+}
+
+/// Folds one report message; returns what must be persisted before it may be acknowledged.
+async fn fold(body: &[u8], book: &JobBook, workers: &WorkerRegistry) -> Result<Vec<(String, u64)>, kube::Error> {
+    let batch = match ReportBatch::from_json(body) {
+        Ok(batch) => batch,
+        Err(error) => {
+            tracing::warn!(%error, "dropping a malformed report message");
+            return Ok(Vec::new());
+        }
+    };
+    workers.observe(&batch);
+    let mut needs: Vec<(String, u64)> = Vec::new();
+    for event in &batch.events {
+        let mut applied = book.apply(event);
+        if applied == Applied::UnknownJob {
+            if !book.load(&event.job).await? {
+                continue; // the Job is gone: nothing to account
+            }
+            applied = book.apply(event);
+        }
+        if let Applied::Pending { uid, seq } = applied {
+            match needs.iter_mut().find(|(u, _)| *u == uid) {
+                Some(entry) => entry.1 = entry.1.max(seq),
+                None => needs.push((uid, seq)),
+            }
+        }
+    }
+    Ok(needs)
+}

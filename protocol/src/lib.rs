@@ -1,0 +1,355 @@
+//! The wire protocol between the Warren operator and its workers.
+//!
+//! Both sides talk only through RabbitMQ. This crate owns everything they must agree on:
+//! the names of exchanges and queues ([`names`]), the task message ([`TaskEnvelope`]), the
+//! batched reports a worker sends back ([`ReportBatch`]), and the contract of the
+//! `warren-worker` exec mode ([`exec`]). It does no I/O.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the task envelope and report format. Bumped on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// AMQP `content-type` of a task message.
+pub const TASK_CONTENT_TYPE: &str = "application/vnd.warren.task+json";
+/// AMQP `content-type` of a report batch.
+pub const REPORT_CONTENT_TYPE: &str = "application/vnd.warren.report+json";
+
+/// Names of the RabbitMQ objects Warren declares.
+///
+/// Per pool (namespace `ns`, pool `pool`):
+/// - one direct exchange [`pool_exchange`](names::pool_exchange); a task is published to it with
+///   its priority class as routing key;
+/// - one durable work queue per priority class, [`work_queue`](names::work_queue), bound with
+///   the class name;
+/// - retry queues per delay tier, [`retry_queue`](names::retry_queue), whose messages expire
+///   back into the pool exchange with their original routing key (so a retry keeps its priority);
+/// - one dead-letter queue, [`dead_letter_queue`](names::dead_letter_queue).
+///
+/// Operator-wide: the [`REPORTS_QUEUE`](names::REPORTS_QUEUE) workers publish their reports to.
+pub mod names {
+    /// Queue every worker publishes its report batches to (default exchange).
+    pub const REPORTS_QUEUE: &str = "warren.reports";
+    /// Fanout exchange the operator broadcasts control messages on (e.g. job cancellation).
+    pub const CONTROL_EXCHANGE: &str = "warren.control";
+
+    fn prefix(namespace: &str, pool: &str) -> String {
+        format!("warren.{namespace}.{pool}")
+    }
+
+    /// The direct exchange of a pool.
+    pub fn pool_exchange(namespace: &str, pool: &str) -> String {
+        prefix(namespace, pool)
+    }
+
+    /// The work queue of one priority class of a pool.
+    pub fn work_queue(namespace: &str, pool: &str, priority: &str) -> String {
+        format!("{}.q.{priority}", prefix(namespace, pool))
+    }
+
+    /// The retry queue of one delay tier (milliseconds) of a pool.
+    pub fn retry_queue(namespace: &str, pool: &str, delay_ms: u64) -> String {
+        format!("{}.retry.{delay_ms}ms", prefix(namespace, pool))
+    }
+
+    /// The dead-letter queue of a pool.
+    pub fn dead_letter_queue(namespace: &str, pool: &str) -> String {
+        format!("{}.dlq", prefix(namespace, pool))
+    }
+}
+
+/// Identifies the Job a task belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRef {
+    pub namespace: String,
+    pub name: String,
+    /// The Job's `metadata.uid`: a re-created Job with the same name is a different Job.
+    pub uid: String,
+}
+
+/// One task of a Job, as published on a work queue (JSON body).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEnvelope {
+    /// Always [`PROTOCOL_VERSION`] for messages this version writes.
+    pub version: u32,
+    pub job: JobRef,
+    /// Index of the task in its Job, `0..total`.
+    pub index: u32,
+    /// Number of tasks in the Job.
+    pub total: u32,
+    /// 1 for the first attempt; the worker increments it when it schedules a retry.
+    pub attempt: u32,
+    /// The priority class the task was published with (its routing key).
+    pub priority: String,
+    /// Optional handler selector for SDK workers that register several task types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+    /// The handler's input.
+    pub payload: serde_json::Value,
+    /// Stable across attempts and redeliveries: `<job uid>/<index>`.
+    pub idempotency_key: String,
+    /// Retry policy resolved by the operator (Job override over pool default).
+    pub retry: RetryPolicy,
+    /// Per-attempt timeout enforced by the worker; `None` = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl TaskEnvelope {
+    /// The idempotency key of a task: stable for a Job uid and index.
+    pub fn idempotency_key_for(job_uid: &str, index: u32) -> String {
+        format!("{job_uid}/{index}")
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("envelope serializes")
+    }
+
+    /// Parses a message body. Anything that is not a Warren envelope of a known version is an
+    /// error (the worker dead-letters it with the reason).
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        let envelope: Self =
+            serde_json::from_slice(body).map_err(|e| format!("not a Warren task envelope: {e}"))?;
+        if envelope.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "unsupported envelope version {} (this worker speaks {PROTOCOL_VERSION})",
+                envelope.version
+            ));
+        }
+        Ok(envelope)
+    }
+}
+
+/// Retry policy carried by every task, so a worker needs no other source to decide.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Total attempts including the first; 1 = never retry.
+    pub max_attempts: u32,
+    /// Delay before the second attempt.
+    pub initial_delay_ms: u64,
+    /// Multiplier applied per further attempt.
+    pub factor: f64,
+    /// Upper bound of a delay.
+    pub max_delay_ms: u64,
+    /// Fraction (0..=1) of the delay randomised away (full jitter at 1).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 3, initial_delay_ms: 1_000, factor: 2.0, max_delay_ms: 60_000, jitter: 0.2 }
+    }
+}
+
+/// A batch of events and an optional heartbeat from one worker process (JSON body of a message
+/// on [`names::REPORTS_QUEUE`]). Workers batch so that report traffic does not grow one message
+/// per task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportBatch {
+    pub version: u32,
+    pub worker: WorkerId,
+    /// Milliseconds since the Unix epoch when the batch was sent.
+    pub sent_at_ms: u64,
+    pub events: Vec<TaskEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// Which worker process sent a report.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerId {
+    pub namespace: String,
+    pub pool: String,
+    /// Pod name (from the downward API); unique per process.
+    pub pod: String,
+}
+
+/// The worker's own view of its load, sent with every batch and at least every few seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// Tasks executing right now.
+    pub in_flight: u32,
+    /// Maximum tasks executing at once (prefetch per priority queue).
+    pub concurrency: u32,
+    /// True once SIGTERM was received: takes no new tasks.
+    pub draining: bool,
+    /// Milliseconds since the Unix epoch when the worker last finished a task or started.
+    pub idle_since_ms: Option<u64>,
+    /// Tasks this process has finished (any outcome) since it started.
+    pub completed_total: u64,
+    /// Tasks interrupted by shutdown before finishing (returned to the queue).
+    pub interrupted_total: u64,
+}
+
+/// Something that happened to one attempt of one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvent {
+    pub job: JobRef,
+    pub index: u32,
+    pub attempt: u32,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub kind: TaskEventKind,
+}
+
+/// What happened. Only `Succeeded` and a `Failed` with a final disposition end a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum TaskEventKind {
+    /// The handler started executing this attempt.
+    Started,
+    /// The handler reported progress.
+    Progress { percent: u8, message: String },
+    /// The handler succeeded; `result` is its small JSON result, if any.
+    #[serde(rename_all = "camelCase")]
+    Succeeded {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+    },
+    /// The attempt failed; `disposition` says what the worker did with the task.
+    #[serde(rename_all = "camelCase")]
+    Failed { error: String, disposition: FailureDisposition },
+}
+
+/// What a worker did with a failed attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum FailureDisposition {
+    /// Scheduled another attempt after `delay_ms` (published to a retry queue).
+    #[serde(rename_all = "camelCase")]
+    Retrying { delay_ms: u64 },
+    /// No attempt left, or not retryable: published to the pool's dead-letter queue.
+    #[serde(rename_all = "camelCase")]
+    DeadLettered { reason: String },
+}
+
+impl TaskEventKind {
+    /// True when the event ends the task (no further attempt will run).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            TaskEventKind::Succeeded { .. }
+                | TaskEventKind::Failed { disposition: FailureDisposition::DeadLettered { .. }, .. }
+        )
+    }
+}
+
+impl ReportBatch {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("report serializes")
+    }
+
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(body).map_err(|e| format!("not a Warren report batch: {e}"))
+    }
+}
+
+/// The contract between `warren-worker` and the command it runs per task ("exec mode").
+///
+/// - The task's payload is written to the command's stdin as JSON, then stdin is closed.
+/// - The task's facts are in environment variables (the `ENV_*` constants).
+/// - Exit code 0 = success; [`PERMANENT_FAILURE_EXIT_CODE`] = failure that must not be retried;
+///   any other code (or death by signal) = failure that is retried per the retry policy.
+/// - A stdout line `warren:progress <percent> <message>` reports progress; a line
+///   `warren:result <json>` sets the task's result. Other stdout/stderr lines are logged.
+pub mod exec {
+    pub const ENV_JOB_NAMESPACE: &str = "WARREN_JOB_NAMESPACE";
+    pub const ENV_JOB_NAME: &str = "WARREN_JOB_NAME";
+    pub const ENV_JOB_UID: &str = "WARREN_JOB_UID";
+    pub const ENV_TASK_INDEX: &str = "WARREN_TASK_INDEX";
+    pub const ENV_TASK_COUNT: &str = "WARREN_TASK_COUNT";
+    pub const ENV_ATTEMPT: &str = "WARREN_ATTEMPT";
+    pub const ENV_MAX_ATTEMPTS: &str = "WARREN_MAX_ATTEMPTS";
+    pub const ENV_PRIORITY: &str = "WARREN_PRIORITY";
+    pub const ENV_IDEMPOTENCY_KEY: &str = "WARREN_IDEMPOTENCY_KEY";
+    pub const ENV_TASK_TYPE: &str = "WARREN_TASK_TYPE";
+    /// Exit code meaning "failed, do not retry" (sysexits `EX_DATAERR`).
+    pub const PERMANENT_FAILURE_EXIT_CODE: i32 = 65;
+    pub const PROGRESS_PREFIX: &str = "warren:progress ";
+    pub const RESULT_PREFIX: &str = "warren:result ";
+}
+
+/// Environment variables the operator sets on worker pods (the worker's configuration).
+pub mod worker_env {
+    /// AMQP URI of the broker.
+    pub const AMQP_URL: &str = "WARREN_AMQP_URL";
+    pub const NAMESPACE: &str = "WARREN_NAMESPACE";
+    pub const POOL: &str = "WARREN_POOL";
+    /// Comma-separated priority classes, highest first.
+    pub const PRIORITIES: &str = "WARREN_PRIORITIES";
+    /// Tasks executed at once per worker process.
+    pub const CONCURRENCY: &str = "WARREN_CONCURRENCY";
+    /// Pod name (downward API `metadata.name`).
+    pub const POD_NAME: &str = "WARREN_POD_NAME";
+    /// Retry delay tiers in milliseconds, comma-separated ascending (the retry queues that exist).
+    pub const RETRY_TIERS_MS: &str = "WARREN_RETRY_TIERS_MS";
+    /// Seconds a lower-priority task may wait in the worker before it is taken ahead of higher ones.
+    pub const STARVATION_SECONDS: &str = "WARREN_STARVATION_SECONDS";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> TaskEnvelope {
+        TaskEnvelope {
+            version: PROTOCOL_VERSION,
+            job: JobRef { namespace: "ns".into(), name: "j".into(), uid: "u-1".into() },
+            index: 7,
+            total: 10,
+            attempt: 1,
+            priority: "high".into(),
+            task_type: None,
+            payload: serde_json::json!({"x": 1}),
+            idempotency_key: TaskEnvelope::idempotency_key_for("u-1", 7),
+            retry: RetryPolicy::default(),
+            timeout_seconds: Some(30),
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let e = envelope();
+        assert_eq!(TaskEnvelope::from_json(&e.to_json()).unwrap(), e);
+        assert_eq!(e.idempotency_key, "u-1/7");
+    }
+
+    #[test]
+    fn foreign_messages_are_rejected_with_a_reason() {
+        let err = TaskEnvelope::from_json(b"hello").unwrap_err();
+        assert!(err.starts_with("not a Warren task envelope"), "{err}");
+        let mut e = serde_json::to_value(envelope()).unwrap();
+        e["version"] = 99.into();
+        let err = TaskEnvelope::from_json(&serde_json::to_vec(&e).unwrap()).unwrap_err();
+        assert!(err.contains("unsupported envelope version 99"), "{err}");
+    }
+
+    #[test]
+    fn report_events_serialize_with_tags() {
+        let kind = TaskEventKind::Failed {
+            error: "boom".into(),
+            disposition: FailureDisposition::Retrying { delay_ms: 500 },
+        };
+        let json = serde_json::to_value(&kind).unwrap();
+        assert_eq!(json["type"], "failed");
+        assert_eq!(json["disposition"]["action"], "retrying");
+        assert_eq!(json["disposition"]["delayMs"], 500);
+        assert!(!kind.is_final());
+        assert!(TaskEventKind::Succeeded { result: None }.is_final());
+    }
+
+    #[test]
+    fn queue_names_are_stable() {
+        assert_eq!(names::work_queue("default", "p", "high"), "warren.default.p.q.high");
+        assert_eq!(names::retry_queue("default", "p", 1000), "warren.default.p.retry.1000ms");
+        assert_eq!(names::dead_letter_queue("default", "p"), "warren.default.p.dlq");
+        assert_eq!(names::pool_exchange("default", "p"), "warren.default.p");
+    }
+}

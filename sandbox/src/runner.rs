@@ -1,0 +1,1 @@
+//! Local process runner (written by a colleague).

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs every test: unit, API-server, broker and end-to-end. Installs and starts what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+cargo build --workspace --bins --quiet
+cargo test --workspace --no-fail-fast -- --test-threads=2

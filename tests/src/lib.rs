@@ -1,0 +1,284 @@
+//! The end-to-end harness: Warren on the local control plane (or a real cluster), a real
+//! RabbitMQ, real worker processes.
+//!
+//! By default every test starts its own local control plane (API server + runner) in-process and
+//! the `warren-operator` binary as a child process (so a test can kill it). With
+//! `WARREN_E2E_KUBECONFIG=<path>` the same tests run against that cluster instead, where Warren
+//! must already be installed (`helm install`); tests that need to kill the operator process are
+//! skipped there, loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Once;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Client, ResourceExt};
+use warren_operator::crd::{Job, WorkerPool};
+
+pub use warren_operator;
+
+/// AMQP URI of the broker the tests use.
+pub fn amqp_url() -> String {
+    std::env::var("WARREN_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// `target/debug` (or release) of this build, where the binaries are.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> → target/debug
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn banner() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        if std::env::var_os("WARREN_E2E_KUBECONFIG").is_none() {
+            eprintln!(
+                "\n*** WARREN_E2E_KUBECONFIG is not set: end-to-end tests run on Warren's LOCAL CONTROL PLANE.\n\
+                 *** The run against a REAL Kubernetes cluster was SKIPPED.\n"
+            );
+        }
+    });
+}
+
+/// The operator as a child process.
+struct OperatorProcess {
+    child: tokio::process::Child,
+}
+
+/// Options for the operator the harness starts.
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub publish_batch: u32,
+    pub status_interval_ms: u64,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        Self { publish_batch: 500, status_interval_ms: 1000 }
+    }
+}
+
+/// One test's Warren: a client, a fresh namespace, and (locally) the processes behind them.
+pub struct Env {
+    pub client: Client,
+    pub namespace: String,
+    kubeconfig: PathBuf,
+    operator_options: OperatorOptions,
+    operator: Option<OperatorProcess>,
+    runner: Option<warren_sandbox::runner::Runner>,
+    server: Option<warren_sandbox::ApiServer>,
+    pub state_dir: PathBuf,
+}
+
+impl Env {
+    /// True when running against a real cluster.
+    pub fn is_real_cluster() -> bool {
+        std::env::var_os("WARREN_E2E_KUBECONFIG").is_some()
+    }
+
+    pub async fn start(test: &str) -> anyhow::Result<Env> {
+        Self::start_with(test, OperatorOptions::default()).await
+    }
+
+    pub async fn start_with(test: &str, operator_options: OperatorOptions) -> anyhow::Result<Env> {
+        banner();
+        warren_operator::local::check_broker(&amqp_url()).await?;
+        let suffix: String = format!("{:08x}", rand::random::<u32>());
+        let namespace = format!("e2e-{test}-{suffix}").replace('_', "-");
+        let state_dir = std::env::temp_dir().join(format!("warren-e2e-{namespace}"));
+        std::fs::create_dir_all(&state_dir)?;
+
+        let mut env = if let Some(path) = std::env::var_os("WARREN_E2E_KUBECONFIG") {
+            let kubeconfig = PathBuf::from(path);
+            let config = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+            let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await?;
+            Env {
+                client: Client::try_from(config)?,
+                namespace,
+                kubeconfig,
+                operator_options,
+                operator: None,
+                runner: None,
+                server: None,
+                state_dir,
+            }
+        } else {
+            let server = warren_sandbox::ApiServer::start(warren_sandbox::ServerOptions::default()).await?;
+            let kubeconfig = state_dir.join("kubeconfig");
+            server.write_kubeconfig(&kubeconfig)?;
+            let client = server.client();
+            warren_operator::local::install_crds(&client).await?;
+            let log_dir = state_dir.join("logs");
+            std::fs::create_dir_all(&log_dir)?;
+            let runner_config = warren_operator::local::runner_config(&bin_dir(), &log_dir)?;
+            let runner = warren_sandbox::runner::Runner::start(client.clone(), runner_config).await?;
+            let mut env = Env {
+                client,
+                namespace,
+                kubeconfig,
+                operator_options,
+                operator: None,
+                runner: Some(runner),
+                server: Some(server),
+                state_dir,
+            };
+            env.start_operator()?;
+            env
+        };
+        let namespaces: Api<Namespace> = Api::all(env.client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": env.namespace}}))?;
+        namespaces.create(&PostParams::default(), &ns).await.context("creating the test namespace")?;
+        env.namespace = ns.name_any();
+        Ok(env)
+    }
+
+    /// Starts (or restarts) the operator process.
+    pub fn start_operator(&mut self) -> anyhow::Result<()> {
+        if Self::is_real_cluster() {
+            bail!("the operator runs in the cluster; the harness does not start it");
+        }
+        let binary = bin_dir().join("warren-operator");
+        if !binary.is_file() {
+            bail!("{} not found: build the binaries first with `cargo build --bins`", binary.display());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir.join("operator.log"))?;
+        let child = tokio::process::Command::new(binary)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("WARREN_AMQP_URL", amqp_url())
+            .env("RUST_LOG", std::env::var("WARREN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--publish-batch", &self.operator_options.publish_batch.to_string()])
+            .args(["--status-interval-ms", &self.operator_options.status_interval_ms.to_string()])
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()?;
+        self.operator = Some(OperatorProcess { child });
+        Ok(())
+    }
+
+    /// SIGKILLs the operator process (no chance to clean up).
+    pub async fn kill_operator(&mut self) -> anyhow::Result<()> {
+        let Some(mut operator) = self.operator.take() else { bail!("no operator process") };
+        operator.child.start_kill()?;
+        operator.child.wait().await?;
+        Ok(())
+    }
+
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn pools(&self) -> Api<WorkerPool> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Creates a WorkerPool from its spec (JSON). `deletionPolicy: Delete` is set unless given,
+    /// so the test's queues are removed with it.
+    pub async fn create_pool(&self, name: &str, mut spec: serde_json::Value) -> anyhow::Result<WorkerPool> {
+        if spec.get("deletionPolicy").is_none() {
+            spec["deletionPolicy"] = "Delete".into();
+        }
+        let pool: WorkerPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": name, "namespace": self.namespace}, "spec": spec,
+        }))?;
+        Ok(self.pools().create(&PostParams::default(), &pool).await?)
+    }
+
+    pub async fn create_job(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<Job> {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Job",
+            "metadata": {"name": name, "namespace": self.namespace}, "spec": spec,
+        }))?;
+        Ok(self.jobs().create(&PostParams::default(), &job).await?)
+    }
+
+    /// Waits until the Job satisfies `pred`, or fails after `timeout` with the last status seen.
+    pub async fn wait_job(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&Job) -> bool,
+    ) -> anyhow::Result<Job> {
+        let cond = await_condition(self.jobs(), name, move |job: Option<&Job>| job.is_some_and(&pred));
+        match tokio::time::timeout(timeout, cond).await {
+            Ok(Ok(Some(job))) => Ok(job),
+            Ok(Ok(None)) => bail!("Job {name} disappeared"),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                let job = self.jobs().get(name).await?;
+                bail!("timed out after {timeout:?} waiting for Job {name}; status: {}", serde_json::to_string_pretty(&job.status)?)
+            }
+        }
+    }
+
+    /// Waits until the pool is Ready (queues declared).
+    pub async fn wait_pool_ready(&self, name: &str, timeout: Duration) -> anyhow::Result<WorkerPool> {
+        let cond = await_condition(self.pools(), name, |pool: Option<&WorkerPool>| {
+            pool.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        match tokio::time::timeout(timeout, cond).await {
+            Ok(Ok(Some(pool))) => Ok(pool),
+            _ => bail!("WorkerPool {name} did not become Ready within {timeout:?}"),
+        }
+    }
+
+    /// Messages ready in a queue (AMQP passive declare).
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
+        let channel = conn.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await?;
+        let _ = conn.close(200, "".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Deletes the test's pools (and so their queues), stops the processes, removes the namespace.
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        for pool in self.pools().list(&Default::default()).await?.items {
+            self.pools().delete(&pool.name_any(), &DeleteParams::default()).await?;
+        }
+        // Wait for the operator to run the finalizers (queue deletion).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.pools().list(&Default::default()).await?.items.is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("WorkerPools of {} were not finalized within 30 s", self.namespace);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some(runner) = self.runner.take() {
+            runner.shutdown().await;
+        }
+        if let Some(mut operator) = self.operator.take() {
+            operator.child.start_kill()?;
+            operator.child.wait().await?;
+        }
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        } else {
+            let namespaces: Api<Namespace> = Api::all(self.client.clone());
+            namespaces.delete(&self.namespace, &DeleteParams::default()).await?;
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        Ok(())
+    }
+}

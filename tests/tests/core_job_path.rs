@@ -1,0 +1,138 @@
+//! Core job path, end to end: real RabbitMQ, real worker processes, the Job status a user reads.
+
+use std::time::Duration;
+
+use warren_e2e::{Env, OperatorOptions};
+use warren_operator::crd::{Job, JobPhase};
+use warren_protocol::names;
+
+/// A handler that reads its payload and succeeds.
+fn noop_handler() -> serde_json::Value {
+    serde_json::json!(["sh", "-c", "cat >/dev/null"])
+}
+
+fn phase(job: &Job) -> Option<JobPhase> {
+    job.status.as_ref().map(|s| s.phase)
+}
+
+fn finished(job: &Job) -> bool {
+    phase(job).is_some_and(JobPhase::is_finished)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_1000_items_succeeds_with_exact_counts_and_indexes() -> anyhow::Result<()> {
+    let env = Env::start("items").await?;
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 8
+    }))
+    .await?;
+    let items: Vec<serde_json::Value> = (0..1000).map(|i| serde_json::json!({"n": i})).collect();
+    env.create_job("thousand", serde_json::json!({"poolRef": "pool", "items": items})).await?;
+
+    let job = env.wait_job("thousand", Duration::from_secs(240), finished).await?;
+    let status = job.status.expect("status");
+    assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+    assert_eq!((status.total, status.enqueued, status.succeeded, status.failed), (1000, 1000, 1000, 0));
+    assert_eq!((status.queued, status.running, status.dead_lettered), (0, 0, 0));
+    assert_eq!(status.retries, 0);
+    assert_eq!(status.succeeded_indexes, "0-999");
+    assert_eq!(status.failed_indexes, "");
+    assert_eq!(status.completions.as_deref(), Some("1000/1000"));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert!(status.conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
+    assert_eq!(env.queue_depth(&names::work_queue(&env.namespace, "pool", "normal")).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_for_a_missing_pool_waits_with_a_clear_condition_then_runs() -> anyhow::Result<()> {
+    let env = Env::start("missing-pool").await?;
+    env.create_job("early", serde_json::json!({"poolRef": "later", "completions": 5})).await?;
+    let job = env
+        .wait_job("early", Duration::from_secs(60), |j| {
+            j.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.reason == "PoolNotFound"))
+        })
+        .await?;
+    let status = job.status.expect("status");
+    assert_eq!(status.phase, JobPhase::Pending);
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.message, "WorkerPool \"later\" not found in this namespace; the Job starts when it exists");
+    assert_eq!(status.enqueued, 0);
+
+    env.create_pool("later", serde_json::json!({"workers": {"handler": noop_handler()}})).await?;
+    let job = env.wait_job("early", Duration::from_secs(120), finished).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.succeeded_indexes.as_str()), (JobPhase::Succeeded, 5, "0-4"));
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_job_overtakes_a_low_priority_backlog() -> anyhow::Result<()> {
+    let env = Env::start("priority").await?;
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": noop_handler()}, "replicas": 1, "concurrency": 2
+    }))
+    .await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+    env.create_job("backlog", serde_json::json!({"poolRef": "pool", "priority": "low", "completions": 5000})).await?;
+    // The backlog is queued and being worked on before the urgent Job arrives.
+    env.wait_job("backlog", Duration::from_secs(120), |j| {
+        j.status.as_ref().is_some_and(|s| s.enqueued == 5000 && s.succeeded > 0)
+    })
+    .await?;
+    env.create_job("urgent", serde_json::json!({"poolRef": "pool", "priority": "high", "completions": 20})).await?;
+
+    let urgent = env.wait_job("urgent", Duration::from_secs(120), finished).await?;
+    let backlog_then = env.jobs().get("backlog").await?;
+    let urgent_status = urgent.status.expect("status");
+    assert_eq!((urgent_status.phase, urgent_status.succeeded), (JobPhase::Succeeded, 20));
+    let backlog_status = backlog_then.status.expect("status");
+    assert!(
+        backlog_status.succeeded < 5000 && backlog_status.phase == JobPhase::Running,
+        "the high-priority Job finished first, while the backlog still had work: backlog {}/5000",
+        backlog_status.succeeded
+    );
+    eprintln!("urgent Job finished with the backlog at {}/5000", backlog_status.succeeded);
+
+    let backlog = env.wait_job("backlog", Duration::from_secs(600), finished).await?;
+    let backlog_status = backlog.status.expect("status");
+    assert_eq!((backlog_status.phase, backlog_status.succeeded), (JobPhase::Succeeded, 5000));
+    assert!(urgent_status.completion_time < backlog_status.completion_time);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_operator_during_enqueue_loses_and_double_counts_nothing() -> anyhow::Result<()> {
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test kills the operator process it started.");
+        return Ok(());
+    }
+    // Small batches and a status write per batch make the enqueue slow enough to interrupt.
+    let options = OperatorOptions { publish_batch: 10, status_interval_ms: 0 };
+    let mut env = Env::start_with("operator-kill", options).await?;
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 4
+    }))
+    .await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+    env.create_job("survivor", serde_json::json!({"poolRef": "pool", "completions": 1000})).await?;
+    let mid = env
+        .wait_job("survivor", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.enqueued > 0))
+        .await?;
+    env.kill_operator().await?;
+    let enqueued_at_kill = mid.status.as_ref().map_or(0, |s| s.enqueued);
+    let after_kill = env.jobs().get("survivor").await?;
+    let stored = after_kill.status.as_ref().map_or(0, |s| s.enqueued);
+    assert!(stored < 1000, "the operator was killed before it finished enqueueing (stored watermark {stored})");
+    eprintln!("operator killed with {enqueued_at_kill} tasks observed enqueued ({stored} stored)");
+
+    env.start_operator()?;
+    let job = env.wait_job("survivor", Duration::from_secs(240), finished).await?;
+    let status = job.status.expect("status");
+    assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+    assert_eq!((status.total, status.succeeded, status.failed), (1000, 1000, 0));
+    assert_eq!(status.succeeded_indexes, "0-999");
+    assert_eq!(status.completions.as_deref(), Some("1000/1000"));
+    env.cleanup().await
+}

@@ -1,0 +1,151 @@
+//! What a handler sees of its task ([`TaskContext`]) and how it fails ([`TaskError`]).
+
+use std::sync::Arc;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use warren_protocol::{JobRef, TaskEnvelope, TaskEventKind};
+
+use crate::report::Reporter;
+
+/// What a handler returns: an optional small JSON result, or a failure.
+pub type TaskResult = Result<Option<serde_json::Value>, TaskError>;
+
+/// The task a handler is executing, and its channel back to the operator.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    envelope: Arc<TaskEnvelope>,
+    cancel: CancellationToken,
+    reporter: Reporter,
+}
+
+impl TaskContext {
+    pub(crate) fn new(envelope: Arc<TaskEnvelope>, cancel: CancellationToken, reporter: Reporter) -> Self {
+        Self { envelope, cancel, reporter }
+    }
+
+    /// The handler's input.
+    pub fn payload(&self) -> &serde_json::Value {
+        &self.envelope.payload
+    }
+
+    /// Index of the task in its Job, `0..total`.
+    pub fn index(&self) -> u32 {
+        self.envelope.index
+    }
+
+    /// Number of tasks in the Job.
+    pub fn total(&self) -> u32 {
+        self.envelope.total
+    }
+
+    /// This attempt, 1-based.
+    pub fn attempt(&self) -> u32 {
+        self.envelope.attempt
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.envelope.retry.max_attempts
+    }
+
+    pub fn job(&self) -> &JobRef {
+        &self.envelope.job
+    }
+
+    /// Stable across attempts and redeliveries: use it to make side effects idempotent.
+    pub fn idempotency_key(&self) -> &str {
+        &self.envelope.idempotency_key
+    }
+
+    pub fn priority(&self) -> &str {
+        &self.envelope.priority
+    }
+
+    pub fn task_type(&self) -> Option<&str> {
+        self.envelope.task_type.as_deref()
+    }
+
+    /// The whole envelope, for anything not covered above.
+    pub fn envelope(&self) -> &TaskEnvelope {
+        &self.envelope
+    }
+
+    /// Reports progress to the operator. Cheap: reports are batched, and only the latest
+    /// progress of a task per batch is sent. `percent` is clamped to 100.
+    pub fn progress(&self, percent: u8, message: impl Into<String>) {
+        self.reporter.event(
+            &self.envelope,
+            TaskEventKind::Progress { percent: percent.min(100), message: message.into() },
+        );
+    }
+
+    /// Completes when the attempt is cancelled (timeout or worker shutdown past its grace
+    /// period). The handler should stop soon after; its result is then ignored.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The attempt's cancellation token, to hand to code that takes one.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+/// Whether a failure may succeed on another attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Retried per the task's retry policy, then dead-lettered.
+    Retryable,
+    /// Dead-lettered at once.
+    Permanent,
+}
+
+/// A failed attempt.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskError {
+    kind: FailureKind,
+    message: String,
+}
+
+impl TaskError {
+    /// A failure that another attempt may not have (network, overload, ...).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Retryable, message: message.into() }
+    }
+
+    /// A failure that no retry can fix (bad input, ...).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Permanent, message: message.into() }
+    }
+
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == FailureKind::Retryable
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Stable name of the failure kind.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Permanent => "permanent",
+        }
+    }
+}
+
+/// `?` on any error in a handler makes a retryable failure.
+impl From<anyhow::Error> for TaskError {
+    fn from(e: anyhow::Error) -> Self {
+        TaskError::retryable(format!("{e:#}"))
+    }
+}

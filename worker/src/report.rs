@@ -1,0 +1,428 @@
+//! Reports to the operator: task events are batched (one message per flush, every 100 ms or
+//! 500 events) with a heartbeat, and a batch is published with publisher confirms. Whoever
+//! needs to know that an event is safely with the broker (before acking a delivery) waits for
+//! its confirmation.
+//!
+//! The batching rules ([`push_event`], [`flush_due`], [`heartbeat`]) are pure; [`run`] does
+//! the I/O. The reporter outlives broker connections: unpublished events wait for the next one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use lapin::{BasicProperties, Channel, options::BasicPublishOptions};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use warren_protocol::{
+    Heartbeat, PROTOCOL_VERSION, REPORT_CONTENT_TYPE, ReportBatch, TaskEnvelope, TaskEvent, TaskEventKind, WorkerId,
+};
+
+use crate::now_ms;
+
+/// Flush pending events at least this often.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Flush as soon as this many events are pending; also the most events in one message.
+pub const MAX_BATCH_EVENTS: usize = 500;
+/// Send a heartbeat at least this often, even with no events.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// One event waiting to be published, and who waits for its confirmation.
+#[derive(Debug)]
+pub struct PendingEvent {
+    pub event: TaskEvent,
+    pub confirmed: Option<oneshot::Sender<()>>,
+}
+
+/// Adds an event to the pending list. A progress event replaces a pending, unconfirmed
+/// progress event of the same attempt (progress is coalesced: only the latest matters).
+pub fn push_event(pending: &mut Vec<PendingEvent>, event: TaskEvent, confirmed: Option<oneshot::Sender<()>>) {
+    if matches!(event.kind, TaskEventKind::Progress { .. }) && confirmed.is_none() {
+        let same = pending.iter_mut().rev().find(|p| {
+            p.confirmed.is_none()
+                && matches!(p.event.kind, TaskEventKind::Progress { .. })
+                && p.event.job.uid == event.job.uid
+                && p.event.index == event.index
+                && p.event.attempt == event.attempt
+        });
+        if let Some(previous) = same {
+            previous.event = event;
+            return;
+        }
+    }
+    pending.push(PendingEvent { event, confirmed });
+}
+
+/// True when a flush is due: a full batch, pending events older than a flush interval, or a
+/// heartbeat interval without any batch.
+pub fn flush_due(pending: usize, since_flush: Duration, since_batch: Duration) -> bool {
+    pending >= MAX_BATCH_EVENTS
+        || (pending > 0 && since_flush >= FLUSH_INTERVAL)
+        || since_batch >= HEARTBEAT_INTERVAL
+}
+
+/// The worker's load counters, shared by the runtime (writer) and the reporter (reader).
+#[derive(Debug)]
+pub struct Stats {
+    pub concurrency: u32,
+    pub in_flight: AtomicU32,
+    pub completed_total: AtomicU64,
+    pub interrupted_total: AtomicU64,
+    pub draining: AtomicBool,
+    idle_since_ms: AtomicU64,
+}
+
+impl Stats {
+    pub fn new(concurrency: u32) -> Self {
+        Self {
+            concurrency,
+            in_flight: AtomicU32::new(0),
+            completed_total: AtomicU64::new(0),
+            interrupted_total: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    pub fn task_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A task left the worker: `completed` (any outcome) or interrupted (returned to the queue).
+    pub fn task_ended(&self, completed: bool) {
+        if completed {
+            self.completed_total.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.interrupted_total.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle_since_ms.store(now_ms(), Ordering::SeqCst);
+        }
+    }
+
+    pub fn snapshot(&self) -> Heartbeat {
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        heartbeat(
+            in_flight,
+            self.concurrency,
+            self.draining.load(Ordering::SeqCst),
+            self.idle_since_ms.load(Ordering::SeqCst),
+            self.completed_total.load(Ordering::SeqCst),
+            self.interrupted_total.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Builds a heartbeat; a busy worker is not idle (`idle_since_ms = None`).
+pub fn heartbeat(
+    in_flight: u32,
+    concurrency: u32,
+    draining: bool,
+    idle_since_ms: u64,
+    completed_total: u64,
+    interrupted_total: u64,
+) -> Heartbeat {
+    Heartbeat {
+        in_flight,
+        concurrency,
+        draining,
+        idle_since_ms: (in_flight == 0).then_some(idle_since_ms),
+        completed_total,
+        interrupted_total,
+    }
+}
+
+pub(crate) enum Command {
+    Event(PendingEvent),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the reporter task. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Event(p) => write!(f, "Event({:?})", p.event),
+            Command::Flush(_) => write!(f, "Flush"),
+        }
+    }
+}
+
+fn event_of(envelope: &TaskEnvelope, kind: TaskEventKind) -> TaskEvent {
+    TaskEvent { job: envelope.job.clone(), index: envelope.index, attempt: envelope.attempt, at_ms: now_ms(), kind }
+}
+
+impl Reporter {
+    pub(crate) fn channel() -> (Self, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+
+    /// Queues an event; nobody waits for its confirmation.
+    pub fn event(&self, envelope: &TaskEnvelope, kind: TaskEventKind) {
+        let _ = self.tx.send(Command::Event(PendingEvent { event: event_of(envelope, kind), confirmed: None }));
+    }
+
+    /// Queues an event; the receiver completes once a batch containing it is confirmed.
+    pub fn event_confirmed(&self, envelope: &TaskEnvelope, kind: TaskEventKind) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Event(PendingEvent { event: event_of(envelope, kind), confirmed: Some(tx) }));
+        rx
+    }
+
+    /// Publishes everything pending now (with a heartbeat); completes once confirmed.
+    pub fn flush(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Flush(tx));
+        rx
+    }
+}
+
+/// The channel the reporter publishes on, and the token that tells the runtime the connection
+/// is broken when publishing fails.
+#[derive(Clone, Debug)]
+pub(crate) struct ReportLink {
+    pub channel: Channel,
+    pub lost: CancellationToken,
+}
+
+/// Why a confirmed publish did not make it.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("message to exchange {exchange:?} with routing key {routing_key:?} was unroutable")]
+    Unroutable { exchange: String, routing_key: String },
+    #[error("broker refused (nacked) the message")]
+    Nacked,
+    #[error("not connected to the broker")]
+    NotConnected,
+}
+
+impl PublishError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PublishError::Broker(_) => "BrokerError",
+            PublishError::Unroutable { .. } => "Unroutable",
+            PublishError::Nacked => "Nacked",
+            PublishError::NotConnected => "NotConnected",
+        }
+    }
+}
+
+/// Publishes a persistent, mandatory message and waits for the broker's confirmation.
+/// The channel must be in confirm mode.
+pub(crate) async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            body,
+            properties.with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    if !confirm.is_ack() {
+        return Err(PublishError::Nacked);
+    }
+    if confirm.take_message().is_some() {
+        return Err(PublishError::Unroutable { exchange: exchange.into(), routing_key: routing_key.into() });
+    }
+    Ok(())
+}
+
+pub(crate) struct ReporterTask {
+    pub rx: mpsc::UnboundedReceiver<Command>,
+    pub link: watch::Receiver<Option<ReportLink>>,
+    pub stats: Arc<Stats>,
+    pub worker: WorkerId,
+    pub queue: String,
+    pub stop: CancellationToken,
+}
+
+impl ReporterTask {
+    /// Runs until `stop`; then publishes once more (best effort) and returns.
+    pub(crate) async fn run(mut self) {
+        let mut pending: Vec<PendingEvent> = Vec::new();
+        let mut flush_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut first_pending_at: Option<Instant> = None;
+        let mut last_batch = Instant::now() - HEARTBEAT_INTERVAL;
+        let mut failures = 0u32;
+        let mut retry_at = Instant::now();
+        let mut ticker = tokio::time::interval(FLUSH_INTERVAL / 4);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut forced = false;
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                command = self.rx.recv() => match command {
+                    Some(Command::Event(p)) => {
+                        first_pending_at.get_or_insert_with(Instant::now);
+                        push_event(&mut pending, p.event, p.confirmed);
+                    }
+                    Some(Command::Flush(waiter)) => {
+                        flush_waiters.push(waiter);
+                        forced = true;
+                    }
+                    None => break,
+                },
+                _ = self.link.changed() => { retry_at = Instant::now(); }
+                _ = ticker.tick() => {}
+            }
+            let now = Instant::now();
+            let since_first = first_pending_at.map_or(Duration::ZERO, |at| now - at);
+            if (forced || flush_due(pending.len(), since_first, now - last_batch)) && now >= retry_at {
+                match self.flush(&mut pending).await {
+                    Ok(()) => {
+                        failures = 0;
+                        last_batch = Instant::now();
+                        first_pending_at = None;
+                        for w in flush_waiters.drain(..) {
+                            let _ = w.send(());
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let delay = crate::retry::reconnect_delay(failures, rand::random::<f64>());
+                        tracing::warn!(error = %e, reason = e.reason(), pending = pending.len(), retry_in_ms = delay.as_millis() as u64, "publishing reports failed");
+                        retry_at = Instant::now() + delay;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.flush(&mut pending).await {
+            tracing::warn!(error = %e, lost_events = pending.len(), "final report flush failed");
+        }
+        for w in flush_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// Publishes all pending events (in messages of at most [`MAX_BATCH_EVENTS`]), each batch
+    /// with a heartbeat; confirmed events leave `pending`.
+    async fn flush(&self, pending: &mut Vec<PendingEvent>) -> Result<(), PublishError> {
+        let link = self.link.borrow().clone();
+        let Some(link) = link else {
+            return Err(PublishError::NotConnected);
+        };
+        loop {
+            let take = pending.len().min(MAX_BATCH_EVENTS);
+            let batch = ReportBatch {
+                version: PROTOCOL_VERSION,
+                worker: self.worker.clone(),
+                sent_at_ms: now_ms(),
+                events: pending[..take].iter().map(|p| p.event.clone()).collect(),
+                heartbeat: Some(self.stats.snapshot()),
+            };
+            let properties = BasicProperties::default().with_content_type(REPORT_CONTENT_TYPE.into());
+            let result = publish_confirmed(&link.channel, "", &self.queue, &batch.to_json(), properties).await;
+            if let Err(e) = result {
+                if matches!(e, PublishError::Broker(_)) {
+                    link.lost.cancel();
+                }
+                return Err(e);
+            }
+            tracing::debug!(events = take, "report batch published");
+            for p in pending.drain(..take) {
+                if let Some(c) = p.confirmed {
+                    let _ = c.send(());
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_protocol::{FailureDisposition, JobRef};
+
+    fn ev(uid: &str, index: u32, attempt: u32, kind: TaskEventKind) -> TaskEvent {
+        TaskEvent { job: JobRef { namespace: "n".into(), name: "j".into(), uid: uid.into() }, index, attempt, at_ms: 0, kind }
+    }
+
+    fn progress(p: u8) -> TaskEventKind {
+        TaskEventKind::Progress { percent: p, message: format!("{p}%") }
+    }
+
+    #[test]
+    fn progress_is_coalesced_per_attempt() {
+        let mut pending = Vec::new();
+        push_event(&mut pending, ev("a", 0, 1, TaskEventKind::Started), None);
+        push_event(&mut pending, ev("a", 0, 1, progress(10)), None);
+        push_event(&mut pending, ev("a", 1, 1, progress(5)), None);
+        push_event(&mut pending, ev("a", 0, 1, progress(20)), None);
+        push_event(&mut pending, ev("a", 0, 2, progress(1)), None);
+        push_event(&mut pending, ev("b", 0, 1, progress(7)), None);
+        push_event(&mut pending, ev("a", 0, 1, progress(30)), None);
+        let kinds: Vec<_> = pending.iter().map(|p| (p.event.job.uid.as_str(), p.event.index, p.event.attempt, p.event.kind.clone())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("a", 0, 1, TaskEventKind::Started),
+                ("a", 0, 1, progress(30)),
+                ("a", 1, 1, progress(5)),
+                ("a", 0, 2, progress(1)),
+                ("b", 0, 1, progress(7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn final_events_are_never_coalesced() {
+        let mut pending = Vec::new();
+        let failed = TaskEventKind::Failed { error: "x".into(), disposition: FailureDisposition::Retrying { delay_ms: 1 } };
+        push_event(&mut pending, ev("a", 0, 1, failed.clone()), None);
+        push_event(&mut pending, ev("a", 0, 1, failed), None);
+        let (tx, _rx) = oneshot::channel();
+        push_event(&mut pending, ev("a", 0, 1, TaskEventKind::Succeeded { result: None }), Some(tx));
+        assert_eq!(pending.len(), 3);
+    }
+
+    #[test]
+    fn flush_due_table() {
+        let ms = Duration::from_millis;
+        let cases = [
+            (0, ms(0), ms(0), false, "nothing to say"),
+            (0, ms(0), ms(1999), false, "heartbeat not yet due"),
+            (0, ms(0), ms(2000), true, "idle heartbeat"),
+            (1, ms(99), ms(0), false, "young events wait for the interval"),
+            (1, ms(100), ms(0), true, "flush interval reached"),
+            (499, ms(0), ms(0), false, "almost full"),
+            (500, ms(0), ms(0), true, "full batch"),
+        ];
+        for (pending, since_flush, since_batch, expected, why) in cases {
+            assert_eq!(flush_due(pending, since_flush, since_batch), expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_counts_and_idleness() {
+        let stats = Stats::new(4);
+        let hb = stats.snapshot();
+        assert_eq!((hb.in_flight, hb.concurrency, hb.draining), (0, 4, false));
+        assert!(hb.idle_since_ms.is_some());
+        stats.task_started();
+        stats.task_started();
+        assert_eq!(stats.snapshot().idle_since_ms, None);
+        stats.task_ended(true);
+        stats.task_ended(false);
+        let hb = stats.snapshot();
+        assert_eq!((hb.in_flight, hb.completed_total, hb.interrupted_total), (0, 1, 1));
+        assert!(hb.idle_since_ms.is_some());
+    }
+}

@@ -1,0 +1,773 @@
+//! The worker runtime: connection and reconnection, consumers, the local scheduler, task
+//! execution, outcome handling (retry, dead letter, report-then-ack) and graceful shutdown.
+//!
+//! Decisions are delegated to the pure modules ([`crate::scheduler`], [`crate::retry`],
+//! [`crate::report`]); this module only does what they decide.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use warren_protocol::{FailureDisposition, TASK_CONTENT_TYPE, TaskEnvelope, TaskEventKind, WorkerId, names};
+
+use crate::config::{ConfigError, ConfigOverrides, WorkerConfig};
+use crate::context::{TaskContext, TaskError, TaskResult};
+use crate::report::{PublishError, ReportLink, Reporter, ReporterTask, Stats, publish_confirmed};
+use crate::retry::{FailureAction, decide_failure, reconnect_delay};
+use crate::scheduler::Buffer;
+use crate::topology::{self, TopologyError};
+use crate::{RETRY_TIER_HEADER, dead_letter_header, dead_letter_reason};
+
+/// How long a cancelled handler gets to return before it is aborted (covers the exec mode's
+/// SIGTERM-then-SIGKILL sequence).
+pub const HANDLER_WIND_DOWN: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the last report batch to be confirmed.
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before returning a task whose outcome could not be published, so that a missing
+/// queue does not turn into a hot redelivery loop.
+pub const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+type BoxedTask = Pin<Box<dyn Future<Output = TaskResult> + Send + 'static>>;
+/// A registered task handler.
+pub type Handler = Arc<dyn Fn(TaskContext) -> BoxedTask + Send + Sync>;
+
+fn boxed<F, Fut>(f: F) -> Handler
+where
+    F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = TaskResult> + Send + 'static,
+{
+    Arc::new(move |ctx| Box::pin(f(ctx)) as BoxedTask)
+}
+
+#[derive(Clone, Default)]
+struct Handlers {
+    default: Option<Handler>,
+    by_type: HashMap<String, Handler>,
+}
+
+impl Handlers {
+    /// The handler for a task: the one registered for its type, else the default one.
+    fn select(&self, task_type: Option<&str>) -> Option<&Handler> {
+        task_type.and_then(|t| self.by_type.get(t)).or(self.default.as_ref())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("no task handler registered")]
+    NoHandler,
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+impl WorkerError {
+    /// Stable name of the error kind.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WorkerError::Config(e) => e.reason(),
+            WorkerError::NoHandler => "NoHandler",
+            WorkerError::Signals(_) => "SignalSetupFailed",
+        }
+    }
+}
+
+/// Why handling the outcome of a task failed (the task is then returned to its queue).
+#[derive(Debug, thiserror::Error)]
+enum OutcomeError {
+    #[error("opening a channel: {0}")]
+    Channel(#[from] lapin::Error),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("publishing: {0}")]
+    Publish(#[from] PublishError),
+}
+
+impl OutcomeError {
+    fn reason(&self) -> &'static str {
+        match self {
+            OutcomeError::Channel(_) => "ChannelFailed",
+            OutcomeError::Topology(e) => e.reason(),
+            OutcomeError::Publish(e) => e.reason(),
+        }
+    }
+
+    /// True when the error means the connection or a channel is broken.
+    fn breaks_session(&self) -> bool {
+        matches!(self, OutcomeError::Channel(_) | OutcomeError::Publish(PublishError::Broker(_)))
+    }
+}
+
+/// What a worker did during its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSummary {
+    /// Tasks finished with any outcome (succeeded, retry scheduled, dead-lettered).
+    pub completed_total: u64,
+    /// Tasks returned to their queue unfinished (shutdown past grace, lost connection).
+    pub interrupted_total: u64,
+}
+
+/// Builds a [`Worker`]: settings not given here come from the environment at [`build`](Self::build).
+#[derive(Default)]
+pub struct WorkerBuilder {
+    overrides: ConfigOverrides,
+    handlers: Handlers,
+}
+
+impl WorkerBuilder {
+    pub fn amqp_url(mut self, url: impl Into<String>) -> Self {
+        self.overrides.amqp_url = Some(url.into());
+        self
+    }
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.overrides.namespace = Some(namespace.into());
+        self
+    }
+    pub fn pool(mut self, pool: impl Into<String>) -> Self {
+        self.overrides.pool = Some(pool.into());
+        self
+    }
+    /// Priority classes, highest first.
+    pub fn priorities<I: IntoIterator<Item = S>, S: Into<String>>(mut self, classes: I) -> Self {
+        self.overrides.priorities = Some(classes.into_iter().map(Into::into).collect());
+        self
+    }
+    pub fn concurrency(mut self, concurrency: u16) -> Self {
+        self.overrides.concurrency = Some(concurrency);
+        self
+    }
+    pub fn pod_name(mut self, pod: impl Into<String>) -> Self {
+        self.overrides.pod_name = Some(pod.into());
+        self
+    }
+    pub fn starvation(mut self, limit: Duration) -> Self {
+        self.overrides.starvation = Some(limit);
+        self
+    }
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.overrides.grace = Some(grace);
+        self
+    }
+    pub fn reports_queue(mut self, queue: impl Into<String>) -> Self {
+        self.overrides.reports_queue = Some(queue.into());
+        self
+    }
+    /// Replaces all configuration overrides at once.
+    pub fn overrides(mut self, overrides: ConfigOverrides) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    /// The handler for tasks without a `taskType`, or with one no specific handler is for.
+    pub fn handler<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.handlers.default = Some(boxed(f));
+        self
+    }
+
+    /// The handler for tasks whose envelope says `taskType: task_type`.
+    pub fn handler_for<F, Fut>(mut self, task_type: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.handlers.by_type.insert(task_type.into(), boxed(f));
+        self
+    }
+
+    /// Resolves the configuration (overrides over environment) and checks a handler exists.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        if self.handlers.default.is_none() && self.handlers.by_type.is_empty() {
+            return Err(WorkerError::NoHandler);
+        }
+        let config = WorkerConfig::from_env(&self.overrides)?;
+        Ok(Worker { config, handlers: self.handlers })
+    }
+}
+
+/// A configured worker, ready to [`run`](Worker::run).
+pub struct Worker {
+    config: WorkerConfig,
+    handlers: Handlers,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    config: WorkerConfig,
+    handlers: Handlers,
+    reporter: Reporter,
+    stats: Arc<Stats>,
+    /// Retry tiers declared by this process (declaring is idempotent; this saves round trips).
+    retry_tiers: Mutex<HashSet<u64>>,
+}
+
+/// The broker objects of one connection, shared by the tasks it runs.
+struct Session {
+    connection: Arc<Connection>,
+    /// Confirm-mode channel for retries and dead letters.
+    publish: Channel,
+    /// Fired when anything finds the connection broken.
+    lost: CancellationToken,
+}
+
+/// A delivery that parsed as an envelope, waiting for a slot.
+struct Ready {
+    delivery: Delivery,
+    envelope: TaskEnvelope,
+}
+
+enum SessionEnd {
+    /// Shutdown completed: consumers cancelled, buffered tasks returned, running ones done.
+    Drained,
+    /// The connection broke; reconnect.
+    Lost,
+}
+
+enum Outcome {
+    Succeeded(Option<serde_json::Value>),
+    Failed { error: TaskError, reason_override: Option<&'static str> },
+    Interrupted,
+}
+
+impl Worker {
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<WorkerSummary, WorkerError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(WorkerError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(WorkerError::Signals)?;
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+                _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+            }
+            trigger.cancel();
+        });
+        Ok(self.run(shutdown).await)
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: stops consuming, returns buffered
+    /// tasks to their queues, lets running tasks finish within the grace period (the rest
+    /// are cancelled and returned), flushes reports and disconnects.
+    pub async fn run(self, shutdown: CancellationToken) -> WorkerSummary {
+        let config = self.config;
+        let stats = Arc::new(Stats::new(u32::from(config.concurrency)));
+        let (reporter, commands) = Reporter::channel();
+        let (link_tx, link_rx) = watch::channel(None);
+        let reporter_stop = CancellationToken::new();
+        let reporter_task = tokio::spawn(
+            ReporterTask {
+                rx: commands,
+                link: link_rx,
+                stats: stats.clone(),
+                worker: WorkerId {
+                    namespace: config.namespace.clone(),
+                    pool: config.pool.clone(),
+                    pod: config.pod_name.clone(),
+                },
+                queue: config.reports_queue.clone(),
+                stop: reporter_stop.clone(),
+            }
+            .run(),
+        );
+        let shared = Arc::new(Shared {
+            config,
+            handlers: self.handlers,
+            reporter,
+            stats: stats.clone(),
+            retry_tiers: Mutex::default(),
+        });
+        let span = tracing::info_span!(
+            "worker",
+            namespace = %shared.config.namespace,
+            pool = %shared.config.pool,
+            pod = %shared.config.pod_name
+        );
+        async {
+            let mut failures = 0u32;
+            loop {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                let connected = tokio::select! {
+                    c = Connection::connect(&shared.config.amqp_url, ConnectionProperties::default()) => Some(c),
+                    _ = shutdown.cancelled() => None,
+                };
+                match connected {
+                    None => break,
+                    Some(Err(e)) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, "connecting to the broker failed");
+                    }
+                    Some(Ok(connection)) => {
+                        let connection = Arc::new(connection);
+                        match run_session(&shared, &connection, &link_tx, &shutdown, &mut failures).await {
+                            Ok(SessionEnd::Drained) => {
+                                if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, shared.reporter.flush()).await.is_err() {
+                                    tracing::warn!("final report flush timed out");
+                                }
+                                let _ = link_tx.send(None);
+                                let _ = connection.close(200, "worker shut down".into()).await;
+                                break;
+                            }
+                            Ok(SessionEnd::Lost) => {
+                                failures += 1;
+                                tracing::warn!(failures, "connection to the broker lost");
+                            }
+                            Err(e) => {
+                                failures += 1;
+                                tracing::warn!(error = %e, failures, "setting up consumers failed");
+                            }
+                        }
+                        let _ = link_tx.send(None);
+                        let _ = connection.close(320, "reconnecting".into()).await;
+                    }
+                }
+                let delay = reconnect_delay(failures, rand::random::<f64>());
+                tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after a pause");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            reporter_stop.cancel();
+            let _ = reporter_task.await;
+        }
+        .instrument(span)
+        .await;
+        let hb = stats.snapshot();
+        WorkerSummary { completed_total: hb.completed_total, interrupted_total: hb.interrupted_total }
+    }
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// One connection's life: set up channels and consumers, then dispatch until shutdown
+/// completes or the connection breaks.
+async fn run_session(
+    shared: &Arc<Shared>,
+    connection: &Arc<Connection>,
+    link_tx: &watch::Sender<Option<ReportLink>>,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+) -> Result<SessionEnd, lapin::Error> {
+    let config = &shared.config;
+    let lost = CancellationToken::new();
+
+    // A declaration with mismatched arguments closes its channel: use a throwaway one.
+    let declare = connection.create_channel().await?;
+    match topology::declare_reports_queue(&declare, &config.reports_queue).await {
+        Ok(()) => {
+            let _ = declare.close(200, "OK".into()).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "declaring the reports queue failed; using it as is"),
+    }
+    let _ = link_tx.send(Some(ReportLink { channel: confirm_channel(connection).await?, lost: lost.clone() }));
+    let session = Arc::new(Session { connection: connection.clone(), publish: confirm_channel(connection).await?, lost });
+
+    let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<(usize, Delivery)>();
+    let consumers_cancelled = CancellationToken::new();
+    let mut consumers: Vec<(Channel, ShortString)> = Vec::new();
+    let mut forwarders = JoinSet::new();
+    for (class, priority) in config.priorities.iter().enumerate() {
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
+        let queue = names::work_queue(&config.namespace, &config.pool, priority);
+        let tag = ShortString::from(format!("{}.{priority}.{:08x}", config.pod_name, rand::random::<u32>()));
+        let mut consumer =
+            channel.basic_consume(queue.as_str().into(), tag.clone(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+        let (tx, lost, cancelled) = (incoming_tx.clone(), session.lost.clone(), consumers_cancelled.clone());
+        forwarders.spawn(
+            async move {
+                while let Some(item) = consumer.next().await {
+                    match item {
+                        Ok(delivery) => {
+                            if tx.send((class, delivery)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consumer failed");
+                            break;
+                        }
+                    }
+                }
+                if !cancelled.is_cancelled() {
+                    lost.cancel();
+                }
+            }
+            .in_current_span(),
+        );
+        consumers.push((channel, tag));
+    }
+    drop(incoming_tx);
+    *failures = 0;
+    tracing::info!(priorities = ?config.priorities, concurrency = config.concurrency, "consuming");
+
+    let mut buffer: Buffer<Ready> = Buffer::new(config.priorities.len());
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut aux: JoinSet<()> = JoinSet::new();
+    let interrupt = CancellationToken::new();
+    let mut draining = false;
+    let mut incoming_open = true;
+    let mut grace_deadline: Option<Instant> = None;
+    let end = loop {
+        if !draining {
+            while running.len() < usize::from(config.concurrency) {
+                let Some((_, ready)) = buffer.pop_next(std::time::Instant::now(), config.starvation) else { break };
+                shared.stats.task_started();
+                running.spawn(execute(shared.clone(), session.clone(), ready, interrupt.clone()));
+            }
+        } else if running.is_empty() {
+            break SessionEnd::Drained;
+        }
+        let grace_over = async {
+            match grace_deadline {
+                Some(at) if !interrupt.is_cancelled() => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = session.lost.cancelled() => break SessionEnd::Lost,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                shared.stats.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                consumers_cancelled.cancel();
+                for (channel, tag) in &consumers {
+                    if let Err(e) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
+                        tracing::warn!(error = %e, "cancelling a consumer failed");
+                    }
+                }
+                let buffered = buffer.drain();
+                tracing::info!(buffered = buffered.len(), running = running.len(), grace_s = config.grace.as_secs_f64(), "draining");
+                for ready in buffered {
+                    requeue(&ready.delivery).await;
+                }
+                grace_deadline = Some(Instant::now() + config.grace);
+                let _ = shared.reporter.flush();
+            }
+            _ = grace_over => {
+                tracing::warn!(running = running.len(), "grace period over; cancelling running tasks");
+                interrupt.cancel();
+            }
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                if let Err(e) = joined {
+                    tracing::error!(error = %e, "task execution crashed");
+                }
+            }
+            Some(_) = aux.join_next(), if !aux.is_empty() => {}
+            received = incoming.recv(), if incoming_open => match received {
+                Some((_, delivery)) if draining => requeue(&delivery).await,
+                Some((class, delivery)) => match TaskEnvelope::from_json(&delivery.data) {
+                    Ok(envelope) => buffer.push(class, std::time::Instant::now(), Ready { delivery, envelope }),
+                    Err(error) => {
+                        aux.spawn(dead_letter_malformed(shared.clone(), session.clone(), delivery, error));
+                    }
+                },
+                // All consumers ended: either cancelled (draining) or lost (handled above).
+                None => {
+                    incoming_open = false;
+                    if !draining {
+                        session.lost.cancel();
+                    }
+                }
+            },
+        }
+    };
+    if matches!(end, SessionEnd::Lost) {
+        // Unacked deliveries of a broken connection go back to their queues on their own;
+        // stop the running attempts, whose outcome could not be acknowledged anyway.
+        interrupt.cancel();
+        tracing::warn!(running = running.len(), buffered = buffer.len(), "connection lost; interrupting running tasks");
+    }
+    while running.join_next().await.is_some() {}
+    while aux.join_next().await.is_some() {}
+    forwarders.abort_all();
+    Ok(end)
+}
+
+async fn requeue(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+        tracing::warn!(error = %e, "returning a delivery to its queue failed (the broker will redeliver it)");
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("delivery could not be acknowledged (channel closed); it will be redelivered"),
+        Err(e) => tracing::warn!(error = %e, "acknowledging a delivery failed; it will be redelivered"),
+    }
+}
+
+fn text(s: impl Into<Vec<u8>>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn dead_letter_headers(reason: &str, last_error: &str, envelope: Option<&TaskEnvelope>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(dead_letter_header::REASON.into(), text(reason));
+    headers.insert(dead_letter_header::LAST_ERROR.into(), text(last_error));
+    if let Some(e) = envelope {
+        headers.insert(dead_letter_header::ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(e.attempt)));
+        headers.insert(dead_letter_header::JOB_UID.into(), text(e.job.uid.as_str()));
+        headers.insert(dead_letter_header::TASK_INDEX.into(), AMQPValue::LongLongInt(i64::from(e.index)));
+    }
+    headers
+}
+
+async fn publish_dead_letter(
+    shared: &Shared,
+    session: &Session,
+    delivery: &Delivery,
+    reason: &str,
+    last_error: &str,
+    envelope: Option<&TaskEnvelope>,
+) -> Result<(), PublishError> {
+    let dlq = names::dead_letter_queue(&shared.config.namespace, &shared.config.pool);
+    let mut properties = BasicProperties::default().with_headers(dead_letter_headers(reason, last_error, envelope));
+    if let Some(content_type) = delivery.properties.content_type() {
+        properties = properties.with_content_type(content_type.clone());
+    }
+    publish_confirmed(&session.publish, "", &dlq, &delivery.data, properties).await
+}
+
+/// A message that is not a task goes to the dead-letter queue (reason `malformed`).
+async fn dead_letter_malformed(shared: Arc<Shared>, session: Arc<Session>, delivery: Delivery, error: String) {
+    tracing::warn!(%error, routing_key = %delivery.routing_key, "dead-lettering a malformed message");
+    match publish_dead_letter(&shared, &session, &delivery, dead_letter_reason::MALFORMED, &error, None).await {
+        Ok(()) => ack(&delivery).await,
+        Err(e) => {
+            tracing::warn!(error = %e, reason = e.reason(), "dead-lettering a malformed message failed; returning it");
+            if matches!(e, PublishError::Broker(_)) {
+                session.lost.cancel();
+            }
+            tokio::time::sleep(REQUEUE_PAUSE).await;
+            requeue(&delivery).await;
+        }
+    }
+}
+
+async fn ensure_retry_tier(shared: &Shared, session: &Session, tier_ms: u64) -> Result<(), OutcomeError> {
+    if shared.retry_tiers.lock().unwrap().contains(&tier_ms) {
+        return Ok(());
+    }
+    let channel = session.connection.create_channel().await?;
+    topology::declare_retry_tier(&channel, &shared.config.namespace, &shared.config.pool, tier_ms).await?;
+    let _ = channel.close(200, "OK".into()).await;
+    shared.retry_tiers.lock().unwrap().insert(tier_ms);
+    Ok(())
+}
+
+async fn publish_retry(
+    shared: &Shared,
+    session: &Session,
+    envelope: &TaskEnvelope,
+    next_attempt: u32,
+    tier_ms: u64,
+    delay_ms: u64,
+) -> Result<(), OutcomeError> {
+    ensure_retry_tier(shared, session, tier_ms).await?;
+    let next = TaskEnvelope { attempt: next_attempt, ..envelope.clone() };
+    let mut headers = FieldTable::default();
+    headers.insert(RETRY_TIER_HEADER.into(), text(tier_ms.to_string()));
+    let properties = BasicProperties::default()
+        .with_content_type(TASK_CONTENT_TYPE.into())
+        .with_expiration(delay_ms.to_string().into())
+        .with_headers(headers);
+    let exchange = topology::retry_exchange(&shared.config.namespace, &shared.config.pool);
+    publish_confirmed(&session.publish, &exchange, &envelope.priority, &next.to_json(), properties).await?;
+    Ok(())
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs the handler in its own tokio task, under the attempt's timeout and the session's
+/// interrupt.
+async fn run_handler(handler: Handler, ctx: TaskContext, timeout: Option<Duration>, interrupt: CancellationToken) -> Outcome {
+    let cancel = ctx.cancellation_token();
+    let mut handle = tokio::spawn(handler(ctx).in_current_span());
+    let time_limit = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let wind_down = async |handle: &mut tokio::task::JoinHandle<TaskResult>| {
+        cancel.cancel();
+        if tokio::time::timeout(HANDLER_WIND_DOWN, &mut *handle).await.is_err() {
+            tracing::warn!("handler ignored cancellation; aborting it");
+            handle.abort();
+        }
+    };
+    tokio::select! {
+        joined = &mut handle => match joined {
+            Ok(Ok(result)) => Outcome::Succeeded(result),
+            Ok(Err(error)) => Outcome::Failed { error, reason_override: None },
+            Err(e) if e.is_panic() => Outcome::Failed {
+                error: TaskError::retryable(format!("handler panicked: {}", panic_message(e.into_panic()))),
+                reason_override: None,
+            },
+            Err(e) => Outcome::Failed { error: TaskError::retryable(format!("handler aborted: {e}")), reason_override: None },
+        },
+        _ = time_limit => {
+            wind_down(&mut handle).await;
+            let secs = timeout.unwrap_or_default().as_secs();
+            Outcome::Failed { error: TaskError::retryable(format!("timed out after {secs}s")), reason_override: None }
+        }
+        _ = interrupt.cancelled() => {
+            wind_down(&mut handle).await;
+            Outcome::Interrupted
+        }
+    }
+}
+
+/// Executes one task and disposes of its delivery.
+async fn execute(shared: Arc<Shared>, session: Arc<Session>, ready: Ready, interrupt: CancellationToken) {
+    let Ready { delivery, envelope } = ready;
+    let envelope = Arc::new(envelope);
+    let span = tracing::info_span!(
+        "task",
+        job = %envelope.job.name,
+        job_namespace = %envelope.job.namespace,
+        job_uid = %envelope.job.uid,
+        task = envelope.index,
+        attempt = envelope.attempt,
+        priority = %envelope.priority,
+    );
+    async move {
+        let completed = execute_attempt(&shared, &session, &delivery, envelope, interrupt).await;
+        shared.stats.task_ended(completed);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Returns true when the task was completed (outcome recorded and delivery acked), false when
+/// it was returned to the broker.
+async fn execute_attempt(
+    shared: &Shared,
+    session: &Session,
+    delivery: &Delivery,
+    envelope: Arc<TaskEnvelope>,
+    interrupt: CancellationToken,
+) -> bool {
+    tracing::info!("task started");
+    shared.reporter.event(&envelope, TaskEventKind::Started);
+    let outcome = match shared.handlers.select(envelope.task_type.as_deref()) {
+        Some(handler) => {
+            let ctx = TaskContext::new(envelope.clone(), CancellationToken::new(), shared.reporter.clone());
+            run_handler(handler.clone(), ctx, envelope.timeout_seconds.map(Duration::from_secs), interrupt).await
+        }
+        None => Outcome::Failed {
+            error: TaskError::permanent(format!(
+                "no handler for task type {:?}",
+                envelope.task_type.as_deref().unwrap_or_default()
+            )),
+            reason_override: Some(dead_letter_reason::NO_HANDLER),
+        },
+    };
+    let kind = match outcome {
+        Outcome::Interrupted => {
+            tracing::warn!("task interrupted; returning it to its queue");
+            requeue(delivery).await;
+            return false;
+        }
+        Outcome::Succeeded(result) => {
+            tracing::info!("task succeeded");
+            TaskEventKind::Succeeded { result }
+        }
+        Outcome::Failed { error, reason_override } => {
+            let action = match reason_override {
+                Some(reason) => FailureAction::DeadLetter { reason },
+                None => decide_failure(&envelope.retry, envelope.attempt, error.is_retryable(), rand::random::<f64>()),
+            };
+            let (published, disposition) = match action {
+                FailureAction::Retry { next_attempt, delay } => {
+                    tracing::warn!(error = %error, retry_in_ms = delay.delay_ms, tier_ms = delay.tier_ms, "task failed; retrying");
+                    (
+                        publish_retry(shared, session, &envelope, next_attempt, delay.tier_ms, delay.delay_ms).await,
+                        FailureDisposition::Retrying { delay_ms: delay.delay_ms },
+                    )
+                }
+                FailureAction::DeadLetter { reason } => {
+                    tracing::warn!(error = %error, reason, "task failed; dead-lettering");
+                    (
+                        publish_dead_letter(shared, session, delivery, reason, error.message(), Some(&envelope))
+                            .await
+                            .map_err(OutcomeError::from),
+                        FailureDisposition::DeadLettered { reason: reason.to_string() },
+                    )
+                }
+            };
+            if let Err(e) = published {
+                tracing::error!(error = %e, reason = e.reason(), "recording the failure failed; returning the task to its queue");
+                if e.breaks_session() {
+                    session.lost.cancel();
+                }
+                tokio::time::sleep(REQUEUE_PAUSE).await;
+                requeue(delivery).await;
+                return false;
+            }
+            TaskEventKind::Failed { error: error.message().to_string(), disposition }
+        }
+    };
+    // Ack only once the report of the outcome is safely with the broker: a crash before that
+    // means a redelivery, never a lost outcome.
+    let confirmed = shared.reporter.event_confirmed(&envelope, kind);
+    tokio::select! {
+        _ = confirmed => {
+            ack(delivery).await;
+            true
+        }
+        _ = session.lost.cancelled() => {
+            tracing::warn!("connection lost before the outcome was reported; the task will be redelivered");
+            false
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Declaration of a pool's RabbitMQ objects. The operator calls these same functions, so the
+//! arguments of every queue and exchange are written down once and always match (RabbitMQ
+//! refuses a re-declaration with different arguments).
+//!
+//! This module declares; it never deletes and never consumes.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use warren_protocol::names;
+
+use crate::RETRY_TIER_HEADER;
+
+/// Queue types a pool's work queues may have.
+pub const QUEUE_TYPES: &[&str] = &["classic", "quorum"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("queue type {0:?} is not one of classic, quorum")]
+    InvalidQueueType(String),
+    #[error("declaring {object}: {source}")]
+    Declare {
+        object: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl TopologyError {
+    /// Stable name of the error kind.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TopologyError::InvalidQueueType(_) => "InvalidQueueType",
+            TopologyError::Declare { .. } => "DeclareFailed",
+        }
+    }
+}
+
+/// Name of the headers exchange the retry-tier queues of a pool are bound to.
+pub fn retry_exchange(namespace: &str, pool: &str) -> String {
+    format!("{}.retry", names::pool_exchange(namespace, pool))
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions { durable: true, ..Default::default() }
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn declare_err(object: impl Into<String>) -> impl FnOnce(lapin::Error) -> TopologyError {
+    let object = object.into();
+    move |source| TopologyError::Declare { object, source }
+}
+
+/// Declares a pool: its direct exchange, one durable work queue per priority class (bound
+/// with the class as routing key, `x-queue-type` = `queue_type`), the retry headers exchange
+/// and the dead-letter queue. Idempotent.
+pub async fn declare_pool(
+    channel: &Channel,
+    namespace: &str,
+    pool: &str,
+    classes: &[String],
+    queue_type: &str,
+) -> Result<(), TopologyError> {
+    if !QUEUE_TYPES.contains(&queue_type) {
+        return Err(TopologyError::InvalidQueueType(queue_type.to_string()));
+    }
+    let exchange = names::pool_exchange(namespace, pool);
+    channel
+        .exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, durable_exchange(), FieldTable::default())
+        .await
+        .map_err(declare_err(&exchange))?;
+    let retry = retry_exchange(namespace, pool);
+    channel
+        .exchange_declare(retry.as_str().into(), ExchangeKind::Headers, durable_exchange(), FieldTable::default())
+        .await
+        .map_err(declare_err(&retry))?;
+    for class in classes {
+        let queue = names::work_queue(namespace, pool, class);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                table(&[("x-queue-type", text(queue_type))]),
+            )
+            .await
+            .map_err(declare_err(&queue))?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                class.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_err(format!("binding {queue}")))?;
+    }
+    let dlq = names::dead_letter_queue(namespace, pool);
+    channel
+        .queue_declare(
+            dlq.as_str().into(),
+            QueueDeclareOptions::durable(),
+            table(&[("x-queue-type", text(queue_type))]),
+        )
+        .await
+        .map_err(declare_err(&dlq))?;
+    Ok(())
+}
+
+/// Declares the retry queue of one delay tier: a classic durable queue whose messages
+/// (published with a per-message expiration `<= delay_ms`) dead-letter back into the pool
+/// exchange with their original routing key, bound to the retry exchange on header
+/// `warren-retry-tier = "<delay_ms>"`. `x-message-ttl = delay_ms` bounds the wait of a message
+/// queued behind a longer one. Idempotent; also (re)declares the retry exchange.
+pub async fn declare_retry_tier(
+    channel: &Channel,
+    namespace: &str,
+    pool: &str,
+    delay_ms: u64,
+) -> Result<(), TopologyError> {
+    let retry = retry_exchange(namespace, pool);
+    channel
+        .exchange_declare(retry.as_str().into(), ExchangeKind::Headers, durable_exchange(), FieldTable::default())
+        .await
+        .map_err(declare_err(&retry))?;
+    let queue = names::retry_queue(namespace, pool, delay_ms);
+    let ttl = i64::try_from(delay_ms).unwrap_or(i64::MAX);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            table(&[
+                ("x-dead-letter-exchange", text(&names::pool_exchange(namespace, pool))),
+                ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+            ]),
+        )
+        .await
+        .map_err(declare_err(&queue))?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            retry.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            table(&[("x-match", text("all")), (RETRY_TIER_HEADER, text(&delay_ms.to_string()))]),
+        )
+        .await
+        .map_err(declare_err(format!("binding {queue}")))?;
+    Ok(())
+}
+
+/// Declares the operator-wide reports queue (durable, no arguments).
+pub async fn declare_reports_queue(channel: &Channel, queue: &str) -> Result<(), TopologyError> {
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await
+        .map_err(declare_err(queue))?;
+    Ok(())
+}
