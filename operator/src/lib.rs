@@ -7,7 +7,7 @@ pub mod conditions;
 pub mod controllers;
 pub mod crd;
 pub mod ledger;
-// TEMP pub mod local;
+pub mod local;
 pub mod metrics;
 pub mod ranges;
 pub mod reports;

@@ -60,11 +60,7 @@ pub fn runner_config(bin_dir: &Path, log_dir: &Path) -> Result<warren_sandbox::r
     if !worker.is_file() {
         return Err(LocalError::WorkerBinaryMissing(worker));
     }
-    let mut config = warren_sandbox::runner::RunnerConfig {
-        images: [("warren-worker".to_string(), worker)].into_iter().collect(),
-        log_dir: log_dir.to_path_buf(),
-        ..warren_sandbox::runner::RunnerConfig::default()
-    };
+    let mut config = warren_sandbox::runner::RunnerConfig::new(log_dir).image("warren-worker", worker);
     if let Some(path) = std::env::var_os("PATH") {
         let mut dirs = vec![bin_dir.to_path_buf()];
         dirs.extend(std::env::split_paths(&path));

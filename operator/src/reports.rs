@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use warren_protocol::{ReportBatch, names};
 
@@ -46,6 +46,8 @@ pub async fn run(url: String, book: Arc<JobBook>, workers: Arc<WorkerRegistry>) 
 enum ConsumeError {
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Topology(warren_worker::topology::TopologyError),
     #[error("looking up the Job of a report: {0}")]
     JobLookup(kube::Error),
 }
@@ -58,14 +60,9 @@ async fn consume(url: &str, book: &JobBook, workers: &WorkerRegistry) -> Result<
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await
         .map_err(amqp("basic.qos"))?;
-    channel
-        .queue_declare(
-            names::REPORTS_QUEUE.into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
+    warren_worker::topology::declare_reports_queue(&channel, names::REPORTS_QUEUE)
         .await
-        .map_err(amqp("queue.declare"))?;
+        .map_err(ConsumeError::Topology)?;
     let mut consumer = channel
         .basic_consume(
             names::REPORTS_QUEUE.into(),

@@ -71,7 +71,7 @@ async fn a_job_for_a_missing_pool_waits_with_a_clear_condition_then_runs() -> an
 async fn a_high_priority_job_overtakes_a_low_priority_backlog() -> anyhow::Result<()> {
     let env = Env::start("priority").await?;
     env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": noop_handler()}, "replicas": 1, "concurrency": 2
+        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 4
     }))
     .await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;

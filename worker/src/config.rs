@@ -209,7 +209,8 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_rejected_with_the_variable() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (&[("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a")], "WARREN_NAMESPACE", "ConfigMissing"),
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_PRIORITIES", "a")], "WARREN_POOL", "ConfigMissing"),
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p")], "WARREN_PRIORITIES", "ConfigMissing"),

@@ -282,7 +282,9 @@ impl ReporterTask {
             }
             let now = Instant::now();
             let since_first = first_pending_at.map_or(Duration::ZERO, |at| now - at);
-            if (forced || flush_due(pending.len(), since_first, now - last_batch)) && now >= retry_at {
+            // While disconnected there is nobody to talk to: events wait for the next link.
+            let connected = self.link.borrow().is_some();
+            if connected && (forced || flush_due(pending.len(), since_first, now - last_batch)) && now >= retry_at {
                 match self.flush(&mut pending).await {
                     Ok(()) => {
                         failures = 0;
@@ -301,7 +303,9 @@ impl ReporterTask {
                 }
             }
         }
-        if let Err(e) = self.flush(&mut pending).await {
+        if !pending.is_empty()
+            && let Err(e) = self.flush(&mut pending).await
+        {
             tracing::warn!(error = %e, lost_events = pending.len(), "final report flush failed");
         }
         for w in flush_waiters.drain(..) {

@@ -322,7 +322,10 @@ impl Worker {
                     break;
                 }
                 let connected = tokio::select! {
-                    c = Connection::connect(&shared.config.amqp_url, ConnectionProperties::default()) => Some(c),
+                    c = Connection::connect(
+                        &shared.config.amqp_url,
+                        ConnectionProperties::default().with_connection_name(shared.config.pod_name.as_str().into()),
+                    ) => Some(c),
                     _ = shutdown.cancelled() => None,
                 };
                 match connected {
@@ -481,7 +484,8 @@ async fn run_session(
                     requeue(&ready.delivery).await;
                 }
                 grace_deadline = Some(Instant::now() + config.grace);
-                let _ = shared.reporter.flush();
+                // Send the draining heartbeat now; nobody needs to wait for it.
+                drop(shared.reporter.flush());
             }
             _ = grace_over => {
                 tracing::warn!(running = running.len(), "grace period over; cancelling running tasks");

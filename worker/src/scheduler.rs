@@ -76,7 +76,8 @@ mod tests {
     #[test]
     fn choose_class_table() {
         let limit = Duration::from_secs(60);
-        let cases: &[(&[Option<Duration>], Option<usize>, &str)] = &[
+        type Case<'a> = (&'a [Option<Duration>], Option<usize>, &'a str);
+        let cases: &[Case] = &[
             (&[], None, "no classes"),
             (&[None, None, None], None, "nothing buffered"),
             (&[s(0), s(0), s(0)], Some(0), "highest first"),

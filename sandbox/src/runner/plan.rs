@@ -879,7 +879,7 @@ mod tests {
         let h1 = template_hash(&t);
         assert_eq!(h1, template_hash(&t.clone()));
         assert!(h1.bytes().all(|b| NAME_ALPHABET.contains(&b)));
-        t.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
+        t.metadata.get_or_insert_default().labels = Some([("app".to_string(), "x".to_string())].into());
         assert_ne!(template_hash(&t), h1);
     }
 

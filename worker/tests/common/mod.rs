@@ -205,25 +205,33 @@ pub struct Reports {
 }
 
 impl Reports {
-    /// Reads report batches until `done(events so far)` holds; fails after [`PATIENCE`].
+    /// Reads the next report batch; fails after [`PATIENCE`].
+    async fn next_batch(&mut self, what: &str) {
+        let next = tokio::time::timeout(PATIENCE, self.consumer.next()).await;
+        let delivery = match next {
+            Ok(Some(Ok(d))) => d,
+            Ok(other) => panic!("reports consumer ended: {other:?}"),
+            Err(_) => panic!("gave up waiting for: {what}; events so far: {:#?}", self.events),
+        };
+        assert_eq!(delivery.properties.content_type().as_ref().map(|c| c.as_str()), Some(REPORT_CONTENT_TYPE));
+        assert_eq!(delivery.properties.delivery_mode(), &Some(2), "reports are persistent");
+        let batch = ReportBatch::from_json(&delivery.data).unwrap();
+        assert!(batch.events.len() <= 500);
+        self.events.extend(batch.events.iter().cloned());
+        self.batches.push(batch);
+    }
+
+    /// Reads report batches until `done(events so far)` holds.
     pub async fn until(&mut self, what: &str, done: impl Fn(&[TaskEvent]) -> bool) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
         while !done(&self.events) {
-            let next = tokio::time::timeout_at(deadline, self.consumer.next()).await;
-            let delivery = match next {
-                Ok(Some(Ok(d))) => d,
-                Ok(other) => panic!("reports consumer ended: {other:?}"),
-                Err(_) => panic!("gave up waiting for: {what}; events so far: {:#?}", self.events),
-            };
-            assert_eq!(
-                delivery.properties.content_type().as_ref().map(|c| c.as_str()),
-                Some(REPORT_CONTENT_TYPE)
-            );
-            assert_eq!(delivery.properties.delivery_mode(), &Some(2), "reports are persistent");
-            let batch = ReportBatch::from_json(&delivery.data).unwrap();
-            assert!(batch.events.len() <= 500);
-            self.events.extend(batch.events.iter().cloned());
-            self.batches.push(batch);
+            self.next_batch(what).await;
+        }
+    }
+
+    /// Reads report batches until one carries a heartbeat matching `pred`.
+    pub async fn until_heartbeat(&mut self, what: &str, pred: impl Fn(&warren_protocol::Heartbeat) -> bool) {
+        while !self.batches.iter().any(|b| b.heartbeat.as_ref().is_some_and(&pred)) {
+            self.next_batch(what).await;
         }
     }
 
