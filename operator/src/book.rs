@@ -53,12 +53,14 @@ pub struct JobBook {
     client: Client,
     entries: Mutex<HashMap<String, Entry>>,
     next_seq: std::sync::atomic::AtomicU64,
+    /// Wakes the flusher when a Job finishes.
+    finished: tokio::sync::Notify,
     pub status_interval: Duration,
 }
 
 impl JobBook {
     pub fn new(client: Client, status_interval: Duration) -> Self {
-        Self { client, entries: Mutex::new(HashMap::new()), next_seq: 1.into(), status_interval }
+        Self { client, entries: Mutex::new(HashMap::new()), next_seq: 1.into(), finished: Default::default(), status_interval }
     }
 
     fn seq(&self) -> u64 {
@@ -121,6 +123,9 @@ impl JobBook {
         let Some(entry) = entries.get_mut(&event.job.uid) else { return Applied::UnknownJob };
         if entry.ledger.apply(event) {
             entry.applied = self.seq();
+            if entry.ledger.is_complete() {
+                self.finished.notify_one();
+            }
         }
         Applied::Pending { uid: event.job.uid.clone(), seq: entry.applied }
     }
@@ -205,14 +210,17 @@ impl JobBook {
         }
     }
 
-    /// Writes every Job whose ledger changed and whose last write is older than the interval.
+    /// Writes every Job whose ledger changed and whose last write is older than the interval,
+    /// and at once every Job that just finished (its last write, so users see it promptly).
     pub async fn flush_due(&self) {
         let due: Vec<String> = {
             let entries = self.entries.lock().expect("book lock");
             entries
                 .iter()
                 .filter(|(_, e)| e.applied > e.persisted)
-                .filter(|(_, e)| e.last_write.is_none_or(|t| t.elapsed() >= self.status_interval))
+                .filter(|(_, e)| {
+                    e.ledger.is_complete() || e.last_write.is_none_or(|t| t.elapsed() >= self.status_interval)
+                })
                 .map(|(uid, _)| uid.clone())
                 .collect()
         };
@@ -228,7 +236,10 @@ impl JobBook {
         let mut tick = tokio::time::interval((self.status_interval / 4).max(Duration::from_millis(20)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.finished.notified() => {}
+            }
             self.flush_due().await;
         }
     }

@@ -10,13 +10,15 @@
 //! that is gone, as a safety net).
 //!
 //! Layout: [`plan`] (pure: replica plans, victim ranking, Deployment status, backoff),
-//! [`launch`] (pure: container → executable, arguments, environment), `process` (spawning and
+//! [`launch`] (pure: container → executable, arguments, environment), [`probe`] (readiness
+//! and liveness probes: pure thresholds, one attempt as I/O), `process` (spawning and
 //! signalling process groups), `pod_worker` (one task per pod: the kubelet part), and the
 //! control loop below (watches, expectations, applying plans).
 
 pub mod launch;
 pub mod plan;
 mod pod_worker;
+pub mod probe;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -80,6 +82,13 @@ pub struct RunnerConfig {
     pub max_crash_backoff: Duration,
 }
 
+impl Default for RunnerConfig {
+    /// Logs under `<tmp>/warren-sandbox-logs`, kubelet backoff, no images, all namespaces.
+    fn default() -> Self {
+        Self::new(std::env::temp_dir().join("warren-sandbox-logs"))
+    }
+}
+
 impl RunnerConfig {
     /// Kubelet defaults, no images, all namespaces.
     pub fn new(log_dir: impl Into<PathBuf>) -> Self {
@@ -103,7 +112,10 @@ impl RunnerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error("log directory {path}: {source}")]
-    LogDir { path: PathBuf, source: std::io::Error },
+    LogDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("API server unreachable: {0}")]
     ApiUnreachable(#[source] kube::Error),
     #[error("watches did not sync within {0:?}")]
@@ -112,6 +124,8 @@ pub enum RunnerError {
     CreatePod(#[source] kube::Error),
     #[error("deleting pod: {0}")]
     DeletePod(#[source] kube::Error),
+    #[error("reading deployment: {0}")]
+    GetDeployment(#[source] kube::Error),
     #[error("listing pods: {0}")]
     ListPods(#[source] kube::Error),
     #[error("patching deployment status: {0}")]
@@ -127,6 +141,7 @@ impl RunnerError {
             Self::WatchNotSynced(_) => "WatchNotSynced",
             Self::CreatePod(_) => "CreatePodFailed",
             Self::DeletePod(_) => "DeletePodFailed",
+            Self::GetDeployment(_) => "GetDeploymentFailed",
             Self::ListPods(_) => "ListPodsFailed",
             Self::PatchStatus(_) => "PatchStatusFailed",
         }
@@ -136,6 +151,7 @@ impl RunnerError {
 /// A running local node: watches Deployments and Pods and runs their processes until
 /// [`Runner::shutdown`].
 pub struct Runner {
+    log_dir: PathBuf,
     cancel: CancellationToken,
     control_loop: Option<JoinHandle<()>>,
     watches: Vec<JoinHandle<()>>,
@@ -146,26 +162,42 @@ const WATCH_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Runner {
     pub async fn start(client: Client, config: RunnerConfig) -> Result<Runner, RunnerError> {
-        std::fs::create_dir_all(&config.log_dir)
-            .map_err(|source| RunnerError::LogDir { path: config.log_dir.clone(), source })?;
+        std::fs::create_dir_all(&config.log_dir).map_err(|source| RunnerError::LogDir {
+            path: config.log_dir.clone(),
+            source,
+        })?;
         let (deployments_api, pods_api): (Api<Deployment>, Api<Pod>) = match &config.namespace {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        deployments_api.list(&ListParams::default().limit(1)).await.map_err(RunnerError::ApiUnreachable)?;
+        deployments_api
+            .list(&ListParams::default().limit(1))
+            .await
+            .map_err(RunnerError::ApiUnreachable)?;
 
         let wake = Arc::new(Notify::new());
         let (deployments, deployments_writer) = reflector::store::<Deployment>();
         let (pods, pods_writer) = reflector::store::<Pod>();
         let watches = vec![
-            spawn_watch("deployments", deployments_api, deployments_writer, wake.clone()),
+            spawn_watch(
+                "deployments",
+                deployments_api,
+                deployments_writer,
+                wake.clone(),
+            ),
             spawn_watch("pods", pods_api, pods_writer, wake.clone()),
         ];
         let synced = async {
             let _ = deployments.wait_until_ready().await;
             let _ = pods.wait_until_ready().await;
         };
-        if tokio::time::timeout(WATCH_SYNC_TIMEOUT, synced).await.is_err() {
+        if tokio::time::timeout(WATCH_SYNC_TIMEOUT, synced)
+            .await
+            .is_err()
+        {
             for w in &watches {
                 w.abort();
             }
@@ -202,13 +234,22 @@ impl Runner {
             patched: HashMap::new(),
             retry: HashMap::new(),
         };
-        let control_loop = tokio::spawn(
-            control
-                .run(wake, cancel.clone())
-                .instrument(info_span!("runner", namespace = config.namespace.as_deref().unwrap_or("*"))),
+        let control_loop = tokio::spawn(control.run(wake, cancel.clone()).instrument(info_span!(
+            "runner",
+            namespace = config.namespace.as_deref().unwrap_or("*")
+        )));
+        info!(
+            namespace = config.namespace.as_deref().unwrap_or("*"),
+            images = config.images.len(),
+            "runner started"
         );
-        info!(namespace = config.namespace.as_deref().unwrap_or("*"), images = config.images.len(), "runner started");
-        Ok(Runner { cancel, control_loop: Some(control_loop), watches, groups })
+        Ok(Runner {
+            log_dir: config.log_dir.clone(),
+            cancel,
+            control_loop: Some(control_loop),
+            watches,
+            groups,
+        })
     }
 
     /// Stops all pods like a node drain: SIGTERM, wait each pod's grace period, SIGKILL;
@@ -226,7 +267,17 @@ impl Runner {
     }
 }
 
+/// `<log_dir>/<namespace>_<pod>.log`: where a pod's stdout and stderr go.
+pub fn log_path(log_dir: &std::path::Path, namespace: &str, pod: &str) -> PathBuf {
+    log_dir.join(format!("{namespace}_{pod}.log"))
+}
+
 impl Runner {
+    /// The file a pod's stdout and stderr are appended to (across restarts).
+    pub fn log_path(&self, namespace: &str, pod: &str) -> PathBuf {
+        log_path(&self.log_dir, namespace, pod)
+    }
+
     /// Number of local process groups alive right now (started and not yet reaped).
     pub fn process_count(&self) -> usize {
         self.groups.len()
@@ -254,7 +305,13 @@ fn spawn_watch<K>(
     wake: Arc<Notify>,
 ) -> JoinHandle<()>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     tokio::spawn(async move {
@@ -281,6 +338,7 @@ fn pod_key(pod: &Pod) -> PodKey {
 /// A pod this runner created that the watch has not shown yet.
 #[derive(Clone, Debug)]
 struct ExpectedPod {
+    namespace: String,
     name: String,
     template_hash: String,
     created: Instant,
@@ -344,50 +402,71 @@ impl ControlLoop {
                             .deletion_grace_period_seconds
                             .map(|s| Duration::from_secs(s.max(0) as u64))
                             .unwrap_or_else(|| grace_period(pod));
-                        worker.stop(StopRequest { grace, delete_object: true, reason: "PodDeleting" });
+                        worker.stop(StopRequest {
+                            grace,
+                            delete_object: true,
+                            reason: "PodDeleting",
+                        });
                     }
                 }
                 Some(worker) => {
                     // A new pod took the name; the old incarnation's object is gone.
                     if !worker.stopping() {
-                        worker.stop(StopRequest { grace: Duration::ZERO, delete_object: false, reason: "PodReplaced" });
+                        let grace = worker.grace;
+                        worker.stop(StopRequest {
+                            grace,
+                            delete_object: false,
+                            reason: "PodReplaced",
+                        });
                     }
                 }
                 None if pod.metadata.deletion_timestamp.is_some() => {
-                    self.workers.insert(key, WorkerHandle::spawn_finalizer(self.ctx.clone(), (**pod).clone()));
+                    self.workers.insert(
+                        key,
+                        WorkerHandle::spawn_finalizer(self.ctx.clone(), (**pod).clone()),
+                    );
                 }
                 None if is_terminal(pod) => {}
                 None => {
                     debug!(namespace = %key.0, pod = %key.1, "starting pod worker");
-                    self.workers.insert(key, WorkerHandle::spawn(self.ctx.clone(), (**pod).clone()));
+                    self.workers
+                        .insert(key, WorkerHandle::spawn(self.ctx.clone(), (**pod).clone()));
                 }
             }
         }
         for (key, worker) in &mut self.workers {
             let gone = present.get(key).is_none_or(|uid| *uid != worker.uid);
             if gone && !worker.stopping() {
-                let grace = pods
-                    .iter()
-                    .find(|p| p.metadata.uid.as_deref() == Some(worker.uid.as_str()))
-                    .map(|p| grace_period(p))
-                    .unwrap_or(Duration::from_secs(30));
+                let grace = worker.grace;
                 info!(namespace = %key.0, pod = %key.1, "pod object deleted; stopping its process");
-                worker.stop(StopRequest { grace, delete_object: false, reason: "PodDeleted" });
+                worker.stop(StopRequest {
+                    grace,
+                    delete_object: false,
+                    reason: "PodDeleted",
+                });
             }
         }
     }
 
     /// Forgets workers that are done once their pod is gone from the watch.
     fn reap_workers(&mut self) {
-        let live: HashSet<String> =
-            self.pods.state().iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        self.workers.retain(|_, w| !w.finished() || live.contains(&w.uid));
+        let live: HashSet<String> = self
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        self.workers
+            .retain(|_, w| !w.finished() || live.contains(&w.uid));
     }
 
     async fn sync_deployments(&mut self) {
         let now = Timestamp::now();
         let deployments = self.deployments.state();
-        let live: HashSet<&str> = deployments.iter().filter_map(|d| d.metadata.uid.as_deref()).collect();
+        let live: HashSet<&str> = deployments
+            .iter()
+            .filter_map(|d| d.metadata.uid.as_deref())
+            .collect();
         self.expected.retain(|uid, _| live.contains(uid.as_str()));
         self.patched.retain(|uid, _| live.contains(uid.as_str()));
         self.retry.retain(|uid, _| live.contains(uid.as_str()));
@@ -396,7 +475,11 @@ impl ControlLoop {
                 continue;
             }
             let uid = deployment.metadata.uid.clone().unwrap_or_default();
-            if self.retry.get(&uid).is_some_and(|r| r.not_before > Instant::now()) {
+            if self
+                .retry
+                .get(&uid)
+                .is_some_and(|r| r.not_before > Instant::now())
+            {
                 continue;
             }
             let span = info_span!(
@@ -404,21 +487,36 @@ impl ControlLoop {
                 namespace = deployment.namespace().unwrap_or_default(),
                 deployment = deployment.name_any(),
             );
-            match self.sync_deployment(&deployment, now).instrument(span.clone()).await {
+            match self
+                .sync_deployment(&deployment, now)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(()) => {
                     self.retry.remove(&uid);
                 }
                 Err(e) => {
                     let failures = self.retry.get(&uid).map_or(1, |r| r.failures + 1);
-                    let delay = pod_worker::retry_delay(failures.min(6)).max(Duration::from_millis(200));
+                    let delay =
+                        pod_worker::retry_delay(failures.min(6)).max(Duration::from_millis(200));
                     span.in_scope(|| warn!(reason = e.reason(), error = %e, failures, "deployment sync failed"));
-                    self.retry.insert(uid, Retry { failures, not_before: Instant::now() + delay });
+                    self.retry.insert(
+                        uid,
+                        Retry {
+                            failures,
+                            not_before: Instant::now() + delay,
+                        },
+                    );
                 }
             }
         }
     }
 
-    async fn sync_deployment(&mut self, deployment: &Deployment, now: Timestamp) -> Result<(), RunnerError> {
+    async fn sync_deployment(
+        &mut self,
+        deployment: &Deployment,
+        now: Timestamp,
+    ) -> Result<(), RunnerError> {
         let uid = deployment.metadata.uid.clone().unwrap_or_default();
         let namespace = deployment.namespace().unwrap_or_else(|| "default".into());
         let name = deployment.name_any();
@@ -427,24 +525,39 @@ impl ControlLoop {
         let current_hash = plan::template_hash(&spec.template);
         let strategy = Strategy::from_spec(spec.strategy.as_ref(), desired);
         let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
+        let paused = spec.paused.unwrap_or(false);
 
         let store_pods = self.pods.state();
         let observed = self.observe(&uid, store_pods.iter().map(|p| p.as_ref()), true);
-        let mut plan = plan::plan_replicas(&observed.state(desired, &current_hash, strategy, min_ready), now);
+        let mut plan = plan::plan_replicas(
+            &observed.state(desired, &current_hash, strategy, min_ready, paused),
+            now,
+        );
 
         if !plan.delete.is_empty() {
             // Choosing victims: rank on a fresh read, not a possibly stale watch cache
             // (deletion-cost annotations may have just changed).
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            let fresh = api.list(&ListParams::default()).await.map_err(RunnerError::ListPods)?;
+            let fresh = api
+                .list(&ListParams::default())
+                .await
+                .map_err(RunnerError::ListPods)?;
             let observed = self.observe(&uid, fresh.items.iter(), false);
-            plan = plan::plan_replicas(&observed.state(desired, &current_hash, strategy, min_ready), now);
+            plan = plan::plan_replicas(
+                &observed.state(desired, &current_hash, strategy, min_ready, paused),
+                now,
+            );
         }
 
         let mut views = observed.views.clone();
         for victim in &plan.delete {
-            self.delete_pod(&uid, &namespace, victim, &store_pods).await?;
+            self.delete_pod(&uid, &namespace, victim).await?;
             views.retain(|v| &v.name != victim);
+        }
+        if plan.create > 0 && !self.still_exists(deployment).await? {
+            // The watch cache lags behind a deletion: creating now would leave orphans.
+            debug!("deployment deleted meanwhile; not creating pods");
+            return Ok(());
         }
         for _ in 0..plan.create {
             let pod = self.create_pod(deployment, &current_hash).await?;
@@ -462,15 +575,27 @@ impl ControlLoop {
             min_ready,
             pods: &views,
             terminating,
+            paused,
         };
-        let status = plan::deployment_status(&name, deployment.metadata.generation, &state, deployment.status.as_ref(), now);
+        let status = plan::deployment_status(
+            &name,
+            deployment.metadata.generation,
+            &state,
+            deployment.status.as_ref(),
+            now,
+        );
         self.patch_status(deployment, status).await
     }
 
     /// Active and terminating pods of one Deployment, from `pods` plus creation expectations
     /// not among them. Only the watch cache (`from_watch`) settles expectations: a fresh list
     /// may show a pod the cache doesn't have yet.
-    fn observe<'a>(&mut self, deployment_uid: &str, pods: impl Iterator<Item = &'a Pod>, from_watch: bool) -> Observed {
+    fn observe<'a>(
+        &mut self,
+        deployment_uid: &str,
+        pods: impl Iterator<Item = &'a Pod>,
+        from_watch: bool,
+    ) -> Observed {
         let mut observed = Observed::default();
         let mut seen_names = HashSet::new();
         for pod in pods {
@@ -478,10 +603,9 @@ impl ControlLoop {
             if controller_uid(pod) != Some(deployment_uid) {
                 continue;
             }
-            let stopping = self
-                .workers
-                .get(&pod_key(pod))
-                .is_some_and(|w| w.stopping() && Some(w.uid.as_str()) == pod.metadata.uid.as_deref());
+            let stopping = self.workers.get(&pod_key(pod)).is_some_and(|w| {
+                w.stopping() && Some(w.uid.as_str()) == pod.metadata.uid.as_deref()
+            });
             if stopping || pod.metadata.deletion_timestamp.is_some() {
                 observed.terminating += 1;
             } else if !is_terminal(pod) {
@@ -490,24 +614,50 @@ impl ControlLoop {
         }
         if let Some(expected) = self.expected.get_mut(deployment_uid) {
             if from_watch {
-                expected.retain(|e| !seen_names.contains(&e.name) && e.created.elapsed() < CREATION_EXPECTATION_TTL);
+                expected.retain(|e| {
+                    !seen_names.contains(&e.name) && e.created.elapsed() < CREATION_EXPECTATION_TTL
+                });
             }
-            observed.views.extend(expected.iter().filter(|e| !seen_names.contains(&e.name)).map(|e| PodView {
-                name: e.name.clone(),
-                uid: String::new(),
-                scheduled: true,
-                phase: PodPhaseRank::Pending,
-                ready_since: None,
-                deletion_cost: 0,
-                restarts: 0,
-                created: Some(e.created_at),
-                template_hash: Some(e.template_hash.clone()),
-            }));
+            observed.views.extend(
+                expected
+                    .iter()
+                    .filter(|e| !seen_names.contains(&e.name))
+                    .map(|e| PodView {
+                        name: e.name.clone(),
+                        uid: String::new(),
+                        scheduled: true,
+                        phase: PodPhaseRank::Pending,
+                        ready_since: None,
+                        deletion_cost: 0,
+                        restarts: 0,
+                        created: Some(e.created_at),
+                        template_hash: Some(e.template_hash.clone()),
+                    }),
+            );
         }
         observed
     }
 
-    async fn create_pod(&mut self, deployment: &Deployment, template_hash: &str) -> Result<Pod, RunnerError> {
+    /// A fresh read: is this Deployment (same UID) still there and not being deleted?
+    async fn still_exists(&self, deployment: &Deployment) -> Result<bool, RunnerError> {
+        let api: Api<Deployment> = Api::namespaced(
+            self.client.clone(),
+            &deployment.namespace().unwrap_or_else(|| "default".into()),
+        );
+        let current = api
+            .get_opt(&deployment.name_any())
+            .await
+            .map_err(RunnerError::GetDeployment)?;
+        Ok(current.is_some_and(|d| {
+            d.metadata.uid == deployment.metadata.uid && d.metadata.deletion_timestamp.is_none()
+        }))
+    }
+
+    async fn create_pod(
+        &mut self,
+        deployment: &Deployment,
+        template_hash: &str,
+    ) -> Result<Pod, RunnerError> {
         let namespace = deployment.namespace().unwrap_or_else(|| "default".into());
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let pod = pod_for(deployment, template_hash);
@@ -519,21 +669,25 @@ impl ControlLoop {
             match api.create(&PostParams::default(), &candidate).await {
                 Ok(created) => {
                     info!(pod = %name, "pod created");
-                    self.expected.entry(deployment.metadata.uid.clone().unwrap_or_default()).or_default().push(
-                        ExpectedPod {
+                    self.expected
+                        .entry(deployment.metadata.uid.clone().unwrap_or_default())
+                        .or_default()
+                        .push(ExpectedPod {
+                            namespace: namespace.clone(),
                             name,
                             template_hash: template_hash.to_string(),
                             created: Instant::now(),
                             created_at: Timestamp::now(),
-                        },
-                    );
+                        });
                     return Ok(created);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => last_err = Some(kube::Error::Api(s)),
                 Err(e) => return Err(RunnerError::CreatePod(e)),
             }
         }
-        Err(RunnerError::CreatePod(last_err.expect("five name collisions")))
+        Err(RunnerError::CreatePod(
+            last_err.expect("five name collisions"),
+        ))
     }
 
     /// Scale-down of one pod: its worker stops the process gracefully, then deletes the object.
@@ -542,17 +696,20 @@ impl ControlLoop {
         deployment_uid: &str,
         namespace: &str,
         name: &str,
-        store_pods: &[Arc<Pod>],
     ) -> Result<(), RunnerError> {
         let key = (namespace.to_string(), name.to_string());
         if let Some(worker) = self.workers.get_mut(&key) {
-            let grace = store_pods
-                .iter()
-                .find(|p| p.metadata.uid.as_deref() == Some(worker.uid.as_str()))
-                .map(|p| grace_period(p))
-                .unwrap_or(Duration::from_secs(30));
-            info!(pod = name, grace_seconds = grace.as_secs(), "stopping pod (scale-down)");
-            worker.stop(StopRequest { grace, delete_object: true, reason: "ScaleDown" });
+            let grace = worker.grace;
+            info!(
+                pod = name,
+                grace_seconds = grace.as_secs(),
+                "stopping pod (scale-down)"
+            );
+            worker.stop(StopRequest {
+                grace,
+                delete_object: true,
+                reason: "ScaleDown",
+            });
             return Ok(());
         }
         // Not running here (not observed yet, or on another node): delete the object directly.
@@ -567,21 +724,35 @@ impl ControlLoop {
         }
     }
 
-    async fn patch_status(&mut self, deployment: &Deployment, status: DeploymentStatus) -> Result<(), RunnerError> {
+    async fn patch_status(
+        &mut self,
+        deployment: &Deployment,
+        status: DeploymentStatus,
+    ) -> Result<(), RunnerError> {
         let uid = deployment.metadata.uid.clone().unwrap_or_default();
         if deployment.status.as_ref() == Some(&status) {
             self.patched.remove(&uid);
             return Ok(());
         }
-        if self.patched.get(&uid).is_some_and(|(s, at)| s == &status && at.elapsed() < STATUS_ECHO_WAIT) {
+        if self
+            .patched
+            .get(&uid)
+            .is_some_and(|(s, at)| s == &status && at.elapsed() < STATUS_ECHO_WAIT)
+        {
             return Ok(()); // already sent; the watch has not caught up yet
         }
-        let api: Api<Deployment> =
-            Api::namespaced(self.client.clone(), &deployment.namespace().unwrap_or_else(|| "default".into()));
+        let api: Api<Deployment> = Api::namespaced(
+            self.client.clone(),
+            &deployment.namespace().unwrap_or_else(|| "default".into()),
+        );
         let patch = serde_json::json!({ "status": status });
-        api.patch_status(&deployment.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(RunnerError::PatchStatus)?;
+        api.patch_status(
+            &deployment.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(RunnerError::PatchStatus)?;
         debug!(
             replicas = status.replicas,
             ready = status.ready_replicas,
@@ -596,16 +767,16 @@ impl ControlLoop {
     /// Safety net for garbage collection: pods on this node whose controlling Deployment no
     /// longer exists are stopped and deleted.
     fn collect_orphans(&mut self) {
-        let live: HashSet<String> =
-            self.deployments.state().iter().filter_map(|d| d.metadata.uid.clone()).collect();
+        let live: HashSet<String> = self
+            .deployments
+            .state()
+            .iter()
+            .filter_map(|d| d.metadata.uid.clone())
+            .collect();
         for pod in self.pods.state() {
-            let Some(owner) = pod
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true) && o.kind == "Deployment" && o.api_version == "apps/v1")
-            else {
+            let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| {
+                o.controller == Some(true) && o.kind == "Deployment" && o.api_version == "apps/v1"
+            }) else {
                 continue;
             };
             if live.contains(&owner.uid) || pod.metadata.deletion_timestamp.is_some() {
@@ -616,33 +787,33 @@ impl ControlLoop {
                 && Some(worker.uid.as_str()) == pod.metadata.uid.as_deref()
             {
                 info!(namespace = %pod.namespace().unwrap_or_default(), pod = %pod.name_any(), "deployment gone; stopping orphaned pod");
-                worker.stop(StopRequest { grace: grace_period(&pod), delete_object: true, reason: "OwnerDeleted" });
+                worker.stop(StopRequest {
+                    grace: worker.grace,
+                    delete_object: true,
+                    reason: "OwnerDeleted",
+                });
             }
         }
     }
 
     /// Node drain: every pod stops with its grace period (concurrently) and its object is deleted.
     async fn drain(mut self) {
-        let store_pods = self.pods.state();
         for (key, worker) in &mut self.workers {
-            let grace = store_pods
-                .iter()
-                .find(|p| p.metadata.uid.as_deref() == Some(worker.uid.as_str()))
-                .map(|p| grace_period(p))
-                .unwrap_or(Duration::from_secs(30));
+            let grace = worker.grace;
             debug!(namespace = %key.0, pod = %key.1, "draining pod");
-            worker.stop(StopRequest { grace, delete_object: true, reason: "NodeShutdown" });
+            worker.stop(StopRequest {
+                grace,
+                delete_object: true,
+                reason: "NodeShutdown",
+            });
         }
         let count = self.workers.len();
         futures::future::join_all(self.workers.drain().map(|(_, w)| w.join())).await;
         // Pods created but never observed have no worker; remove their objects too.
-        for (_, expected) in self.expected.drain() {
-            for e in expected {
-                let Some(pod) = store_pods.iter().find(|p| p.name_any() == e.name) else {
-                    continue;
-                };
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-                let _ = api.delete(&e.name, &DeleteParams::default()).await;
+        for e in self.expected.drain().flat_map(|(_, expected)| expected) {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &e.namespace);
+            if let Err(error) = api.delete(&e.name, &DeleteParams::default()).await {
+                debug!(namespace = %e.namespace, pod = %e.name, %error, "unobserved pod not deleted");
             }
         }
         info!(pods = count, "node drained");
@@ -656,8 +827,23 @@ struct Observed {
 }
 
 impl Observed {
-    fn state<'a>(&'a self, desired: i32, current_hash: &'a str, strategy: Strategy, min_ready: Duration) -> ReplicaState<'a> {
-        ReplicaState { desired, current_hash, strategy, min_ready, pods: &self.views, terminating: self.terminating }
+    fn state<'a>(
+        &'a self,
+        desired: i32,
+        current_hash: &'a str,
+        strategy: Strategy,
+        min_ready: Duration,
+        paused: bool,
+    ) -> ReplicaState<'a> {
+        ReplicaState {
+            desired,
+            current_hash,
+            strategy,
+            min_ready,
+            pods: &self.views,
+            terminating: self.terminating,
+            paused,
+        }
     }
 }
 
@@ -669,7 +855,10 @@ fn on_this_node(pod: &Pod) -> bool {
 }
 
 fn is_terminal(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 fn controller_uid(pod: &Pod) -> Option<&str> {
@@ -687,15 +876,28 @@ pub fn pod_view(pod: &Pod) -> PodView {
     let ready_since = status
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
-        .map(|c| c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH));
+        .map(|c| {
+            c.last_transition_time
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(Timestamp::UNIX_EPOCH)
+        });
     PodView {
         name: pod.name_any(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
-        scheduled: pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some(),
+        scheduled: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some(),
         phase: PodPhaseRank::from_phase(status.and_then(|s| s.phase.as_deref())),
         ready_since,
         deletion_cost: plan::parse_deletion_cost(
-            pod.metadata.annotations.as_ref().and_then(|a| a.get(POD_DELETION_COST_ANNOTATION)).map(String::as_str),
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(POD_DELETION_COST_ANNOTATION))
+                .map(String::as_str),
         ),
         restarts: status
             .and_then(|s| s.container_statuses.as_ref())
@@ -707,7 +909,11 @@ pub fn pod_view(pod: &Pod) -> PodView {
 }
 
 fn expected_view(pod: &Pod) -> PodView {
-    PodView { ready_since: None, phase: PodPhaseRank::Pending, ..pod_view(pod) }
+    PodView {
+        ready_since: None,
+        phase: PodPhaseRank::Pending,
+        ..pod_view(pod)
+    }
 }
 
 /// The Pod a Deployment's template describes (name left to the caller).
@@ -715,8 +921,14 @@ pub fn pod_for(deployment: &Deployment, template_hash: &str) -> Pod {
     let template = deployment.spec.template.clone();
     let template_meta = template.metadata.unwrap_or_default();
     let mut labels: BTreeMap<String, String> = template_meta.labels.unwrap_or_default();
-    labels.insert(POD_TEMPLATE_HASH_LABEL.to_string(), template_hash.to_string());
-    let spec = PodSpec { node_name: Some(NODE_NAME.to_string()), ..template.spec.unwrap_or_default() };
+    labels.insert(
+        POD_TEMPLATE_HASH_LABEL.to_string(),
+        template_hash.to_string(),
+    );
+    let spec = PodSpec {
+        node_name: Some(NODE_NAME.to_string()),
+        ..template.spec.unwrap_or_default()
+    };
     Pod {
         metadata: ObjectMeta {
             namespace: deployment.namespace(),
@@ -740,7 +952,9 @@ pub fn pod_for(deployment: &Deployment, template_hash: &str) -> Pod {
 fn random_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..5).map(|_| plan::NAME_ALPHABET[rng.random_range(0..plan::NAME_ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| plan::NAME_ALPHABET[rng.random_range(0..plan::NAME_ALPHABET.len())] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -767,7 +981,11 @@ mod tests {
                         ..Default::default()
                     }),
                     spec: Some(PodSpec {
-                        containers: vec![Container { name: "main".into(), image: Some("shell".into()), ..Default::default() }],
+                        containers: vec![Container {
+                            name: "main".into(),
+                            image: Some("shell".into()),
+                            ..Default::default()
+                        }],
                         termination_grace_period_seconds: Some(5),
                         ..Default::default()
                     }),
@@ -783,12 +1001,28 @@ mod tests {
         let pod = pod_for(&deployment(), "abc12");
         let labels = pod.metadata.labels.clone().unwrap();
         assert_eq!(labels.get("app").map(String::as_str), Some("web"));
-        assert_eq!(labels.get(POD_TEMPLATE_HASH_LABEL).map(String::as_str), Some("abc12"));
-        assert_eq!(pod.metadata.annotations.unwrap().get("note").map(String::as_str), Some("x"));
+        assert_eq!(
+            labels.get(POD_TEMPLATE_HASH_LABEL).map(String::as_str),
+            Some("abc12")
+        );
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .unwrap()
+                .get("note")
+                .map(String::as_str),
+            Some("x")
+        );
         assert_eq!(pod.metadata.namespace.as_deref(), Some("prod"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Deployment", "web", "d-uid"));
-        assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Deployment", "web", "d-uid")
+        );
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some(NODE_NAME));
         assert_eq!(spec.termination_grace_period_seconds, Some(5));
@@ -799,7 +1033,10 @@ mod tests {
     fn suffixes_are_five_lowercase_alnum() {
         let s = random_suffix();
         assert_eq!(s.len(), 5);
-        assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
     }
 
     #[test]
@@ -843,7 +1080,10 @@ mod tests {
         pod.spec.as_mut().unwrap().node_name = None;
         assert!(on_this_node(&pod));
         assert!(!is_terminal(&pod));
-        pod.status = Some(PodStatus { phase: Some("Succeeded".into()), ..Default::default() });
+        pod.status = Some(PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
         assert!(is_terminal(&pod));
         assert_eq!(controller_uid(&pod), Some("d-uid"));
     }

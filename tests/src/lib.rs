@@ -29,8 +29,13 @@ pub fn amqp_url() -> String {
 /// `target/debug` (or release) of this build, where the binaries are.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> → target/debug
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    let dir = exe.parent().expect("executable directory");
+    // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 fn banner() {

@@ -1,7 +1,12 @@
-//! Reports to the operator: task events are batched (one message per flush, every 100 ms or
-//! 500 events) with a heartbeat, and a batch is published with publisher confirms. Whoever
-//! needs to know that an event is safely with the broker (before acking a delivery) waits for
-//! its confirmation.
+//! Reports to the operator: task events are batched with a heartbeat, and a batch is published
+//! with publisher confirms. Whoever needs to know that an event is safely with the broker
+//! (before acking a delivery) waits for its confirmation.
+//!
+//! Batching is group commit: an event someone waits for (a finished task, whose delivery is
+//! acked only after the report is confirmed) is flushed at once, together with everything that
+//! arrived while the previous batch was being confirmed. Under load batches grow by themselves;
+//! when idle a finished task is reported without delay. Events nobody waits for (started,
+//! progress) wait up to 100 ms to share a batch.
 //!
 //! The batching rules ([`push_event`], [`flush_due`], [`heartbeat`]) are pure; [`run`] does
 //! the I/O. The reporter outlives broker connections: unpublished events wait for the next one.
@@ -53,10 +58,11 @@ pub fn push_event(pending: &mut Vec<PendingEvent>, event: TaskEvent, confirmed: 
     pending.push(PendingEvent { event, confirmed });
 }
 
-/// True when a flush is due: a full batch, pending events older than a flush interval, or a
-/// heartbeat interval without any batch.
-pub fn flush_due(pending: usize, since_flush: Duration, since_batch: Duration) -> bool {
-    pending >= MAX_BATCH_EVENTS
+/// True when a flush is due: someone waits for a pending event's confirmation, a full batch,
+/// pending events older than a flush interval, or a heartbeat interval without any batch.
+pub fn flush_due(pending: usize, awaited: bool, since_flush: Duration, since_batch: Duration) -> bool {
+    (pending > 0 && awaited)
+        || pending >= MAX_BATCH_EVENTS
         || (pending > 0 && since_flush >= FLUSH_INTERVAL)
         || since_batch >= HEARTBEAT_INTERVAL
 }
@@ -266,17 +272,24 @@ impl ReporterTask {
             let mut forced = false;
             tokio::select! {
                 _ = self.stop.cancelled() => break,
-                command = self.rx.recv() => match command {
-                    Some(Command::Event(p)) => {
-                        first_pending_at.get_or_insert_with(Instant::now);
-                        push_event(&mut pending, p.event, p.confirmed);
+                command = self.rx.recv() => {
+                    let Some(command) = command else { break };
+                    // Take everything that queued up meanwhile: it all goes in one batch.
+                    let mut next = Some(command);
+                    while let Some(command) = next {
+                        match command {
+                            Command::Event(p) => {
+                                first_pending_at.get_or_insert_with(Instant::now);
+                                push_event(&mut pending, p.event, p.confirmed);
+                            }
+                            Command::Flush(waiter) => {
+                                flush_waiters.push(waiter);
+                                forced = true;
+                            }
+                        }
+                        next = self.rx.try_recv().ok();
                     }
-                    Some(Command::Flush(waiter)) => {
-                        flush_waiters.push(waiter);
-                        forced = true;
-                    }
-                    None => break,
-                },
+                }
                 _ = self.link.changed() => { retry_at = Instant::now(); }
                 _ = ticker.tick() => {}
             }
@@ -284,7 +297,8 @@ impl ReporterTask {
             let since_first = first_pending_at.map_or(Duration::ZERO, |at| now - at);
             // While disconnected there is nobody to talk to: events wait for the next link.
             let connected = self.link.borrow().is_some();
-            if connected && (forced || flush_due(pending.len(), since_first, now - last_batch)) && now >= retry_at {
+            let awaited = pending.iter().any(|p| p.confirmed.is_some());
+            if connected && (forced || flush_due(pending.len(), awaited, since_first, now - last_batch)) && now >= retry_at {
                 match self.flush(&mut pending).await {
                     Ok(()) => {
                         failures = 0;
@@ -401,16 +415,17 @@ mod tests {
     fn flush_due_table() {
         let ms = Duration::from_millis;
         let cases = [
-            (0, ms(0), ms(0), false, "nothing to say"),
-            (0, ms(0), ms(1999), false, "heartbeat not yet due"),
-            (0, ms(0), ms(2000), true, "idle heartbeat"),
-            (1, ms(99), ms(0), false, "young events wait for the interval"),
-            (1, ms(100), ms(0), true, "flush interval reached"),
-            (499, ms(0), ms(0), false, "almost full"),
-            (500, ms(0), ms(0), true, "full batch"),
+            (0, false, ms(0), ms(0), false, "nothing to say"),
+            (0, false, ms(0), ms(1999), false, "heartbeat not yet due"),
+            (0, false, ms(0), ms(2000), true, "idle heartbeat"),
+            (1, false, ms(99), ms(0), false, "young events nobody waits for wait for the interval"),
+            (1, true, ms(0), ms(0), true, "a finished task waits for its report: flush now"),
+            (1, false, ms(100), ms(0), true, "flush interval reached"),
+            (499, false, ms(0), ms(0), false, "almost full"),
+            (500, false, ms(0), ms(0), true, "full batch"),
         ];
-        for (pending, since_flush, since_batch, expected, why) in cases {
-            assert_eq!(flush_due(pending, since_flush, since_batch), expected, "{why}");
+        for (pending, awaited, since_flush, since_batch, expected, why) in cases {
+            assert_eq!(flush_due(pending, awaited, since_flush, since_batch), expected, "{why}");
         }
     }
 

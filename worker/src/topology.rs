@@ -64,16 +64,47 @@ fn declare_err(object: impl Into<String>) -> impl FnOnce(lapin::Error) -> Topolo
     move |source| TopologyError::Declare { object, source }
 }
 
+/// Arguments of a pool's work queues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkQueueArgs {
+    /// `classic` or `quorum`.
+    pub queue_type: String,
+    /// `x-max-length`: ready messages per work queue; None = unbounded.
+    pub max_length: Option<i64>,
+    /// `x-overflow` when full: `reject-publish` or `drop-head`; only set with `max_length`.
+    pub overflow: Option<String>,
+}
+
+impl WorkQueueArgs {
+    /// Unbounded queues of the given type.
+    pub fn of_type(queue_type: &str) -> Self {
+        Self { queue_type: queue_type.to_string(), max_length: None, overflow: None }
+    }
+
+    fn table(&self) -> FieldTable {
+        let mut entries = vec![("x-queue-type", text(&self.queue_type))];
+        if let Some(max) = self.max_length {
+            entries.push(("x-max-length", AMQPValue::LongLongInt(max)));
+            if let Some(overflow) = &self.overflow {
+                entries.push(("x-overflow", text(overflow)));
+            }
+        }
+        table(&entries)
+    }
+}
+
 /// Declares a pool: its direct exchange, one durable work queue per priority class (bound
-/// with the class as routing key, `x-queue-type` = `queue_type`), the retry headers exchange
-/// and the dead-letter queue. Idempotent.
+/// with the class as routing key, arguments from `args`), the retry headers exchange and the
+/// dead-letter queue (same queue type, never length-limited: dead letters are not dropped).
+/// Idempotent; RabbitMQ refuses a re-declaration with other arguments.
 pub async fn declare_pool(
     channel: &Channel,
     namespace: &str,
     pool: &str,
     classes: &[String],
-    queue_type: &str,
+    args: &WorkQueueArgs,
 ) -> Result<(), TopologyError> {
+    let queue_type = args.queue_type.as_str();
     if !QUEUE_TYPES.contains(&queue_type) {
         return Err(TopologyError::InvalidQueueType(queue_type.to_string()));
     }
@@ -90,11 +121,7 @@ pub async fn declare_pool(
     for class in classes {
         let queue = names::work_queue(namespace, pool, class);
         channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                table(&[("x-queue-type", text(queue_type))]),
-            )
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args.table())
             .await
             .map_err(declare_err(&queue))?;
         channel

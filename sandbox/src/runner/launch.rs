@@ -80,7 +80,9 @@ pub fn referenced_sources(container: &Container) -> BTreeSet<SourceRef> {
         }
     }
     for var in container.env.iter().flatten() {
-        let Some(source) = &var.value_from else { continue };
+        let Some(source) = &var.value_from else {
+            continue;
+        };
         if let Some(s) = &source.secret_key_ref {
             refs.insert(SourceRef::Secret(s.name.clone()));
         }
@@ -113,7 +115,11 @@ pub struct LaunchContext<'a> {
 }
 
 /// Builds the launch for the pod's first container.
-pub fn plan_launch(pod: &Pod, sources: &EnvSources, ctx: &LaunchContext<'_>) -> Result<Launch, LaunchError> {
+pub fn plan_launch(
+    pod: &Pod,
+    sources: &EnvSources,
+    ctx: &LaunchContext<'_>,
+) -> Result<Launch, LaunchError> {
     let container = pod
         .spec
         .as_ref()
@@ -127,21 +133,32 @@ pub fn plan_launch(pod: &Pod, sources: &EnvSources, ctx: &LaunchContext<'_>) -> 
     let (program, mut args) = match command.split_first() {
         Some((first, rest)) => {
             let first = expand(first, lookup);
-            (resolve_command(&first, ctx.images, path_var, ctx.is_executable)?, rest.to_vec())
+            (
+                resolve_command(&first, ctx.images, path_var, ctx.is_executable)?,
+                rest.to_vec(),
+            )
         }
         None => {
             let image = container.image.as_deref().unwrap_or_default();
             let program = ctx.images.get(image_key(image)).cloned().ok_or_else(|| {
                 let mut known: Vec<&str> = ctx.images.keys().map(String::as_str).collect();
                 known.sort_unstable();
-                LaunchError::ImageNotMapped { image: image.to_string(), known: known.join(", ") }
+                LaunchError::ImageNotMapped {
+                    image: image.to_string(),
+                    known: known.join(", "),
+                }
             })?;
             (program, vec![])
         }
     };
     args.extend(container.args.iter().flatten().cloned());
     let args = args.iter().map(|a| expand(a, lookup)).collect();
-    Ok(Launch { program, args, working_dir: container.working_dir.as_ref().map(PathBuf::from), env })
+    Ok(Launch {
+        program,
+        args,
+        working_dir: container.working_dir.as_ref().map(PathBuf::from),
+        env,
+    })
 }
 
 /// The image name a mapping key is matched against: last path segment without tag or digest
@@ -158,7 +175,10 @@ fn resolve_command(
     path_var: Option<&str>,
     is_executable: &dyn Fn(&Path) -> bool,
 ) -> Result<PathBuf, LaunchError> {
-    let file_name = Path::new(first).file_name().and_then(|f| f.to_str()).unwrap_or(first);
+    let file_name = Path::new(first)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or(first);
     if let Some(mapped) = images.get(file_name) {
         return Ok(mapped.clone());
     }
@@ -190,8 +210,14 @@ pub fn container_env(
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or_default();
         let (source, optional) = match (&from.secret_ref, &from.config_map_ref) {
-            (Some(s), _) => (SourceRef::Secret(s.name.clone()), s.optional.unwrap_or(false)),
-            (None, Some(c)) => (SourceRef::ConfigMap(c.name.clone()), c.optional.unwrap_or(false)),
+            (Some(s), _) => (
+                SourceRef::Secret(s.name.clone()),
+                s.optional.unwrap_or(false),
+            ),
+            (None, Some(c)) => (
+                SourceRef::ConfigMap(c.name.clone()),
+                c.optional.unwrap_or(false),
+            ),
             (None, None) => continue,
         };
         match sources.found.get(&source) {
@@ -228,7 +254,8 @@ pub fn container_env(
                 }
             }
             (Some(value), None) => {
-                let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                let lookup =
+                    |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
                 Some(expand(value, lookup))
             }
             (None, None) => Some(String::new()),
@@ -263,14 +290,24 @@ fn key_value(
     optional: bool,
 ) -> Result<Option<String>, LaunchError> {
     let Some(data) = sources.found.get(&source) else {
-        return if optional { Ok(None) } else { Err(not_found(&source)) };
+        return if optional {
+            Ok(None)
+        } else {
+            Err(not_found(&source))
+        };
     };
     match data.get(key) {
         Some(v) => Ok(Some(v.clone())),
         None if optional => Ok(None),
         None => Err(match source {
-            SourceRef::Secret(name) => LaunchError::SecretKeyNotFound { name, key: key.into() },
-            SourceRef::ConfigMap(name) => LaunchError::ConfigMapKeyNotFound { name, key: key.into() },
+            SourceRef::Secret(name) => LaunchError::SecretKeyNotFound {
+                name,
+                key: key.into(),
+            },
+            SourceRef::ConfigMap(name) => LaunchError::ConfigMapKeyNotFound {
+                name,
+                key: key.into(),
+            },
         }),
     }
 }
@@ -288,10 +325,12 @@ pub fn field_value(pod: &Pod, path: &str) -> Result<String, LaunchError> {
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => {
-            spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default()
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
+            LOCAL_IP.to_string()
         }
-        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => LOCAL_IP.to_string(),
         _ => map_entry(meta.labels.as_ref(), "metadata.labels['")
             .or_else(|| map_entry(meta.annotations.as_ref(), "metadata.annotations['"))
             .ok_or_else(|| LaunchError::UnsupportedFieldPath(path.to_string()))?,
@@ -356,13 +395,20 @@ mod tests {
                 labels: Some([("app".to_string(), "web".to_string())].into()),
                 ..Default::default()
             },
-            spec: Some(PodSpec { containers: vec![container], ..Default::default() }),
+            spec: Some(PodSpec {
+                containers: vec![container],
+                ..Default::default()
+            }),
             status: None,
         }
     }
 
     fn literal(name: &str, value: &str) -> EnvVar {
-        EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+        EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        }
     }
 
     fn field(name: &str, path: &str) -> EnvVar {
@@ -370,7 +416,10 @@ mod tests {
             name: name.into(),
             value: None,
             value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: path.into(), api_version: None }),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: path.into(),
+                    api_version: None,
+                }),
                 ..Default::default()
             }),
         }
@@ -399,15 +448,21 @@ mod tests {
         );
         found.insert(
             SourceRef::ConfigMap("settings".into()),
-            [("LEVEL".to_string(), "debug".to_string()), ("MODE".to_string(), "fast".to_string())]
-                .into(),
+            [
+                ("LEVEL".to_string(), "debug".to_string()),
+                ("MODE".to_string(), "fast".to_string()),
+            ]
+            .into(),
         );
         EnvSources { found }
     }
 
     fn images() -> HashMap<String, PathBuf> {
         [
-            ("warren-worker".to_string(), PathBuf::from("/opt/bin/warren-worker")),
+            (
+                "warren-worker".to_string(),
+                PathBuf::from("/opt/bin/warren-worker"),
+            ),
             ("shell".to_string(), PathBuf::from("/bin/sh")),
         ]
         .into()
@@ -419,7 +474,11 @@ mod tests {
         plan_launch(
             &pod_with(container),
             &sources(),
-            &LaunchContext { images: &images, base_env: base, is_executable: &is_exec },
+            &LaunchContext {
+                images: &images,
+                base_env: base,
+                is_executable: &is_exec,
+            },
         )
     }
 
@@ -501,7 +560,9 @@ mod tests {
             let container = Container {
                 name: "main".into(),
                 image: Some(case.image.into()),
-                command: case.command.map(|c| c.into_iter().map(String::from).collect()),
+                command: case
+                    .command
+                    .map(|c| c.into_iter().map(String::from).collect()),
                 args: case.args.map(|c| c.into_iter().map(String::from).collect()),
                 env: Some(vec![literal("GREETING", "hello")]),
                 ..Default::default()
@@ -525,14 +586,20 @@ mod tests {
             image: Some("shell".into()),
             env_from: Some(vec![
                 EnvFromSource {
-                    config_map_ref: Some(ConfigMapEnvSource { name: "settings".into(), optional: None }),
+                    config_map_ref: Some(ConfigMapEnvSource {
+                        name: "settings".into(),
+                        optional: None,
+                    }),
                     prefix: Some("APP_".into()),
                     secret_ref: None,
                 },
                 EnvFromSource {
                     config_map_ref: None,
                     prefix: None,
-                    secret_ref: Some(SecretEnvSource { name: "absent".into(), optional: Some(true) }),
+                    secret_ref: Some(SecretEnvSource {
+                        name: "absent".into(),
+                        optional: Some(true),
+                    }),
                 },
             ]),
             env: Some(vec![
@@ -573,12 +640,20 @@ mod tests {
         assert_eq!(get("POD_IP"), Some(LOCAL_IP));
         assert_eq!(get("APP"), Some("web"));
         assert_eq!(get("PASSWORD"), Some("hunter2"));
-        assert_eq!(get("MAYBE"), None, "optional missing key leaves the variable unset");
+        assert_eq!(
+            get("MAYBE"),
+            None,
+            "optional missing key leaves the variable unset"
+        );
         assert_eq!(get("LEVEL"), Some("debug"));
         assert_eq!(get("APP_LEVEL"), Some("debug"));
         assert_eq!(get("APP_MODE"), Some("slow"), "env overrides envFrom");
         assert_eq!(get("URL"), Some("http://127.0.0.1:8080/web-abcde"));
-        assert_eq!(get("RUST_LOG"), Some("debug"), "container env overrides the runner's");
+        assert_eq!(
+            get("RUST_LOG"),
+            Some("debug"),
+            "container env overrides the runner's"
+        );
         assert_eq!(get("PATH"), Some("/bin"));
         let names: BTreeSet<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names.len(), env.len(), "names are unique");
@@ -587,12 +662,23 @@ mod tests {
     #[test]
     fn missing_sources_are_config_errors() {
         for (var, expected) in [
-            (secret_key("X", "nope", "k", false), LaunchError::SecretNotFound { name: "nope".into() }),
+            (
+                secret_key("X", "nope", "k", false),
+                LaunchError::SecretNotFound {
+                    name: "nope".into(),
+                },
+            ),
             (
                 secret_key("X", "creds", "k", false),
-                LaunchError::SecretKeyNotFound { name: "creds".into(), key: "k".into() },
+                LaunchError::SecretKeyNotFound {
+                    name: "creds".into(),
+                    key: "k".into(),
+                },
             ),
-            (field("X", "spec.bogus"), LaunchError::UnsupportedFieldPath("spec.bogus".into())),
+            (
+                field("X", "spec.bogus"),
+                LaunchError::UnsupportedFieldPath("spec.bogus".into()),
+            ),
         ] {
             let container = Container {
                 name: "main".into(),
@@ -611,14 +697,26 @@ mod tests {
         let container = Container {
             name: "main".into(),
             env_from: Some(vec![EnvFromSource {
-                config_map_ref: Some(ConfigMapEnvSource { name: "a".into(), optional: None }),
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: "a".into(),
+                    optional: None,
+                }),
                 ..Default::default()
             }]),
-            env: Some(vec![secret_key("X", "s", "k", false), field("Y", "metadata.name")]),
+            env: Some(vec![
+                secret_key("X", "s", "k", false),
+                field("Y", "metadata.name"),
+            ]),
             ..Default::default()
         };
         let refs: Vec<SourceRef> = referenced_sources(&container).into_iter().collect();
-        assert_eq!(refs, vec![SourceRef::Secret("s".into()), SourceRef::ConfigMap("a".into())]);
+        assert_eq!(
+            refs,
+            vec![
+                SourceRef::Secret("s".into()),
+                SourceRef::ConfigMap("a".into())
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,11 @@ use serde_json::Value;
 pub fn owner_uids(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .map(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from)).collect())
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -18,8 +22,12 @@ pub fn should_collect(dependent: &Value, removed_uid: &str, is_live: impl Fn(&st
 
 /// Removes the owner reference to `owner_uid`; returns whether anything changed.
 pub fn orphan(dependent: &mut Value, owner_uid: &str) -> bool {
-    let Some(meta) = dependent.get_mut("metadata").and_then(Value::as_object_mut) else { return false };
-    let Some(refs) = meta.get_mut("ownerReferences").and_then(Value::as_array_mut) else { return false };
+    let Some(meta) = dependent.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let Some(refs) = meta.get_mut("ownerReferences").and_then(Value::as_array_mut) else {
+        return false;
+    };
     let before = refs.len();
     refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid));
     let changed = refs.len() != before;

@@ -29,14 +29,19 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn meta_str<'a>(obj: &'a Value, key: &str) -> &'a str {
-    obj.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or_default()
+    obj.get("metadata")
+        .and_then(|m| m.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata was just made an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 pub fn finalizers(obj: &Value) -> Vec<String> {
@@ -55,8 +60,9 @@ const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 pub fn generated_name(prefix: &str) -> String {
     let mut rng = rand::rng();
-    let suffix: String =
-        (0..5).map(|_| SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())] as char).collect();
+    let suffix: String = (0..5)
+        .map(|_| SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())] as char)
+        .collect();
     format!("{prefix}{suffix}")
 }
 
@@ -72,7 +78,10 @@ fn check_type(rt: &ResourceType, version: &str, obj: &mut Value) -> Result<(), A
     }
     match obj.get("kind").and_then(Value::as_str) {
         Some(k) if k != rt.kind => {
-            return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                rt.kind
+            )));
         }
         _ => obj["kind"] = json!(rt.kind),
     }
@@ -107,7 +116,9 @@ pub fn prepare_create(
     now: &str,
 ) -> Result<Value, ApiError> {
     if !obj.is_object() {
-        return Err(ApiError::BadRequest("the body of the request must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the body of the request must be a JSON object".into(),
+        ));
     }
     check_type(rt, &vi.name, &mut obj)?;
     check_namespace(rt, namespace, &mut obj)?;
@@ -129,13 +140,18 @@ pub fn prepare_create(
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now));
     meta.insert("generation".into(), json!(1));
-    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         meta.remove(k);
     }
-    if vi.status {
-        if let Some(o) = obj.as_object_mut() {
-            o.remove("status");
-        }
+    if vi.status
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.remove("status");
     }
     Ok(obj)
 }
@@ -164,7 +180,9 @@ pub fn prepare_update(
     sub: Subresource,
 ) -> Result<Value, ApiError> {
     if !proposed.is_object() {
-        return Err(ApiError::BadRequest("the body of the request must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the body of the request must be a JSON object".into(),
+        ));
     }
     let name = meta_str(current, "name").to_string();
     let body_name = meta_str(&proposed, "name").to_string();
@@ -180,7 +198,8 @@ pub fn prepare_update(
     if !wanted_rv.is_empty() && wanted_rv != meta_str(current, "resourceVersion") {
         return Err(ApiError::Conflict {
             target: rt.target(&name),
-            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+            message: "the object has been modified; please apply your changes to the latest version and try again"
+                .into(),
         });
     }
     let mut next = match sub {
@@ -206,10 +225,21 @@ pub fn prepare_update(
             proposed
         }
     };
-    let cur_meta = current.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    let cur_meta = current
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let meta = meta_mut(&mut next);
     meta.insert("name".into(), json!(name));
-    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "managedFields",
+    ] {
         match cur_meta.get(k) {
             Some(v) => meta.insert(k.into(), v.clone()),
             None => meta.remove(k),
@@ -217,7 +247,11 @@ pub fn prepare_update(
     }
     meta.remove("resourceVersion");
     if spec_changed(current, &next) {
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1) + 1;
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            + 1;
         meta_mut(&mut next).insert("generation".into(), json!(generation));
     }
     Ok(next)
@@ -229,7 +263,11 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
         let mut v = v.clone();
         if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
-            m.remove("managedFields");
+            if let Some(entries) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
+                for e in entries.iter_mut().filter_map(Value::as_object_mut) {
+                    e.remove("time");
+                }
+            }
         }
         v
     };
@@ -246,7 +284,10 @@ mod tests {
     use crate::server::resources::Registry;
 
     fn deployments() -> (ResourceType, VersionInfo) {
-        let rt = Registry::default().resolve("apps", "v1", "deployments").unwrap().clone();
+        let rt = Registry::default()
+            .resolve("apps", "v1", "deployments")
+            .unwrap()
+            .clone();
         let vi = rt.versions[0].clone();
         (rt, vi)
     }
@@ -260,7 +301,14 @@ mod tests {
     #[test]
     fn create_fills_server_metadata_and_drops_status() {
         let (rt, vi) = deployments();
-        let o = prepare_create(&rt, &vi, Some("default"), json!({"metadata": {"generateName": "web-"}, "status": {"x": 1}}), "t0").unwrap();
+        let o = prepare_create(
+            &rt,
+            &vi,
+            Some("default"),
+            json!({"metadata": {"generateName": "web-"}, "status": {"x": 1}}),
+            "t0",
+        )
+        .unwrap();
         assert!(meta_str(&o, "name").starts_with("web-") && meta_str(&o, "name").len() == 9);
         assert_eq!(o["metadata"]["generation"], 1);
         assert_eq!(o["metadata"]["namespace"], "default");
@@ -271,9 +319,23 @@ mod tests {
     #[test]
     fn create_rejects_mismatched_namespace_and_kind() {
         let (rt, vi) = deployments();
-        let e = prepare_create(&rt, &vi, Some("default"), json!({"metadata": {"name": "a", "namespace": "other"}}), "t").unwrap_err();
+        let e = prepare_create(
+            &rt,
+            &vi,
+            Some("default"),
+            json!({"metadata": {"name": "a", "namespace": "other"}}),
+            "t",
+        )
+        .unwrap_err();
         assert_eq!(e.code(), 400);
-        let e = prepare_create(&rt, &vi, Some("default"), json!({"kind": "Pod", "metadata": {"name": "a"}}), "t").unwrap_err();
+        let e = prepare_create(
+            &rt,
+            &vi,
+            Some("default"),
+            json!({"kind": "Pod", "metadata": {"name": "a"}}),
+            "t",
+        )
+        .unwrap_err();
         assert_eq!(e.code(), 400);
     }
 
@@ -310,12 +372,20 @@ mod tests {
         let (rt, vi) = deployments();
         let mut p = current();
         p["metadata"]["resourceVersion"] = json!("4");
-        assert_eq!(prepare_update(&rt, &vi, &current(), p, Subresource::Main).unwrap_err().code(), 409);
+        assert_eq!(
+            prepare_update(&rt, &vi, &current(), p, Subresource::Main)
+                .unwrap_err()
+                .code(),
+            409
+        );
     }
 
     #[test]
     fn kinds_without_spec_bump_on_data_changes() {
         assert!(spec_changed(&json!({"data": {"a": "1"}}), &json!({"data": {"a": "2"}})));
-        assert!(!spec_changed(&json!({"data": {"a": "1"}, "metadata": {"labels": {}}}), &json!({"data": {"a": "1"}})));
+        assert!(!spec_changed(
+            &json!({"data": {"a": "1"}, "metadata": {"labels": {}}}),
+            &json!({"data": {"a": "1"}})
+        ));
     }
 }

@@ -44,6 +44,9 @@ pub struct WatchEvent {
     pub object: Value,
 }
 
+/// The live feed of all store events, in resource-version order.
+pub type Events = broadcast::Receiver<Arc<WatchEvent>>;
+
 /// A request's view of a type: group, version, plural.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceId {
@@ -54,7 +57,11 @@ pub struct ResourceId {
 
 impl ResourceId {
     pub fn new(group: &str, version: &str, resource: &str) -> Self {
-        ResourceId { group: group.into(), version: version.into(), resource: resource.into() }
+        ResourceId {
+            group: group.into(),
+            version: version.into(),
+            resource: resource.into(),
+        }
     }
 }
 
@@ -82,8 +89,18 @@ pub struct DeleteOptions {
 
 impl Default for DeleteOptions {
     fn default() -> Self {
-        DeleteOptions { propagation: Propagation::Background, uid: None, resource_version: None }
+        DeleteOptions {
+            propagation: Propagation::Background,
+            uid: None,
+            resource_version: None,
+        }
     }
+}
+
+/// The result of a write: the stored object, and whether the write created it.
+pub struct Written {
+    pub object: Value,
+    pub created: bool,
 }
 
 type ObjKey = (String, String);
@@ -108,7 +125,9 @@ fn key(ns: Option<&str>, name: &str) -> ObjKey {
 }
 
 fn unknown_resource() -> ApiError {
-    ApiError::NotFoundMessage { message: "the server could not find the requested resource".into() }
+    ApiError::NotFoundMessage {
+        message: "the server could not find the requested resource".into(),
+    }
 }
 
 /// Sets `apiVersion` to the version the client asked for (all served versions share storage).
@@ -133,9 +152,16 @@ impl Store {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now_rfc3339()},
                 "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-            state.insert(GroupResource::new("", "namespaces"), key(None, ns), obj, EventKind::Added);
+            state.insert(
+                GroupResource::new("", "namespaces"),
+                key(None, ns),
+                obj,
+                EventKind::Added,
+            );
         }
-        Store { state: Mutex::new(state) }
+        Store {
+            state: Mutex::new(state),
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -158,7 +184,12 @@ impl Store {
     }
 
     /// Objects of a type (in one namespace, or all), with the list resource version.
-    pub fn list(&self, id: &ResourceId, ns: Option<&str>, keep: impl Fn(&Value) -> bool) -> Result<(Vec<Value>, u64), ApiError> {
+    pub fn list(
+        &self,
+        id: &ResourceId,
+        ns: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<(Vec<Value>, u64), ApiError> {
         let st = self.lock();
         let (rt, _) = st.resolve(id)?;
         let items = st
@@ -179,7 +210,14 @@ impl Store {
         let (rt, vi) = st.resolve(id)?;
         let now = now_rfc3339();
         let mut obj = object::prepare_create(&rt, &vi, ns, body, &now)?;
-        managed::record_update(None, &mut obj, manager, Subresource::Main, &rt.api_version(&vi.name), &now);
+        managed::record_update(
+            None,
+            &mut obj,
+            manager,
+            Subresource::Main,
+            &rt.api_version(&vi.name),
+            &now,
+        );
         st.create_locked(&rt, &vi, obj).map(|o| present(o, &rt, &id.version))
     }
 
@@ -194,6 +232,19 @@ impl Store {
         manager: &str,
         change: impl FnOnce(Option<&Value>) -> Result<Change, ApiError>,
     ) -> Result<Value, ApiError> {
+        self.write(id, ns, name, sub, manager, change).map(|w| w.object)
+    }
+
+    /// Like `update`, also telling whether the object was created (server-side apply).
+    pub fn write(
+        &self,
+        id: &ResourceId,
+        ns: Option<&str>,
+        name: &str,
+        sub: Subresource,
+        manager: &str,
+        change: impl FnOnce(Option<&Value>) -> Result<Change, ApiError>,
+    ) -> Result<Written, ApiError> {
         let mut st = self.lock();
         let (rt, vi) = st.resolve(id)?;
         if sub == Subresource::Status && !vi.status {
@@ -216,7 +267,8 @@ impl Store {
             if let Some(f) = fields {
                 meta_mut(&mut obj).insert("managedFields".into(), f);
             }
-            return st.create_locked(&rt, &vi, obj).map(|o| present(o, &rt, &id.version));
+            let object = st.create_locked(&rt, &vi, obj).map(|o| present(o, &rt, &id.version))?;
+            return Ok(Written { object, created: true });
         };
         let (proposed, applied_fields) = match change(Some(&current))? {
             Change::Replace(v) => (v, None),
@@ -238,20 +290,35 @@ impl Store {
             st.registry.insert(t);
         }
         if object::same_content(&current, &next) {
-            return Ok(present(current, &rt, &id.version));
+            return Ok(Written {
+                object: present(current, &rt, &id.version),
+                created: false,
+            });
         }
         let k = key(ns, name);
         if is_deleting(&next) && object::finalizers(&next).is_empty() {
             // The final state is what the DELETED event carries; no separate MODIFIED.
             st.objects.entry(gr.clone()).or_default().insert(k.clone(), next);
             let gone = st.remove(&gr, &k).unwrap_or_default();
-            return Ok(present(gone, &rt, &id.version));
+            return Ok(Written {
+                object: present(gone, &rt, &id.version),
+                created: false,
+            });
         }
         let stored = st.insert(gr, k, next, EventKind::Modified);
-        Ok(present(stored, &rt, &id.version))
+        Ok(Written {
+            object: present(stored, &rt, &id.version),
+            created: false,
+        })
     }
 
-    pub fn delete(&self, id: &ResourceId, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        id: &ResourceId,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let (rt, _) = st.resolve(id)?;
         let policy = opts.propagation;
@@ -260,7 +327,10 @@ impl Store {
                 if let Some(w) = wanted.as_deref().filter(|w| *w != meta_str(current, field)) {
                     return Err(ApiError::Conflict {
                         target: rt.target(name),
-                        message: format!("Precondition failed: {field} in precondition: {w}, {field} in object meta: {}", meta_str(current, field)),
+                        message: format!(
+                            "Precondition failed: {field} in precondition: {w}, {field} in object meta: {}",
+                            meta_str(current, field)
+                        ),
                     });
                 }
             }
@@ -271,21 +341,20 @@ impl Store {
     }
 
     /// Subscribes to events after `from` (history replay), or fails with `Expired`.
-    pub fn watch_from(&self, from: u64) -> Result<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>), ApiError> {
+    pub fn watch_from(&self, from: u64) -> Result<(Vec<Arc<WatchEvent>>, Events), ApiError> {
         let st = self.lock();
         if from < st.compacted {
-            return Err(ApiError::Expired { requested: from, oldest: st.compacted });
+            return Err(ApiError::Expired {
+                requested: from,
+                oldest: st.compacted,
+            });
         }
         let replay = st.history.iter().filter(|e| e.rv > from).cloned().collect();
         Ok((replay, st.tx.subscribe()))
     }
 
     /// Subscribes and returns the current objects of a type (for initial events), atomically.
-    pub fn watch_snapshot(
-        &self,
-        id: &ResourceId,
-        ns: Option<&str>,
-    ) -> Result<(Vec<Value>, u64, broadcast::Receiver<Arc<WatchEvent>>), ApiError> {
+    pub fn watch_snapshot(&self, id: &ResourceId, ns: Option<&str>) -> Result<(Vec<Value>, u64, Events), ApiError> {
         let st = self.lock();
         let rx = st.tx.subscribe();
         let (rt, _) = st.resolve(id)?;
@@ -307,13 +376,22 @@ impl Store {
 
 impl State {
     pub fn resolve(&self, id: &ResourceId) -> Result<(ResourceType, VersionInfo), ApiError> {
-        let rt = self.registry.resolve(&id.group, &id.version, &id.resource).ok_or_else(unknown_resource)?;
+        let rt = self
+            .registry
+            .resolve(&id.group, &id.version, &id.resource)
+            .ok_or_else(unknown_resource)?;
         let vi = rt.version(&id.version).cloned().ok_or_else(unknown_resource)?;
         Ok((rt.clone(), vi))
     }
 
     fn emit(&mut self, kind: EventKind, gr: &GroupResource, namespace: &str, object: &Value) {
-        let ev = Arc::new(WatchEvent { rv: self.rv, kind, gr: gr.clone(), namespace: namespace.into(), object: object.clone() });
+        let ev = Arc::new(WatchEvent {
+            rv: self.rv,
+            kind,
+            gr: gr.clone(),
+            namespace: namespace.into(),
+            object: object.clone(),
+        });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_cap {
             if let Some(old) = self.history.pop_front() {
@@ -338,8 +416,16 @@ impl State {
     }
 
     /// Prunes, defaults and validates a custom resource against its version's schema.
-    fn check_custom(&self, rt: &ResourceType, vi: &VersionInfo, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
-        let Some(schema) = Self::custom_schema(rt, vi) else { return Ok(()) };
+    fn check_custom(
+        &self,
+        rt: &ResourceType,
+        vi: &VersionInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let Some(schema) = Self::custom_schema(rt, vi) else {
+            return Ok(());
+        };
         let identity: Vec<(String, Value)> = ["apiVersion", "kind", "metadata"]
             .iter()
             .filter_map(|k| obj.get(*k).map(|v| (k.to_string(), v.clone())))
@@ -355,7 +441,11 @@ impl State {
         }
         let causes = errors
             .into_iter()
-            .map(|e| super::error::Cause { reason: e.reason, message: e.message, field: e.field })
+            .map(|e| super::error::Cause {
+                reason: e.reason,
+                message: e.message,
+                field: e.field,
+            })
             .collect();
         Err(ApiError::invalid(&rt.kind_group(), object::target_of(rt, obj), causes))
     }
@@ -364,22 +454,32 @@ impl State {
     fn register_crd(&self, crd: &mut Value) -> Result<ResourceType, ApiError> {
         resources::default_crd(crd);
         let t = resources::from_crd(crd)?;
-        if let Some(existing) = self.registry.get(&t.gr()) {
-            if existing.crd.is_none() {
-                return Err(ApiError::invalid_field(
-                    "CustomResourceDefinition.apiextensions.k8s.io",
-                    object::target_of(&self.registry.get(&GroupResource::new(CRD_GROUP, CRD_RESOURCE)).cloned().unwrap_or(t.clone()), crd),
-                    "spec.names.plural",
-                    "FieldValueInvalid",
-                    "Invalid value: the resource is built in",
-                ));
-            }
+        if let Some(existing) = self.registry.get(&t.gr())
+            && existing.crd.is_none()
+        {
+            return Err(ApiError::invalid_field(
+                "CustomResourceDefinition.apiextensions.k8s.io",
+                object::target_of(
+                    &self
+                        .registry
+                        .get(&GroupResource::new(CRD_GROUP, CRD_RESOURCE))
+                        .cloned()
+                        .unwrap_or(t.clone()),
+                    crd,
+                ),
+                "spec.names.plural",
+                "FieldValueInvalid",
+                "Invalid value: the resource is built in",
+            ));
         }
         let now = now_rfc3339();
         let storage = crd
             .pointer("/spec/versions")
             .and_then(Value::as_array)
-            .and_then(|vs| vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true)))
+            .and_then(|vs| {
+                vs.iter()
+                    .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+            })
             .and_then(|v| v.get("name").cloned())
             .unwrap_or(json!(t.versions[0].name));
         let since = |ty: &str| {
@@ -406,7 +506,10 @@ impl State {
         let ns = meta_str(&obj, "namespace").to_string();
         let name = meta_str(&obj, "name").to_string();
         if rt.namespaced {
-            let exists = self.objects.get(&GroupResource::new("", "namespaces")).is_some_and(|m| m.contains_key(&key(None, &ns)));
+            let exists = self
+                .objects
+                .get(&GroupResource::new("", "namespaces"))
+                .is_some_and(|m| m.contains_key(&key(None, &ns)));
             if !exists {
                 return Err(ApiError::NotFound(super::error::Target::new("", "namespaces", &ns)));
             }
@@ -427,8 +530,15 @@ impl State {
     }
 
     /// Deletes honouring finalizers; returns the object (marked or removed), None when missing.
-    fn delete_locked(&mut self, gr: &GroupResource, k: &ObjKey, policy: Propagation) -> Result<Option<Value>, ApiError> {
-        let Some(current) = self.objects.get(gr).and_then(|m| m.get(k)).cloned() else { return Ok(None) };
+    fn delete_locked(
+        &mut self,
+        gr: &GroupResource,
+        k: &ObjKey,
+        policy: Propagation,
+    ) -> Result<Option<Value>, ApiError> {
+        let Some(current) = self.objects.get(gr).and_then(|m| m.get(k)).cloned() else {
+            return Ok(None);
+        };
         let uid = meta_str(&current, "uid").to_string();
         if policy == Propagation::Orphan {
             self.orphan_dependents(&uid);
@@ -462,7 +572,11 @@ impl State {
     }
 
     fn live_uids(&self) -> HashSet<String> {
-        self.objects.values().flat_map(|m| m.values()).map(|o| meta_str(o, "uid").to_string()).collect()
+        self.objects
+            .values()
+            .flat_map(|m| m.values())
+            .map(|o| meta_str(o, "uid").to_string())
+            .collect()
     }
 
     /// Removes an object for good: DELETED event, then what depended on it (CRD instances,
@@ -473,21 +587,29 @@ impl State {
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.emit(EventKind::Deleted, gr, &k.0.clone(), &obj);
         let uid = meta_str(&obj, "uid").to_string();
-        if *gr == GroupResource::new(CRD_GROUP, CRD_RESOURCE) {
-            if let Ok(t) = resources::from_crd(&obj) {
-                self.registry.remove(&t.gr());
-                let keys: Vec<ObjKey> = self.objects.get(&t.gr()).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-                for ck in keys {
-                    self.remove(&t.gr(), &ck);
-                }
-                self.objects.remove(&t.gr());
+        if *gr == GroupResource::new(CRD_GROUP, CRD_RESOURCE)
+            && let Ok(t) = resources::from_crd(&obj)
+        {
+            self.registry.remove(&t.gr());
+            let keys: Vec<ObjKey> = self
+                .objects
+                .get(&t.gr())
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            for ck in keys {
+                self.remove(&t.gr(), &ck);
             }
+            self.objects.remove(&t.gr());
         }
         if *gr == GroupResource::new("", "namespaces") {
             let contained: Vec<(GroupResource, ObjKey)> = self
                 .objects
                 .iter()
-                .flat_map(|(g, m)| m.keys().filter(|(ns, _)| *ns == k.1).map(move |ok| (g.clone(), ok.clone())))
+                .flat_map(|(g, m)| {
+                    m.keys()
+                        .filter(|(ns, _)| *ns == k.1)
+                        .map(move |ok| (g.clone(), ok.clone()))
+                })
                 .collect();
             for (g, ok) in contained {
                 // Finalizers of namespace contents are honoured: such objects stay, marked.
@@ -501,7 +623,9 @@ impl State {
             .flat_map(|(g, m)| {
                 let live = &live;
                 let uid = &uid;
-                m.iter().filter(move |(_, o)| gc::should_collect(o, uid, |u| live.contains(u))).map(move |(ok, _)| (g.clone(), ok.clone()))
+                m.iter()
+                    .filter(move |(_, o)| gc::should_collect(o, uid, |u| live.contains(u)))
+                    .map(move |(ok, _)| (g.clone(), ok.clone()))
             })
             .collect();
         for (g, ok) in dependents {
@@ -522,7 +646,9 @@ mod tests {
     #[test]
     fn starts_with_default_and_kube_system_namespaces() {
         let s = Store::new(10);
-        let (items, rv) = s.list(&ResourceId::new("", "v1", "namespaces"), None, |_| true).unwrap();
+        let (items, rv) = s
+            .list(&ResourceId::new("", "v1", "namespaces"), None, |_| true)
+            .unwrap();
         let names: Vec<&str> = items.iter().map(|o| meta_str(o, "name")).collect();
         assert_eq!(names, vec!["default", "kube-system"]);
         assert_eq!(rv, 2);
@@ -531,7 +657,9 @@ mod tests {
     #[test]
     fn create_in_missing_namespace_is_not_found() {
         let s = Store::new(10);
-        let e = s.create(&cm(), Some("nope"), json!({"metadata": {"name": "a"}}), "t").unwrap_err();
+        let e = s
+            .create(&cm(), Some("nope"), json!({"metadata": {"name": "a"}}), "t")
+            .unwrap_err();
         assert_eq!(e.to_string(), "namespaces \"nope\" not found");
     }
 
@@ -539,7 +667,13 @@ mod tests {
     fn history_expires_old_versions() {
         let s = Store::new(2);
         for i in 0..4 {
-            s.create(&cm(), Some("default"), json!({"metadata": {"name": format!("c{i}")}}), "t").unwrap();
+            s.create(
+                &cm(),
+                Some("default"),
+                json!({"metadata": {"name": format!("c{i}")}}),
+                "t",
+            )
+            .unwrap();
         }
         assert_eq!(s.current_rv(), 6);
         assert_eq!(s.watch_from(1).unwrap_err().code(), 410);
@@ -550,12 +684,27 @@ mod tests {
     #[test]
     fn garbage_collects_dependents_without_other_live_owner() {
         let s = Store::new(100);
-        let owner = s.create(&cm(), Some("default"), json!({"metadata": {"name": "owner"}}), "t").unwrap();
+        let owner = s
+            .create(&cm(), Some("default"), json!({"metadata": {"name": "owner"}}), "t")
+            .unwrap();
         let uid = meta_str(&owner, "uid").to_string();
         let refs = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]);
-        s.create(&cm(), Some("default"), json!({"metadata": {"name": "dep", "ownerReferences": refs}}), "t").unwrap();
-        s.create(&cm(), Some("default"), json!({"metadata": {"name": "held", "ownerReferences": refs, "finalizers": ["x/y"]}}), "t").unwrap();
-        s.delete(&cm(), Some("default"), "owner", &DeleteOptions::default()).unwrap();
+        s.create(
+            &cm(),
+            Some("default"),
+            json!({"metadata": {"name": "dep", "ownerReferences": refs}}),
+            "t",
+        )
+        .unwrap();
+        s.create(
+            &cm(),
+            Some("default"),
+            json!({"metadata": {"name": "held", "ownerReferences": refs, "finalizers": ["x/y"]}}),
+            "t",
+        )
+        .unwrap();
+        s.delete(&cm(), Some("default"), "owner", &DeleteOptions::default())
+            .unwrap();
         assert_eq!(s.get(&cm(), Some("default"), "dep").unwrap_err().code(), 404);
         let held = s.get(&cm(), Some("default"), "held").unwrap();
         assert!(is_deleting(&held));

@@ -165,10 +165,7 @@ impl ErrorType {
 
     /// Kubernetes prints no value for these types.
     fn omits_value(self) -> bool {
-        matches!(
-            self,
-            ErrorType::Required | ErrorType::Forbidden | ErrorType::TooLong
-        )
+        matches!(self, ErrorType::Required | ErrorType::Forbidden | ErrorType::TooLong)
     }
 }
 
@@ -335,10 +332,7 @@ fn matches_type(ty: &str, value: &Value) -> bool {
         ("object", Value::Object(_)) => true,
         ("number", Value::Number(_)) => true,
         ("integer", Value::Number(n)) => {
-            n.is_i64()
-                || n.is_u64()
-                || n.as_f64()
-                    .is_some_and(|f| f.is_finite() && f.fract() == 0.0)
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.is_finite() && f.fract() == 0.0)
         }
         _ => false,
     }
@@ -351,13 +345,9 @@ fn json_equal(a: &Value, b: &Value) -> bool {
             (Some(i), Some(j)) => i == j,
             _ => x.as_f64() == y.as_f64(),
         },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
     }
@@ -514,10 +504,7 @@ fn check_number(schema: &Value, n: &serde_json::Number, path: &str, out: &mut Ve
             ErrorType::Invalid,
             path,
             &value,
-            &format!(
-                "{path} in body should be a multiple of {}",
-                render_f64(factor)
-            ),
+            &format!("{path} in body should be a multiple of {}", render_f64(factor)),
         ));
     }
     if let Some(max) = number_bound(schema, "maximum") {
@@ -565,14 +552,7 @@ fn check_array(
     if let Some(item_schema) = schema.get("items") {
         for (i, item) in items.iter().enumerate() {
             let item_old = correlated_item(schema, item, old);
-            check_node(
-                item_schema,
-                item,
-                item_old,
-                &index_path(path, i),
-                out,
-                lists,
-            );
+            check_node(item_schema, item, item_old, &index_path(path, i), out, lists);
         }
     }
     let size = Value::from(items.len());
@@ -606,12 +586,7 @@ fn check_list_type(schema: &Value, items: &[Value], path: &str, lists: &mut Vec<
         Some("set") => {
             for (i, item) in items.iter().enumerate() {
                 if items[..i].iter().any(|earlier| json_equal(earlier, item)) {
-                    lists.push(field_error(
-                        ErrorType::Duplicate,
-                        &index_path(path, i),
-                        item,
-                        "",
-                    ));
+                    lists.push(field_error(ErrorType::Duplicate, &index_path(path, i), item, ""));
                 }
             }
         }
@@ -626,12 +601,7 @@ fn check_list_type(schema: &Value, items: &[Value], path: &str, lists: &mut Vec<
                     .filter_map(|earlier| list_map_key(earlier, &keys))
                     .any(|earlier| json_equal(&earlier, &key));
                 if duplicate {
-                    lists.push(field_error(
-                        ErrorType::Duplicate,
-                        &index_path(path, i),
-                        &key,
-                        "",
-                    ));
+                    lists.push(field_error(ErrorType::Duplicate, &index_path(path, i), &key, ""));
                 }
             }
         }
@@ -641,16 +611,8 @@ fn check_list_type(schema: &Value, items: &[Value], path: &str, lists: &mut Vec<
 
 /// The old version of a list item: only `x-kubernetes-list-type: map` lists correlate items (by
 /// their key fields); other lists are atomic, so their items have no old version.
-fn correlated_item<'a>(
-    list_schema: &Value,
-    item: &Value,
-    old_list: Option<&'a Value>,
-) -> Option<&'a Value> {
-    if list_schema
-        .get("x-kubernetes-list-type")
-        .and_then(Value::as_str)
-        != Some("map")
-    {
+fn correlated_item<'a>(list_schema: &Value, item: &Value, old_list: Option<&'a Value>) -> Option<&'a Value> {
+    if list_schema.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
         return None;
     }
     let keys = list_map_keys(list_schema);
@@ -665,12 +627,7 @@ fn list_map_keys(schema: &Value) -> Vec<String> {
     schema
         .get("x-kubernetes-list-map-keys")
         .and_then(Value::as_array)
-        .map(|keys| {
-            keys.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|keys| keys.iter().filter_map(Value::as_str).map(str::to_string).collect())
         .unwrap_or_default()
 }
 
@@ -787,12 +744,7 @@ fn is_value_list_branch(branch: &Value) -> bool {
 }
 
 fn check_combinators(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldError>) {
-    let branches = |key: &str| {
-        schema
-            .get(key)
-            .and_then(Value::as_array)
-            .filter(|b| !b.is_empty())
-    };
+    let branches = |key: &str| schema.get(key).and_then(Value::as_array).filter(|b| !b.is_empty());
 
     let quoted_path = Value::String(path.to_string()).to_string();
 
@@ -806,11 +758,7 @@ fn check_combinators(schema: &Value, value: &Value, path: &str, out: &mut Vec<Fi
             }
         }
         if validated != all_of.len() {
-            let none = if validated == 0 {
-                ". None validated"
-            } else {
-                ""
-            };
+            let none = if validated == 0 { ". None validated" } else { "" };
             out.push(composite_error(&format!(
                 "{quoted_path} must validate all the schemas (allOf){none}"
             )));
@@ -821,8 +769,7 @@ fn check_combinators(schema: &Value, value: &Value, path: &str, out: &mut Vec<Fi
         let Some(alternatives) = branches(key) else {
             continue;
         };
-        let alternatives: Vec<&Value> =
-            alternatives.iter().filter(|b| !is_null_branch(b)).collect();
+        let alternatives: Vec<&Value> = alternatives.iter().filter(|b| !is_null_branch(b)).collect();
         if alternatives.is_empty() {
             continue;
         }
@@ -850,9 +797,7 @@ fn check_combinators(schema: &Value, value: &Value, path: &str, out: &mut Vec<Fi
             .collect();
         let valid = outcomes.iter().filter(|errors| errors.is_empty()).count();
         let summary = match (exactly_one, valid) {
-            (false, 0) => Some(format!(
-                "{quoted_path} must validate at least one schema (anyOf)"
-            )),
+            (false, 0) => Some(format!("{quoted_path} must validate at least one schema (anyOf)")),
             (true, 0) => Some(format!(
                 "{quoted_path} must validate one and only one schema (oneOf). Found none valid"
             )),
@@ -886,12 +831,7 @@ fn check_combinators(schema: &Value, value: &Value, path: &str, out: &mut Vec<Fi
 /// kube-openapi reports union failures as plain errors, which the real server turns into causes
 /// without a field: `<nil>: Invalid value: "": "spec.x" must validate ...`.
 fn composite_error(detail: &str) -> FieldError {
-    field_error(
-        ErrorType::Invalid,
-        "",
-        &Value::String(String::new()),
-        detail,
-    )
+    field_error(ErrorType::Invalid, "", &Value::String(String::new()), detail)
 }
 
 /// Value validations in a union branch; list-type checks belong to the structural schema only.
@@ -920,13 +860,7 @@ fn has_cel_rules(schema: &Value) -> bool {
 
 /// Evaluates rules top-down: the node's own rules, then properties (sorted), map entries
 /// (sorted), list items (in order). Absent and null values are not evaluated.
-fn cel_walk(
-    schema: &Value,
-    value: &Value,
-    old: Option<&Value>,
-    path: &str,
-    out: &mut Vec<FieldError>,
-) {
+fn cel_walk(schema: &Value, value: &Value, old: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
     if value.is_null() || !schema.is_object() {
         return;
     }
@@ -941,13 +875,7 @@ fn cel_walk(
             for (key, child) in fields {
                 let child_old = old.and_then(|o| o.get(key));
                 if let Some(property_schema) = declared.and_then(|p| p.get(key)) {
-                    cel_walk(
-                        property_schema,
-                        child,
-                        child_old,
-                        &child_path(path, key),
-                        out,
-                    );
+                    cel_walk(property_schema, child, child_old, &child_path(path, key), out);
                 } else if let Some(value_schema) = additional_schema(schema) {
                     cel_walk(value_schema, child, child_old, &key_path(path, key), out);
                 }
@@ -1004,13 +932,7 @@ fn shallow_rule_schema(schema: &Value) -> Value {
     shallow
 }
 
-fn evaluate_node_rules(
-    schema: &Value,
-    value: &Value,
-    old: Option<&Value>,
-    path: &str,
-    out: &mut Vec<FieldError>,
-) {
+fn evaluate_node_rules(schema: &Value, value: &Value, old: Option<&Value>, path: &str, out: &mut Vec<FieldError>) {
     let mut shallow = shallow_rule_schema(schema);
     if old.is_some_and(|o| json_equal(o, value)) {
         // Ratcheting: an unchanged value only answers to transition rules.
@@ -1029,31 +951,17 @@ fn evaluate_node_rules(
         return;
     };
     // The real server reports the schema type of the node as the "value" of CEL causes.
-    let node_type = Value::String(
-        schema
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-    );
+    let node_type = Value::String(schema.get("type").and_then(Value::as_str).unwrap_or("").to_string());
 
     for failure in failures.into_vec() {
         let error = match failure.kind {
             kube_cel::ErrorKind::ValidationFailure => {
                 let field = join_rule_field_path(path, &failure.field_path);
-                rule_failure(
-                    failure.reason.as_deref(),
-                    &field,
-                    &node_type,
-                    &failure.message,
-                )
+                rule_failure(failure.reason.as_deref(), &field, &node_type, &failure.message)
             }
             kube_cel::ErrorKind::CompilationFailure => {
                 let prefix = format!("failed to compile rule \"{}\": ", failure.rule);
-                let detail = failure
-                    .message
-                    .strip_prefix(&prefix)
-                    .unwrap_or(&failure.message);
+                let detail = failure.message.strip_prefix(&prefix).unwrap_or(&failure.message);
                 field_error(
                     ErrorType::Invalid,
                     path,
@@ -1136,13 +1044,7 @@ fn join_rule_field_path(path: &str, field_path: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Pruning
 
-fn prune_node(
-    schema: &Value,
-    value: &mut Value,
-    path: &str,
-    is_resource_root: bool,
-    dropped: &mut Vec<String>,
-) {
+fn prune_node(schema: &Value, value: &mut Value, path: &str, is_resource_root: bool, dropped: &mut Vec<String>) {
     match value {
         Value::Object(fields) => {
             let keep_type_meta = is_resource_root || flag(schema, "x-kubernetes-embedded-resource");
@@ -1299,8 +1201,7 @@ mod tests {
 
     #[test]
     fn validation_types() {
-        let replicas =
-            || json!({"type": "object", "properties": {"replicas": {"type": "integer"}}});
+        let replicas = || json!({"type": "object", "properties": {"replicas": {"type": "integer"}}});
         run(vec![
             Case {
                 name: "integer ok",
@@ -1692,9 +1593,7 @@ mod tests {
     fn validation_strings() {
         let name = |extra: Value| {
             let mut s = json!({"type": "string"});
-            s.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
+            s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             json!({"type": "object", "properties": {"name": s}})
         };
         run(vec![
@@ -1771,9 +1670,7 @@ mod tests {
     fn validation_arrays() {
         let list = |extra: Value| {
             let mut s = json!({"type": "array", "items": {"type": "string"}});
-            s.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
+            s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             json!({"type": "object", "properties": {"tags": s}})
         };
         run(vec![
@@ -1837,11 +1734,7 @@ mod tests {
                 name: "set duplicates",
                 spec_schema: list(json!({"x-kubernetes-list-type": "set"})),
                 spec: json!({"tags": ["a", "b", "a"]}),
-                want: &[(
-                    "spec.tags[2]",
-                    "FieldValueDuplicate",
-                    "Duplicate value: \"a\"",
-                )],
+                want: &[("spec.tags[2]", "FieldValueDuplicate", "Duplicate value: \"a\"")],
             },
             Case {
                 name: "map list duplicate keys",
@@ -1913,11 +1806,7 @@ mod tests {
                 name: "maxProperties",
                 spec_schema: json!({"type": "object", "maxProperties": 1}),
                 spec: json!({"a": 1, "b": 2}),
-                want: &[(
-                    "spec",
-                    "FieldValueTooMany",
-                    "Too many: 2: must have at most 1 items",
-                )],
+                want: &[("spec", "FieldValueTooMany", "Too many: 2: must have at most 1 items")],
             },
             Case {
                 name: "minProperties",
@@ -2363,9 +2252,7 @@ mod tests {
             }}})
         };
         let no_scale_down = || {
-            scaling(
-                json!({"rule": "self.maxReplicas >= oldSelf.maxReplicas", "message": "cannot lower maxReplicas"}),
-            )
+            scaling(json!({"rule": "self.maxReplicas >= oldSelf.maxReplicas", "message": "cannot lower maxReplicas"}))
         };
         let keyed_workers = || {
             json!({"type": "object", "properties": {"workers": {
@@ -2432,9 +2319,7 @@ mod tests {
                 name: "map-list items correlate by key, not index",
                 spec_schema: keyed_workers(),
                 spec: json!({"workers": [{"name": "b", "image": "b:1"}, {"name": "a", "image": "a:2"}]}),
-                old_spec: Some(
-                    json!({"workers": [{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]}),
-                ),
+                old_spec: Some(json!({"workers": [{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]})),
                 want: &[(
                     "spec.workers[1].image",
                     "FieldValueInvalid",
@@ -2739,9 +2624,7 @@ mod tests {
         let range = FieldError {
             field: "spec.replicas".into(),
             reason: "FieldValueInvalid".into(),
-            message:
-                "Invalid value: -1: spec.replicas in body should be greater than or equal to 0"
-                    .into(),
+            message: "Invalid value: -1: spec.replicas in body should be greater than or equal to 0".into(),
         };
         let cases: Vec<(&str, Vec<FieldError>, &str)> = vec![
             (

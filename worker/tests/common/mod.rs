@@ -47,7 +47,7 @@ impl TestPool {
         let namespace = format!("wt-{:08x}", rand::random::<u32>());
         let pool = "pool".to_string();
         let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
-        topology::declare_pool(&channel, &namespace, &pool, &classes, "classic").await.unwrap();
+        topology::declare_pool(&channel, &namespace, &pool, &classes, &topology::WorkQueueArgs::of_type("classic")).await.unwrap();
         let reports_queue = format!("warren.test-reports.{namespace}");
         topology::declare_reports_queue(&channel, &reports_queue).await.unwrap();
         let job_uid = format!("uid-{:08x}", rand::random::<u32>());

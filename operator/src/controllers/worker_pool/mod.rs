@@ -121,7 +121,7 @@ async fn declare(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         &pool.namespace().unwrap_or_default(),
         &pool.name_any(),
         &pool.spec.priorities,
-        pool.spec.queue_type.as_str(),
+        &plan::work_queue_args(pool),
     )
     .await;
     if result.is_err() {

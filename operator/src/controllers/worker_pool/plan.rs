@@ -31,6 +31,15 @@ pub fn topology(pool: &WorkerPool) -> Topology {
     }
 }
 
+/// Arguments of the pool's work queues.
+pub fn work_queue_args(pool: &WorkerPool) -> warren_worker::topology::WorkQueueArgs {
+    warren_worker::topology::WorkQueueArgs {
+        queue_type: pool.spec.queue_type.as_str().to_string(),
+        max_length: pool.spec.max_queue_length,
+        overflow: pool.spec.max_queue_length.map(|_| pool.spec.overflow.as_amqp().to_string()),
+    }
+}
+
 /// The worker Deployment `<pool>-workers`, owned by the pool.
 pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str) -> Deployment {
     let namespace = pool.namespace().unwrap_or_default();

