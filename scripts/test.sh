@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo build --workspace --bins --quiet
+python3 -m pytest charts/tests -q
 cargo test --workspace --no-fail-fast -- --test-threads=2
