@@ -40,7 +40,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         tokio::spawn(server::serve(listener));
     }
     let flusher = tokio::spawn(book.clone().run_flusher());
-    let consumer = tokio::spawn(reports::run(config.amqp_url.clone(), book, workers));
+    let consumer = tokio::spawn(reports::run(config.amqp_url.clone(), config.reports_queue.clone(), book, workers));
     tracing::info!(amqp = %broker::redact(&config.amqp_url), "Warren operator started");
     tokio::join!(
         controllers::worker_pool::run(pool_controller, ctx.clone()),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use warren_protocol::{ReportBatch, names};
+use warren_protocol::ReportBatch;
 
 use crate::book::{Applied, JobBook};
 use crate::broker::{Broker, reconnect_delay};
@@ -27,10 +27,10 @@ struct Pending {
 }
 
 /// Runs forever: connects, consumes, reconnects with backoff on failure.
-pub async fn run(url: String, book: Arc<JobBook>, workers: Arc<WorkerRegistry>) {
+pub async fn run(url: String, queue: String, book: Arc<JobBook>, workers: Arc<WorkerRegistry>) {
     let mut attempt = 0u32;
     loop {
-        match consume(&url, &book, &workers).await {
+        match consume(&url, &queue, &book, &workers).await {
             Ok(()) => attempt = 0,
             Err(error) => {
                 tracing::warn!(%error, attempt, "report consumer lost its connection; reconnecting");
@@ -52,7 +52,7 @@ enum ConsumeError {
     JobLookup(kube::Error),
 }
 
-async fn consume(url: &str, book: &JobBook, workers: &WorkerRegistry) -> Result<(), ConsumeError> {
+async fn consume(url: &str, queue: &str, book: &JobBook, workers: &WorkerRegistry) -> Result<(), ConsumeError> {
     let amqp = |what: &'static str| move |source: lapin::Error| ConsumeError::Broker(crate::broker::BrokerError::Amqp { what, source });
     let conn = Broker::connect(url, 1).await?;
     let channel = conn.create_channel().await.map_err(amqp("channel.open"))?;
@@ -60,12 +60,12 @@ async fn consume(url: &str, book: &JobBook, workers: &WorkerRegistry) -> Result<
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await
         .map_err(amqp("basic.qos"))?;
-    warren_worker::topology::declare_reports_queue(&channel, names::REPORTS_QUEUE)
+    warren_worker::topology::declare_reports_queue(&channel, queue)
         .await
         .map_err(ConsumeError::Topology)?;
     let mut consumer = channel
         .basic_consume(
-            names::REPORTS_QUEUE.into(),
+            queue.into(),
             "warren-operator".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

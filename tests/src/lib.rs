@@ -7,7 +7,7 @@
 //! must already be installed (`helm install`); tests that need to kill the operator process are
 //! skipped there, loudly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Once;
 use std::time::Duration;
@@ -166,6 +166,7 @@ impl Env {
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--publish-batch", &self.operator_options.publish_batch.to_string()])
             .args(["--status-interval-ms", &self.operator_options.status_interval_ms.to_string()])
+            .args(["--reports-queue", &self.reports_queue()])
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -180,6 +181,12 @@ impl Env {
         operator.child.start_kill()?;
         operator.child.wait().await?;
         Ok(())
+    }
+
+    /// The reports queue of this test's operator: tests running side by side on one broker must
+    /// not consume each other's reports.
+    pub fn reports_queue(&self) -> String {
+        format!("{}.{}", warren_protocol::names::REPORTS_QUEUE, self.namespace)
     }
 
     pub fn jobs(&self) -> Api<Job> {
@@ -283,7 +290,19 @@ impl Env {
             let namespaces: Api<Namespace> = Api::all(self.client.clone());
             namespaces.delete(&self.namespace, &DeleteParams::default()).await?;
         }
+        if !Self::is_real_cluster() {
+            delete_queue(&self.reports_queue()).await?;
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
     }
+}
+
+/// Deletes a queue (fine if it does not exist).
+pub async fn delete_queue(queue: &str) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel.queue_delete(queue.into(), Default::default()).await?;
+    let _ = conn.close(200, "".into()).await;
+    Ok(())
 }

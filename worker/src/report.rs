@@ -40,8 +40,19 @@ pub struct PendingEvent {
 }
 
 /// Adds an event to the pending list. A progress event replaces a pending, unconfirmed
-/// progress event of the same attempt (progress is coalesced: only the latest matters).
+/// progress event of the same attempt (progress is coalesced: only the latest matters), and
+/// the outcome of an attempt replaces its still-pending `Started` event (the operator learns
+/// nothing from a start it hears of together with the end; short tasks send half the events).
 pub fn push_event(pending: &mut Vec<PendingEvent>, event: TaskEvent, confirmed: Option<oneshot::Sender<()>>) {
+    if matches!(event.kind, TaskEventKind::Succeeded { .. } | TaskEventKind::Failed { .. }) {
+        pending.retain(|p| {
+            !(p.confirmed.is_none()
+                && matches!(p.event.kind, TaskEventKind::Started)
+                && p.event.job.uid == event.job.uid
+                && p.event.index == event.index
+                && p.event.attempt == event.attempt)
+        });
+    }
     if matches!(event.kind, TaskEventKind::Progress { .. }) && confirmed.is_none() {
         let same = pending.iter_mut().rev().find(|p| {
             p.confirmed.is_none()
@@ -375,6 +386,25 @@ mod tests {
 
     fn progress(p: u8) -> TaskEventKind {
         TaskEventKind::Progress { percent: p, message: format!("{p}%") }
+    }
+
+    #[test]
+    fn an_outcome_replaces_the_pending_start_of_its_attempt_only() {
+        let mut pending = Vec::new();
+        push_event(&mut pending, ev("a", 0, 1, TaskEventKind::Started), None);
+        push_event(&mut pending, ev("a", 1, 1, TaskEventKind::Started), None);
+        push_event(&mut pending, ev("a", 0, 1, progress(50)), None);
+        let (tx, _rx) = oneshot::channel();
+        push_event(&mut pending, ev("a", 0, 1, TaskEventKind::Succeeded { result: None }), Some(tx));
+        let kinds: Vec<_> = pending.iter().map(|p| (p.event.index, p.event.kind.clone())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, TaskEventKind::Started),
+                (0, progress(50)),
+                (0, TaskEventKind::Succeeded { result: None }),
+            ]
+        );
     }
 
     #[test]

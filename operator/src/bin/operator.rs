@@ -25,6 +25,9 @@ struct Args {
     /// Minimum milliseconds between two status writes of one Job.
     #[arg(long, default_value_t = 1000)]
     status_interval_ms: u64,
+    /// Queue the workers report to: one per Warren installation sharing a broker vhost.
+    #[arg(long, env = "WARREN_REPORTS_QUEUE", default_value = warren_protocol::names::REPORTS_QUEUE)]
+    reports_queue: String,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -40,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         amqp_url: args.amqp_url,
         publish_batch: args.publish_batch,
         status_interval: Duration::from_millis(args.status_interval_ms),
+        reports_queue: args.reports_queue,
     };
     warren_operator::run(client, config, Some(args.metrics_addr)).await
 }

@@ -26,12 +26,20 @@ pub struct Config {
     pub publish_batch: u32,
     /// Minimum time between two status writes of one Job.
     pub status_interval: Duration,
+    /// Queue the workers report to; one per Warren installation on a broker (vhost).
+    pub reports_queue: String,
 }
 
 impl Default for Config {
     fn default() -> Self {
         let url = "amqp://guest:guest@127.0.0.1:5672/%2f".to_string();
-        Self { amqp_url: url.clone(), worker_amqp_url: url, publish_batch: 500, status_interval: Duration::from_secs(1) }
+        Self {
+            amqp_url: url.clone(),
+            worker_amqp_url: url,
+            publish_batch: 500,
+            status_interval: Duration::from_secs(1),
+            reports_queue: warren_protocol::names::REPORTS_QUEUE.to_string(),
+        }
     }
 }
 

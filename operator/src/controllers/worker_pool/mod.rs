@@ -84,7 +84,7 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
 
     let declared = declare(&pool, ctx).await;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let desired = plan::deployment(&pool, &ctx.config.worker_amqp_url);
+    let desired = plan::deployment(&pool, &ctx.config.worker_amqp_url, &ctx.config.reports_queue);
     let applied = deployments
         .patch(&pool.deployment_name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
         .await?;

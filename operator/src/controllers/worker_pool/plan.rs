@@ -41,7 +41,7 @@ pub fn work_queue_args(pool: &WorkerPool) -> warren_worker::topology::WorkQueueA
 }
 
 /// The worker Deployment `<pool>-workers`, owned by the pool.
-pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str) -> Deployment {
+pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str, reports_queue: &str) -> Deployment {
     let namespace = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let labels = BTreeMap::from([
@@ -59,6 +59,7 @@ pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str) -> Deployment {
         plain(worker_env::PRIORITIES, spec.priorities.join(",")),
         plain(worker_env::CONCURRENCY, spec.concurrency.to_string()),
         plain(worker_env::STARVATION_SECONDS, spec.starvation_seconds.to_string()),
+        plain(warren_worker::REPORTS_QUEUE_ENV, reports_queue.to_string()),
         EnvVar {
             name: worker_env::POD_NAME.to_string(),
             value: None,
@@ -131,7 +132,7 @@ mod tests {
             "workers": {"handler": ["python3", "resize.py"], "env": [{"name": "MODE", "value": "fast"}]},
             "concurrency": 4, "replicas": 2, "priorities": ["high", "low"]
         }));
-        let d = deployment(&p, "amqp://rabbit");
+        let d = deployment(&p, "amqp://rabbit", "warren.reports");
         assert_eq!(d.metadata.name.as_deref(), Some("images-workers"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("WorkerPool", "uid-1", Some(true)));
@@ -147,6 +148,7 @@ mod tests {
         assert_eq!(env["WARREN_CONCURRENCY"].as_deref(), Some("4"));
         assert_eq!(env["WARREN_NAMESPACE"].as_deref(), Some("media"));
         assert_eq!(env["MODE"].as_deref(), Some("fast"));
+        assert_eq!(env["WARREN_REPORTS_QUEUE"].as_deref(), Some("warren.reports"));
         assert_eq!(env["WARREN_POD_NAME"], None, "pod name comes from the downward API");
         assert_eq!(pod.termination_grace_period_seconds, Some(30));
     }
