@@ -23,21 +23,34 @@ impl IncludeObject {
     }
 }
 
-/// Evaluates the JSONPath subset used by printer columns: `.a.b`, `.a[0].b`, `{.a.b}`.
+/// Evaluates the JSONPath subset used by printer columns: `.a.b`, `.a[0].b`, `{.a.b}`, and
+/// filters `.a[?(@.k=="v")].b` (the first matching element).
 pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
-    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut rest = path.trim().trim_start_matches('{').trim_end_matches('}');
     let mut cur = obj;
-    for seg in path.split('.').filter(|s| !s.is_empty()) {
-        let (field, rest) = match seg.find('[') {
-            Some(i) => (&seg[..i], &seg[i..]),
-            None => (seg, ""),
-        };
-        if !field.is_empty() {
-            cur = cur.get(field)?;
-        }
-        for idx in rest.split('[').filter(|s| !s.is_empty()) {
-            let i: usize = idx.trim_end_matches(']').parse().ok()?;
-            cur = cur.get(i)?;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("[?(") {
+            let end = after.find(")]")?;
+            let (key, want) = after[..end].split_once("==")?;
+            let key = key.trim().strip_prefix("@.")?;
+            let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
+            cur = cur.as_array()?.iter().find(|item| match item.get(key) {
+                Some(Value::String(v)) => v == want,
+                Some(other) => other.to_string() == want,
+                None => false,
+            })?;
+            rest = &after[end + 2..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let end = after.find(']')?;
+            cur = cur.get(after[..end].trim().parse::<usize>().ok()?)?;
+            rest = &after[end + 1..];
+        } else {
+            let after = rest.strip_prefix('.').unwrap_or(rest);
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            if end > 0 {
+                cur = cur.get(&after[..end])?;
+            }
+            rest = &after[end..];
         }
     }
     Some(cur)
@@ -300,6 +313,11 @@ mod tests {
         let o = json!({"a": {"b": [{"c": 1}, {"c": 2}]}});
         assert_eq!(json_path(&o, ".a.b[1].c"), Some(&json!(2)));
         assert_eq!(json_path(&o, "{.a.b[0].c}"), Some(&json!(1)));
+        let conds = json!({"status": {"conditions": [
+            {"type": "Progressing", "status": "False"}, {"type": "Ready", "status": "True"}
+        ]}});
+        assert_eq!(json_path(&conds, r#".status.conditions[?(@.type=="Ready")].status"#), Some(&json!("True")));
+        assert_eq!(json_path(&conds, r#".status.conditions[?(@.type=="Gone")].status"#), None);
         assert_eq!(json_path(&o, ".a.x"), None);
     }
 
