@@ -1,8 +1,9 @@
 //! `warren-bench`: throughput of Warren's job path against raw AMQP on the same broker, in one run.
 //!
 //! `warren-bench core --tasks N` runs
-//! 1. the baseline: N persistent messages published with publisher confirms (pipelined) and
-//!    consumed by 2 consumers, each on its own connection, acknowledging every message;
+//! 1. the baseline: N persistent messages of the size of Warren's task envelope, published with
+//!    publisher confirms (pipelined) and consumed by 2 consumers, each on its own connection,
+//!    acknowledging every message;
 //! 2. Warren: a Job of N no-op tasks through a WorkerPool of 2 worker processes (the Rust SDK with
 //!    a handler that returns at once), from `kubectl apply` to the status saying Succeeded —
 //!    including the operator's confirmed publishing, the workers' batched reports, and the status
@@ -60,16 +61,35 @@ async fn main() -> anyhow::Result<()> {
 
 async fn core(tasks: u32, concurrency: u32) -> anyhow::Result<()> {
     println!("warren-bench core: {tasks} tasks, 2 consumers/workers, prefetch/concurrency {concurrency}");
-    let raw = raw_amqp(tasks, concurrency as u16).await.context("raw AMQP baseline")?;
-    println!("raw AMQP  (publish+confirm, consume+ack): {:>8.0} msg/s  ({:.2} s)", f64::from(tasks) / raw, raw);
+    let body_size = envelope_size(tasks);
+    let raw = raw_amqp(tasks, concurrency as u16, body_size).await.context("raw AMQP baseline")?;
+    println!(
+        "raw AMQP  (publish+confirm, consume+ack): {:>8.0} msg/s  ({:.2} s, {body_size}-byte bodies like Warren's envelopes)",
+        f64::from(tasks) / raw,
+        raw
+    );
     let warren = warren(tasks, concurrency).await.context("Warren run")?;
     println!("Warren    (Job -> status Succeeded):      {:>8.0} task/s ({:.2} s)", f64::from(tasks) / warren, warren);
     println!("ratio Warren/raw: {:.2} (target >= 0.80)", raw / warren);
     Ok(())
 }
 
+/// Bytes of the task envelope Warren publishes for the benchmark's Job (the same information
+/// must cross the broker in the baseline).
+fn envelope_size(tasks: u32) -> usize {
+    let spec = serde_json::from_value(serde_json::json!({"poolRef": "bench", "completions": tasks})).expect("job spec");
+    let job = warren_operator::crd::Job::new("bench", spec);
+    let job_ref = warren_protocol::JobRef {
+        namespace: "e2e-bench-00000000".into(),
+        name: "bench".into(),
+        uid: "00000000-0000-0000-0000-000000000000".into(),
+    };
+    let retry = warren_protocol::RetryPolicy::default();
+    warren_operator::controllers::job::plan::envelope(&job, &job_ref, tasks - 1, &retry).to_json().len()
+}
+
 /// Seconds to publish `n` persistent, confirmed messages and have 2 consumers ack them all.
-async fn raw_amqp(n: u32, prefetch: u16) -> anyhow::Result<f64> {
+async fn raw_amqp(n: u32, prefetch: u16, body_size: usize) -> anyhow::Result<f64> {
     let url = amqp_url();
     let queue = format!("warren-bench.raw.{:08x}", rand::random::<u32>());
     let publisher = Connection::connect(&url, Default::default()).await?;
@@ -102,12 +122,12 @@ async fn raw_amqp(n: u32, prefetch: u16) -> anyhow::Result<f64> {
     }
 
     let started = Instant::now();
-    let body = br#"{"noop":true}"#;
+    let body = vec![b'x'; body_size];
     let props = BasicProperties::default().with_delivery_mode(2);
     let mut confirms = futures::stream::FuturesUnordered::new();
     for _ in 0..n {
         let confirm = pch
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), body, props.clone())
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
             .await?;
         confirms.push(confirm);
         while confirms.len() >= 1_000 {
@@ -154,6 +174,8 @@ async fn warren(n: u32, concurrency: u32) -> anyhow::Result<f64> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     env.create_job("bench", serde_json::json!({"poolRef": "bench", "completions": n})).await?;
+    env.wait_job("bench", Duration::from_secs(900), |j| j.status.as_ref().is_some_and(|s| s.enqueued >= n)).await?;
+    println!("          all {n} tasks enqueued and confirmed after {:.2} s", started.elapsed().as_secs_f64());
     let job = env
         .wait_job("bench", Duration::from_secs(900), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
         .await?;
