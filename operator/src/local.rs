@@ -78,6 +78,7 @@ pub struct UpOptions {
     pub state_dir: PathBuf,
     pub bin_dir: PathBuf,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub reports_queue: String,
 }
 
 /// Runs the whole local stack until Ctrl-C.
@@ -117,6 +118,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let config = crate::controllers::Config {
         amqp_url: options.amqp_url.clone(),
         worker_amqp_url: options.amqp_url.clone(),
+        reports_queue: options.reports_queue.clone(),
         ..crate::controllers::Config::default()
     };
     crate::run(client, config, options.metrics_addr).await?;

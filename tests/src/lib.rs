@@ -306,3 +306,12 @@ pub async fn delete_queue(queue: &str) -> anyhow::Result<()> {
     let _ = conn.close(200, "".into()).await;
     Ok(())
 }
+
+/// Deletes an exchange (fine if it does not exist).
+pub async fn delete_exchange(exchange: &str) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel.exchange_delete(exchange.into(), Default::default()).await?;
+    let _ = conn.close(200, "".into()).await;
+    Ok(())
+}

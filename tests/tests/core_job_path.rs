@@ -136,3 +136,41 @@ async fn killing_the_operator_during_enqueue_loses_and_double_counts_nothing() -
     assert_eq!(status.completions.as_deref(), Some("1000/1000"));
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_removes_its_queues_only_with_deletion_policy_delete() -> anyhow::Result<()> {
+    let env = Env::start("deletion-policy").await?;
+    let spec = |policy: &str| serde_json::json!({"workers": {"handler": noop_handler()}, "replicas": 0, "deletionPolicy": policy});
+    env.create_pool("kept", spec("Retain")).await?;
+    env.create_pool("dropped", spec("Delete")).await?;
+    env.wait_pool_ready("kept", Duration::from_secs(60)).await?;
+    env.wait_pool_ready("dropped", Duration::from_secs(60)).await?;
+    let kept: Vec<String> = ["high", "normal", "low"].iter().map(|p| names::work_queue(&env.namespace, "kept", p)).collect();
+    let dropped = names::work_queue(&env.namespace, "dropped", "normal");
+    assert_eq!(env.queue_depth(&dropped).await?, 0, "the queue exists while the pool does");
+
+    for pool in ["kept", "dropped"] {
+        env.pools().delete(pool, &Default::default()).await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !env.pools().list(&Default::default()).await?.items.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the pools' finalizers did not complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = env.queue_depth(&dropped).await;
+    assert!(
+        gone.as_ref().is_err_and(|e| e.to_string().contains("NOT_FOUND")),
+        "deletionPolicy: Delete removes the queues: {gone:?}"
+    );
+    for queue in &kept {
+        assert_eq!(env.queue_depth(queue).await?, 0, "deletionPolicy: Retain keeps {queue}");
+    }
+    // The retained queues are this test's to clean up.
+    for queue in kept.iter().cloned().chain([names::dead_letter_queue(&env.namespace, "kept")]) {
+        warren_e2e::delete_queue(&queue).await?;
+    }
+    let exchange = names::pool_exchange(&env.namespace, "kept");
+    warren_e2e::delete_exchange(&exchange).await?;
+    warren_e2e::delete_exchange(&format!("{exchange}.retry")).await?;
+    env.cleanup().await
+}

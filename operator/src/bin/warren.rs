@@ -38,6 +38,9 @@ enum LocalCommand {
         /// Address of the operator's /metrics.
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_addr: std::net::SocketAddr,
+        /// Queue the workers report to (one per Warren installation on a broker vhost).
+        #[arg(long, env = "WARREN_REPORTS_QUEUE", default_value = warren_protocol::names::REPORTS_QUEUE)]
+        reports_queue: String,
     },
 }
 
@@ -51,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Local { command: LocalCommand::Up { amqp_url, port, state_dir, metrics_addr } } => {
+        Command::Local { command: LocalCommand::Up { amqp_url, port, state_dir, metrics_addr, reports_queue } } => {
             warren_operator::init_tracing(false);
             let bin_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let options = warren_operator::local::UpOptions {
@@ -60,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 state_dir,
                 bin_dir,
                 metrics_addr: Some(metrics_addr),
+                reports_queue,
             };
             if let Err(error) = warren_operator::local::up(options).await {
                 eprintln!("warren local up: {error}");

