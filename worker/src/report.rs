@@ -3,10 +3,11 @@
 //! (before acking a delivery) waits for its confirmation.
 //!
 //! Batching is group commit: an event someone waits for (a finished task, whose delivery is
-//! acked only after the report is confirmed) is flushed at once, together with everything that
-//! arrived while the previous batch was being confirmed. Under load batches grow by themselves;
-//! when idle a finished task is reported without delay. Events nobody waits for (started,
-//! progress) wait up to 100 ms to share a batch.
+//! acked only after the report is confirmed) is flushed as soon as every task the worker holds
+//! waits for it, or after [`COALESCE_DELAY`] (2 ms), together with everything that arrived while
+//! the previous batch was being confirmed. Under load batches grow by themselves (fewer broker
+//! messages per task); when idle a finished task is reported without delay. Events nobody waits
+//! for (started, progress) wait up to 100 ms to share a batch.
 //!
 //! The batching rules ([`push_event`], [`flush_due`], [`heartbeat`]) are pure; [`run`] does
 //! the I/O. The reporter outlives broker connections: unpublished events wait for the next one.
@@ -29,6 +30,9 @@ use crate::now_ms;
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Flush as soon as this many events are pending; also the most events in one message.
 pub const MAX_BATCH_EVENTS: usize = 500;
+/// How long a finished task's report may wait for other tasks' outcomes to share its message,
+/// unless every task the worker holds is already waiting for it.
+pub const COALESCE_DELAY: Duration = Duration::from_millis(2);
 /// Send a heartbeat at least this often, even with no events.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -69,10 +73,11 @@ pub fn push_event(pending: &mut Vec<PendingEvent>, event: TaskEvent, confirmed: 
     pending.push(PendingEvent { event, confirmed });
 }
 
-/// True when a flush is due: someone waits for a pending event's confirmation, a full batch,
-/// pending events older than a flush interval, or a heartbeat interval without any batch.
-pub fn flush_due(pending: usize, awaited: bool, since_flush: Duration, since_batch: Duration) -> bool {
-    (pending > 0 && awaited)
+/// True when a flush is due: finished tasks wait for their report and either every task the
+/// worker holds is among them or they waited [`COALESCE_DELAY`]; a full batch; pending events
+/// older than a flush interval; or a heartbeat interval without any batch.
+pub fn flush_due(pending: usize, awaited: usize, in_flight: u32, since_flush: Duration, since_batch: Duration) -> bool {
+    (awaited > 0 && (awaited >= in_flight as usize || since_flush >= COALESCE_DELAY))
         || pending >= MAX_BATCH_EVENTS
         || (pending > 0 && since_flush >= FLUSH_INTERVAL)
         || since_batch >= HEARTBEAT_INTERVAL
@@ -281,7 +286,16 @@ impl ReporterTask {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut forced = false;
+            let coalesce_over = async {
+                match first_pending_at {
+                    Some(at) if pending.iter().any(|p| p.confirmed.is_some()) => {
+                        tokio::time::sleep_until(at + COALESCE_DELAY).await
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = coalesce_over => {}
                 _ = self.stop.cancelled() => break,
                 command = self.rx.recv() => {
                     let Some(command) = command else { break };
@@ -308,8 +322,9 @@ impl ReporterTask {
             let since_first = first_pending_at.map_or(Duration::ZERO, |at| now - at);
             // While disconnected there is nobody to talk to: events wait for the next link.
             let connected = self.link.borrow().is_some();
-            let awaited = pending.iter().any(|p| p.confirmed.is_some());
-            if connected && (forced || flush_due(pending.len(), awaited, since_first, now - last_batch)) && now >= retry_at {
+            let awaited = pending.iter().filter(|p| p.confirmed.is_some()).count();
+            let in_flight = self.stats.in_flight.load(Ordering::SeqCst);
+            if connected && (forced || flush_due(pending.len(), awaited, in_flight, since_first, now - last_batch)) && now >= retry_at {
                 match self.flush(&mut pending).await {
                     Ok(()) => {
                         failures = 0;
@@ -445,17 +460,19 @@ mod tests {
     fn flush_due_table() {
         let ms = Duration::from_millis;
         let cases = [
-            (0, false, ms(0), ms(0), false, "nothing to say"),
-            (0, false, ms(0), ms(1999), false, "heartbeat not yet due"),
-            (0, false, ms(0), ms(2000), true, "idle heartbeat"),
-            (1, false, ms(99), ms(0), false, "young events nobody waits for wait for the interval"),
-            (1, true, ms(0), ms(0), true, "a finished task waits for its report: flush now"),
-            (1, false, ms(100), ms(0), true, "flush interval reached"),
-            (499, false, ms(0), ms(0), false, "almost full"),
-            (500, false, ms(0), ms(0), true, "full batch"),
+            (0, 0, 0, ms(0), ms(0), false, "nothing to say"),
+            (0, 0, 0, ms(0), ms(1999), false, "heartbeat not yet due"),
+            (0, 0, 0, ms(0), ms(2000), true, "idle heartbeat"),
+            (1, 0, 1, ms(99), ms(0), false, "young events nobody waits for wait for the interval"),
+            (1, 1, 1, ms(0), ms(0), true, "every held task waits for this report: flush now"),
+            (2, 1, 4, ms(1), ms(0), false, "other tasks may finish within the coalescing delay"),
+            (2, 1, 4, ms(2), ms(0), true, "coalescing delay over"),
+            (1, 0, 0, ms(100), ms(0), true, "flush interval reached"),
+            (499, 0, 4, ms(0), ms(0), false, "almost full"),
+            (500, 0, 4, ms(0), ms(0), true, "full batch"),
         ];
-        for (pending, awaited, since_flush, since_batch, expected, why) in cases {
-            assert_eq!(flush_due(pending, awaited, since_flush, since_batch), expected, "{why}");
+        for (pending, awaited, in_flight, since_flush, since_batch, expected, why) in cases {
+            assert_eq!(flush_due(pending, awaited, in_flight, since_flush, since_batch), expected, "{why}");
         }
     }
 
