@@ -183,7 +183,10 @@ impl TestPool {
     }
 
     pub async fn cleanup(self, retry_tiers: &[u64]) {
-        let ch = &self.channel;
+        // A fresh channel: a test's own may have been closed by the broker (e.g. a passive
+        // declare of a queue that does not exist), and cleanup must still happen.
+        let fresh = self.connection.create_channel().await;
+        let ch = fresh.as_ref().unwrap_or(&self.channel);
         let mut queues: Vec<String> = self.classes.iter().map(|c| self.work_queue(c)).collect();
         queues.push(self.dlq());
         queues.push(self.reports_queue.clone());
