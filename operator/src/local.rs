@@ -100,6 +100,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     install_crds(&client).await?;
     let runner = warren_sandbox::runner::Runner::start(client.clone(), runner_config).await?;
 
+    let kubeconfig = std::fs::canonicalize(&kubeconfig)?;
     let kubeconfig_arg = kubeconfig.display();
     println!(
         "Warren is running locally (state in memory: it is gone when this process stops).\n\n\
@@ -109,7 +110,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
          Try:\n  \
          export KUBECONFIG={kubeconfig_arg}\n  \
          kubectl apply -f examples/\n  \
-         kubectl get wp,wjob -w\n\n\
+         kubectl get wp,wjob\n  \
+         kubectl get wjob -w\n\n\
          Ctrl-C stops everything.",
         url = server.url(),
         logs = log_dir.display(),
