@@ -6,6 +6,7 @@ pub mod broker;
 pub mod conditions;
 pub mod controllers;
 pub mod crd;
+pub mod leader;
 pub mod ledger;
 pub mod local;
 pub mod metrics;
@@ -21,10 +22,38 @@ use controllers::{Config, Context, ErrorBackoff};
 
 /// Runs the operator until SIGTERM/SIGINT: both controllers, the report consumer, the status
 /// writer, and (if `metrics_addr` is set) the `/metrics`, `/healthz`, `/readyz` server.
+///
+/// With leader election (`config.leader_election`) the process first waits for the Lease,
+/// serving its endpoints as a standby meanwhile; only the leader runs the controllers and the
+/// report consumer. Losing the Lease stops everything and returns an error (the process exits
+/// and is restarted as a candidate); a graceful stop releases the Lease.
 pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(server::serve(listener));
+    }
+    let mut elector = None;
+    if let Some(settings) = &config.leader_election {
+        settings.validate().map_err(anyhow::Error::msg)?;
+        metrics::global().leader.set(0);
+        let mut candidate = leader::Elector::new(client.clone(), settings.clone());
+        tracing::info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting to lead");
+        tokio::select! {
+            _ = candidate.acquire() => {}
+            _ = shutdown_signal() => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
+        }
+        tracing::info!(identity = %settings.identity, "leading: starting the controllers");
+        elector = Some(candidate);
+    }
+    metrics::global().leader.set(1);
+
     let book = Arc::new(book::JobBook::new(client.clone(), config.status_interval));
     let workers = Arc::new(workers::WorkerRegistry::default());
-    let pool_controller = controllers::worker_pool::controller(client.clone());
+    let pool_controller = controllers::worker_pool::controller(client.clone(), &config);
     let ctx = Arc::new(Context {
         client: client.clone(),
         broker: broker::Broker::new(config.amqp_url.clone()),
@@ -34,22 +63,53 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         config: config.clone(),
         backoff: ErrorBackoff::default(),
     });
-    if let Some(addr) = metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-        tokio::spawn(server::serve(listener));
-    }
     let flusher = tokio::spawn(book.clone().run_flusher());
     let consumer = tokio::spawn(reports::run(config.amqp_url.clone(), config.reports_queue.clone(), book, workers));
-    tracing::info!(amqp = %broker::redact(&config.amqp_url), "Warren operator started");
-    tokio::join!(
-        controllers::worker_pool::run(pool_controller, ctx.clone()),
-        controllers::job::run(ctx.clone()),
-    );
+    tracing::info!(amqp = %broker::redact(&config.amqp_url), watch_namespace = config.watch_namespace.as_deref().unwrap_or("(all)"), "Warren operator started");
+    let controllers = async {
+        tokio::join!(
+            controllers::worker_pool::run(pool_controller, ctx.clone()),
+            controllers::job::run(ctx.clone()),
+        );
+    };
+    let lost = match elector.as_mut() {
+        None => {
+            controllers.await;
+            None
+        }
+        Some(elector) => tokio::select! {
+            _ = controllers => None,
+            lost = elector.hold() => Some(lost),
+        },
+    };
     flusher.abort();
     consumer.abort();
+    metrics::global().leader.set(0);
+    if let Some(error) = lost {
+        tracing::error!(%error, reason = error.reason(), "stopped reconciling: leadership lost");
+        return Err(error.into());
+    }
+    if let Some(elector) = elector.as_mut() {
+        elector.release().await;
+    }
     tracing::info!("Warren operator stopped");
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Installs the `tracing` subscriber: JSON when `json`, else human-readable; `RUST_LOG` filters.

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
+    pub leader: Gauge,
     registry: Registry,
 }
 
@@ -51,6 +52,7 @@ impl Metrics {
         let status_writes = Counter::default();
         let broker_connected = Gauge::default();
         let broker_reconnects = Counter::default();
+        let leader = Gauge::default();
         registry.register("reconcile", "Reconcile runs per controller", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles per controller and reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration per controller", reconcile_duration.clone());
@@ -58,6 +60,7 @@ impl Metrics {
         registry.register("status_writes", "Job status writes", status_writes.clone());
         registry.register("broker_connected", "1 while the report consumer is connected to RabbitMQ", broker_connected.clone());
         registry.register("broker_reconnects", "Reconnects to RabbitMQ", broker_reconnects.clone());
+        registry.register("leader", "1 while this operator leads (runs the controllers), 0 while it stands by", leader.clone());
         Self {
             reconciles,
             reconcile_errors,
@@ -66,6 +69,7 @@ impl Metrics {
             status_writes,
             broker_connected,
             broker_reconnects,
+            leader,
             registry,
         }
     }

@@ -67,12 +67,22 @@ struct OperatorProcess {
 pub struct OperatorOptions {
     pub publish_batch: u32,
     pub status_interval_ms: u64,
+    /// Address of the operator's /metrics, /healthz, /readyz (default: an unused port).
+    pub metrics_addr: String,
+    /// More environment variables of the operator process (e.g. `WARREN_LEADER_ELECTION`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for OperatorOptions {
     fn default() -> Self {
-        Self { publish_batch: 500, status_interval_ms: 1000 }
+        Self { publish_batch: 500, status_interval_ms: 1000, metrics_addr: "127.0.0.1:0".into(), env: Vec::new() }
     }
+}
+
+/// A TCP port on 127.0.0.1 nothing listens on right now (for a process to bind next).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
 }
 
 /// One test's Warren: a client, a fresh namespace, and (locally) the processes behind them.
@@ -151,6 +161,14 @@ impl Env {
 
     /// Starts (or restarts) the operator process.
     pub fn start_operator(&mut self) -> anyhow::Result<()> {
+        let child = self.spawn_operator(&self.operator_options, "operator.log")?;
+        self.operator = Some(OperatorProcess { child });
+        Ok(())
+    }
+
+    /// Starts one more operator process with `options`, logging to `state_dir/<log_name>`. The
+    /// caller owns it (it is killed when dropped); [`Env::cleanup`] does not stop it.
+    pub fn spawn_operator(&self, options: &OperatorOptions, log_name: &str) -> anyhow::Result<tokio::process::Child> {
         if Self::is_real_cluster() {
             bail!("the operator runs in the cluster; the harness does not start it");
         }
@@ -158,21 +176,31 @@ impl Env {
         if !binary.is_file() {
             bail!("{} not found: build the binaries first with `cargo build --bins`", binary.display());
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir.join("operator.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir.join(log_name))?;
         let child = tokio::process::Command::new(binary)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("WARREN_AMQP_URL", amqp_url())
             .env("RUST_LOG", std::env::var("WARREN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--publish-batch", &self.operator_options.publish_batch.to_string()])
-            .args(["--status-interval-ms", &self.operator_options.status_interval_ms.to_string()])
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .args(["--metrics-addr", &options.metrics_addr])
+            .args(["--publish-batch", &options.publish_batch.to_string()])
+            .args(["--status-interval-ms", &options.status_interval_ms.to_string()])
             .args(["--reports-queue", &self.reports_queue()])
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()?;
-        self.operator = Some(OperatorProcess { child });
-        Ok(())
+        Ok(child)
+    }
+
+    /// Process id of the operator the harness started.
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.as_ref().and_then(|o| o.child.id())
+    }
+
+    /// The options the harness started the operator with.
+    pub fn operator_options(&self) -> &OperatorOptions {
+        &self.operator_options
     }
 
     /// SIGKILLs the operator process (no chance to clean up).
@@ -314,4 +342,31 @@ pub async fn delete_exchange(exchange: &str) -> anyhow::Result<()> {
     channel.exchange_delete(exchange.into(), Default::default()).await?;
     let _ = conn.close(200, "".into()).await;
     Ok(())
+}
+
+/// `GET http://<addr><path>` over a plain HTTP/1.0 connection: (status code, body).
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connecting to {addr} timed out"))??;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .with_context(|| format!("reading {path} from {addr} timed out"))??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status line")?;
+    Ok((code, body.to_string()))
+}
+
+/// The value of one sample in a Prometheus text exposition, by its exact name and labels as
+/// written (e.g. `warren_operator_reconcile_total{controller="job"}`).
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        let rest = rest.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }

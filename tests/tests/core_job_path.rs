@@ -109,7 +109,7 @@ async fn killing_the_operator_during_enqueue_loses_and_double_counts_nothing() -
         return Ok(());
     }
     // Small batches and a status write per batch make the enqueue slow enough to interrupt.
-    let options = OperatorOptions { publish_batch: 10, status_interval_ms: 0 };
+    let options = OperatorOptions { publish_batch: 10, status_interval_ms: 0, ..OperatorOptions::default() };
     let mut env = Env::start_with("operator-kill", options).await?;
     env.create_pool("pool", serde_json::json!({
         "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 4

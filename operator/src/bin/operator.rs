@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use warren_operator::controllers::Config;
+use warren_operator::leader::LeaseSettings;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Warren operator: WorkerPool and Job controllers")]
@@ -31,6 +32,30 @@ struct Args {
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
+    /// Watch only this namespace (all namespaces when empty).
+    #[arg(long, env = "WARREN_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Elect a leader through a Lease: only the holder reconciles (needed for more than one replica).
+    #[arg(long, env = "WARREN_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "WARREN_LEASE_NAME", default_value = "warren-operator")]
+    lease_name: String,
+    /// Namespace of the Lease; defaults to the client's namespace (in a pod: its own).
+    #[arg(long, env = "WARREN_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This operator's identity in the Lease; defaults to the host name and process id.
+    #[arg(long, env = "WARREN_POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease that is not renewed stays valid for the other candidates.
+    #[arg(long, env = "WARREN_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds the leader keeps leading while renewals fail (less than the lease duration).
+    #[arg(long, env = "WARREN_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+    /// Seconds between two attempts to acquire or renew the Lease.
+    #[arg(long, env = "WARREN_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    lease_retry_period_seconds: u64,
 }
 
 #[tokio::main]
@@ -38,7 +63,23 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     warren_operator::init_tracing(args.log_json);
     let client = kube::Client::try_default().await?;
+    let leader_election = args.leader_election.then(|| {
+        let identity = args.identity.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "warren-operator".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let namespace =
+            args.lease_namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| client.default_namespace().to_string());
+        LeaseSettings {
+            lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            renew_deadline: Duration::from_secs(args.lease_renew_deadline_seconds),
+            retry_period: Duration::from_secs(args.lease_retry_period_seconds),
+            ..LeaseSettings::new(args.lease_name.clone(), namespace, identity)
+        }
+    });
     let config = Config {
+        watch_namespace: args.watch_namespace.filter(|n| !n.is_empty()),
+        leader_election,
         worker_amqp_url: args.worker_amqp_url.unwrap_or_else(|| args.amqp_url.clone()),
         amqp_url: args.amqp_url,
         publish_batch: args.publish_batch,

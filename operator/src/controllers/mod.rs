@@ -28,6 +28,10 @@ pub struct Config {
     pub status_interval: Duration,
     /// Queue the workers report to; one per Warren installation on a broker (vhost).
     pub reports_queue: String,
+    /// The only namespace watched (`WARREN_WATCH_NAMESPACE`); all namespaces when unset.
+    pub watch_namespace: Option<String>,
+    /// Lease-based leader election (more than one operator replica); none = always lead.
+    pub leader_election: Option<crate::leader::LeaseSettings>,
 }
 
 impl Default for Config {
@@ -39,6 +43,21 @@ impl Default for Config {
             publish_batch: 500,
             status_interval: Duration::from_secs(1),
             reports_queue: warren_protocol::names::REPORTS_QUEUE.to_string(),
+            watch_namespace: None,
+            leader_election: None,
+        }
+    }
+}
+
+impl Config {
+    /// An API over the watched namespace, or over all namespaces when none is set.
+    pub fn watched<K>(&self, client: Client) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.watch_namespace {
+            Some(namespace) => kube::Api::namespaced(client, namespace),
+            None => kube::Api::all(client),
         }
     }
 }

@@ -125,8 +125,8 @@ fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
 
 /// Runs the Job controller until the stream ends.
 pub async fn run(ctx: Arc<Context>) {
-    let jobs: Api<Job> = Api::all(ctx.client.clone());
-    let pools: Api<WorkerPool> = Api::all(ctx.client.clone());
+    let jobs: Api<Job> = ctx.config.watched(ctx.client.clone());
+    let pools: Api<WorkerPool> = ctx.config.watched(ctx.client.clone());
     let controller = Controller::new(jobs, watcher::Config::default());
     let store = controller.store();
     controller

@@ -157,9 +157,9 @@ fn error_policy(pool: Arc<WorkerPool>, error: &Error, ctx: Arc<Context>) -> Acti
 }
 
 /// The pool controller, not yet running: its store serves the Job controller.
-pub fn controller(client: kube::Client) -> Controller<WorkerPool> {
-    let pools: Api<WorkerPool> = Api::all(client.clone());
-    let deployments: Api<Deployment> = Api::all(client);
+pub fn controller(client: kube::Client, config: &super::Config) -> Controller<WorkerPool> {
+    let pools: Api<WorkerPool> = config.watched(client.clone());
+    let deployments: Api<Deployment> = config.watched(client);
     Controller::new(pools, watcher::Config::default()).owns(deployments, watcher::Config::default())
 }
 

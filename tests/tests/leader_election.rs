@@ -1,0 +1,167 @@
+//! Leader election end to end: two operators against one control plane, a Lease decides which one
+//! reconciles; killing the leader hands over to the other.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use warren_e2e::{Env, OperatorOptions, free_port, http_get, sample};
+use warren_operator::crd::JobPhase;
+
+const LEASE: &str = "warren-operator";
+const LEASE_NAMESPACE: &str = "default";
+const LEASE_DURATION_S: u64 = 6;
+
+fn candidate(identity: &str, port: u16) -> OperatorOptions {
+    let env = [
+        ("WARREN_LEADER_ELECTION", "true".to_string()),
+        ("WARREN_POD_NAME", identity.to_string()),
+        ("WARREN_LEASE_NAME", LEASE.to_string()),
+        ("WARREN_LEASE_NAMESPACE", LEASE_NAMESPACE.to_string()),
+        ("WARREN_LEASE_DURATION_SECONDS", LEASE_DURATION_S.to_string()),
+        ("WARREN_LEASE_RENEW_DEADLINE_SECONDS", "4".to_string()),
+        ("WARREN_LEASE_RETRY_PERIOD_SECONDS", "1".to_string()),
+    ];
+    OperatorOptions {
+        metrics_addr: format!("127.0.0.1:{port}"),
+        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ..OperatorOptions::default()
+    }
+}
+
+async fn holder(env: &Env) -> anyhow::Result<Option<String>> {
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), LEASE_NAMESPACE);
+    Ok(leases.get_opt(LEASE).await?.and_then(|l| l.spec).and_then(|s| s.holder_identity))
+}
+
+async fn wait_holder(env: &Env, identity: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if holder(env).await?.as_deref() == Some(identity) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!("{identity} did not get the Lease within {timeout:?}; holder: {:?}", holder(env).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (`/readyz` body, `warren_operator_leader`, Job reconciles) of the operator at `port`.
+async fn role(port: u16) -> anyhow::Result<(String, f64, f64)> {
+    let addr = format!("127.0.0.1:{port}");
+    let (code, ready) = http_get(&addr, "/readyz").await?;
+    anyhow::ensure!(code == 200, "/readyz of {addr} answered {code}");
+    let (code, metrics) = http_get(&addr, "/metrics").await?;
+    anyhow::ensure!(code == 200, "/metrics of {addr} answered {code}");
+    let leader = sample(&metrics, "warren_operator_leader").expect("warren_operator_leader is exposed");
+    let reconciles = sample(&metrics, r#"warren_operator_reconcile_total{controller="job"}"#).unwrap_or(0.0);
+    Ok((ready, leader, reconciles))
+}
+
+async fn wait_role(port: u16, wanted: &str) -> anyhow::Result<(String, f64, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match role(port).await {
+            Ok(r) if r.0 == wanted => return Ok(r),
+            Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => anyhow::bail!("operator on port {port} is not {wanted}: {other:?}"),
+        }
+    }
+}
+
+async fn run_job(env: &Env, name: &str) -> anyhow::Result<()> {
+    env.create_job(name, serde_json::json!({"poolRef": "pool", "completions": 20})).await?;
+    let job = env
+        .wait_job(name, Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+        .await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded), (JobPhase::Succeeded, 20), "{status:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_two_operators_reconciles_and_a_killed_leader_hands_over() -> anyhow::Result<()> {
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test starts and kills operator processes.");
+        return Ok(());
+    }
+    let port_a = free_port();
+    let port_b = loop {
+        let p = free_port();
+        if p != port_a {
+            break p;
+        }
+    };
+    let mut env = Env::start_with("leader", candidate("op-a", port_a)).await?;
+    wait_holder(&env, "op-a", Duration::from_secs(30)).await?;
+    let mut b = env.spawn_operator(&candidate("op-b", port_b), "operator-b.log")?;
+    let (_, leader_b, _) = wait_role(port_b, "standby").await?;
+    assert_eq!(leader_b, 0.0);
+
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": ["sh", "-c", "cat >/dev/null"]}, "replicas": 1, "concurrency": 4}))
+        .await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+    run_job(&env, "first").await?;
+
+    let (ready_a, leader_a, reconciles_a) = role(port_a).await?;
+    let (ready_b, leader_b, reconciles_b) = role(port_b).await?;
+    assert_eq!((ready_a.as_str(), leader_a), ("leader", 1.0));
+    assert_eq!((ready_b.as_str(), leader_b), ("standby", 0.0));
+    assert!(reconciles_a >= 1.0, "the leader reconciled the Job ({reconciles_a} reconciles)");
+    assert_eq!(reconciles_b, 0.0, "the standby reconciled nothing");
+    assert_eq!(holder(&env).await?.as_deref(), Some("op-a"));
+
+    // SIGKILL: no release, op-b must wait for the Lease to expire.
+    let killed = Instant::now();
+    env.kill_operator().await?;
+    wait_holder(&env, "op-b", Duration::from_secs(LEASE_DURATION_S * 5)).await?;
+    let handover = killed.elapsed();
+    eprintln!(
+        "leader handover after SIGKILL: {:.2} s (lease duration {LEASE_DURATION_S} s, retry period 1 s)",
+        handover.as_secs_f64()
+    );
+    wait_role(port_b, "leader").await?;
+    run_job(&env, "second").await?;
+    let (_, leader_b, reconciles_b) = role(port_b).await?;
+    assert_eq!(leader_b, 1.0);
+    assert!(reconciles_b >= 1.0, "the new leader reconciles ({reconciles_b} reconciles)");
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), LEASE_NAMESPACE);
+    let spec = leases.get(LEASE).await?.spec.expect("Lease spec");
+    assert_eq!(spec.lease_transitions, Some(1), "one change of holder: op-a → op-b");
+    assert_eq!(spec.lease_duration_seconds, Some(LEASE_DURATION_S as i32));
+
+    // op-b is the only operator left: it runs the pool finalizer during cleanup.
+    env.cleanup().await?;
+    b.start_kill()?;
+    b.wait().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_leader_releases_the_lease() -> anyhow::Result<()> {
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test starts and stops operator processes.");
+        return Ok(());
+    }
+    let (port_a, port_b) = (free_port(), free_port());
+    let env = Env::start_with("leader-release", candidate("op-a", port_a)).await?;
+    wait_holder(&env, "op-a", Duration::from_secs(30)).await?;
+    let mut b = env.spawn_operator(&candidate("op-b", port_b), "operator-b.log")?;
+    wait_role(port_b, "standby").await?;
+    let pid_a = env.operator_pid().expect("op-a runs");
+    let stopped = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_a as i32), nix::sys::signal::Signal::SIGTERM)?;
+    wait_holder(&env, "op-b", Duration::from_secs(LEASE_DURATION_S * 5)).await?;
+    eprintln!("leader handover after SIGTERM (Lease released): {:.2} s", stopped.elapsed().as_secs_f64());
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), LEASE_NAMESPACE);
+    let spec = leases.get(LEASE).await?.spec.expect("Lease spec");
+    assert_eq!(spec.lease_transitions, Some(1));
+    assert_eq!(spec.lease_duration_seconds, Some(LEASE_DURATION_S as i32), "op-b rewrote its own duration");
+    let log_a = std::fs::read_to_string(env.state_dir.join("operator.log"))?;
+    assert!(log_a.contains("released the Lease"), "op-a released the Lease on SIGTERM:\n{log_a}");
+    env.cleanup().await?;
+    b.start_kill()?;
+    b.wait().await?;
+    Ok(())
+}
