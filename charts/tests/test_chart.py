@@ -53,9 +53,9 @@ VALUE_SETS = {
 
 # Monitoring CRDs that kubernetes-validate has no schema for: checked by structure instead.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
-# Metrics of other software the dashboard and alerts may use (RabbitMQ's rabbitmq_prometheus
-# plugin, detailed endpoint, family queue_coarse_metrics; Prometheus itself).
-EXTERNAL_METRICS = {"rabbitmq_detailed_queue_messages_ready", "rabbitmq_detailed_queue_messages_unacked", "up"}
+# Metrics of other software the dashboard and alerts may use (Prometheus itself). Queue depths
+# come from the operator, so no RabbitMQ exporter is needed.
+EXTERNAL_METRICS = {"up"}
 
 
 @pytest.fixture(scope="session")
@@ -133,10 +133,10 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return exprs
 
 
-def operator_metric_names() -> set[str]:
-    """The series names operator/src/metrics.rs exposes (prometheus-client appends _total to
-    counters; histograms expose _bucket, _sum and _count)."""
-    source = (ROOT / "operator" / "src" / "metrics.rs").read_text()
+def metric_names_of(module: str) -> set[str]:
+    """The series names a metrics.rs exposes (prometheus-client appends _total to counters;
+    histograms expose _bucket, _sum and _count)."""
+    source = (ROOT / module).read_text()
     prefix = re.search(r'Registry::with_prefix\("([a-z_]+)"\)', source).group(1)
     fields = dict(re.findall(r"pub (\w+): (?:Family<\w+, )?(Counter|Gauge|Histogram)", source))
     names = set()
@@ -149,7 +149,18 @@ def operator_metric_names() -> set[str]:
             names.add(base)
         else:
             names.update({f"{base}_bucket", f"{base}_sum", f"{base}_count"})
-    assert len(names) >= 7, f"could not read the metrics of metrics.rs: {names}"
+    return names
+
+
+def operator_metric_names() -> set[str]:
+    names = metric_names_of("operator/src/metrics.rs")
+    assert len(names) >= 20, f"could not read the metrics of operator/src/metrics.rs: {names}"
+    return names
+
+
+def worker_metric_names() -> set[str]:
+    names = metric_names_of("worker/src/metrics.rs")
+    assert len(names) >= 8, f"could not read the metrics of worker/src/metrics.rs: {names}"
     return names
 
 
@@ -498,15 +509,16 @@ def test_dashboard_queries_parse_with_promtool(tmp_path):
 
 
 def test_dashboard_uses_only_metrics_that_exist():
-    known = operator_metric_names() | EXTERNAL_METRICS
-    used_operator = set()
+    ours = operator_metric_names() | worker_metric_names()
+    known = ours | EXTERNAL_METRICS
+    used_ours = set()
     for title, expr in dashboard_exprs():
         used = metric_names_in(expr)
         assert used, f"panel {title!r}: no metric found in {expr!r}"
         assert used <= known, f"panel {title!r} uses unknown metrics {used - known}"
-        used_operator |= used & operator_metric_names()
-    unused = {n for n in operator_metric_names() if not n.endswith(("_sum", "_count"))} - used_operator
-    assert not unused, f"operator metrics missing from the dashboard: {unused}"
+        used_ours |= used & ours
+    unused = {n for n in ours if not n.endswith(("_sum", "_count"))} - used_ours
+    assert not unused, f"operator and worker metrics missing from the dashboard: {unused}"
 
 
 # --- images --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 //! Job it touched has a status persisted at or past that number — so a crashed operator loses no
 //! report, and a restarted one counts nothing twice (the ledger is idempotent).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,25 @@ use crate::controllers::job::plan::Blocker;
 use crate::controllers::job::status;
 use crate::crd::{Job, JobStatus};
 use crate::ledger::Ledger;
+use crate::metrics::{OutcomeDelta, PhaseLabels, PoolLabels};
+
+/// (succeeded, dead-lettered, retries) of a ledger.
+fn outcome_counts(ledger: &Ledger) -> (u64, u64, u64) {
+    (ledger.succeeded().len() as u64, ledger.failed().len() as u64, ledger.retries())
+}
+
+/// What a fold added, from the ledger's counts before and after. Pure.
+fn outcome_delta(before: (u64, u64, u64), after: (u64, u64, u64)) -> OutcomeDelta {
+    OutcomeDelta {
+        succeeded: after.0.saturating_sub(before.0),
+        dead_lettered: after.1.saturating_sub(before.1),
+        retried: after.2.saturating_sub(before.2),
+    }
+}
+
+fn pool_labels(job: &Job) -> PoolLabels {
+    PoolLabels { namespace: job.namespace().unwrap_or_default(), pool: job.spec.pool_ref.clone(), priority: job.spec.priority.clone() }
+}
 
 struct Entry {
     job: Arc<Job>,
@@ -121,7 +140,10 @@ impl JobBook {
     pub fn apply(&self, event: &TaskEvent) -> Applied {
         let mut entries = self.entries.lock().expect("book lock");
         let Some(entry) = entries.get_mut(&event.job.uid) else { return Applied::UnknownJob };
+        let before = outcome_counts(&entry.ledger);
         if entry.ledger.apply(event) {
+            let delta = outcome_delta(before, outcome_counts(&entry.ledger));
+            crate::metrics::global().record_outcomes(&pool_labels(&entry.job), delta);
             entry.applied = self.seq();
             if entry.ledger.is_complete() {
                 self.finished.notify_one();
@@ -165,6 +187,30 @@ impl JobBook {
     /// True when every task of the Job finished.
     pub fn is_complete(&self, uid: &str) -> bool {
         self.entries.lock().expect("book lock").get(uid).is_some_and(|e| e.ledger.is_complete())
+    }
+
+    /// Sets the gauges that mirror the book: Jobs by phase (as last written) and tasks in flight
+    /// per pool and priority. Called at scrape time.
+    pub fn export_gauges(&self, metrics: &crate::metrics::Metrics) {
+        let mut phases: BTreeMap<PhaseLabels, i64> = BTreeMap::new();
+        let mut in_flight: BTreeMap<PoolLabels, i64> = BTreeMap::new();
+        {
+            let entries = self.entries.lock().expect("book lock");
+            for entry in entries.values() {
+                let phase = entry.last_written.as_ref().map(|s| s.phase).unwrap_or_default();
+                let namespace = entry.job.namespace().unwrap_or_default();
+                *phases.entry(PhaseLabels { namespace, phase: format!("{phase:?}") }).or_default() += 1;
+                *in_flight.entry(pool_labels(&entry.job)).or_default() += i64::from(entry.ledger.running());
+            }
+        }
+        metrics.jobs.clear();
+        for (labels, n) in phases {
+            metrics.jobs.get_or_create(&labels).set(n);
+        }
+        metrics.tasks_in_flight.clear();
+        for (labels, n) in in_flight {
+            metrics.tasks_in_flight.get_or_create(&labels).set(n);
+        }
     }
 
     /// Writes the Job's status now if it changed. Returns whether it wrote.
@@ -241,6 +287,26 @@ impl JobBook {
                 _ = self.finished.notified() => {}
             }
             self.flush_due().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_deltas_follow_the_ledger_not_the_events() {
+        let cases = [
+            ((0, 0, 0), (1, 0, 0), OutcomeDelta { succeeded: 1, retried: 0, dead_lettered: 0 }),
+            ((1, 0, 0), (1, 0, 2), OutcomeDelta { succeeded: 0, retried: 2, dead_lettered: 0 }),
+            ((1, 0, 2), (1, 1, 3), OutcomeDelta { succeeded: 0, retried: 1, dead_lettered: 1 }),
+            // A duplicate report changes nothing; nothing goes backwards.
+            ((5, 1, 3), (5, 1, 3), OutcomeDelta::default()),
+            ((5, 1, 3), (4, 1, 3), OutcomeDelta::default()),
+        ];
+        for (before, after, expected) in cases {
+            assert_eq!(outcome_delta(before, after), expected, "{before:?} -> {after:?}");
         }
     }
 }

@@ -43,11 +43,13 @@ pub fn reconnect_delay(attempt: u32, random: f64) -> Duration {
 pub struct Broker {
     url: String,
     state: Mutex<Option<(Connection, Channel)>>,
+    /// A connection was up before: the next one is a reconnect (for the metrics).
+    was_connected: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), state: Mutex::new(None) }
+        Self { url: url.into(), state: Mutex::new(None), was_connected: false.into() }
     }
 
     pub fn url(&self) -> &str {
@@ -82,6 +84,8 @@ impl Broker {
             }
         }
         *state = None;
+        let metrics = crate::metrics::global();
+        metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
         let conn = Self::connect(&self.url, 8).await?;
         let channel = conn.create_channel().await.map_err(|source| BrokerError::Amqp { what: "channel.open", source })?;
         channel
@@ -89,12 +93,17 @@ impl Broker {
             .await
             .map_err(|source| BrokerError::Amqp { what: "confirm.select", source })?;
         *state = Some((conn, channel.clone()));
+        metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(1);
+        if self.was_connected.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            metrics.broker_reconnects.get_or_create(&crate::metrics::PUBLISH_CONNECTION).inc();
+        }
         Ok(channel)
     }
 
     /// Forgets the current channel so the next call reconnects.
     pub async fn reset(&self) {
         *self.state.lock().await = None;
+        crate::metrics::global().broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
     }
 
     /// Publishes persistent messages and waits until the broker confirmed every one of them

@@ -10,6 +10,7 @@ pub mod leader;
 pub mod ledger;
 pub mod local;
 pub mod metrics;
+pub mod queue_stats;
 pub mod ranges;
 pub mod reports;
 pub mod server;
@@ -64,6 +65,16 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         backoff: ErrorBackoff::default(),
     });
     let flusher = tokio::spawn(book.clone().run_flusher());
+    let sampler = tokio::spawn(queue_stats::run(
+        config.amqp_url.clone(),
+        config.reports_queue.clone(),
+        ctx.pools.clone(),
+        config.queue_stats_interval,
+    ));
+    metrics::global().on_scrape({
+        let book = book.clone();
+        move |m| book.export_gauges(m)
+    });
     let consumer = tokio::spawn(reports::run(config.amqp_url.clone(), config.reports_queue.clone(), book, workers));
     tracing::info!(amqp = %broker::redact(&config.amqp_url), watch_namespace = config.watch_namespace.as_deref().unwrap_or("(all)"), "Warren operator started");
     let controllers = async {
@@ -84,6 +95,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     };
     flusher.abort();
     consumer.abort();
+    sampler.abort();
     metrics::global().leader.set(0);
     if let Some(error) = lost {
         tracing::error!(%error, reason = error.reason(), "stopped reconciling: leadership lost");

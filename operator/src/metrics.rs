@@ -1,7 +1,11 @@
 //! Every metric of the operator, prefix `warren_operator_`. Labels are bounded: controller,
-//! reason, namespace, pool, priority — never a Job name.
+//! reason, namespace, pool, priority, phase, connection — never a Job name.
+//!
+//! Counters are incremented where things happen; gauges that mirror state are set at scrape time
+//! by hooks ([`Metrics::on_scrape`]: Jobs by phase, tasks in flight, from the Job book) or by the
+//! queue sampler (`queue_stats`: broker round trips do not belong in a scrape).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,22 +25,66 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct PoolLabels {
     pub namespace: String,
     pub pool: String,
     pub priority: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub phase: String,
+}
+
+/// Which of the operator's RabbitMQ connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `reports` (the report consumer) or `publish` (declarations and task publishing).
+    pub connection: &'static str,
+}
+
+pub const REPORTS_CONNECTION: ConnectionLabels = ConnectionLabels { connection: "reports" };
+pub const PUBLISH_CONNECTION: ConnectionLabels = ConnectionLabels { connection: "publish" };
+
+/// Task outcomes folded from worker reports, as deltas of a Job's ledger (so a re-sent report
+/// counts nothing twice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeDelta {
+    pub succeeded: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub tasks_published: Family<PoolLabels, Counter>,
+    pub tasks_succeeded: Family<PoolLabels, Counter>,
+    pub tasks_failed: Family<PoolLabels, Counter>,
+    pub tasks_retried: Family<PoolLabels, Counter>,
+    pub tasks_dead_lettered: Family<PoolLabels, Counter>,
+    pub tasks_in_flight: Family<PoolLabels, Gauge>,
+    pub queue_ready: Family<PoolLabels, Gauge>,
+    pub queue_consumers: Family<PoolLabels, Gauge>,
+    pub dead_letter_messages: Family<DeadLetterLabels, Gauge>,
+    pub reports_queue_messages: Gauge,
+    pub jobs: Family<PhaseLabels, Gauge>,
     pub status_writes: Counter,
-    pub broker_connected: Gauge,
-    pub broker_reconnects: Counter,
+    pub broker_connected: Family<ConnectionLabels, Gauge>,
+    pub broker_reconnects: Family<ConnectionLabels, Counter>,
     pub leader: Gauge,
+    hooks: Mutex<Vec<ScrapeHook>>,
     registry: Registry,
 }
 
@@ -49,33 +97,90 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         let tasks_published = Family::<PoolLabels, Counter>::default();
+        let tasks_succeeded = Family::<PoolLabels, Counter>::default();
+        let tasks_failed = Family::<PoolLabels, Counter>::default();
+        let tasks_retried = Family::<PoolLabels, Counter>::default();
+        let tasks_dead_lettered = Family::<PoolLabels, Counter>::default();
+        let tasks_in_flight = Family::<PoolLabels, Gauge>::default();
+        let queue_ready = Family::<PoolLabels, Gauge>::default();
+        let queue_consumers = Family::<PoolLabels, Gauge>::default();
+        let dead_letter_messages = Family::<DeadLetterLabels, Gauge>::default();
+        let reports_queue_messages = Gauge::default();
+        let jobs = Family::<PhaseLabels, Gauge>::default();
         let status_writes = Counter::default();
-        let broker_connected = Gauge::default();
-        let broker_reconnects = Counter::default();
+        let broker_connected = Family::<ConnectionLabels, Gauge>::default();
+        let broker_reconnects = Family::<ConnectionLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconcile", "Reconcile runs per controller", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles per controller and reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration per controller", reconcile_duration.clone());
         registry.register("tasks_published", "Tasks published to RabbitMQ and confirmed", tasks_published.clone());
+        registry.register("tasks_succeeded", "Tasks that succeeded, as reported by the workers", tasks_succeeded.clone());
+        registry.register("tasks_failed", "Failed task attempts (retried or dead-lettered)", tasks_failed.clone());
+        registry.register("tasks_retried", "Failed task attempts scheduled for a retry", tasks_retried.clone());
+        registry.register("tasks_dead_lettered", "Tasks that failed for good and went to the dead-letter queue", tasks_dead_lettered.clone());
+        registry.register("tasks_in_flight", "Tasks a worker reported started and not yet finished", tasks_in_flight.clone());
+        registry.register("queue_ready_messages", "Tasks waiting in a pool's work queue (RabbitMQ ready messages)", queue_ready.clone());
+        registry.register("queue_consumers", "Consumers of a pool's work queue", queue_consumers.clone());
+        registry.register("dead_letter_messages", "Messages in a pool's dead-letter queue", dead_letter_messages.clone());
+        registry.register("reports_queue_messages", "Worker reports waiting in the reports queue", reports_queue_messages.clone());
+        registry.register("jobs", "Jobs by phase", jobs.clone());
         registry.register("status_writes", "Job status writes", status_writes.clone());
-        registry.register("broker_connected", "1 while the report consumer is connected to RabbitMQ", broker_connected.clone());
-        registry.register("broker_reconnects", "Reconnects to RabbitMQ", broker_reconnects.clone());
+        registry.register("broker_connected", "1 while the connection to RabbitMQ is up", broker_connected.clone());
+        registry.register("broker_reconnects", "Reconnects to RabbitMQ after a failure", broker_reconnects.clone());
         registry.register("leader", "1 while this operator leads (runs the controllers), 0 while it stands by", leader.clone());
         Self {
             reconciles,
             reconcile_errors,
             reconcile_duration,
             tasks_published,
+            tasks_succeeded,
+            tasks_failed,
+            tasks_retried,
+            tasks_dead_lettered,
+            tasks_in_flight,
+            queue_ready,
+            queue_consumers,
+            dead_letter_messages,
+            reports_queue_messages,
+            jobs,
             status_writes,
             broker_connected,
             broker_reconnects,
             leader,
+            hooks: Mutex::default(),
             registry,
         }
     }
 
+    /// Counts folded task outcomes of one pool and priority.
+    pub fn record_outcomes(&self, labels: &PoolLabels, delta: OutcomeDelta) {
+        if delta.succeeded > 0 {
+            self.tasks_succeeded.get_or_create(labels).inc_by(delta.succeeded);
+        }
+        if delta.retried > 0 {
+            self.tasks_retried.get_or_create(labels).inc_by(delta.retried);
+        }
+        if delta.dead_lettered > 0 {
+            self.tasks_dead_lettered.get_or_create(labels).inc_by(delta.dead_lettered);
+        }
+        if delta.retried + delta.dead_lettered > 0 {
+            self.tasks_failed.get_or_create(labels).inc_by(delta.retried + delta.dead_lettered);
+        }
+    }
+
+    /// Runs `hook` before every scrape, to set the gauges that mirror in-memory state.
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.hooks.lock().expect("hooks lock").push(Box::new(hook));
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        // Held during the encode too, so two scrapes never see each other's half-set gauges.
+        let hooks = self.hooks.lock().expect("hooks lock");
+        for hook in hooks.iter() {
+            hook(self);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
         out
@@ -86,4 +191,31 @@ impl Metrics {
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_count_failed_attempts_as_retried_plus_dead_lettered_and_hooks_set_gauges() {
+        let m = Metrics::new();
+        let labels = PoolLabels { namespace: "ns".into(), pool: "p".into(), priority: "high".into() };
+        m.record_outcomes(&labels, OutcomeDelta { succeeded: 3, retried: 2, dead_lettered: 1 });
+        m.record_outcomes(&labels, OutcomeDelta::default());
+        m.on_scrape(|m| {
+            m.jobs.clear();
+            m.jobs.get_or_create(&PhaseLabels { namespace: "ns".into(), phase: "Running".into() }).set(2);
+        });
+        let text = m.encode();
+        for line in [
+            r#"warren_operator_tasks_succeeded_total{namespace="ns",pool="p",priority="high"} 3"#,
+            r#"warren_operator_tasks_retried_total{namespace="ns",pool="p",priority="high"} 2"#,
+            r#"warren_operator_tasks_dead_lettered_total{namespace="ns",pool="p",priority="high"} 1"#,
+            r#"warren_operator_tasks_failed_total{namespace="ns",pool="p",priority="high"} 3"#,
+            r#"warren_operator_jobs{namespace="ns",phase="Running"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
 }

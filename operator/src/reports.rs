@@ -34,7 +34,7 @@ pub async fn run(url: String, queue: String, book: Arc<JobBook>, workers: Arc<Wo
             Ok(()) => attempt = 0,
             Err(error) => {
                 tracing::warn!(%error, attempt, "report consumer lost its connection; reconnecting");
-                crate::metrics::global().broker_reconnects.inc();
+                crate::metrics::global().broker_reconnects.get_or_create(&crate::metrics::REPORTS_CONNECTION).inc();
             }
         }
         tokio::time::sleep(reconnect_delay(attempt, rand::random())).await;
@@ -72,7 +72,7 @@ async fn consume(url: &str, queue: &str, book: &JobBook, workers: &WorkerRegistr
         )
         .await
         .map_err(amqp("basic.consume"))?;
-    crate::metrics::global().broker_connected.set(1);
+    crate::metrics::global().broker_connected.get_or_create(&crate::metrics::REPORTS_CONNECTION).set(1);
     tracing::info!("consuming worker reports");
 
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -109,7 +109,7 @@ async fn consume(url: &str, queue: &str, book: &JobBook, workers: &WorkerRegistr
             }
         }
     };
-    crate::metrics::global().broker_connected.set(0);
+    crate::metrics::global().broker_connected.get_or_create(&crate::metrics::REPORTS_CONNECTION).set(0);
     result
 }
 

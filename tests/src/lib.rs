@@ -71,11 +71,13 @@ pub struct OperatorOptions {
     pub metrics_addr: String,
     /// More environment variables of the operator process (e.g. `WARREN_LEADER_ELECTION`).
     pub env: Vec<(String, String)>,
+    /// Milliseconds between two samples of the queue depths (metrics).
+    pub queue_stats_interval_ms: u64,
 }
 
 impl Default for OperatorOptions {
     fn default() -> Self {
-        Self { publish_batch: 500, status_interval_ms: 1000, metrics_addr: "127.0.0.1:0".into(), env: Vec::new() }
+        Self { publish_batch: 500, status_interval_ms: 1000, metrics_addr: "127.0.0.1:0".into(), env: Vec::new(), queue_stats_interval_ms: 5000 }
     }
 }
 
@@ -186,6 +188,9 @@ impl Env {
             .args(["--publish-batch", &options.publish_batch.to_string()])
             .args(["--status-interval-ms", &options.status_interval_ms.to_string()])
             .args(["--reports-queue", &self.reports_queue()])
+            // Local pods share one host: a fixed worker port would clash (a test sets its own).
+            .args(["--worker-metrics-port", "0"])
+            .args(["--queue-stats-interval-ms", &options.queue_stats_interval_ms.to_string()])
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)

@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Queue report batches are published to.
     pub reports_queue: String,
+    /// Where `/metrics`, `/healthz`, `/readyz` are served; none = not served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Explicit settings that win over the environment. `None` = take it from the environment.
@@ -43,6 +45,7 @@ pub struct ConfigOverrides {
     pub starvation: Option<Duration>,
     pub grace: Option<Duration>,
     pub reports_queue: Option<String>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -147,7 +150,19 @@ impl WorkerConfig {
             .clone()
             .or_else(|| env(crate::REPORTS_QUEUE_ENV))
             .unwrap_or_else(|| names::REPORTS_QUEUE.into());
+        let metrics_addr = match overrides.metrics_addr {
+            Some(addr) => Some(addr),
+            None => match env(crate::METRICS_ADDR_ENV) {
+                Some(raw) => Some(raw.parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Invalid {
+                    variable: crate::METRICS_ADDR_ENV,
+                    value: raw.clone(),
+                    problem: format!("{e} (expected host:port, e.g. 0.0.0.0:9465)"),
+                })?),
+                None => None,
+            },
+        };
         Ok(WorkerConfig {
+            metrics_addr,
             amqp_url,
             namespace,
             pool,
@@ -188,6 +203,11 @@ mod tests {
         assert_eq!(c.grace, DEFAULT_GRACE);
         assert_eq!(c.reports_queue, names::REPORTS_QUEUE);
         assert!(c.pod_name.starts_with("warren-worker-"));
+        assert_eq!(c.metrics_addr, None, "no endpoints unless asked for");
+        let mut env = BASE.to_vec();
+        env.push(("WARREN_METRICS_ADDR", "0.0.0.0:9465"));
+        let c = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&env)).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9465".parse().unwrap()));
     }
 
     #[test]
@@ -219,6 +239,7 @@ mod tests {
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_CONCURRENCY", "x")], "WARREN_CONCURRENCY", "ConfigInvalid"),
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_CONCURRENCY", "0")], "WARREN_CONCURRENCY", "ConfigInvalid"),
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_STARVATION_SECONDS", "-1")], "WARREN_STARVATION_SECONDS", "ConfigInvalid"),
+            (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_METRICS_ADDR", "9465")], "WARREN_METRICS_ADDR", "ConfigInvalid"),
         ];
         for (env, variable, reason) in cases {
             let err = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(env)).unwrap_err();

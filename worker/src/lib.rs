@@ -30,6 +30,7 @@
 pub mod config;
 pub mod context;
 pub mod exec;
+pub mod metrics;
 pub mod report;
 pub mod retry;
 pub mod runtime;
@@ -70,6 +71,10 @@ pub const RETRY_TIER_HEADER: &str = "warren-retry-tier";
 /// Environment variable overriding the queue reports are published to (default
 /// [`protocol::names::REPORTS_QUEUE`]). Meant for tests that need isolated report streams.
 pub const REPORTS_QUEUE_ENV: &str = "WARREN_REPORTS_QUEUE";
+
+/// Environment variable with the address of the worker's `/metrics`, `/healthz`, `/readyz`
+/// (e.g. `0.0.0.0:9465`); unset = no HTTP endpoints.
+pub const METRICS_ADDR_ENV: &str = "WARREN_METRICS_ADDR";
 
 /// Environment variable holding the exec-mode command as a JSON array of strings.
 pub const HANDLER_COMMAND_ENV: &str = "WARREN_HANDLER_COMMAND";

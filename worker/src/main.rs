@@ -44,6 +44,10 @@ struct Args {
     /// Queue to publish reports to [env: WARREN_REPORTS_QUEUE; default warren.reports].
     #[arg(long)]
     reports_queue: Option<String>,
+    /// Address of /metrics, /healthz and /readyz, e.g. 0.0.0.0:9465 [env: WARREN_METRICS_ADDR;
+    /// default: not served].
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -88,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         starvation: args.starvation_seconds.map(Duration::from_secs),
         grace: Some(Duration::from_secs(args.grace_seconds)),
         reports_queue: args.reports_queue,
+        metrics_addr: args.metrics_addr,
     };
     let worker = Worker::builder()
         .overrides(overrides)

@@ -26,6 +26,7 @@ use warren_protocol::{FailureDisposition, TASK_CONTENT_TYPE, TaskEnvelope, TaskE
 
 use crate::config::{ConfigError, ConfigOverrides, WorkerConfig};
 use crate::context::{TaskContext, TaskError, TaskResult};
+use crate::metrics::{TaskOutcome, WorkerMetrics};
 use crate::report::{PublishError, ReportLink, Reporter, ReporterTask, Stats, publish_confirmed};
 use crate::retry::{FailureAction, decide_failure, reconnect_delay};
 use crate::scheduler::Buffer;
@@ -167,6 +168,11 @@ impl WorkerBuilder {
         self.overrides.reports_queue = Some(queue.into());
         self
     }
+    /// Serve `/metrics`, `/healthz`, `/readyz` on this address (port 0 = any free port).
+    pub fn metrics_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.overrides.metrics_addr = Some(addr);
+        self
+    }
     /// Replaces all configuration overrides at once.
     pub fn overrides(mut self, overrides: ConfigOverrides) -> Self {
         self.overrides = overrides;
@@ -220,6 +226,7 @@ struct Shared {
     handlers: Handlers,
     reporter: Reporter,
     stats: Arc<Stats>,
+    metrics: Arc<WorkerMetrics>,
     /// Retry tiers declared by this process (declaring is idempotent; this saves round trips).
     retry_tiers: Mutex<HashSet<u64>>,
 }
@@ -284,6 +291,21 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> WorkerSummary {
         let config = self.config;
         let stats = Arc::new(Stats::new(u32::from(config.concurrency)));
+        let metrics = Arc::new(WorkerMetrics::new(&config.pool));
+        let metrics_server = match config.metrics_addr {
+            Some(addr) => match crate::metrics::serve(addr, metrics.clone()).await {
+                Ok((bound, handle)) => {
+                    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+                    Some(handle)
+                }
+                // Tasks still run; the readiness probe (if any) shows the problem.
+                Err(error) => {
+                    tracing::error!(%addr, %error, "cannot serve /metrics, /healthz, /readyz");
+                    None
+                }
+            },
+            None => None,
+        };
         let (reporter, commands) = Reporter::channel();
         let (link_tx, link_rx) = watch::channel(None);
         let reporter_stop = CancellationToken::new();
@@ -307,6 +329,7 @@ impl Worker {
             handlers: self.handlers,
             reporter,
             stats: stats.clone(),
+            metrics,
             retry_tiers: Mutex::default(),
         });
         let span = tracing::info_span!(
@@ -358,6 +381,8 @@ impl Worker {
                         let _ = connection.close(320, "reconnecting".into()).await;
                     }
                 }
+                shared.metrics.set_consuming(false);
+                shared.metrics.broker_reconnects.inc();
                 let delay = reconnect_delay(failures, rand::random::<f64>());
                 tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after a pause");
                 tokio::select! {
@@ -370,6 +395,9 @@ impl Worker {
         }
         .instrument(span)
         .await;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         let hb = stats.snapshot();
         WorkerSummary { completed_total: hb.completed_total, interrupted_total: hb.interrupted_total }
     }
@@ -441,6 +469,7 @@ async fn run_session(
     }
     drop(incoming_tx);
     *failures = 0;
+    shared.metrics.set_consuming(true);
     tracing::info!(priorities = ?config.priorities, concurrency = config.concurrency, "consuming");
 
     let mut buffer: Buffer<Ready> = Buffer::new(config.priorities.len());
@@ -471,6 +500,7 @@ async fn run_session(
             _ = session.lost.cancelled() => break SessionEnd::Lost,
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
+                shared.metrics.set_consuming(false);
                 shared.stats.draining.store(true, std::sync::atomic::Ordering::SeqCst);
                 consumers_cancelled.cancel();
                 for (channel, tag) in &consumers {
@@ -515,6 +545,7 @@ async fn run_session(
             },
         }
     };
+    shared.metrics.set_consuming(false);
     if matches!(end, SessionEnd::Lost) {
         // Unacked deliveries of a broken connection go back to their queues on their own;
         // stop the running attempts, whose outcome could not be acknowledged anyway.
@@ -685,24 +716,28 @@ async fn execute(shared: Arc<Shared>, session: Arc<Session>, ready: Ready, inter
         priority = %envelope.priority,
     );
     async move {
-        let completed = execute_attempt(&shared, &session, &delivery, envelope, interrupt).await;
-        shared.stats.task_ended(completed);
+        let priority = envelope.priority.clone();
+        shared.metrics.task_started(&priority, envelope.attempt);
+        let outcome = execute_attempt(&shared, &session, &delivery, envelope, interrupt).await;
+        shared.metrics.task_ended(&priority, outcome);
+        shared.stats.task_ended(outcome != TaskOutcome::Interrupted);
     }
     .instrument(span)
     .await
 }
 
-/// Returns true when the task was completed (outcome recorded and delivery acked), false when
-/// it was returned to the broker.
+/// How the task left: completed (outcome recorded and delivery acked) or
+/// [`TaskOutcome::Interrupted`] (returned to the broker).
 async fn execute_attempt(
     shared: &Shared,
     session: &Session,
     delivery: &Delivery,
     envelope: Arc<TaskEnvelope>,
     interrupt: CancellationToken,
-) -> bool {
+) -> TaskOutcome {
     tracing::info!("task started");
     shared.reporter.event(&envelope, TaskEventKind::Started);
+    let handler_started = Instant::now();
     let outcome = match shared.handlers.select(envelope.task_type.as_deref()) {
         Some(handler) => {
             let ctx = TaskContext::new(envelope.clone(), CancellationToken::new(), shared.reporter.clone());
@@ -716,11 +751,16 @@ async fn execute_attempt(
             reason_override: Some(dead_letter_reason::NO_HANDLER),
         },
     };
+    match &outcome {
+        Outcome::Succeeded(_) => shared.metrics.handler_returned(&envelope.priority, true, handler_started.elapsed()),
+        Outcome::Failed { .. } => shared.metrics.handler_returned(&envelope.priority, false, handler_started.elapsed()),
+        Outcome::Interrupted => {}
+    }
     let kind = match outcome {
         Outcome::Interrupted => {
             tracing::warn!("task interrupted; returning it to its queue");
             requeue(delivery).await;
-            return false;
+            return TaskOutcome::Interrupted;
         }
         Outcome::Succeeded(result) => {
             tracing::info!("task succeeded");
@@ -756,22 +796,27 @@ async fn execute_attempt(
                 }
                 tokio::time::sleep(REQUEUE_PAUSE).await;
                 requeue(delivery).await;
-                return false;
+                return TaskOutcome::Interrupted;
             }
             TaskEventKind::Failed { error: error.message().to_string(), disposition }
         }
     };
     // Ack only once the report of the outcome is safely with the broker: a crash before that
     // means a redelivery, never a lost outcome.
+    let finished = match &kind {
+        TaskEventKind::Failed { disposition: FailureDisposition::Retrying { .. }, .. } => TaskOutcome::Retried,
+        TaskEventKind::Failed { disposition: FailureDisposition::DeadLettered { .. }, .. } => TaskOutcome::DeadLettered,
+        _ => TaskOutcome::Succeeded,
+    };
     let confirmed = shared.reporter.event_confirmed(&envelope, kind);
     tokio::select! {
         _ = confirmed => {
             ack(delivery).await;
-            true
+            finished
         }
         _ = session.lost.cancelled() => {
             tracing::warn!("connection lost before the outcome was reported; the task will be redelivered");
-            false
+            TaskOutcome::Interrupted
         }
     }
 }

@@ -32,6 +32,13 @@ struct Args {
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
+    /// Port of the workers' /metrics, /healthz, /readyz (container port and probes of the
+    /// worker Deployments); 0 = workers serve none.
+    #[arg(long, env = "WARREN_WORKER_METRICS_PORT", default_value_t = 9465)]
+    worker_metrics_port: u16,
+    /// Milliseconds between two samples of the queue depths (metrics).
+    #[arg(long, default_value_t = 5000)]
+    queue_stats_interval_ms: u64,
     /// Watch only this namespace (all namespaces when empty).
     #[arg(long, env = "WARREN_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -79,6 +86,8 @@ async fn main() -> anyhow::Result<()> {
     });
     let config = Config {
         watch_namespace: args.watch_namespace.filter(|n| !n.is_empty()),
+        worker_metrics_port: (args.worker_metrics_port != 0).then_some(args.worker_metrics_port),
+        queue_stats_interval: Duration::from_millis(args.queue_stats_interval_ms.max(100)),
         leader_election,
         worker_amqp_url: args.worker_amqp_url.unwrap_or_else(|| args.amqp_url.clone()),
         amqp_url: args.amqp_url,

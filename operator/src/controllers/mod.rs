@@ -30,6 +30,12 @@ pub struct Config {
     pub reports_queue: String,
     /// The only namespace watched (`WARREN_WATCH_NAMESPACE`); all namespaces when unset.
     pub watch_namespace: Option<String>,
+    /// How often queue depths are sampled for the metrics.
+    pub queue_stats_interval: Duration,
+    /// Port of the workers' `/metrics`, `/healthz`, `/readyz` (container port and probes of the
+    /// worker Deployment); none = the workers serve no endpoints (local runs: all pods share one
+    /// host, so a fixed port would clash).
+    pub worker_metrics_port: Option<u16>,
     /// Lease-based leader election (more than one operator replica); none = always lead.
     pub leader_election: Option<crate::leader::LeaseSettings>,
 }
@@ -44,6 +50,8 @@ impl Default for Config {
             status_interval: Duration::from_secs(1),
             reports_queue: warren_protocol::names::REPORTS_QUEUE.to_string(),
             watch_namespace: None,
+            queue_stats_interval: Duration::from_secs(5),
+            worker_metrics_port: None,
             leader_election: None,
         }
     }

@@ -84,7 +84,10 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
 
     let declared = declare(&pool, ctx).await;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let desired = plan::deployment(&pool, &ctx.config.worker_amqp_url, &ctx.config.reports_queue);
+    let mut desired = plan::deployment(&pool, &ctx.config.worker_amqp_url, &ctx.config.reports_queue);
+    if let Some(port) = ctx.config.worker_metrics_port {
+        plan::expose_metrics(&mut desired, port);
+    }
     let applied = deployments
         .patch(&pool.deployment_name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
         .await?;

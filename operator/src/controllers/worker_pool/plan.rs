@@ -113,6 +113,37 @@ pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str, reports_queue: &str)
     }
 }
 
+/// Name of the worker container's metrics port.
+pub const METRICS_PORT_NAME: &str = "metrics";
+
+/// Makes the worker container serve `/metrics`, `/healthz`, `/readyz` on `port`: the
+/// `WARREN_METRICS_ADDR` variable (before the pool's own env, which may override it), a named
+/// container port for scraping (PodMonitor), a readiness probe (ready = consuming) and a lenient
+/// liveness probe (the process answers).
+pub fn expose_metrics(deployment: &mut Deployment, port: u16) {
+    use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction, Probe};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let Some(pod) = deployment.spec.template.spec.as_mut() else { return };
+    let Some(container) = pod.containers.first_mut() else { return };
+    let env = container.env.get_or_insert_with(Vec::new);
+    env.insert(0, EnvVar { name: warren_worker::METRICS_ADDR_ENV.into(), value: Some(format!("0.0.0.0:{port}")), value_from: None });
+    container.ports = Some(vec![ContainerPort {
+        name: Some(METRICS_PORT_NAME.into()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }]);
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String(METRICS_PORT_NAME.into()), ..HTTPGetAction::default() }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    container.readiness_probe = Some(probe("/readyz", 5, 3));
+    container.liveness_probe = Some(probe("/healthz", 10, 6));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +155,23 @@ mod tests {
         pool.metadata.namespace = Some("media".into());
         pool.metadata.uid = Some("uid-1".into());
         pool
+    }
+
+    #[test]
+    fn metrics_port_adds_env_port_and_probes_and_the_pool_env_still_wins() {
+        let p = pool(serde_json::json!({"workers": {"env": [{"name": "WARREN_METRICS_ADDR", "value": "0.0.0.0:9999"}]}}));
+        let mut d = deployment(&p, "amqp://rabbit", "warren.reports");
+        assert_eq!(d.spec.template.spec.as_ref().unwrap().containers[0].ports, None);
+        expose_metrics(&mut d, 9465);
+        let c = &d.spec.template.spec.unwrap().containers[0];
+        let addrs: Vec<_> = c.env.as_ref().unwrap().iter().filter(|e| e.name == "WARREN_METRICS_ADDR").map(|e| e.value.clone().unwrap()).collect();
+        assert_eq!(addrs, ["0.0.0.0:9465", "0.0.0.0:9999"], "the operator's first, the pool's last (last wins)");
+        let port = &c.ports.as_ref().unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.container_port), (Some("metrics"), 9465));
+        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
     }
 
     #[test]
