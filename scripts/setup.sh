@@ -23,9 +23,10 @@ fi
 (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { log "RabbitMQ did not start on 127.0.0.1:5672"; exit 1; }
 log "RabbitMQ is up on 127.0.0.1:5672"
 
-# promtool (chart alert-rule tests) and the chart test suite's Python packages.
-if ! command -v promtool >/dev/null 2>&1; then
-  log "installing prometheus (for promtool)"
+# Prometheus (charts/tests/test_prometheus.py scrapes an end-to-end run with it; promtool checks
+# and unit-tests the alert rules) and the chart test suite's Python packages.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  log "installing prometheus (prometheus and promtool)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq prometheus >/dev/null

@@ -3,6 +3,7 @@ validation, RBAC and security posture, alert rules (promtool) and the Grafana da
 
 Run: python3 -m pytest charts/tests -q
 Needs: pip install -r charts/tests/requirements.txt, and promtool (apt-get install -y prometheus).
+test_prometheus.py (same directory) also needs the built binaries and RabbitMQ.
 """
 
 from __future__ import annotations
