@@ -196,8 +196,8 @@ impl LeaderError {
 pub enum RoundOutcome {
     /// This process holds the Lease (just created, acquired or renewed).
     Leading,
-    /// Another process holds it (or won a race for it).
-    Following { holder: Option<String> },
+    /// Another process holds it (or won a race for it); it expires in `expires_in` unless renewed.
+    Following { holder: Option<String>, expires_in: Option<Duration> },
 }
 
 /// Takes part in the election: reads and writes the Lease.
@@ -234,9 +234,9 @@ impl Elector {
             Observed { resource_version, record: Record::from_spec(lease.spec.as_ref()), since }
         });
         let decision = decide(self.observed.as_ref(), &self.settings.identity, self.settings.lease_duration, now);
-        if let Decision::Follow { holder, .. } = decision {
+        if let Decision::Follow { holder, expires_in } = decision {
             self.leading = false;
-            return Ok(RoundOutcome::Following { holder: Some(holder) });
+            return Ok(RoundOutcome::Following { holder: Some(holder), expires_in: Some(expires_in) });
         }
         let spec = desired_spec(&decision, current.as_ref().and_then(|l| l.spec.as_ref()), &self.settings, jiff::Timestamp::now());
         let written = match current {
@@ -276,7 +276,7 @@ impl Elector {
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 self.leading = false;
                 self.observed = None;
-                Ok(RoundOutcome::Following { holder: None })
+                Ok(RoundOutcome::Following { holder: None, expires_in: None })
             }
             Err(e) => Err(self.api_error(e)),
         }
@@ -291,17 +291,22 @@ impl Elector {
     pub async fn acquire(&mut self) {
         let mut last_holder: Option<String> = None;
         loop {
+            let mut pause = self.pause();
             match self.round().await {
                 Ok(RoundOutcome::Leading) => return,
-                Ok(RoundOutcome::Following { holder }) => {
+                Ok(RoundOutcome::Following { holder, expires_in }) => {
                     if holder.is_some() && holder != last_holder {
                         tracing::info!(lease = %self.settings.name, holder = holder.as_deref().unwrap_or(""), "another operator leads; standing by");
                         last_holder = holder;
                     }
+                    // Look again right when the Lease would expire, not up to a retry period later.
+                    if let Some(expires_in) = expires_in {
+                        pause = pause.min(expires_in + Duration::from_millis(10));
+                    }
                 }
                 Err(error) => tracing::warn!(%error, reason = error.reason(), "leader election round failed; retrying"),
             }
-            tokio::time::sleep(self.pause()).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -312,7 +317,7 @@ impl Elector {
             tokio::time::sleep(self.settings.retry_period).await;
             match self.round().await {
                 Ok(RoundOutcome::Leading) => last_renewed = Instant::now(),
-                Ok(RoundOutcome::Following { holder: Some(holder) }) => {
+                Ok(RoundOutcome::Following { holder: Some(holder), .. }) => {
                     return LeaderError::Taken {
                         namespace: self.settings.namespace.clone(),
                         name: self.settings.name.clone(),
@@ -320,7 +325,7 @@ impl Elector {
                     };
                 }
                 // A conflict: read again at once, within the deadline.
-                Ok(RoundOutcome::Following { holder: None }) => {}
+                Ok(RoundOutcome::Following { holder: None, .. }) => {}
                 Err(error) => {
                     tracing::warn!(%error, reason = error.reason(), "renewing the Lease failed");
                     if renew_deadline_passed(last_renewed, self.settings.renew_deadline, Instant::now()) {

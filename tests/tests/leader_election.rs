@@ -165,3 +165,53 @@ async fn a_gracefully_stopped_leader_releases_the_lease() -> anyhow::Result<()> 
     b.wait().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watching_one_namespace_leaves_the_others_alone() -> anyhow::Result<()> {
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test restarts the operator process with other settings.");
+        return Ok(());
+    }
+    let mut env = Env::start("watch-namespace").await?;
+    env.kill_operator().await?;
+    let mut options = OperatorOptions::default();
+    options.env.push(("WARREN_WATCH_NAMESPACE".into(), env.namespace.clone()));
+    let mut scoped = env.spawn_operator(&options, "operator-scoped.log")?;
+
+    // Another namespace with a pool and a Job the operator must not touch.
+    let other = format!("{}-other", env.namespace);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": other}}))?;
+    namespaces.create(&Default::default(), &ns).await?;
+    let other_pools: Api<warren_operator::crd::WorkerPool> = Api::namespaced(env.client.clone(), &other);
+    let other_jobs: Api<warren_operator::crd::Job> = Api::namespaced(env.client.clone(), &other);
+    let handler = serde_json::json!({"workers": {"handler": ["sh", "-c", "cat >/dev/null"]}, "deletionPolicy": "Delete"});
+    other_pools
+        .create(&Default::default(), &serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool", "metadata": {"name": "pool", "namespace": other}, "spec": handler,
+        }))?)
+        .await?;
+    other_jobs
+        .create(&Default::default(), &serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Job", "metadata": {"name": "ignored", "namespace": other},
+            "spec": {"poolRef": "pool", "completions": 3},
+        }))?)
+        .await?;
+
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": ["sh", "-c", "cat >/dev/null"]}, "replicas": 1})).await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+    run_job(&env, "watched").await?;
+
+    let pool = other_pools.get("pool").await?;
+    assert!(pool.status.is_none(), "the unwatched pool has no status: {:?}", pool.status);
+    assert!(pool.metadata.finalizers.is_none(), "the unwatched pool got no finalizer");
+    assert!(other_jobs.get("ignored").await?.status.is_none(), "the unwatched Job has no status");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), &other);
+    assert!(deployments.list(&Default::default()).await?.items.is_empty(), "no worker Deployment in the unwatched namespace");
+
+    // The harness's cleanup finalizes the watched pool with the scoped operator still running.
+    env.cleanup().await?;
+    scoped.start_kill()?;
+    scoped.wait().await?;
+    Ok(())
+}
