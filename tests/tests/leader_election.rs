@@ -215,3 +215,42 @@ async fn an_operator_watching_one_namespace_leaves_the_others_alone() -> anyhow:
     scoped.wait().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_the_lease_stops_and_exits() -> anyhow::Result<()> {
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test starts operator processes.");
+        return Ok(());
+    }
+    let port_a = free_port();
+    let env = Env::start_with("leader-loss", candidate("op-a", port_a)).await?;
+    wait_holder(&env, "op-a", Duration::from_secs(30)).await?;
+    wait_role(port_a, "leader").await?;
+    // Someone else takes the Lease (as an operator that judged it expired would).
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), LEASE_NAMESPACE);
+    let mut lease = leases.get(LEASE).await?;
+    let spec = lease.spec.as_mut().expect("Lease spec");
+    spec.holder_identity = Some("intruder".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()));
+    leases.replace(LEASE, &Default::default(), &lease).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = env.state_dir.join("operator.log");
+    loop {
+        let text = std::fs::read_to_string(&log)?;
+        if text.contains("stopped reconciling: leadership lost") {
+            assert!(text.contains("intruder holds it now"), "{text}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "op-a did not give up the Lease:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The process exits: nothing serves its endpoints any more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&format!("127.0.0.1:{port_a}"), "/readyz").await.is_ok() {
+        anyhow::ensure!(Instant::now() < deadline, "op-a still serves after losing the Lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(holder(&env).await?.as_deref(), Some("intruder"));
+    env.cleanup().await
+}
