@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod local;
 pub mod metrics;
 pub mod ranges;
+pub mod replay;
 pub mod reports;
 pub mod server;
 pub mod workers;

@@ -183,6 +183,10 @@ pub struct LedgerSnapshot {
     /// Highest attempt heard of, per unfinished task index that was retried.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retrying_attempts: BTreeMap<String, u32>,
+    /// Replay count per task index sent back from the dead-letter queue and not succeeded:
+    /// reports of an earlier run of such a task are stale.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replay_generations: BTreeMap<String, u32>,
 }
 
 impl Job {

@@ -67,6 +67,7 @@ impl TestPool {
             idempotency_key: TaskEnvelope::idempotency_key_for(&self.job_uid, index),
             retry: RetryPolicy { max_attempts: 3, initial_delay_ms: 50, factor: 1.0, max_delay_ms: 50, jitter: 0.0 },
             timeout_seconds: None,
+            replay: 0,
         }
     }
 

@@ -108,6 +108,7 @@ mod tests {
             attempt: 1,
             at_ms: 5_000,
             kind: TaskEventKind::Succeeded { result: None },
+            replay: 0,
         }
     }
 
