@@ -106,8 +106,5 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
     assert_eq!((s.succeeded, s.failed, s.dead_lettered, s.retries), (6, 0, 0, 4));
     assert_eq!(s.succeeded_indexes, "0-5");
     assert_eq!(env.queue_depth(&dlq).await?, 0);
-    for ms in [50, 100] {
-        warren_e2e::delete_queue(&names::retry_queue(&env.namespace, "pool", ms)).await?;
-    }
     env.cleanup().await
 }

@@ -32,6 +32,8 @@ pub enum Error {
     Status(#[from] BookError),
     #[error("Job has no uid")]
     MissingUid,
+    #[error("recording the Job's retry queues on its WorkerPool: {0}")]
+    RecordRetryQueues(#[source] kube::Error),
 }
 
 impl Error {
@@ -40,6 +42,7 @@ impl Error {
             Error::Broker(e) => e.reason(),
             Error::Status(_) => "StatusWriteFailed",
             Error::MissingUid => "MissingUid",
+            Error::RecordRetryQueues(_) => "RecordRetryQueuesFailed",
         }
     }
 }
@@ -67,6 +70,7 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
     let pool = ctx.pools.get(&ObjectRef::new(&job.spec.pool_ref).within(&namespace));
     let job_ref = JobRef { namespace: namespace.clone(), name: job.name_any(), uid: uid.clone() };
     let mut last_write = Instant::now();
+    let mut retry_queues_recorded = false;
     loop {
         match plan::plan(&job, pool.as_deref(), ctx.book.enqueued(&uid), ctx.config.publish_batch) {
             Plan::Blocked(blocker) => {
@@ -80,6 +84,12 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
             }
             Plan::Publish { indexes, retry } => {
                 ctx.book.set_blocker(&uid, None);
+                if !retry_queues_recorded {
+                    if let Some(pool) = pool.as_deref() {
+                        record_retry_queues(ctx, pool, &retry).await?;
+                    }
+                    retry_queues_recorded = true;
+                }
                 let bodies: Vec<Vec<u8>> =
                     indexes.clone().map(|i| plan::envelope(&job, &job_ref, i, &retry).to_json()).collect();
                 let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
@@ -111,6 +121,26 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
             }
         }
     }
+}
+
+/// Adds the retry-tier queues the Job's tasks may use to its pool's `status.retryQueues` before
+/// any task is enqueued, so that deleting the pool can delete them even after the Job is gone.
+/// A JSON merge patch of map keys only adds: it cannot undo what the pool controller writes.
+async fn record_retry_queues(ctx: &Context, pool: &WorkerPool, retry: &warren_protocol::RetryPolicy) -> Result<(), Error> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let wanted = crate::controllers::worker_pool::plan::retry_queues(&namespace, &pool.name_any(), retry);
+    let recorded = pool.status.as_ref().map(|s| &s.retry_queues);
+    let missing: std::collections::BTreeMap<_, _> =
+        wanted.into_iter().filter(|(k, _)| recorded.is_none_or(|r| !r.contains_key(k))).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({ "status": { "retryQueues": missing } });
+    api.patch_status(&pool.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(Error::RecordRetryQueues)?;
+    Ok(())
 }
 
 fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
