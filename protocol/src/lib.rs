@@ -304,6 +304,9 @@ pub mod worker_env {
     pub const RETRY_TIERS_MS: &str = "WARREN_RETRY_TIERS_MS";
     /// Seconds a lower-priority task may wait in the worker before it is taken ahead of higher ones.
     pub const STARVATION_SECONDS: &str = "WARREN_STARVATION_SECONDS";
+    /// Queue type of the pool (`classic` or `quorum`): the type of the retry-tier queues the
+    /// worker declares. Default `classic`.
+    pub const QUEUE_TYPE: &str = "WARREN_QUEUE_TYPE";
 }
 
 #[cfg(test)]

@@ -8,7 +8,11 @@ use warren_operator::crd::JobPhase;
 use warren_protocol::names;
 
 async fn queue_exists(env: &Env, queue: &str) -> anyhow::Result<bool> {
-    let conn = lapin::Connection::connect(env.amqp_url(), Default::default()).await?;
+    queue_exists_at(env.amqp_url(), queue).await
+}
+
+async fn queue_exists_at(url: &str, queue: &str) -> anyhow::Result<bool> {
+    let conn = lapin::Connection::connect(url, Default::default()).await?;
     let channel = conn.create_channel().await?;
     let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
     let exists = channel.queue_declare(queue.into(), passive, Default::default()).await.is_ok();
@@ -54,4 +58,34 @@ async fn deleting_a_pool_deletes_the_retry_tier_queues_its_jobs_used() -> anyhow
     }
     assert!(!queue_exists(&env, &names::dead_letter_queue(&env.namespace, "pool")).await?);
     env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_pool_dead_letters_through_quorum_retry_tiers() -> anyhow::Result<()> {
+    let env = Env::start("quorum").await?;
+    let handler = serde_json::json!(["sh", "-c", "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" != 1 ]"]);
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": handler}, "concurrency": 2, "queueType": "quorum",
+        "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "60ms"}},
+    }))
+    .await?;
+    env.create_job("q", serde_json::json!({"poolRef": "pool", "completions": 3})).await?;
+    let job = env.wait_job("q", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let s = job.status.expect("status");
+    assert_eq!((s.phase, s.succeeded, s.failed, s.retries), (JobPhase::Failed, 2, 1, 1));
+    assert_eq!(s.failed_indexes, "1");
+    assert_eq!(env.queue_depth(&names::dead_letter_queue(&env.namespace, "pool")).await?, 1);
+    // The tier the worker declared is a quorum queue: a classic re-declaration is refused.
+    let tier = names::retry_queue(&env.namespace, "pool", 60);
+    assert!(queue_exists(&env, &tier).await?);
+    let conn = lapin::Connection::connect(env.amqp_url(), Default::default()).await?;
+    let channel = conn.create_channel().await?;
+    let classic = warren_worker::topology::retry_tier_args(&env.namespace, "pool", 60, "classic")?;
+    let refused = channel.queue_declare(tier.as_str().into(), lapin::options::QueueDeclareOptions::durable(), classic).await.is_err();
+    let _ = conn.close(200, "".into()).await;
+    assert!(refused, "{tier} is not a classic queue");
+    let url = env.amqp_url().to_string();
+    env.cleanup().await?;
+    assert!(!queue_exists_at(&url, &tier).await?, "the tier was deleted with the pool");
+    Ok(())
 }

@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Queue report batches are published to.
     pub reports_queue: String,
+    /// The pool's queue type, `classic` or `quorum` (of the retry-tier queues this worker declares).
+    pub queue_type: String,
 }
 
 /// Explicit settings that win over the environment. `None` = take it from the environment.
@@ -43,6 +45,7 @@ pub struct ConfigOverrides {
     pub starvation: Option<Duration>,
     pub grace: Option<Duration>,
     pub reports_queue: Option<String>,
+    pub queue_type: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -147,7 +150,20 @@ impl WorkerConfig {
             .clone()
             .or_else(|| env(crate::REPORTS_QUEUE_ENV))
             .unwrap_or_else(|| names::REPORTS_QUEUE.into());
+        let queue_type = overrides
+            .queue_type
+            .clone()
+            .or_else(|| env(worker_env::QUEUE_TYPE))
+            .unwrap_or_else(|| "classic".into());
+        if !crate::topology::QUEUE_TYPES.contains(&queue_type.as_str()) {
+            return Err(ConfigError::Invalid {
+                variable: worker_env::QUEUE_TYPE,
+                value: queue_type,
+                problem: "must be classic or quorum".into(),
+            });
+        }
         Ok(WorkerConfig {
+            queue_type,
             amqp_url,
             namespace,
             pool,
@@ -187,7 +203,17 @@ mod tests {
         assert_eq!(c.starvation, DEFAULT_STARVATION);
         assert_eq!(c.grace, DEFAULT_GRACE);
         assert_eq!(c.reports_queue, names::REPORTS_QUEUE);
+        assert_eq!(c.queue_type, "classic");
         assert!(c.pod_name.starts_with("warren-worker-"));
+        let mut quorum = BASE.to_vec();
+        quorum.push(("WARREN_QUEUE_TYPE", "quorum"));
+        assert_eq!(WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&quorum)).unwrap().queue_type, "quorum");
+        let mut bad = BASE.to_vec();
+        bad.push(("WARREN_QUEUE_TYPE", "stream"));
+        assert_eq!(
+            WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&bad)).unwrap_err().to_string(),
+            "WARREN_QUEUE_TYPE=\"stream\" is invalid: must be classic or quorum"
+        );
     }
 
     #[test]

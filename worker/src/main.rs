@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         starvation: args.starvation_seconds.map(Duration::from_secs),
         grace: Some(Duration::from_secs(args.grace_seconds)),
         reports_queue: args.reports_queue,
+        queue_type: None,
     };
     let worker = Worker::builder()
         .overrides(overrides)

@@ -78,6 +78,7 @@ pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str, reports_queue: &str)
         plain(worker_env::PRIORITIES, spec.priorities.join(",")),
         plain(worker_env::CONCURRENCY, spec.concurrency.to_string()),
         plain(worker_env::STARVATION_SECONDS, spec.starvation_seconds.to_string()),
+        plain(worker_env::QUEUE_TYPE, spec.queue_type.as_str().to_string()),
         plain(warren_worker::REPORTS_QUEUE_ENV, reports_queue.to_string()),
         EnvVar {
             name: worker_env::POD_NAME.to_string(),
@@ -165,6 +166,7 @@ mod tests {
         let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e.value.clone())).collect();
         assert_eq!(env["WARREN_PRIORITIES"].as_deref(), Some("high,low"));
         assert_eq!(env["WARREN_CONCURRENCY"].as_deref(), Some("4"));
+        assert_eq!(env["WARREN_QUEUE_TYPE"].as_deref(), Some("classic"));
         assert_eq!(env["WARREN_NAMESPACE"].as_deref(), Some("media"));
         assert_eq!(env["MODE"].as_deref(), Some("fast"));
         assert_eq!(env["WARREN_REPORTS_QUEUE"].as_deref(), Some("warren.reports"));
