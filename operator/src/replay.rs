@@ -24,6 +24,8 @@ use warren_worker::dead_letter_header;
 pub struct Filter {
     /// Only the tasks of the Job with this name (in the pool's namespace).
     pub job: Option<String>,
+    /// Only the tasks of the Job with this uid (not those of an earlier Job of the same name).
+    pub job_uid: Option<String>,
     /// At most this many.
     pub limit: Option<u32>,
 }
@@ -65,7 +67,9 @@ pub fn decide(body: &[u8], filter: &Filter, replayed_so_far: u32) -> Decision {
         Ok(replayed) => replayed,
         Err(error) => return Decision::Keep(KeepReason::NotATask(error)),
     };
-    if filter.job.as_ref().is_some_and(|job| *job != envelope.job.name) {
+    if filter.job.as_ref().is_some_and(|job| *job != envelope.job.name)
+        || filter.job_uid.as_ref().is_some_and(|uid| *uid != envelope.job.uid)
+    {
         return Decision::Keep(KeepReason::OtherJob);
     }
     if filter.limit.is_some_and(|limit| replayed_so_far >= limit) {
@@ -334,8 +338,9 @@ mod tests {
     #[test]
     fn decide_table() {
         let all = Filter::default();
-        let only_a = Filter { job: Some("a".into()), limit: None };
-        let two = Filter { job: None, limit: Some(2) };
+        let only_a = Filter { job: Some("a".into()), ..Filter::default() };
+        let only_uid_b = Filter { job_uid: Some("uid-b".into()), ..Filter::default() };
+        let two = Filter { limit: Some(2), ..Filter::default() };
         for body in [&b"not json"[..], b"", br#"{"version": 1}"#] {
             assert!(matches!(decide(body, &all, 0), Decision::Keep(KeepReason::NotATask(_))), "{body:?}");
         }
@@ -344,6 +349,8 @@ mod tests {
         assert!(matches!(decide(&a, &all, 0), Decision::Replay { ref priority, .. } if priority == "high"));
         assert!(matches!(decide(&a, &only_a, 5), Decision::Replay { .. }));
         assert_eq!(decide(&b, &only_a, 0), Decision::Keep(KeepReason::OtherJob));
+        assert_eq!(decide(&a, &only_uid_b, 0), Decision::Keep(KeepReason::OtherJob));
+        assert!(matches!(decide(&b, &only_uid_b, 0), Decision::Replay { .. }));
         assert!(matches!(decide(&b, &two, 1), Decision::Replay { .. }));
         assert_eq!(decide(&b, &two, 2), Decision::Keep(KeepReason::Limit));
     }

@@ -108,3 +108,38 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
     assert_eq!(env.queue_depth(&dlq).await?, 0);
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_annotation_replays_the_jobs_dead_letters_and_is_recorded() -> anyhow::Result<()> {
+    let env = Env::start("replayannotation").await?;
+    let fixed = env.state_dir.join("fixed");
+    let handler = serde_json::json!(["sh", "-c",
+        "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" != 1 ] || [ -e \"$FIXED\" ] || exit 1"]);
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": handler, "env": [{"name": "FIXED", "value": fixed.to_string_lossy()}]},
+        "concurrency": 2,
+        "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "50ms"}},
+    }))
+    .await?;
+    env.create_job("annotated", serde_json::json!({"poolRef": "pool", "completions": 3})).await?;
+    let job = env.wait_job("annotated", Duration::from_secs(120), finished).await?;
+    let s = job.status.expect("status");
+    assert_eq!((s.phase, s.failed_indexes.as_str(), s.retries), (JobPhase::Failed, "1", 1));
+
+    std::fs::write(&fixed, "")?;
+    let annotate = |token: &str| {
+        serde_json::json!({"metadata": {"annotations": {"warren.dev/replay-dead-letters": token}}})
+    };
+    env.jobs().patch("annotated", &Default::default(), &kube::api::Patch::Merge(&annotate("first"))).await?;
+    let job = env.wait_job("annotated", Duration::from_secs(120), |j| {
+        // The token is recorded right after the replay, possibly after the replayed task ended.
+        j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded && s.replayed_token.is_some())
+    })
+    .await?;
+    let s = job.status.expect("status");
+    assert_eq!((s.succeeded, s.failed, s.dead_lettered, s.retries), (3, 0, 0, 1));
+    assert_eq!(s.succeeded_indexes, "0-2");
+    assert_eq!(s.replayed_token.as_deref(), Some("first"), "the operator records the value it acted on");
+    assert_eq!(env.queue_depth(&names::dead_letter_queue(&env.namespace, "pool")).await?, 0);
+    env.cleanup().await
+}

@@ -136,7 +136,7 @@ async fn dlq(command: DlqCommand) -> Result<(), warren_operator::replay::ReplayE
             println!("{} dead letter(s) in {}", letters.len(), warren_protocol::names::dead_letter_queue(&target.namespace, &target.pool));
         }
         DlqCommand::Replay { target, job, limit } => {
-            let filter = replay::Filter { job, limit };
+            let filter = replay::Filter { job, limit, job_uid: None };
             let s = replay::replay(&target.amqp_url, &target.namespace, &target.pool, &filter).await?;
             println!(
                 "replayed {} task(s); {} left in the dead-letter queue by the filter, {} not tasks, {} failed",

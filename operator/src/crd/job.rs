@@ -168,6 +168,10 @@ pub struct JobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The value of the annotation `warren.dev/replay-dead-letters` the operator last acted on
+    /// (it replayed the Job's dead letters then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_token: Option<String>,
     /// Book-keeping that lets a restarted operator keep counting exactly; not for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerSnapshot>,

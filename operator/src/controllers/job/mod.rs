@@ -23,6 +23,9 @@ use crate::metrics::{self, ControllerLabels, ErrorLabels, PoolLabels};
 use plan::Plan;
 
 const CONTROLLER: &str = "job";
+/// Setting (or changing) this annotation on a Job replays its dead letters once per value:
+/// `kubectl annotate wjob NAME warren.dev/replay-dead-letters=$(date +%s) --overwrite`.
+pub const REPLAY_ANNOTATION: &str = "warren.dev/replay-dead-letters";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,6 +35,8 @@ pub enum Error {
     Status(#[from] BookError),
     #[error("Job has no uid")]
     MissingUid,
+    #[error("replaying the Job's dead letters: {0}")]
+    Replay(#[from] crate::replay::ReplayError),
     #[error("recording the Job's retry queues on its WorkerPool: {0}")]
     RecordRetryQueues(#[source] kube::Error),
 }
@@ -43,6 +48,7 @@ impl Error {
             Error::Status(_) => "StatusWriteFailed",
             Error::MissingUid => "MissingUid",
             Error::RecordRetryQueues(_) => "RecordRetryQueuesFailed",
+            Error::Replay(e) => e.reason(),
         }
     }
 }
@@ -69,6 +75,15 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
     let namespace = job.namespace().unwrap_or_default();
     let pool = ctx.pools.get(&ObjectRef::new(&job.spec.pool_ref).within(&namespace));
     let job_ref = JobRef { namespace: namespace.clone(), name: job.name_any(), uid: uid.clone() };
+    if let Some(token) = job.annotations().get(REPLAY_ANNOTATION) {
+        if ctx.book.replayed_token(&uid).as_ref() != Some(token) {
+            let filter = crate::replay::Filter { job_uid: Some(uid.clone()), ..Default::default() };
+            let summary = crate::replay::replay(&ctx.config.amqp_url, &namespace, &job.spec.pool_ref, &filter).await?;
+            tracing::info!(token, replayed = summary.replayed, failed = summary.failed, "replayed the Job's dead letters (annotation)");
+            ctx.book.set_replayed_token(&uid, token);
+            ctx.book.flush(&uid).await?;
+        }
+    }
     let mut last_write = Instant::now();
     let mut retry_queues_recorded = false;
     loop {
