@@ -49,6 +49,8 @@ struct Entry {
     persisted: u64,
     last_written: Option<JobStatus>,
     last_write: Option<Instant>,
+    /// The replay annotation value last acted on (see `status.replayedToken`).
+    replayed_token: Option<String>,
     write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -98,6 +100,7 @@ impl JobBook {
                 entries.insert(
                     uid,
                     Entry {
+                        replayed_token: job.status.as_ref().and_then(|s| s.replayed_token.clone()),
                         last_written: job.status.clone(),
                         job,
                         ledger,
@@ -168,6 +171,22 @@ impl JobBook {
         }
     }
 
+    /// The replay annotation value last acted on.
+    pub fn replayed_token(&self, uid: &str) -> Option<String> {
+        self.entries.lock().expect("book lock").get(uid).and_then(|e| e.replayed_token.clone())
+    }
+
+    /// Records that the Job's dead letters were replayed for annotation value `token`.
+    pub fn set_replayed_token(&self, uid: &str, token: &str) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid) {
+            if entry.replayed_token.as_deref() != Some(token) {
+                entry.replayed_token = Some(token.to_string());
+                entry.applied = self.seq();
+            }
+        }
+    }
+
     /// Advances the enqueue watermark after the broker confirmed tasks `..enqueued`.
     pub fn set_enqueued(&self, uid: &str, enqueued: u32) {
         let mut entries = self.entries.lock().expect("book lock");
@@ -223,7 +242,8 @@ impl JobBook {
             let mut entries = self.entries.lock().expect("book lock");
             let Some(entry) = entries.get_mut(uid) else { return Ok(false) };
             let now = Time(jiff::Timestamp::now());
-            let status = status::desired(&entry.job, &entry.ledger, entry.blocker.as_ref(), &now);
+            let mut status = status::desired(&entry.job, &entry.ledger, entry.blocker.as_ref(), &now);
+            status.replayed_token = entry.replayed_token.clone();
             if entry.last_written.as_ref() == Some(&status) {
                 entry.persisted = entry.applied;
                 return Ok(false);

@@ -4,6 +4,13 @@
 //! crash, and a task may run twice), so every fold here is idempotent: a task is finished at most
 //! once, keyed by its index, and retries are counted from attempt numbers, not from events.
 //! A restarted operator rebuilds a ledger from the Job's status ([`Ledger::restore`]).
+//!
+//! A dead-lettered (failed) task comes back when a report of a *replayed* run arrives (its
+//! `replay` count is higher than the one the task failed with): it leaves `failed` and is counted
+//! once more when that run ends. Reports of a run older than the task's last replay are stale and
+//! ignored, so a re-sent report of the dead-lettered run cannot fail it again. Retries add up over
+//! the runs: a task dead-lettered after 3 attempts (2 retries), replayed and succeeding at once has
+//! 2 retries; the replay itself is not a retry.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +33,8 @@ pub struct Ledger {
     finished_retries: u64,
     /// Retries so far of unfinished tasks that failed at least once: index → failed attempts.
     retries_so_far: BTreeMap<u32, u32>,
+    /// Replay count of tasks sent back from the dead-letter queue (absent = 0).
+    generations: BTreeMap<u32, u32>,
     /// Last progress a handler reported (meaningful for single-task Jobs).
     pub progress: Option<(u8, String)>,
     /// Result of a single-task Job.
@@ -59,6 +68,12 @@ impl Ledger {
                 .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
                 .filter(|(i, _)| !ledger.is_finished(*i))
                 .collect();
+            ledger.generations = snapshot
+                .replay_generations
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+                .filter(|(i, _)| *i < total && !ledger.succeeded.contains(i))
+                .collect();
         }
         ledger.first_started_ms = status.start_time.as_ref().map(|t| t.0.as_millisecond() as u64);
         ledger.last_finished_ms = status.completion_time.as_ref().map(|t| t.0.as_millisecond() as u64);
@@ -70,6 +85,12 @@ impl Ledger {
         LedgerSnapshot {
             finished_retries: self.finished_retries,
             retrying_attempts: self.retries_so_far.iter().map(|(i, n)| (i.to_string(), *n)).collect(),
+            replay_generations: self
+                .generations
+                .iter()
+                .filter(|(i, _)| !self.succeeded.contains(i))
+                .map(|(i, n)| (i.to_string(), *n))
+                .collect(),
         }
     }
 
@@ -77,13 +98,29 @@ impl Ledger {
         self.succeeded.contains(&index) || self.failed.contains(&index)
     }
 
-    /// Folds one event in. Returns whether anything changed. Events for finished tasks and for
-    /// indexes outside the Job are ignored (duplicates, stale messages).
+    /// Folds one event in. Returns whether anything changed. Events for finished tasks, of a run
+    /// older than the task's last replay, and for indexes outside the Job are ignored
+    /// (duplicates, stale messages); the first event of a replayed run brings a failed task back.
     pub fn apply(&mut self, event: &TaskEvent) -> bool {
         let index = event.index;
-        if index >= self.total || self.is_finished(index) {
+        if index >= self.total {
             return false;
         }
+        let generation = self.generations.get(&index).copied().unwrap_or(0);
+        if event.replay < generation || (event.replay > generation && self.succeeded.contains(&index)) {
+            return false;
+        }
+        let revived = event.replay > generation && self.failed.remove(&index);
+        if event.replay > generation {
+            self.generations.insert(index, event.replay);
+        }
+        if self.is_finished(index) {
+            return false;
+        }
+        self.fold(index, event) || revived
+    }
+
+    fn fold(&mut self, index: u32, event: &TaskEvent) -> bool {
         match &event.kind {
             TaskEventKind::Started => {
                 self.first_started_ms.get_or_insert(event.at_ms);
@@ -171,7 +208,12 @@ mod tests {
             attempt,
             at_ms: 1_000 + u64::from(index),
             kind,
+            replay: 0,
         }
+    }
+    /// The same event, of the task's `n`th replayed run.
+    fn replayed(n: u32, event: TaskEvent) -> TaskEvent {
+        TaskEvent { replay: n, ..event }
     }
     fn ok(index: u32, attempt: u32) -> TaskEvent {
         ev(index, attempt, TaskEventKind::Succeeded { result: None })
@@ -219,6 +261,69 @@ mod tests {
         assert_eq!(l.failed().iter().copied().collect::<Vec<_>>(), vec![1]);
         assert_eq!(l.retries(), 1);
         assert!(!l.is_complete());
+    }
+
+    #[test]
+    fn a_replayed_dead_letter_comes_back_and_is_counted_once() {
+        let mut l = Ledger::new(3);
+        l.enqueued = 3;
+        for e in [ok(0, 1), ok(1, 1), retry(2, 1), retry(2, 2), dead(2, 3)] {
+            l.apply(&e);
+        }
+        assert!(l.is_complete());
+        assert_eq!((l.failed().len(), l.retries()), (1, 2));
+        // The replayed run starts: the task leaves the failed set, the Job is no longer complete.
+        assert!(l.apply(&replayed(1, ev(2, 1, TaskEventKind::Started))));
+        assert!(l.failed().is_empty());
+        assert!(!l.is_complete());
+        assert_eq!((l.running(), l.queued()), (1, 0));
+        // Stale reports of the dead-lettered run change nothing.
+        assert!(!l.apply(&dead(2, 3)));
+        assert!(!l.apply(&retry(2, 2)));
+        assert!(l.failed().is_empty());
+        // The replayed run succeeds on its first attempt (a duplicate report too).
+        assert!(l.apply(&replayed(1, ok(2, 1))));
+        assert!(!l.apply(&replayed(1, ok(2, 1))));
+        assert!(l.is_complete());
+        assert_eq!((l.succeeded().len(), l.failed().len()), (3, 0));
+        assert_eq!(l.retries(), 2, "retries of the dead-lettered run; the replay is not a retry");
+        // Nothing brings a succeeded task back.
+        assert!(!l.apply(&replayed(2, dead(2, 1))));
+        assert_eq!(l.succeeded().len(), 3);
+    }
+
+    #[test]
+    fn a_replayed_run_may_fail_again_and_be_replayed_again() {
+        let mut l = Ledger::new(1);
+        l.apply(&dead(0, 2));
+        l.apply(&replayed(1, retry(0, 1)));
+        l.apply(&replayed(1, dead(0, 2)));
+        assert_eq!((l.failed().len(), l.retries()), (1, 2));
+        assert!(!l.apply(&ok(0, 3)), "a stale success of run 0 does not count");
+        assert!(l.apply(&replayed(2, ok(0, 1))));
+        assert_eq!((l.succeeded().len(), l.failed().len(), l.retries()), (1, 0, 2));
+    }
+
+    #[test]
+    fn replay_generations_survive_a_restart() {
+        let mut l = Ledger::new(2);
+        l.enqueued = 2;
+        l.apply(&ok(0, 1));
+        l.apply(&dead(1, 1));
+        l.apply(&replayed(1, ev(1, 1, TaskEventKind::Started)));
+        let status = JobStatus {
+            enqueued: 2,
+            succeeded_indexes: ranges::format(l.succeeded()),
+            failed_indexes: ranges::format(l.failed()),
+            ledger: Some(l.snapshot()),
+            ..JobStatus::default()
+        };
+        assert_eq!(status.ledger.as_ref().unwrap().replay_generations.get("1"), Some(&1));
+        let mut restored = Ledger::restore(2, Some(&status));
+        assert!(!restored.apply(&dead(1, 1)), "a redelivered report of the dead-lettered run is stale");
+        assert!(restored.apply(&replayed(1, ok(1, 1))));
+        assert!(restored.is_complete());
+        assert_eq!(restored.failed().len(), 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod local;
 pub mod metrics;
 pub mod queue_stats;
 pub mod ranges;
+pub mod replay;
 pub mod reports;
 pub mod server;
 pub mod workers;

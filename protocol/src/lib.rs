@@ -95,6 +95,15 @@ pub struct TaskEnvelope {
     /// Per-attempt timeout enforced by the worker; `None` = no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// How many times the task was sent back from the dead-letter queue (`warren dlq replay`);
+    /// 0 = never. Reports carry it, so the operator tells a replayed run from a stale report of
+    /// the dead-lettered one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replay: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskEnvelope {
@@ -197,6 +206,9 @@ pub struct TaskEvent {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     pub kind: TaskEventKind,
+    /// The task's [`TaskEnvelope::replay`] count.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replay: u32,
 }
 
 /// What happened. Only `Succeeded` and a `Failed` with a final disposition end a task.
@@ -292,6 +304,9 @@ pub mod worker_env {
     pub const RETRY_TIERS_MS: &str = "WARREN_RETRY_TIERS_MS";
     /// Seconds a lower-priority task may wait in the worker before it is taken ahead of higher ones.
     pub const STARVATION_SECONDS: &str = "WARREN_STARVATION_SECONDS";
+    /// Queue type of the pool (`classic` or `quorum`): the type of the retry-tier queues the
+    /// worker declares. Default `classic`.
+    pub const QUEUE_TYPE: &str = "WARREN_QUEUE_TYPE";
 }
 
 #[cfg(test)]
@@ -311,6 +326,7 @@ mod tests {
             idempotency_key: TaskEnvelope::idempotency_key_for("u-1", 7),
             retry: RetryPolicy::default(),
             timeout_seconds: Some(30),
+            replay: 0,
         }
     }
 
@@ -319,6 +335,16 @@ mod tests {
         let e = envelope();
         assert_eq!(TaskEnvelope::from_json(&e.to_json()).unwrap(), e);
         assert_eq!(e.idempotency_key, "u-1/7");
+    }
+
+    #[test]
+    fn replay_count_is_optional_on_the_wire() {
+        let e = envelope();
+        let json = serde_json::to_value(&e).unwrap();
+        assert!(json.get("replay").is_none(), "not written while 0: older readers see the same message");
+        let replayed = TaskEnvelope { replay: 2, ..e };
+        let back = TaskEnvelope::from_json(&replayed.to_json()).unwrap();
+        assert_eq!(back.replay, 2);
     }
 
     #[test]

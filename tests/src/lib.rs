@@ -21,6 +21,9 @@ use warren_operator::crd::{Job, WorkerPool};
 
 pub use warren_operator;
 
+pub mod private_broker;
+pub use private_broker::PrivateBroker;
+
 /// AMQP URI of the broker the tests use.
 pub fn amqp_url() -> String {
     std::env::var("WARREN_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -87,10 +90,21 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// Options of the whole local stack of a test.
+#[derive(Clone, Debug, Default)]
+pub struct EnvOptions {
+    pub operator: OperatorOptions,
+    /// Broker of the operator and the workers; default [`amqp_url`] (the shared one).
+    pub amqp_url: Option<String>,
+    /// Restart delay of a crashed worker (doubling, capped at 4×); default kubelet's 10 s.
+    pub crash_backoff: Option<Duration>,
+}
+
 /// One test's Warren: a client, a fresh namespace, and (locally) the processes behind them.
 pub struct Env {
     pub client: Client,
     pub namespace: String,
+    amqp_url: String,
     kubeconfig: PathBuf,
     operator_options: OperatorOptions,
     operator: Option<OperatorProcess>,
@@ -110,8 +124,14 @@ impl Env {
     }
 
     pub async fn start_with(test: &str, operator_options: OperatorOptions) -> anyhow::Result<Env> {
+        Self::start_custom(test, EnvOptions { operator: operator_options, ..EnvOptions::default() }).await
+    }
+
+    pub async fn start_custom(test: &str, options: EnvOptions) -> anyhow::Result<Env> {
         banner();
-        warren_operator::local::check_broker(&amqp_url()).await?;
+        let EnvOptions { operator: operator_options, amqp_url, crash_backoff } = options;
+        let amqp_url = amqp_url.unwrap_or_else(self::amqp_url);
+        warren_operator::local::check_broker(&amqp_url).await?;
         let suffix: String = format!("{:08x}", rand::random::<u32>());
         let namespace = format!("e2e-{test}-{suffix}").replace('_', "-");
         let state_dir = std::env::temp_dir().join(format!("warren-e2e-{namespace}"));
@@ -124,6 +144,7 @@ impl Env {
             Env {
                 client: Client::try_from(config)?,
                 namespace,
+                amqp_url,
                 kubeconfig,
                 operator_options,
                 operator: None,
@@ -139,11 +160,16 @@ impl Env {
             warren_operator::local::install_crds(&client).await?;
             let log_dir = state_dir.join("logs");
             std::fs::create_dir_all(&log_dir)?;
-            let runner_config = warren_operator::local::runner_config(&bin_dir(), &log_dir)?;
+            let mut runner_config = warren_operator::local::runner_config(&bin_dir(), &log_dir)?;
+            if let Some(backoff) = crash_backoff {
+                runner_config.crash_backoff = backoff;
+                runner_config.max_crash_backoff = backoff * 4;
+            }
             let runner = warren_sandbox::runner::Runner::start(client.clone(), runner_config).await?;
             let mut env = Env {
                 client,
                 namespace,
+                amqp_url,
                 kubeconfig,
                 operator_options,
                 operator: None,
@@ -181,7 +207,7 @@ impl Env {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir.join(log_name))?;
         let child = tokio::process::Command::new(binary)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("WARREN_AMQP_URL", amqp_url())
+            .env("WARREN_AMQP_URL", &self.amqp_url)
             .env("RUST_LOG", std::env::var("WARREN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .args(["--metrics-addr", &options.metrics_addr])
@@ -213,6 +239,41 @@ impl Env {
         let Some(mut operator) = self.operator.take() else { bail!("no operator process") };
         operator.child.start_kill()?;
         operator.child.wait().await?;
+        Ok(())
+    }
+
+    /// AMQP URI of this test's broker.
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+
+    /// Process ids of the running worker processes of a pool (the runner's `containerID`
+    /// is `warren://<pid>`; each is the leader of its process group).
+    pub async fn worker_pids(&self, pool: &str) -> anyhow::Result<Vec<i32>> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = format!("warren.dev/pool={pool}");
+        let mut pids = Vec::new();
+        for pod in pods.list(&kube::api::ListParams::default().labels(&selector)).await?.items {
+            let statuses = pod.status.and_then(|s| s.container_statuses).unwrap_or_default();
+            for c in statuses {
+                let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
+                if let Some(pid) = c.container_id.as_deref().and_then(|id| id.strip_prefix("warren://")) {
+                    if running {
+                        pids.push(pid.parse()?);
+                    }
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// SIGKILLs a worker process and everything it started (its process group), as when a
+    /// node loses power: no drain, no last report.
+    pub fn kill_worker(&self, pid: i32) -> anyhow::Result<()> {
+        if Self::is_real_cluster() {
+            bail!("killing worker processes needs the local control plane");
+        }
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
         Ok(())
     }
 
@@ -284,7 +345,7 @@ impl Env {
 
     /// Messages ready in a queue (AMQP passive declare).
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
-        let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
+        let conn = lapin::Connection::connect(&self.amqp_url, Default::default()).await?;
         let channel = conn.create_channel().await?;
         let q = channel
             .queue_declare(
@@ -324,7 +385,7 @@ impl Env {
             namespaces.delete(&self.namespace, &DeleteParams::default()).await?;
         }
         if !Self::is_real_cluster() {
-            delete_queue(&self.reports_queue()).await?;
+            delete_queue_at(&self.amqp_url, &self.reports_queue()).await?;
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
@@ -333,7 +394,12 @@ impl Env {
 
 /// Deletes a queue (fine if it does not exist).
 pub async fn delete_queue(queue: &str) -> anyhow::Result<()> {
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
+    delete_queue_at(&amqp_url(), queue).await
+}
+
+/// Deletes a queue of the broker at `url` (fine if it does not exist).
+pub async fn delete_queue_at(url: &str, queue: &str) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(url, Default::default()).await?;
     let channel = conn.create_channel().await?;
     channel.queue_delete(queue.into(), Default::default()).await?;
     let _ = conn.close(200, "".into()).await;

@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub reports_queue: String,
     /// Where `/metrics`, `/healthz`, `/readyz` are served; none = not served.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The pool's queue type, `classic` or `quorum` (of the retry-tier queues this worker declares).
+    pub queue_type: String,
 }
 
 /// Explicit settings that win over the environment. `None` = take it from the environment.
@@ -46,6 +48,7 @@ pub struct ConfigOverrides {
     pub grace: Option<Duration>,
     pub reports_queue: Option<String>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub queue_type: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -161,8 +164,21 @@ impl WorkerConfig {
                 None => None,
             },
         };
+        let queue_type = overrides
+            .queue_type
+            .clone()
+            .or_else(|| env(worker_env::QUEUE_TYPE))
+            .unwrap_or_else(|| "classic".into());
+        if !crate::topology::QUEUE_TYPES.contains(&queue_type.as_str()) {
+            return Err(ConfigError::Invalid {
+                variable: worker_env::QUEUE_TYPE,
+                value: queue_type,
+                problem: "must be classic or quorum".into(),
+            });
+        }
         Ok(WorkerConfig {
             metrics_addr,
+            queue_type,
             amqp_url,
             namespace,
             pool,
@@ -202,12 +218,22 @@ mod tests {
         assert_eq!(c.starvation, DEFAULT_STARVATION);
         assert_eq!(c.grace, DEFAULT_GRACE);
         assert_eq!(c.reports_queue, names::REPORTS_QUEUE);
+        assert_eq!(c.queue_type, "classic");
         assert!(c.pod_name.starts_with("warren-worker-"));
         assert_eq!(c.metrics_addr, None, "no endpoints unless asked for");
         let mut env = BASE.to_vec();
         env.push(("WARREN_METRICS_ADDR", "0.0.0.0:9465"));
         let c = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&env)).unwrap();
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9465".parse().unwrap()));
+        let mut quorum = BASE.to_vec();
+        quorum.push(("WARREN_QUEUE_TYPE", "quorum"));
+        assert_eq!(WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&quorum)).unwrap().queue_type, "quorum");
+        let mut bad = BASE.to_vec();
+        bad.push(("WARREN_QUEUE_TYPE", "stream"));
+        assert_eq!(
+            WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&bad)).unwrap_err().to_string(),
+            "WARREN_QUEUE_TYPE=\"stream\" is invalid: must be classic or quorum"
+        );
     }
 
     #[test]

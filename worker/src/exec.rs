@@ -296,6 +296,7 @@ mod tests {
             idempotency_key: "u/3".into(),
             retry: Default::default(),
             timeout_seconds: None,
+            replay: 0,
         };
         let env: std::collections::HashMap<_, _> = task_env(&envelope).into_iter().collect();
         assert_eq!(env[exec::ENV_TASK_INDEX], "3");

@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         grace: Some(Duration::from_secs(args.grace_seconds)),
         reports_queue: args.reports_queue,
         metrics_addr: args.metrics_addr,
+        queue_type: None,
     };
     let worker = Worker::builder()
         .overrides(overrides)

@@ -175,7 +175,14 @@ impl std::fmt::Debug for Command {
 }
 
 fn event_of(envelope: &TaskEnvelope, kind: TaskEventKind) -> TaskEvent {
-    TaskEvent { job: envelope.job.clone(), index: envelope.index, attempt: envelope.attempt, at_ms: now_ms(), kind }
+    TaskEvent {
+        job: envelope.job.clone(),
+        index: envelope.index,
+        attempt: envelope.attempt,
+        at_ms: now_ms(),
+        kind,
+        replay: envelope.replay,
+    }
 }
 
 impl Reporter {
@@ -396,7 +403,7 @@ mod tests {
     use warren_protocol::{FailureDisposition, JobRef};
 
     fn ev(uid: &str, index: u32, attempt: u32, kind: TaskEventKind) -> TaskEvent {
-        TaskEvent { job: JobRef { namespace: "n".into(), name: "j".into(), uid: uid.into() }, index, attempt, at_ms: 0, kind }
+        TaskEvent { job: JobRef { namespace: "n".into(), name: "j".into(), uid: uid.into() }, index, attempt, at_ms: 0, kind, replay: 0 }
     }
 
     fn progress(p: u8) -> TaskEventKind {

@@ -30,6 +30,20 @@ pub fn retry_delay(policy: &RetryPolicy, attempt: u32, random: f64) -> RetryDela
     RetryDelay { tier_ms, delay_ms: tier_ms - reduction.min(tier_ms) }
 }
 
+/// Every delay tier (queue) a task under `policy` may be retried through: the tier of each
+/// attempt that can fail and be retried (`1..max_attempts`). Jitter never changes the tier.
+pub fn tiers(policy: &RetryPolicy) -> std::collections::BTreeSet<u64> {
+    let mut tiers = std::collections::BTreeSet::new();
+    for attempt in 1..policy.max_attempts {
+        let tier = retry_delay(policy, attempt, 0.0).tier_ms;
+        // Once capped, every later attempt has the same tier.
+        if !tiers.insert(tier) && tier == policy.max_delay_ms {
+            break;
+        }
+    }
+    tiers
+}
+
 /// What the worker does with a failed attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FailureAction {
@@ -94,6 +108,28 @@ mod tests {
         for (p, attempt, random, tier, delay) in cases {
             let d = retry_delay(&p, attempt, random);
             assert_eq!(d, RetryDelay { tier_ms: tier, delay_ms: delay }, "{p:?} attempt {attempt} random {random}");
+        }
+    }
+
+    #[test]
+    fn tiers_table() {
+        let cases: [(RetryPolicy, &[u64]); 5] = [
+            (policy(1, 1000, 2.0, 60_000, 0.2), &[]),
+            (policy(3, 1000, 2.0, 60_000, 0.2), &[1000, 2000]),
+            (policy(6, 1000, 2.0, 5000, 0.0), &[1000, 2000, 4000, 5000]),
+            (policy(100, 50, 1.0, 50, 0.5), &[50]),
+            (policy(100, 1000, 10.0, 30_000, 0.0), &[1000, 10_000, 30_000]),
+        ];
+        for (p, expected) in cases {
+            assert_eq!(tiers(&p).into_iter().collect::<Vec<_>>(), expected, "{p:?}");
+            // Every tier decide_failure can choose is listed.
+            for attempt in 1..p.max_attempts {
+                for random in [0.0, 0.5, 0.99] {
+                    if let FailureAction::Retry { delay, .. } = decide_failure(&p, attempt, true, random) {
+                        assert!(tiers(&p).contains(&delay.tier_ms), "{p:?} attempt {attempt}");
+                    }
+                }
+            }
         }
     }
 

@@ -173,6 +173,11 @@ impl WorkerBuilder {
         self.overrides.metrics_addr = Some(addr);
         self
     }
+    /// The pool's queue type (`classic` or `quorum`).
+    pub fn queue_type(mut self, queue_type: impl Into<String>) -> Self {
+        self.overrides.queue_type = Some(queue_type.into());
+        self
+    }
     /// Replaces all configuration overrides at once.
     pub fn overrides(mut self, overrides: ConfigOverrides) -> Self {
         self.overrides = overrides;
@@ -625,7 +630,8 @@ async fn ensure_retry_tier(shared: &Shared, session: &Session, tier_ms: u64) -> 
         return Ok(());
     }
     let channel = session.connection.create_channel().await?;
-    topology::declare_retry_tier(&channel, &shared.config.namespace, &shared.config.pool, tier_ms).await?;
+    let config = &shared.config;
+    topology::declare_retry_tier(&channel, &config.namespace, &config.pool, tier_ms, &config.queue_type).await?;
     let _ = channel.close(200, "OK".into()).await;
     shared.retry_tiers.lock().unwrap().insert(tier_ms);
     Ok(())

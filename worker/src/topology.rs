@@ -147,33 +147,52 @@ pub async fn declare_pool(
     Ok(())
 }
 
-/// Declares the retry queue of one delay tier: a classic durable queue whose messages
-/// (published with a per-message expiration `<= delay_ms`) dead-letter back into the pool
-/// exchange with their original routing key, bound to the retry exchange on header
-/// `warren-retry-tier = "<delay_ms>"`. `x-message-ttl = delay_ms` bounds the wait of a message
-/// queued behind a longer one. Idempotent; also (re)declares the retry exchange.
+/// Arguments of a retry-tier queue of a pool of `queue_type`.
+///
+/// Classic: TTL and dead-lettering back to the pool exchange (RabbitMQ's dead-lettering is
+/// at-most-once there). Quorum: the same on a quorum queue with
+/// `x-dead-letter-strategy: at-least-once` (RabbitMQ 3.10+; it requires
+/// `x-overflow: reject-publish`): an expired retry is removed from the tier queue only once the
+/// work queue confirmed it, so a retry survives a full work queue or a node failure.
+pub fn retry_tier_args(namespace: &str, pool: &str, delay_ms: u64, queue_type: &str) -> Result<FieldTable, TopologyError> {
+    let ttl = i64::try_from(delay_ms).unwrap_or(i64::MAX);
+    let mut entries = vec![
+        ("x-dead-letter-exchange", text(&names::pool_exchange(namespace, pool))),
+        ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+    ];
+    match queue_type {
+        "classic" => {}
+        "quorum" => entries.extend([
+            ("x-queue-type", text("quorum")),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+        ]),
+        other => return Err(TopologyError::InvalidQueueType(other.to_string())),
+    }
+    Ok(table(&entries))
+}
+
+/// Declares the retry queue of one delay tier: a durable queue (of the pool's queue type, see
+/// [`retry_tier_args`]) whose messages (published with a per-message expiration `<= delay_ms`)
+/// dead-letter back into the pool exchange with their original routing key, bound to the retry
+/// exchange on header `warren-retry-tier = "<delay_ms>"`. `x-message-ttl = delay_ms` bounds the
+/// wait of a message queued behind a longer one. Idempotent; also (re)declares the retry exchange.
 pub async fn declare_retry_tier(
     channel: &Channel,
     namespace: &str,
     pool: &str,
     delay_ms: u64,
+    queue_type: &str,
 ) -> Result<(), TopologyError> {
+    let args = retry_tier_args(namespace, pool, delay_ms, queue_type)?;
     let retry = retry_exchange(namespace, pool);
     channel
         .exchange_declare(retry.as_str().into(), ExchangeKind::Headers, durable_exchange(), FieldTable::default())
         .await
         .map_err(declare_err(&retry))?;
     let queue = names::retry_queue(namespace, pool, delay_ms);
-    let ttl = i64::try_from(delay_ms).unwrap_or(i64::MAX);
     channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            table(&[
-                ("x-dead-letter-exchange", text(&names::pool_exchange(namespace, pool))),
-                ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
-            ]),
-        )
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
         .await
         .map_err(declare_err(&queue))?;
     channel

@@ -168,6 +168,10 @@ pub struct JobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The value of the annotation `warren.dev/replay-dead-letters` the operator last acted on
+    /// (it replayed the Job's dead letters then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_token: Option<String>,
     /// Book-keeping that lets a restarted operator keep counting exactly; not for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerSnapshot>,
@@ -183,6 +187,10 @@ pub struct LedgerSnapshot {
     /// Highest attempt heard of, per unfinished task index that was retried.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retrying_attempts: BTreeMap<String, u32>,
+    /// Replay count per task index sent back from the dead-letter queue and not succeeded:
+    /// reports of an earlier run of such a task are stale.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replay_generations: BTreeMap<String, u32>,
 }
 
 impl Job {

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -162,6 +164,11 @@ pub struct WorkerPoolStatus {
     /// The dead-letter queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_queue: Option<String>,
+    /// Retry-tier queues the pool's Jobs may use, by delay in milliseconds (recorded before a
+    /// Job's tasks are enqueued; workers declare them on first use). Deleted with the pool under
+    /// `deletionPolicy: Delete`. Only grows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retry_queues: BTreeMap<String, String>,
     /// `Ready`: topology declared and Deployment applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

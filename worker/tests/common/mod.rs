@@ -41,13 +41,18 @@ pub async fn connect() -> Connection {
 
 impl TestPool {
     pub async fn new(classes: &[&str]) -> Self {
+        Self::new_typed(classes, "classic").await
+    }
+
+    /// A pool whose queues have `queue_type` (`classic` or `quorum`).
+    pub async fn new_typed(classes: &[&str], queue_type: &str) -> Self {
         let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let namespace = format!("wt-{:08x}", rand::random::<u32>());
         let pool = "pool".to_string();
         let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
-        topology::declare_pool(&channel, &namespace, &pool, &classes, &topology::WorkQueueArgs::of_type("classic")).await.unwrap();
+        topology::declare_pool(&channel, &namespace, &pool, &classes, &topology::WorkQueueArgs::of_type(queue_type)).await.unwrap();
         let reports_queue = format!("warren.test-reports.{namespace}");
         topology::declare_reports_queue(&channel, &reports_queue).await.unwrap();
         let job_uid = format!("uid-{:08x}", rand::random::<u32>());
@@ -67,6 +72,7 @@ impl TestPool {
             idempotency_key: TaskEnvelope::idempotency_key_for(&self.job_uid, index),
             retry: RetryPolicy { max_attempts: 3, initial_delay_ms: 50, factor: 1.0, max_delay_ms: 50, jitter: 0.0 },
             timeout_seconds: None,
+            replay: 0,
         }
     }
 

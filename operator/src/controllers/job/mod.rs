@@ -23,6 +23,9 @@ use crate::metrics::{self, ControllerLabels, ErrorLabels, PoolLabels};
 use plan::Plan;
 
 const CONTROLLER: &str = "job";
+/// Setting (or changing) this annotation on a Job replays its dead letters once per value:
+/// `kubectl annotate wjob NAME warren.dev/replay-dead-letters=$(date +%s) --overwrite`.
+pub const REPLAY_ANNOTATION: &str = "warren.dev/replay-dead-letters";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,6 +35,10 @@ pub enum Error {
     Status(#[from] BookError),
     #[error("Job has no uid")]
     MissingUid,
+    #[error("replaying the Job's dead letters: {0}")]
+    Replay(#[from] crate::replay::ReplayError),
+    #[error("recording the Job's retry queues on its WorkerPool: {0}")]
+    RecordRetryQueues(#[source] kube::Error),
 }
 
 impl Error {
@@ -40,6 +47,8 @@ impl Error {
             Error::Broker(e) => e.reason(),
             Error::Status(_) => "StatusWriteFailed",
             Error::MissingUid => "MissingUid",
+            Error::RecordRetryQueues(_) => "RecordRetryQueuesFailed",
+            Error::Replay(e) => e.reason(),
         }
     }
 }
@@ -66,7 +75,17 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
     let namespace = job.namespace().unwrap_or_default();
     let pool = ctx.pools.get(&ObjectRef::new(&job.spec.pool_ref).within(&namespace));
     let job_ref = JobRef { namespace: namespace.clone(), name: job.name_any(), uid: uid.clone() };
+    if let Some(token) = job.annotations().get(REPLAY_ANNOTATION) {
+        if ctx.book.replayed_token(&uid).as_ref() != Some(token) {
+            let filter = crate::replay::Filter { job_uid: Some(uid.clone()), ..Default::default() };
+            let summary = crate::replay::replay(&ctx.config.amqp_url, &namespace, &job.spec.pool_ref, &filter).await?;
+            tracing::info!(token, replayed = summary.replayed, failed = summary.failed, "replayed the Job's dead letters (annotation)");
+            ctx.book.set_replayed_token(&uid, token);
+            ctx.book.flush(&uid).await?;
+        }
+    }
     let mut last_write = Instant::now();
+    let mut retry_queues_recorded = false;
     loop {
         match plan::plan(&job, pool.as_deref(), ctx.book.enqueued(&uid), ctx.config.publish_batch) {
             Plan::Blocked(blocker) => {
@@ -80,6 +99,12 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
             }
             Plan::Publish { indexes, retry } => {
                 ctx.book.set_blocker(&uid, None);
+                if !retry_queues_recorded {
+                    if let Some(pool) = pool.as_deref() {
+                        record_retry_queues(ctx, pool, &retry).await?;
+                    }
+                    retry_queues_recorded = true;
+                }
                 let bodies: Vec<Vec<u8>> =
                     indexes.clone().map(|i| plan::envelope(&job, &job_ref, i, &retry).to_json()).collect();
                 let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
@@ -111,6 +136,26 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
             }
         }
     }
+}
+
+/// Adds the retry-tier queues the Job's tasks may use to its pool's `status.retryQueues` before
+/// any task is enqueued, so that deleting the pool can delete them even after the Job is gone.
+/// A JSON merge patch of map keys only adds: it cannot undo what the pool controller writes.
+async fn record_retry_queues(ctx: &Context, pool: &WorkerPool, retry: &warren_protocol::RetryPolicy) -> Result<(), Error> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let wanted = crate::controllers::worker_pool::plan::retry_queues(&namespace, &pool.name_any(), retry);
+    let recorded = pool.status.as_ref().map(|s| &s.retry_queues);
+    let missing: std::collections::BTreeMap<_, _> =
+        wanted.into_iter().filter(|(k, _)| recorded.is_none_or(|r| !r.contains_key(k))).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({ "status": { "retryQueues": missing } });
+    api.patch_status(&pool.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(Error::RecordRetryQueues)?;
+    Ok(())
 }
 
 fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {

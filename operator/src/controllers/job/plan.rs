@@ -182,6 +182,7 @@ pub fn envelope(job: &Job, job_ref: &JobRef, index: u32, retry: &RetryPolicy) ->
         idempotency_key: TaskEnvelope::idempotency_key_for(&job_ref.uid, index),
         retry: retry.clone(),
         timeout_seconds: job.spec.timeout_seconds,
+        replay: 0,
     }
 }
 

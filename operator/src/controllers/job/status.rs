@@ -83,6 +83,8 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
         conditions: conditions::merge(previous, &wanted, job.metadata.generation, now),
         observed_generation: job.metadata.generation,
         ledger: Some(ledger.snapshot()),
+        // Kept; the book sets it when it acts on a new replay annotation value.
+        replayed_token: job.status.as_ref().and_then(|s| s.replayed_token.clone()),
     }
 }
 
@@ -108,6 +110,7 @@ mod tests {
             attempt: 1,
             at_ms: 5_000,
             kind: TaskEventKind::Succeeded { result: None },
+            replay: 0,
         }
     }
 

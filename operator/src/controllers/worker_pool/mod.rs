@@ -104,6 +104,7 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
         ready_replicas: ready,
         queues: topology.work_queues.clone(),
         dead_letter_queue: Some(topology.dead_letter_queue.clone()),
+        retry_queues: plan::recorded_retry_queues(&pool),
         conditions: conditions::merge(previous, &[condition], pool.metadata.generation, &Time(jiff::Timestamp::now())),
         observed_generation: pool.metadata.generation,
     };
@@ -139,6 +140,9 @@ async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> 
         let topology = plan::topology(&pool);
         let mut queues = topology.work_queues.clone();
         queues.push(topology.dead_letter_queue.clone());
+        // Workers declare retry tiers on demand; every tier a Job of this pool may use was
+        // recorded in the status before its tasks were enqueued.
+        queues.extend(plan::recorded_retry_queues(&pool).into_values());
         let namespace = pool.namespace().unwrap_or_default();
         let retry_exchange = warren_worker::topology::retry_exchange(&namespace, &pool.name_any());
         ctx.broker.delete(&queues, &[topology.exchange.clone(), retry_exchange]).await?;

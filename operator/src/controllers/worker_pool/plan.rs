@@ -31,6 +31,25 @@ pub fn topology(pool: &WorkerPool) -> Topology {
     }
 }
 
+/// The retry-tier queues tasks under `policy` may use, by delay in ms (the keys of
+/// `status.retryQueues`).
+pub fn retry_queues(namespace: &str, pool: &str, policy: &warren_protocol::RetryPolicy) -> BTreeMap<String, String> {
+    warren_worker::retry::tiers(policy)
+        .into_iter()
+        .map(|ms| (ms.to_string(), names::retry_queue(namespace, pool, ms)))
+        .collect()
+}
+
+/// `status.retryQueues` after this reconcile: what was recorded (never forgotten: a Job that is
+/// gone may have left tasks behind in them) plus the tiers of the pool's own policy.
+pub fn recorded_retry_queues(pool: &WorkerPool) -> BTreeMap<String, String> {
+    let mut queues = pool.status.as_ref().map(|s| s.retry_queues.clone()).unwrap_or_default();
+    if let Ok(policy) = crate::controllers::job::plan::resolve_retry(pool.spec.retry.as_ref(), None) {
+        queues.extend(retry_queues(&pool.namespace().unwrap_or_default(), &pool.name_any(), &policy));
+    }
+    queues
+}
+
 /// Arguments of the pool's work queues.
 pub fn work_queue_args(pool: &WorkerPool) -> warren_worker::topology::WorkQueueArgs {
     warren_worker::topology::WorkQueueArgs {
@@ -59,6 +78,7 @@ pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str, reports_queue: &str)
         plain(worker_env::PRIORITIES, spec.priorities.join(",")),
         plain(worker_env::CONCURRENCY, spec.concurrency.to_string()),
         plain(worker_env::STARVATION_SECONDS, spec.starvation_seconds.to_string()),
+        plain(worker_env::QUEUE_TYPE, spec.queue_type.as_str().to_string()),
         plain(warren_worker::REPORTS_QUEUE_ENV, reports_queue.to_string()),
         EnvVar {
             name: worker_env::POD_NAME.to_string(),
@@ -194,11 +214,28 @@ mod tests {
         let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e.value.clone())).collect();
         assert_eq!(env["WARREN_PRIORITIES"].as_deref(), Some("high,low"));
         assert_eq!(env["WARREN_CONCURRENCY"].as_deref(), Some("4"));
+        assert_eq!(env["WARREN_QUEUE_TYPE"].as_deref(), Some("classic"));
         assert_eq!(env["WARREN_NAMESPACE"].as_deref(), Some("media"));
         assert_eq!(env["MODE"].as_deref(), Some("fast"));
         assert_eq!(env["WARREN_REPORTS_QUEUE"].as_deref(), Some("warren.reports"));
         assert_eq!(env["WARREN_POD_NAME"], None, "pod name comes from the downward API");
         assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn retry_queues_are_recorded_from_the_policy_and_never_forgotten() {
+        let mut p = pool(serde_json::json!({"workers": {}, "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "500ms"}}}));
+        let recorded = recorded_retry_queues(&p);
+        assert_eq!(
+            recorded.into_iter().collect::<Vec<_>>(),
+            [("1000".into(), "warren.media.images.retry.1000ms".into()), ("500".into(), "warren.media.images.retry.500ms".into())]
+        );
+        p.status = Some(crate::crd::WorkerPoolStatus {
+            retry_queues: BTreeMap::from([("7000".into(), "warren.media.images.retry.7000ms".into())]),
+            ..Default::default()
+        });
+        let recorded = recorded_retry_queues(&p);
+        assert_eq!(recorded.keys().map(String::as_str).collect::<Vec<_>>(), ["1000", "500", "7000"]);
     }
 
     #[test]

@@ -1,0 +1,357 @@
+//! Dead-letter replay: sends dead-lettered tasks of a pool — all, or one Job's — back to their
+//! priority queue with fresh attempts, and lists what the dead-letter queue holds.
+//!
+//! Never loses a dead letter: one is removed (acknowledged) from the DLQ only after its replayed
+//! copy is confirmed by the broker (persistent, mandatory, publisher confirms). Dead letters that
+//! are not replayed stay unacknowledged while the DLQ is walked and are then returned with
+//! `basic.nack(requeue)`, which puts them back in their original position, in order. If the
+//! replaying process dies midway its unacknowledged messages return by themselves; at worst a
+//! replayed task whose removal was not yet acknowledged is replayed twice — it runs twice and is
+//! counted once.
+//!
+//! A replayed task has `attempt = 1` and `replay` one higher than the dead letter's: the operator's
+//! ledger takes the first report of that run as the sign that the task left the dead letters (see
+//! `ledger`). [`decide`] and [`replayed_body`] are pure; [`replay`] and [`list`] do the I/O.
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use warren_protocol::{TASK_CONTENT_TYPE, TaskEnvelope, names};
+use warren_worker::dead_letter_header;
+
+/// Which dead letters to replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only the tasks of the Job with this name (in the pool's namespace).
+    pub job: Option<String>,
+    /// Only the tasks of the Job with this uid (not those of an earlier Job of the same name).
+    pub job_uid: Option<String>,
+    /// At most this many.
+    pub limit: Option<u32>,
+}
+
+/// What to do with one dead letter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Publish `body` to the pool exchange with routing key `priority`, then remove the dead letter.
+    Replay { body: Vec<u8>, priority: String },
+    /// Leave it in the dead-letter queue.
+    Keep(KeepReason),
+}
+
+/// Why a dead letter stays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeepReason {
+    /// Another Job's task.
+    OtherJob,
+    /// The limit of replayed tasks is reached.
+    Limit,
+    /// Not a Warren task envelope (a malformed message): it cannot run, it stays for inspection.
+    NotATask(String),
+}
+
+/// The body of the replayed task: the dead letter's envelope with `attempt = 1` and `replay`
+/// incremented; every other field (including ones this version does not know) unchanged.
+pub fn replayed_body(body: &[u8]) -> Result<(Vec<u8>, TaskEnvelope), String> {
+    let envelope = TaskEnvelope::from_json(body)?;
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let object = value.as_object_mut().ok_or("not a JSON object")?;
+    object.insert("attempt".into(), 1.into());
+    object.insert("replay".into(), (envelope.replay + 1).into());
+    Ok((serde_json::to_vec(&value).expect("JSON serializes"), envelope))
+}
+
+/// Decides the fate of one dead letter, given how many were replayed so far.
+pub fn decide(body: &[u8], filter: &Filter, replayed_so_far: u32) -> Decision {
+    let (body, envelope) = match replayed_body(body) {
+        Ok(replayed) => replayed,
+        Err(error) => return Decision::Keep(KeepReason::NotATask(error)),
+    };
+    if filter.job.as_ref().is_some_and(|job| *job != envelope.job.name)
+        || filter.job_uid.as_ref().is_some_and(|uid| *uid != envelope.job.uid)
+    {
+        return Decision::Keep(KeepReason::OtherJob);
+    }
+    if filter.limit.is_some_and(|limit| replayed_so_far >= limit) {
+        return Decision::Keep(KeepReason::Limit);
+    }
+    Decision::Replay { body, priority: envelope.priority }
+}
+
+/// One message of a dead-letter queue, for `warren dlq list`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// Job name and task index, when the message is a task.
+    pub task: Option<(String, u32)>,
+    pub priority: Option<String>,
+    pub attempts: Option<i64>,
+    pub replays: u32,
+    pub reason: String,
+    pub last_error: String,
+}
+
+fn header(properties: &BasicProperties, name: &str) -> Option<AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name).cloned()
+}
+
+fn header_text(properties: &BasicProperties, name: &str) -> String {
+    match header(properties, name) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
+    match header(properties, name)? {
+        AMQPValue::LongLongInt(n) => Some(n),
+        AMQPValue::LongInt(n) => Some(i64::from(n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(n)),
+        _ => None,
+    }
+}
+
+impl DeadLetter {
+    fn of(body: &[u8], properties: &BasicProperties) -> Self {
+        let envelope = TaskEnvelope::from_json(body).ok();
+        DeadLetter {
+            task: envelope.as_ref().map(|e| (e.job.name.clone(), e.index)),
+            priority: envelope.as_ref().map(|e| e.priority.clone()),
+            attempts: header_int(properties, dead_letter_header::ATTEMPTS),
+            replays: envelope.as_ref().map_or(0, |e| e.replay),
+            reason: header_text(properties, dead_letter_header::REASON),
+            last_error: header_text(properties, dead_letter_header::LAST_ERROR),
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Dead letters sent back to their queue and removed from the DLQ.
+    pub replayed: u32,
+    /// Dead letters left in the DLQ because of the filter (another Job, the limit).
+    pub kept: u32,
+    /// Messages left in the DLQ because they are not tasks.
+    pub not_tasks: u32,
+    /// Dead letters left in the DLQ because publishing their replay failed.
+    pub failed: u32,
+    /// The first publish error, if any.
+    pub first_error: Option<String>,
+}
+
+/// Errors of a replay or a listing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot reach RabbitMQ at {url}: {source}")]
+    Unreachable { url: String, source: lapin::Error },
+    #[error("the dead-letter queue {queue} does not exist (wrong pool or namespace?)")]
+    NoDeadLetterQueue { queue: String },
+    #[error("RabbitMQ refused {what}: {source}")]
+    Amqp { what: &'static str, source: lapin::Error },
+}
+
+impl ReplayError {
+    /// Stable reason for events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReplayError::Unreachable { .. } => "BrokerUnreachable",
+            ReplayError::NoDeadLetterQueue { .. } => "NoDeadLetterQueue",
+            ReplayError::Amqp { .. } => "BrokerRefused",
+        }
+    }
+}
+
+fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> ReplayError {
+    move |source| ReplayError::Amqp { what, source }
+}
+
+/// Opens a confirm-mode channel and returns the number of messages ready in the DLQ.
+async fn open(url: &str, dlq: &str) -> Result<(Connection, Channel, u32), ReplayError> {
+    let props = ConnectionProperties::default().with_connection_name("warren-dlq".into());
+    let connection = Connection::connect(url, props)
+        .await
+        .map_err(|source| ReplayError::Unreachable { url: crate::broker::redact(url), source })?;
+    // A passive declare of a missing queue closes the channel: check on a throwaway one.
+    let probe = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    let depth = match probe
+        .queue_declare(dlq.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+    {
+        Ok(queue) => queue.message_count(),
+        Err(_) => return Err(ReplayError::NoDeadLetterQueue { queue: dlq.to_string() }),
+    };
+    let _ = probe.close(200, "OK".into()).await;
+    let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
+    Ok((connection, channel, depth))
+}
+
+async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &str, body: &[u8]) -> Result<(), String> {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from(TASK_CONTENT_TYPE));
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    if !confirm.is_ack() {
+        return Err("the broker refused (nacked) the replayed task".into());
+    }
+    if confirm.take_message().is_some() {
+        return Err(format!("no queue of exchange {exchange} is bound to priority {routing_key:?}"));
+    }
+    Ok(())
+}
+
+/// Replays the dead letters of pool `pool` in `namespace` that `filter` selects.
+pub async fn replay(url: &str, namespace: &str, pool: &str, filter: &Filter) -> Result<Summary, ReplayError> {
+    let dlq = names::dead_letter_queue(namespace, pool);
+    let exchange = names::pool_exchange(namespace, pool);
+    let (connection, channel, depth) = open(url, &dlq).await?;
+    let mut summary = Summary::default();
+    let mut last_kept = None;
+    for _ in 0..depth {
+        let Some(message) = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(amqp("basic.get"))?
+        else {
+            break;
+        };
+        let tag = message.delivery.delivery_tag;
+        match decide(&message.delivery.data, filter, summary.replayed) {
+            Decision::Replay { body, priority } => match publish_confirmed(&channel, &exchange, &priority, &body).await {
+                Ok(()) => {
+                    channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(amqp("basic.ack"))?;
+                    summary.replayed += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "replaying a dead letter failed; it stays in the dead-letter queue");
+                    summary.failed += 1;
+                    summary.first_error.get_or_insert(error);
+                    last_kept = Some(tag);
+                }
+            },
+            Decision::Keep(KeepReason::NotATask(_)) => {
+                summary.not_tasks += 1;
+                last_kept = Some(tag);
+            }
+            Decision::Keep(_) => {
+                summary.kept += 1;
+                last_kept = Some(tag);
+            }
+        }
+    }
+    if let Some(tag) = last_kept {
+        // Every unacknowledged delivery up to `tag` is one we keep: back to their positions.
+        channel
+            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+            .await
+            .map_err(amqp("basic.nack"))?;
+    }
+    let _ = channel.close(200, "OK".into()).await;
+    let _ = connection.close(200, "OK".into()).await;
+    tracing::info!(namespace, pool, replayed = summary.replayed, kept = summary.kept, "dead letters replayed");
+    Ok(summary)
+}
+
+/// Lists the messages of the pool's dead-letter queue (they all stay there, in order).
+pub async fn list(url: &str, namespace: &str, pool: &str) -> Result<Vec<DeadLetter>, ReplayError> {
+    let dlq = names::dead_letter_queue(namespace, pool);
+    let (connection, channel, depth) = open(url, &dlq).await?;
+    let mut letters = Vec::new();
+    let mut last = None;
+    for _ in 0..depth {
+        let Some(message) = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(amqp("basic.get"))?
+        else {
+            break;
+        };
+        letters.push(DeadLetter::of(&message.delivery.data, &message.delivery.properties));
+        last = Some(message.delivery.delivery_tag);
+    }
+    if let Some(tag) = last {
+        channel
+            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+            .await
+            .map_err(amqp("basic.nack"))?;
+    }
+    let _ = channel.close(200, "OK".into()).await;
+    let _ = connection.close(200, "OK".into()).await;
+    Ok(letters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_protocol::{JobRef, PROTOCOL_VERSION, RetryPolicy};
+
+    fn envelope(job: &str, index: u32, attempt: u32, replay: u32) -> Vec<u8> {
+        TaskEnvelope {
+            version: PROTOCOL_VERSION,
+            job: JobRef { namespace: "ns".into(), name: job.into(), uid: format!("uid-{job}") },
+            index,
+            total: 10,
+            attempt,
+            priority: "high".into(),
+            task_type: None,
+            payload: serde_json::json!({"x": index}),
+            idempotency_key: format!("uid-{job}/{index}"),
+            retry: RetryPolicy::default(),
+            timeout_seconds: None,
+            replay,
+        }
+        .to_json()
+    }
+
+    #[test]
+    fn a_replayed_task_has_fresh_attempts_and_one_more_replay() {
+        let (body, _) = replayed_body(&envelope("j", 3, 4, 0)).unwrap();
+        let replayed = TaskEnvelope::from_json(&body).unwrap();
+        assert_eq!((replayed.index, replayed.attempt, replayed.replay), (3, 1, 1));
+        assert_eq!(replayed.payload, serde_json::json!({"x": 3}));
+        let (again, _) = replayed_body(&body).unwrap();
+        assert_eq!(TaskEnvelope::from_json(&again).unwrap().replay, 2);
+    }
+
+    #[test]
+    fn fields_unknown_to_this_version_are_kept() {
+        let mut value: serde_json::Value = serde_json::from_slice(&envelope("j", 1, 3, 0)).unwrap();
+        value["futureField"] = "kept".into();
+        let (body, _) = replayed_body(&serde_json::to_vec(&value).unwrap()).unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(out["futureField"], "kept");
+    }
+
+    #[test]
+    fn decide_table() {
+        let all = Filter::default();
+        let only_a = Filter { job: Some("a".into()), ..Filter::default() };
+        let only_uid_b = Filter { job_uid: Some("uid-b".into()), ..Filter::default() };
+        let two = Filter { limit: Some(2), ..Filter::default() };
+        for body in [&b"not json"[..], b"", br#"{"version": 1}"#] {
+            assert!(matches!(decide(body, &all, 0), Decision::Keep(KeepReason::NotATask(_))), "{body:?}");
+        }
+        let a = envelope("a", 0, 3, 0);
+        let b = envelope("b", 0, 3, 0);
+        assert!(matches!(decide(&a, &all, 0), Decision::Replay { ref priority, .. } if priority == "high"));
+        assert!(matches!(decide(&a, &only_a, 5), Decision::Replay { .. }));
+        assert_eq!(decide(&b, &only_a, 0), Decision::Keep(KeepReason::OtherJob));
+        assert_eq!(decide(&a, &only_uid_b, 0), Decision::Keep(KeepReason::OtherJob));
+        assert!(matches!(decide(&b, &only_uid_b, 0), Decision::Replay { .. }));
+        assert!(matches!(decide(&b, &two, 1), Decision::Replay { .. }));
+        assert_eq!(decide(&b, &two, 2), Decision::Keep(KeepReason::Limit));
+    }
+}
