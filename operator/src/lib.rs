@@ -1,6 +1,7 @@
 //! The Warren operator: controllers for WorkerPool and Job, the report consumer that keeps Job
 //! status true, and the `warren` CLI's building blocks.
 
+pub mod autoscaler;
 pub mod book;
 pub mod broker;
 pub mod conditions;

@@ -21,6 +21,8 @@ use warren_operator::crd::{Job, WorkerPool};
 
 pub use warren_operator;
 
+pub mod scale_sim;
+
 /// AMQP URI of the broker the tests use.
 pub fn amqp_url() -> String {
     std::env::var("WARREN_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())

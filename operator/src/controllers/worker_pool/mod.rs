@@ -103,6 +103,7 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
         dead_letter_queue: Some(topology.dead_letter_queue.clone()),
         conditions: conditions::merge(previous, &[condition], pool.metadata.generation, &Time(jiff::Timestamp::now())),
         observed_generation: pool.metadata.generation,
+        ..WorkerPoolStatus::default()
     };
     if pool.status.as_ref() != Some(&status) {
         let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
