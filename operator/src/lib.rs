@@ -34,6 +34,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         pools: pool_controller.store(),
         config: config.clone(),
         backoff: ErrorBackoff::default(),
+        autoscalers: controllers::worker_pool::scale::Autoscalers::new(client.clone()),
     });
     if let Some(addr) = metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -28,6 +28,24 @@ pub struct PoolLabels {
     pub priority: String,
 }
 
+/// Labels of the autoscaler's per-pool gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScalePoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+/// Labels of a replica change by the autoscaler.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    pub namespace: String,
+    pub pool: String,
+    /// `up` or `down`.
+    pub direction: &'static str,
+    /// The decision's reason (`autoscaler::Reason::as_str`).
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -36,6 +54,9 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
+    pub autoscaler_desired_replicas: Family<ScalePoolLabels, Gauge>,
+    pub autoscaler_backlog: Family<ScalePoolLabels, Gauge>,
+    pub autoscaler_scales: Family<ScaleLabels, Counter>,
     registry: Registry,
 }
 
@@ -58,6 +79,12 @@ impl Metrics {
         registry.register("status_writes", "Job status writes", status_writes.clone());
         registry.register("broker_connected", "1 while the report consumer is connected to RabbitMQ", broker_connected.clone());
         registry.register("broker_reconnects", "Reconnects to RabbitMQ", broker_reconnects.clone());
+        let autoscaler_desired_replicas = Family::<ScalePoolLabels, Gauge>::default();
+        let autoscaler_backlog = Family::<ScalePoolLabels, Gauge>::default();
+        let autoscaler_scales = Family::<ScaleLabels, Counter>::default();
+        registry.register("autoscaler_desired_replicas", "Worker replicas the autoscaler last decided per pool", autoscaler_desired_replicas.clone());
+        registry.register("autoscaler_backlog", "Ready tasks in a pool's work queues at the last autoscaler poll", autoscaler_backlog.clone());
+        registry.register("autoscaler_scales", "Replica changes by the autoscaler per pool, direction and reason", autoscaler_scales.clone());
         Self {
             reconciles,
             reconcile_errors,
@@ -66,6 +93,9 @@ impl Metrics {
             status_writes,
             broker_connected,
             broker_reconnects,
+            autoscaler_desired_replicas,
+            autoscaler_backlog,
+            autoscaler_scales,
             registry,
         }
     }

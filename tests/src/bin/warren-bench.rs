@@ -31,7 +31,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: warren-bench core [--tasks N] [--concurrency C]\n\
          \x20      warren-bench scale-sim [--pod-start S] [--service S] [--concurrency C] [--max-replicas N] [--keda-value V] [--seed N]\n\
-         \x20      warren-bench worker"
+         \x20      warren-bench worker [--sleep-ms N]"
     );
     std::process::exit(2)
 }
@@ -41,8 +41,23 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("worker") => {
-            let worker = warren_worker::Worker::builder().handler(|_ctx| async { Ok(None) }).build()?;
-            worker.run_until_signal().await?;
+            // `--sleep-ms N`: every task takes N ms (the autoscaling e2e test's 50 ms tasks).
+            let sleep_ms: u64 = match args.get(1).map(String::as_str) {
+                Some("--sleep-ms") => args.get(2).unwrap_or_else(|| usage()).parse()?,
+                None => 0,
+                Some(_) => usage(),
+            };
+            let worker = warren_worker::Worker::builder()
+                .handler(move |_ctx| async move {
+                    if sleep_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+                    }
+                    Ok(None)
+                })
+                .build()?;
+            let summary = worker.run_until_signal().await?;
+            // Read by the autoscaling e2e test from the pod log: the worker's own account.
+            eprintln!("warren-bench worker stopped: completed={} interrupted={}", summary.completed_total, summary.interrupted_total);
             Ok(())
         }
         Some("core") => {
