@@ -188,3 +188,57 @@ async fn the_pause_annotation_freezes_the_replica_count() -> anyhow::Result<()> 
     assert_eq!(job.status.map(|s| (s.phase, s.succeeded)), Some((JobPhase::Succeeded, 20)));
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_removes_the_idle_worker_and_keeps_the_busy_one() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let env = Env::start("autoscaling-cost").await?;
+    // Task 0 takes 1 s, task 1 takes 15 s; one task per worker at a time.
+    env.create_pool(
+        "costs",
+        serde_json::json!({
+            "workers": {"handler": ["sh", "-c", "sleep $(cat)"]},
+            "concurrency": 1,
+            "autoscaling": {"maxReplicas": 2, "pollIntervalSeconds": 1, "scaleDown": {"stabilizationSeconds": 2}, "scaleToZeroSeconds": 2}
+        }),
+    )
+    .await?;
+    env.wait_pool_ready("costs", Duration::from_secs(60)).await?;
+    env.create_job("mixed", serde_json::json!({"poolRef": "costs", "items": [1, 15]})).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let selector = ListParams::default().labels("warren.dev/pool=costs");
+    let mut saw_two = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let survivor = loop {
+        let live: Vec<Pod> =
+            pods.list(&selector).await?.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        saw_two |= live.len() == 2;
+        let pool = env.pools().get("costs").await?;
+        if saw_two && live.len() == 1 && desired(&pool) == 1 {
+            break live.into_iter().next().expect("one pod");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no scale-down from 2 to 1: {:?} / {} live pods", pool.status, live.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The 15 s task is still running on the pod that was kept: it was marked costliest.
+    let job = env.jobs().get("mixed").await?;
+    assert_eq!(job.status.as_ref().map(|s| (s.succeeded, s.running)), Some((1, 1)), "{:?}", job.status);
+    let cost = survivor.metadata.annotations.as_ref().and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost").cloned());
+    assert_eq!(cost.as_deref(), Some("1100"), "the kept pod is the busy one (1 task in flight)");
+
+    let job = env.wait_job("mixed", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.retries), (JobPhase::Succeeded, 2, 0), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = env.pools().get("costs").await?;
+        if desired(&pool) == 0 && replicas(&pool) == 0 {
+            let scaling = pool.status.and_then(|s| s.autoscaling).expect("autoscaling status");
+            assert_eq!((scaling.completed_total, scaling.interrupted_total), (2, 0), "{scaling:?}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not back at zero: {:?}", pool.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.cleanup().await
+}
