@@ -242,3 +242,19 @@ async fn scale_down_removes_the_idle_worker_and_keeps_the_busy_one() -> anyhow::
     }
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaling_spec_with_min_above_max_is_refused_with_the_rule() -> anyhow::Result<()> {
+    let env = Env::start("autoscaling-cel").await?;
+    let refused = env
+        .create_pool("bad", serde_json::json!({"workers": {}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}))
+        .await
+        .expect_err("min > max must be refused");
+    assert!(refused.to_string().contains("minReplicas must be <= maxReplicas"), "{refused:#}");
+    let refused = env
+        .create_pool("bad", serde_json::json!({"workers": {}, "autoscaling": {"maxReplicas": 0}}))
+        .await
+        .expect_err("maxReplicas 0 must be refused");
+    assert!(refused.to_string().contains("maxReplicas"), "{refused:#}");
+    env.cleanup().await
+}

@@ -247,3 +247,36 @@ pub async fn run(controller: Controller<WorkerPool>, ctx: Arc<Context>) {
         .for_each(|_| futures::future::ready(()))
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::Decision;
+    use crate::crd::AutoscalingStatus;
+
+    fn scaled(reason: Reason) -> scale::Scaled {
+        scale::Scaled {
+            decision: Decision { desired: 3, recommendation: 9, reason, message: "m".into() },
+            current: 3,
+            status: AutoscalingStatus::default(),
+        }
+    }
+
+    #[test]
+    fn scaling_conditions_say_whether_the_autoscaler_acts_and_is_limited() {
+        let cases: Vec<(Option<scale::Scaled>, Option<(&'static str, String)>, (bool, &str), (bool, &str))> = vec![
+            (Some(scaled(Reason::Backlog)), None, (true, "Backlog"), (false, "WithinBounds")),
+            (Some(scaled(Reason::AtMaximum)), None, (true, "AtMaximum"), (true, "AtMaximum")),
+            (Some(scaled(Reason::StepLimited)), None, (true, "StepLimited"), (true, "StepLimited")),
+            (Some(scaled(Reason::Paused)), None, (false, "Paused"), (false, "WithinBounds")),
+            (None, Some(("BrokerUnreachable", "cannot reach".into())), (false, "BrokerUnreachable"), (false, "WithinBounds")),
+        ];
+        for (s, err, active, limited) in cases {
+            let got = scaling_conditions(s.as_ref(), err.as_ref(), None);
+            assert_eq!(got[0].type_, "ScalingActive");
+            assert_eq!((got[0].status, got[0].reason), active, "{got:?}");
+            assert_eq!(got[1].type_, "ScalingLimited");
+            assert_eq!((got[1].status, got[1].reason), limited, "{got:?}");
+        }
+    }
+}

@@ -41,9 +41,34 @@ pub fn deletion_cost(heartbeat: Option<&warren_protocol::Heartbeat>) -> i32 {
 struct PoolState {
     history: History,
     rates: Rates,
-    /// Latest (completed, interrupted) totals per worker pod, kept after the pod is gone so the
-    /// pool's totals only grow.
-    workers: HashMap<String, (u64, u64)>,
+    /// Latest (completed, interrupted, last heard) per worker pod, kept after the pod is gone
+    /// so the pool's totals only grow.
+    workers: HashMap<String, (u64, u64, Duration)>,
+    /// Totals of pods not heard from for [`RETIRE_AFTER`], folded here to bound the map.
+    retired: (u64, u64),
+}
+
+/// A pod silent this long is gone for good (heartbeats come every 2 s): its totals are folded.
+const RETIRE_AFTER: Duration = Duration::from_secs(600);
+
+impl PoolState {
+    fn account(&mut self, now: Duration, workers: &[(String, crate::workers::WorkerView)]) -> (u64, u64) {
+        for (pod, view) in workers {
+            self.workers.insert(pod.clone(), (view.heartbeat.completed_total, view.heartbeat.interrupted_total, now));
+        }
+        let retired = &mut self.retired;
+        self.workers.retain(|_, (completed, interrupted, seen)| {
+            let keep = now.saturating_sub(*seen) < RETIRE_AFTER;
+            if !keep {
+                retired.0 += *completed;
+                retired.1 += *interrupted;
+            }
+            keep
+        });
+        let completed = self.retired.0 + self.workers.values().map(|w| w.0).sum::<u64>();
+        let interrupted = self.retired.1 + self.workers.values().map(|w| w.1).sum::<u64>();
+        (completed, interrupted)
+    }
 }
 
 /// The autoscalers of every pool, with a monotonic clock origin and an Event recorder.
@@ -105,11 +130,7 @@ impl Autoscalers {
 
         let mut pools = self.pools.lock().expect("autoscaler lock");
         let state = pools.entry(pool.uid().unwrap_or_default()).or_default();
-        for (pod, view) in &workers {
-            state.workers.insert(pod.clone(), (view.heartbeat.completed_total, view.heartbeat.interrupted_total));
-        }
-        let completed: u64 = state.workers.values().map(|(c, _)| c).sum();
-        let interrupted: u64 = state.workers.values().map(|(_, i)| i).sum();
+        let (completed, interrupted) = state.account(now, &workers);
         let in_flight: u64 = workers.iter().map(|(_, v)| u64::from(v.heartbeat.in_flight)).sum();
         state.rates.push(now, arrived, completed, in_flight);
         let observation = Observation {
@@ -238,6 +259,26 @@ mod tests {
             completed_total: 0,
             interrupted_total: 0,
         }
+    }
+
+    fn view(completed: u64, interrupted: u64) -> crate::workers::WorkerView {
+        let mut heartbeat = hb(0);
+        heartbeat.completed_total = completed;
+        heartbeat.interrupted_total = interrupted;
+        crate::workers::WorkerView { heartbeat, seen: Instant::now() }
+    }
+
+    #[test]
+    fn pool_totals_only_grow_as_pods_come_and_go() {
+        let mut state = PoolState::default();
+        let s = Duration::from_secs;
+        assert_eq!(state.account(s(0), &[("a".into(), view(5, 0)), ("b".into(), view(3, 1))]), (8, 1));
+        // b is gone; a went on.
+        assert_eq!(state.account(s(2), &[("a".into(), view(7, 0))]), (10, 1));
+        // Long after, b is folded into the retired totals and the map shrinks.
+        assert_eq!(state.account(s(700), &[("c".into(), view(1, 0))]), (11, 1));
+        assert_eq!(state.workers.len(), 1);
+        assert_eq!(state.retired, (10, 1));
     }
 
     #[test]
