@@ -258,3 +258,22 @@ async fn an_autoscaling_spec_with_min_above_max_is_refused_with_the_rule() -> an
     assert!(refused.to_string().contains("maxReplicas"), "{refused:#}");
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_queue_deleted_behind_the_operators_back_is_declared_again() -> anyhow::Result<()> {
+    let env = Env::start("autoscaling-redeclare").await?;
+    env.create_pool("gone", serde_json::json!({"workers": {}, "autoscaling": {"pollIntervalSeconds": 1}})).await?;
+    env.wait_pool_ready("gone", Duration::from_secs(60)).await?;
+    let queue = warren_protocol::names::work_queue(&env.namespace, "gone", "normal");
+    env.queue_depth(&queue).await?;
+    warren_e2e::delete_queue(&queue).await?;
+    // The next poll's passive declare fails, the one after declares the topology again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.queue_depth(&queue).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{queue} was not declared again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pool = env.wait_pool_ready("gone", Duration::from_secs(30)).await?;
+    assert!(pool.status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "ScalingActive")));
+    env.cleanup().await
+}

@@ -84,7 +84,16 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
     let name = pool.name_any();
     let topology = plan::topology(&pool);
 
-    let declared = declare(&pool, ctx).await;
+    // An autoscaled pool is reconciled every poll interval: re-declare its topology only on a
+    // new generation, after a failure, or every minute.
+    let uid = pool.uid().unwrap_or_default();
+    let declared = if pool.spec.autoscaling.is_some() && ctx.autoscalers.declared_recently(&uid, pool.metadata.generation) {
+        Ok(())
+    } else {
+        let result = declare(&pool, ctx).await;
+        ctx.autoscalers.set_declared(&uid, pool.metadata.generation, result.is_ok());
+        result
+    };
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
 
     // Autoscaling: observe, decide, and (before a scale-down) mark idle pods cheapest to delete.
@@ -104,7 +113,8 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
                     desired
                 }
                 Err(e) => {
-                    // Cannot see the queues: keep the current count.
+                    // Cannot see the queues: keep the current count, declare again next time.
+                    ctx.autoscalers.set_declared(&uid, pool.metadata.generation, false);
                     scaling_error = Some((e.reason(), e.to_string()));
                     current as i32
                 }

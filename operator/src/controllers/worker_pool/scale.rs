@@ -75,8 +75,15 @@ impl PoolState {
 pub struct Autoscalers {
     started: Instant,
     pools: Mutex<HashMap<String, PoolState>>,
+    /// When each autoscaled pool's topology was last declared, and for which generation: a pool
+    /// reconciled every poll interval re-declares its queues at most every [`REDECLARE_EVERY`].
+    declared: Mutex<HashMap<String, (Option<i64>, Instant)>>,
     recorder: Recorder,
 }
+
+/// Longest time an autoscaled pool goes without re-declaring its topology (a missing queue is
+/// also caught at once by the passive declares of every poll).
+const REDECLARE_EVERY: Duration = Duration::from_secs(60);
 
 /// One poll's result, for the Deployment, the status and the Event.
 pub struct Scaled {
@@ -90,12 +97,33 @@ impl Autoscalers {
         Self {
             started: Instant::now(),
             pools: Mutex::new(HashMap::new()),
+            declared: Mutex::new(HashMap::new()),
             recorder: Recorder::new(client, Reporter { controller: "warren-operator".into(), instance: None }),
         }
     }
 
     pub fn forget(&self, uid: &str) {
         self.pools.lock().expect("autoscaler lock").remove(uid);
+        self.declared.lock().expect("autoscaler lock").remove(uid);
+    }
+
+    /// Whether this generation of the pool had its topology declared within [`REDECLARE_EVERY`].
+    pub fn declared_recently(&self, uid: &str, generation: Option<i64>) -> bool {
+        self.declared
+            .lock()
+            .expect("autoscaler lock")
+            .get(uid)
+            .is_some_and(|(g, at)| *g == generation && at.elapsed() < REDECLARE_EVERY)
+    }
+
+    /// Records a successful declaration (`ok`) or forgets the last one.
+    pub fn set_declared(&self, uid: &str, generation: Option<i64>, ok: bool) {
+        let mut declared = self.declared.lock().expect("autoscaler lock");
+        if ok {
+            declared.insert(uid.to_string(), (generation, Instant::now()));
+        } else {
+            declared.remove(uid);
+        }
     }
 
     /// Observes the pool and decides its replica count. `current` is the Deployment's
@@ -237,7 +265,8 @@ async fn ready_counts(broker: &crate::broker::Broker, queues: &[String]) -> Resu
         match declared {
             Ok(q) => out.push(u64::from(q.message_count())),
             Err(source) => {
-                // A failed passive declare closes the channel.
+                // A failed passive declare closes the channel; a missing queue is re-declared by
+                // the next reconcile (the caller forgets the last declaration).
                 broker.reset().await;
                 return Err(BrokerError::Amqp { what: "queue.declare (passive)", source });
             }
