@@ -13,6 +13,8 @@ for _ in $(seq 1 60); do [ -f "$STATE/kubeconfig" ] && break; sleep 0.5; done
 export KUBECONFIG="$PWD/$STATE/kubeconfig"
 sleep 1
 kubectl apply -f examples/
-echo "--- watching (Ctrl-C to stop)"
-kubectl get wp
+echo "--- watching the pool scale up and back to zero, and the Jobs (Ctrl-C to stop)"
+kubectl get wp -w &
+WATCH_PID=$!
+trap 'kill $WATCH_PID $WARREN_PID 2>/dev/null; wait $WARREN_PID 2>/dev/null' EXIT
 kubectl get wjob -w

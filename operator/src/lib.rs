@@ -1,6 +1,7 @@
 //! The Warren operator: controllers for WorkerPool and Job, the report consumer that keeps Job
 //! status true, and the `warren` CLI's building blocks.
 
+pub mod autoscaler;
 pub mod book;
 pub mod broker;
 pub mod conditions;
@@ -64,6 +65,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         pools: pool_controller.store(),
         config: config.clone(),
         backoff: ErrorBackoff::default(),
+        autoscalers: controllers::worker_pool::scale::Autoscalers::new(client.clone()),
     });
     let flusher = tokio::spawn(book.clone().run_flusher());
     let sampler = tokio::spawn(queue_stats::run(

@@ -38,6 +38,13 @@ pub struct DeadLetterLabels {
     pub pool: String,
 }
 
+/// Labels of the autoscaler's per-pool gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScalePoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub namespace: String,
@@ -65,6 +72,17 @@ pub struct OutcomeDelta {
 
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
+/// Labels of a replica change by the autoscaler.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    pub namespace: String,
+    pub pool: String,
+    /// `up` or `down`.
+    pub direction: &'static str,
+    /// The decision's reason (`autoscaler::Reason::as_str`).
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -85,6 +103,9 @@ pub struct Metrics {
     pub broker_reconnects: Family<ConnectionLabels, Counter>,
     pub leader: Gauge,
     hooks: Mutex<Vec<ScrapeHook>>,
+    pub autoscaler_desired_replicas: Family<ScalePoolLabels, Gauge>,
+    pub autoscaler_backlog: Family<ScalePoolLabels, Gauge>,
+    pub autoscaler_scales: Family<ScaleLabels, Counter>,
     registry: Registry,
 }
 
@@ -129,6 +150,12 @@ impl Metrics {
         registry.register("broker_connected", "1 while the connection to RabbitMQ is up", broker_connected.clone());
         registry.register("broker_reconnects", "Reconnects to RabbitMQ after a failure", broker_reconnects.clone());
         registry.register("leader", "1 while this operator leads (runs the controllers), 0 while it stands by", leader.clone());
+        let autoscaler_desired_replicas = Family::<ScalePoolLabels, Gauge>::default();
+        let autoscaler_backlog = Family::<ScalePoolLabels, Gauge>::default();
+        let autoscaler_scales = Family::<ScaleLabels, Counter>::default();
+        registry.register("autoscaler_desired_replicas", "Worker replicas the autoscaler last decided per pool", autoscaler_desired_replicas.clone());
+        registry.register("autoscaler_backlog", "Ready tasks in a pool's work queues at the last autoscaler poll", autoscaler_backlog.clone());
+        registry.register("autoscaler_scales", "Replica changes by the autoscaler per pool, direction and reason", autoscaler_scales.clone());
         Self {
             reconciles,
             reconcile_errors,
@@ -149,6 +176,9 @@ impl Metrics {
             broker_reconnects,
             leader,
             hooks: Mutex::default(),
+            autoscaler_desired_replicas,
+            autoscaler_backlog,
+            autoscaler_scales,
             registry,
         }
     }

@@ -23,6 +23,7 @@ pub use warren_operator;
 
 pub mod private_broker;
 pub use private_broker::PrivateBroker;
+pub mod scale_sim;
 
 /// AMQP URI of the broker the tests use.
 pub fn amqp_url() -> String {

@@ -74,6 +74,11 @@ fn local_up_runs_the_examples_to_completion() -> anyhow::Result<()> {
         assert!(table.contains("Succeeded") && table.contains("200/200"), "{table}");
         let pool = kubectl(&kubeconfig, &["get", "wp", "thumbnails"])?;
         assert!(pool.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("True")), "{pool}");
+        let header: Vec<&str> = pool.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header, ["NAME", "READY", "REPLICAS", "DESIRED", "BACKLOG", "INFLIGHT", "QUEUE", "AGE"], "{pool}");
+        // The example pool autoscales: it started at zero and the Jobs scaled it up.
+        let reason = kubectl(&kubeconfig, &["get", "wp", "thumbnails", "-o", "jsonpath={.status.autoscaling.lastScaleReason}"])?;
+        assert!(!reason.trim().is_empty(), "the example pool never scaled");
         // The example pool has deletionPolicy: Delete: deleting it removes its queues.
         kubectl(&kubeconfig, &["delete", "-f", examples, "--wait=true"])?;
         Ok(())

@@ -79,6 +79,8 @@ pub struct Context {
     pub workers: Arc<WorkerRegistry>,
     pub pools: Store<WorkerPool>,
     pub backoff: ErrorBackoff,
+    /// Per-pool autoscaler state (history, rates) and its Event recorder.
+    pub autoscalers: worker_pool::scale::Autoscalers,
 }
 
 /// Per-object exponential backoff with jitter for failed reconciles.

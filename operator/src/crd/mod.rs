@@ -10,6 +10,7 @@ mod worker_pool;
 pub use job::{Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot};
 pub use retry::{BackoffSpec, RetrySpec};
 pub use worker_pool::{
+    AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, PriorityBacklog, ScalingRules,
     DeletionPolicy, Overflow, QueueType, WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
 };
 

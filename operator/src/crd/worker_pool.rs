@@ -24,7 +24,10 @@ use super::RetrySpec;
     category = "warren",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
-    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name":"Backlog","type":"integer","jsonPath":".status.autoscaling.backlog"}"#,
+    printcolumn = r#"{"name":"InFlight","type":"integer","jsonPath":".status.autoscaling.inFlight"}"#,
+    printcolumn = r#"{"name":"Scaling","type":"string","jsonPath":".status.autoscaling.lastScaleReason","priority":1}"#,
     printcolumn = r#"{"name":"Queue","type":"string","jsonPath":".spec.queueType"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -62,10 +65,15 @@ pub struct WorkerPoolSpec {
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 1000))]
     pub concurrency: u32,
-    /// Number of worker processes (Deployment replicas). Default 1.
+    /// Number of worker processes (Deployment replicas). Default 1. Ignored when `autoscaling` is
+    /// set: the autoscaler owns the replica count then.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
+    /// Scale the worker Deployment on queue depth and in-flight work instead of `replicas`.
+    /// Pause it with the annotation `warren.dev/autoscaling-paused: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
     /// Default retry policy of the pool's Jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
@@ -73,6 +81,137 @@ pub struct WorkerPoolSpec {
     /// queues and the tasks in them stay) or `Delete`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// Annotation that freezes the autoscaler at the current replica count while `"true"`.
+pub const AUTOSCALING_PAUSED_ANNOTATION: &str = "warren.dev/autoscaling-paused";
+
+/// How the operator scales a pool's workers. Every field has a default that works untuned:
+/// scale from zero on the first waiting task, up at once to what the backlog needs, down after
+/// 30 s of lower demand, to zero after 60 s without work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be <= maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest worker processes. 0 (default) scales the pool to zero when it has no work.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+    /// Most worker processes. Default 10.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// A pool at zero starts when more than this many tasks wait (summed over its priority
+    /// queues). Default 0: the first waiting task starts a worker.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub activation_backlog: i64,
+    /// Tasks (waiting plus running) one worker should have. Default: the pool's `concurrency`, so
+    /// every waiting task gets a slot. Higher values run fewer workers and let tasks wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub target_tasks_per_replica: Option<i32>,
+    /// Instead of (or with) a tasks-per-replica target: run enough workers to empty the backlog
+    /// within this many seconds while keeping up with arrivals, using the service time measured
+    /// from the workers' reports. When both targets are set the larger replica count wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub target_drain_seconds: Option<i32>,
+    /// Seconds between two observations and decisions. Default 2.
+    #[serde(default = "default_poll_interval_seconds")]
+    #[schemars(range(min = 1, max = 300))]
+    pub poll_interval_seconds: i32,
+    /// Limits on adding workers. Default: no stabilization window, no step limit (the backlog is
+    /// exact, so the operator goes straight to what it needs, up to `maxReplicas`).
+    #[serde(default)]
+    pub scale_up: ScalingRules,
+    /// Limits on removing workers. Default: a 30 s stabilization window (the highest
+    /// recommendation of the last 30 s wins), no step limit.
+    #[serde(default)]
+    pub scale_down: ScalingRules,
+    /// Seconds without any waiting or running task before the pool goes from its last worker to
+    /// zero (only when `minReplicas` is 0). Default 60.
+    #[serde(default = "default_scale_to_zero_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_to_zero_seconds: i32,
+}
+
+/// Stabilization window and step limit of one scaling direction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Seconds of recommendations considered: scaling up takes the lowest recommendation of the
+    /// window, scaling down the highest, so a short spike or dip does not move the pool. Default
+    /// 0 for `scaleUp`, 30 for `scaleDown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_seconds: Option<i32>,
+    /// Most workers added or removed in one decision (every `pollIntervalSeconds`). Unset = no
+    /// limit. With `maxStepPercent` too, the larger step is allowed (like the HPA's `Max` policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_step_pods: Option<i32>,
+    /// Most workers added or removed in one decision, as a percentage of the current count
+    /// (rounded up). Unset = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_step_percent: Option<i32>,
+}
+
+/// What the autoscaler last saw and decided.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Tasks ready in the pool's work queues (AMQP passive declares), summed over priorities.
+    #[serde(default)]
+    pub backlog: i64,
+    /// Ready tasks per priority class, highest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backlog_by_priority: Vec<PriorityBacklog>,
+    /// Tasks running in the pool's workers (their heartbeats).
+    #[serde(default)]
+    pub in_flight: i64,
+    /// Worker processes heard from recently.
+    #[serde(default)]
+    pub reporting_workers: i32,
+    /// Tasks per second the operator published to the pool (last poll interval), as a decimal
+    /// string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_rate: Option<String>,
+    /// Tasks per second the pool's workers finished (last poll interval), as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_rate: Option<String>,
+    /// Deployment replicas the autoscaler found.
+    #[serde(default)]
+    pub current_replicas: i32,
+    /// When the autoscaler last changed the replica count (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Why it last changed the replica count (a stable reason, e.g. `Backlog`, `Idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// Why the current count is what it is, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Tasks the pool's workers returned to the queue because they were shut down mid-task,
+    /// summed over the workers heard from since the operator started (0 when scale-down only
+    /// removes idle workers).
+    #[serde(default)]
+    pub interrupted_total: i64,
+    /// Tasks the pool's workers finished, summed over the workers heard from since the operator
+    /// started.
+    #[serde(default)]
+    pub completed_total: i64,
+}
+
+/// Ready tasks of one priority queue.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PriorityBacklog {
+    /// The priority class.
+    pub priority: String,
+    /// Tasks ready in its queue.
+    pub ready: i64,
 }
 
 /// The worker processes of a pool.
@@ -175,6 +314,12 @@ pub struct WorkerPoolStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Replicas the pool should have: `spec.replicas`, or the autoscaler's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// The autoscaler's view; absent without `spec.autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
 }
 
 fn default_priorities() -> Vec<String> {
@@ -188,6 +333,15 @@ fn default_concurrency() -> u32 {
 }
 fn default_replicas() -> i32 {
     1
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_poll_interval_seconds() -> i32 {
+    2
+}
+fn default_scale_to_zero_seconds() -> i32 {
+    60
 }
 fn default_image() -> String {
     "warren-worker".into()

@@ -28,7 +28,11 @@ use warren_e2e::{Env, OperatorOptions, amqp_url};
 use warren_operator::crd::JobPhase;
 
 fn usage() -> ! {
-    eprintln!("usage: warren-bench core [--tasks N] [--concurrency C] | warren-bench worker");
+    eprintln!(
+        "usage: warren-bench core [--tasks N] [--concurrency C]\n\
+         \x20      warren-bench scale-sim [--pod-start S] [--service S] [--concurrency C] [--max-replicas N] [--keda-value V] [--seed N]\n\
+         \x20      warren-bench worker [--sleep-ms N]"
+    );
     std::process::exit(2)
 }
 
@@ -37,8 +41,23 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("worker") => {
-            let worker = warren_worker::Worker::builder().handler(|_ctx| async { Ok(None) }).build()?;
-            worker.run_until_signal().await?;
+            // `--sleep-ms N`: every task takes N ms (the autoscaling e2e test's 50 ms tasks).
+            let sleep_ms: u64 = match args.get(1).map(String::as_str) {
+                Some("--sleep-ms") => args.get(2).unwrap_or_else(|| usage()).parse()?,
+                None => 0,
+                Some(_) => usage(),
+            };
+            let worker = warren_worker::Worker::builder()
+                .handler(move |_ctx| async move {
+                    if sleep_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+                    }
+                    Ok(None)
+                })
+                .build()?;
+            let summary = worker.run_until_signal().await?;
+            // Read by the autoscaling e2e test from the pod log: the worker's own account.
+            eprintln!("warren-bench worker stopped: completed={} interrupted={}", summary.completed_total, summary.interrupted_total);
             Ok(())
         }
         Some("core") => {
@@ -55,8 +74,80 @@ async fn main() -> anyhow::Result<()> {
             }
             core(tasks, concurrency).await
         }
+        Some("scale-sim") => {
+            let mut model = warren_e2e::scale_sim::WorkerModel::default();
+            let mut keda_value = 20.0;
+            let mut seed = 42u64;
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().unwrap_or_else(|| usage());
+                match flag.as_str() {
+                    "--pod-start" => model.pod_start = value.parse()?,
+                    "--service" => model.service_mean = value.parse()?,
+                    "--concurrency" => model.concurrency = value.parse()?,
+                    "--max-replicas" => model.max_replicas = value.parse()?,
+                    "--keda-value" => keda_value = value.parse()?,
+                    "--seed" => seed = value.parse()?,
+                    _ => usage(),
+                }
+            }
+            scale_sim(&model, keda_value, seed);
+            Ok(())
+        }
         _ => usage(),
     }
+}
+
+/// Replays the standard traces through Warren's decision function and the KEDA/HPA model.
+fn scale_sim(model: &warren_e2e::scale_sim::WorkerModel, keda_value: f64, seed: u64) {
+    use warren_e2e::scale_sim::{KedaScaler, Scaler, WarrenScaler, simulate, traces};
+    println!(
+        "warren-bench scale-sim: pods start in {} s, tasks take {} s on average (exponential), concurrency {}, max {} pods; \
+         Warren = `autoscaling: {{maxReplicas: {}}}` (defaults), KEDA = rabbitmq trigger (AMQP, ready messages) value {keda_value} with KEDA/HPA defaults; seed {seed}",
+        model.pod_start, model.service_mean, model.concurrency, model.max_replicas, model.max_replicas
+    );
+    println!(
+        "{:<11} {:<7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>11} {:>5} {:>9} {:>10}",
+        "trace", "scaler", "tasks", "p50 wait", "p99 wait", "max wait", "peak q", "worker-s", "pods", "reaction", "busy-kill"
+    );
+    let mut all_met = true;
+    for trace in traces(seed) {
+        let mut results = Vec::new();
+        let scalers: [Box<dyn Scaler>; 2] =
+            [Box::new(WarrenScaler::defaults(model)), Box::new(KedaScaler::defaults(keda_value, model.max_replicas))];
+        for mut scaler in scalers {
+            let o = simulate(&trace, model, scaler.as_mut(), seed, 3_600.0);
+            println!(
+                "{:<11} {:<7} {:>7} {:>8.1}s {:>8.1}s {:>8.1}s {:>8} {:>11.0} {:>5} {:>8} {:>10}",
+                trace.name,
+                scaler.name(),
+                o.tasks,
+                o.p50_wait,
+                o.p99_wait,
+                o.max_wait,
+                o.peak_backlog,
+                o.worker_seconds,
+                o.max_pods,
+                o.first_reaction.map_or("-".to_string(), |r| format!("{r:.1}s")),
+                o.busy_on_removed
+            );
+            results.push(o);
+        }
+        let (w, k) = (&results[0], &results[1]);
+        let p99_ratio = if k.p99_wait > 0.0 { w.p99_wait / k.p99_wait } else if w.p99_wait == 0.0 { 0.0 } else { f64::INFINITY };
+        let ws_ratio = w.worker_seconds / k.worker_seconds.max(1e-9);
+        let met = p99_ratio <= 1.0 / 3.0 && ws_ratio <= 1.0;
+        all_met &= met;
+        println!(
+            "{:<11} ratio   p99 wait warren/keda {:.2} (target <= 0.33), worker-seconds warren/keda {:.2} (target <= 1.00): {}   [{}]",
+            trace.name,
+            p99_ratio,
+            ws_ratio,
+            if met { "met" } else { "NOT met" },
+            trace.description
+        );
+    }
+    println!("overall: {}", if all_met { "target met on every trace" } else { "target NOT met on every trace" });
 }
 
 async fn core(tasks: u32, concurrency: u32) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! the queues live outside Kubernetes).
 
 pub mod plan;
+pub mod scale;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use super::Context;
 use crate::broker::BrokerError;
 use crate::conditions::{self, Desired};
+use crate::autoscaler::Reason;
 use crate::crd::{DeletionPolicy, WorkerPool, WorkerPoolStatus};
 use crate::metrics::{self, ControllerLabels, ErrorLabels};
 
@@ -82,31 +84,84 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
     let name = pool.name_any();
     let topology = plan::topology(&pool);
 
-    let declared = declare(&pool, ctx).await;
+    // An autoscaled pool is reconciled every poll interval: re-declare its topology only on a
+    // new generation, after a failure, or every minute.
+    let uid = pool.uid().unwrap_or_default();
+    let declared = if pool.spec.autoscaling.is_some() && ctx.autoscalers.declared_recently(&uid, pool.metadata.generation) {
+        Ok(())
+    } else {
+        let result = declare(&pool, ctx).await;
+        ctx.autoscalers.set_declared(&uid, pool.metadata.generation, result.is_ok());
+        result
+    };
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut desired = plan::deployment(&pool, &ctx.config.worker_amqp_url, &ctx.config.reports_queue);
+
+    // Autoscaling: observe, decide, and (before a scale-down) mark idle pods cheapest to delete.
+    let mut scaled = None;
+    let mut scaling_error = None;
+    let replicas = match (&pool.spec.autoscaling, &declared) {
+        (Some(spec), Ok(())) => {
+            let existing = deployments.get_opt(&pool.deployment_name()).await?;
+            let current = existing.as_ref().and_then(|d| d.spec.replicas).unwrap_or(0).max(0) as u32;
+            match ctx.autoscalers.poll(&pool, spec, current, &topology.work_queues, &ctx.broker, &ctx.workers).await {
+                Ok(s) => {
+                    if s.decision.desired < current {
+                        ctx.autoscalers.mark_deletion_costs(&ctx.client, &pool, &ctx.workers).await?;
+                    }
+                    let desired = s.decision.desired as i32;
+                    scaled = Some(s);
+                    desired
+                }
+                Err(e) => {
+                    // Cannot see the queues: keep the current count, declare again next time.
+                    ctx.autoscalers.set_declared(&uid, pool.metadata.generation, false);
+                    scaling_error = Some((e.reason(), e.to_string()));
+                    current as i32
+                }
+            }
+        }
+        (Some(_), Err(_)) => {
+            let existing = deployments.get_opt(&pool.deployment_name()).await?;
+            existing.and_then(|d| d.spec.replicas).unwrap_or(0)
+        }
+        (None, _) => pool.spec.replicas,
+    };
+    let mut desired = plan::deployment(&pool, replicas, &ctx.config.worker_amqp_url, &ctx.config.reports_queue);
     if let Some(port) = ctx.config.worker_metrics_port {
         plan::expose_metrics(&mut desired, port);
     }
     let applied = deployments
         .patch(&pool.deployment_name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
         .await?;
+    if let Some(s) = scaled.as_mut() {
+        if s.decision.desired != s.current {
+            ctx.autoscalers.scaled(&pool, s).await;
+        }
+    }
 
     let ready = applied.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    let replicas = applied.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    let condition = match &declared {
-        Ok(()) => Desired::new("Ready", true, "QueuesDeclared", format!("{} queues declared; {ready}/{} workers ready", topology.work_queues.len(), pool.spec.replicas)),
+    let replicas_now = applied.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let mut wanted = vec![match &declared {
+        Ok(()) => Desired::new("Ready", true, "QueuesDeclared", format!("{} queues declared; {ready}/{replicas} workers ready", topology.work_queues.len())),
         Err(e) => Desired::new("Ready", false, e.reason(), e.to_string()),
-    };
+    }];
+    if pool.spec.autoscaling.is_some() {
+        wanted.extend(scaling_conditions(scaled.as_ref(), scaling_error.as_ref(), declared.as_ref().err()));
+    }
     let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let status = WorkerPoolStatus {
-        replicas,
+        replicas: replicas_now,
         ready_replicas: ready,
         queues: topology.work_queues.clone(),
         dead_letter_queue: Some(topology.dead_letter_queue.clone()),
         retry_queues: plan::recorded_retry_queues(&pool),
-        conditions: conditions::merge(previous, &[condition], pool.metadata.generation, &Time(jiff::Timestamp::now())),
+        conditions: conditions::merge(previous, &wanted, pool.metadata.generation, &Time(jiff::Timestamp::now())),
         observed_generation: pool.metadata.generation,
+        desired_replicas: Some(replicas),
+        autoscaling: match scaled {
+            Some(s) => Some(s.status),
+            None => pool.spec.autoscaling.as_ref().and_then(|_| pool.status.as_ref().and_then(|s| s.autoscaling.clone())),
+        },
     };
     if pool.status.as_ref() != Some(&status) {
         let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -115,7 +170,38 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
     }
     declared?;
     ctx.backoff.reset(&pool.uid().unwrap_or_default());
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(match &pool.spec.autoscaling {
+        Some(spec) => Action::requeue(Duration::from_secs(spec.poll_interval_seconds.clamp(1, 300) as u64)),
+        None => {
+            ctx.autoscalers.forget(&pool.uid().unwrap_or_default());
+            Action::requeue(Duration::from_secs(300))
+        }
+    })
+}
+
+/// `ScalingActive` (the autoscaler sees the pool and acts) and `ScalingLimited` (it wants a count
+/// it may not have: bounds, step limits, pause).
+fn scaling_conditions(
+    scaled: Option<&scale::Scaled>,
+    scaling_error: Option<&(&'static str, String)>,
+    declare_error: Option<&Error>,
+) -> Vec<Desired> {
+    let active = match (scaled, scaling_error, declare_error) {
+        (Some(s), _, _) if s.decision.reason == Reason::Paused => {
+            Desired::new("ScalingActive", false, "Paused", s.decision.message.clone())
+        }
+        (Some(s), _, _) => Desired::new("ScalingActive", true, s.decision.reason.as_str(), s.decision.message.clone()),
+        (None, Some((reason, message)), _) => Desired::new("ScalingActive", false, reason, message.clone()),
+        (None, None, Some(e)) => Desired::new("ScalingActive", false, e.reason(), e.to_string()),
+        (None, None, None) => Desired::new("ScalingActive", false, "NotObserved", "the pool was not observed"),
+    };
+    let limited = match scaled {
+        Some(s) if s.decision.reason.is_limit() && s.decision.reason != Reason::Paused => {
+            Desired::new("ScalingLimited", true, s.decision.reason.as_str(), s.decision.message.clone())
+        }
+        _ => Desired::new("ScalingLimited", false, "WithinBounds", "the desired count is within the limits"),
+    };
+    vec![active, limited]
 }
 
 async fn declare(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
@@ -136,6 +222,7 @@ async fn declare(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
 }
 
 async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
+    ctx.autoscalers.forget(&pool.uid().unwrap_or_default());
     if pool.spec.deletion_policy == DeletionPolicy::Delete {
         let topology = plan::topology(&pool);
         let mut queues = topology.work_queues.clone();
@@ -176,4 +263,37 @@ pub async fn run(controller: Controller<WorkerPool>, ctx: Arc<Context>) {
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::Decision;
+    use crate::crd::AutoscalingStatus;
+
+    fn scaled(reason: Reason) -> scale::Scaled {
+        scale::Scaled {
+            decision: Decision { desired: 3, recommendation: 9, reason, message: "m".into() },
+            current: 3,
+            status: AutoscalingStatus::default(),
+        }
+    }
+
+    #[test]
+    fn scaling_conditions_say_whether_the_autoscaler_acts_and_is_limited() {
+        let cases: Vec<(Option<scale::Scaled>, Option<(&'static str, String)>, (bool, &str), (bool, &str))> = vec![
+            (Some(scaled(Reason::Backlog)), None, (true, "Backlog"), (false, "WithinBounds")),
+            (Some(scaled(Reason::AtMaximum)), None, (true, "AtMaximum"), (true, "AtMaximum")),
+            (Some(scaled(Reason::StepLimited)), None, (true, "StepLimited"), (true, "StepLimited")),
+            (Some(scaled(Reason::Paused)), None, (false, "Paused"), (false, "WithinBounds")),
+            (None, Some(("BrokerUnreachable", "cannot reach".into())), (false, "BrokerUnreachable"), (false, "WithinBounds")),
+        ];
+        for (s, err, active, limited) in cases {
+            let got = scaling_conditions(s.as_ref(), err.as_ref(), None);
+            assert_eq!(got[0].type_, "ScalingActive");
+            assert_eq!((got[0].status, got[0].reason), active, "{got:?}");
+            assert_eq!(got[1].type_, "ScalingLimited");
+            assert_eq!((got[1].status, got[1].reason), limited, "{got:?}");
+        }
+    }
 }

@@ -59,8 +59,9 @@ pub fn work_queue_args(pool: &WorkerPool) -> warren_worker::topology::WorkQueueA
     }
 }
 
-/// The worker Deployment `<pool>-workers`, owned by the pool.
-pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str, reports_queue: &str) -> Deployment {
+/// The worker Deployment `<pool>-workers`, owned by the pool, with `replicas` workers
+/// (`spec.replicas`, or the autoscaler's decision).
+pub fn deployment(pool: &WorkerPool, replicas: i32, worker_amqp_url: &str, reports_queue: &str) -> Deployment {
     let namespace = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let labels = BTreeMap::from([
@@ -104,7 +105,7 @@ pub fn deployment(pool: &WorkerPool, worker_amqp_url: &str, reports_queue: &str)
             ..ObjectMeta::default()
         },
         spec: DeploymentSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(POOL_LABEL.to_string(), name)])),
                 match_expressions: None,
@@ -200,7 +201,7 @@ mod tests {
             "workers": {"handler": ["python3", "resize.py"], "env": [{"name": "MODE", "value": "fast"}]},
             "concurrency": 4, "replicas": 2, "priorities": ["high", "low"]
         }));
-        let d = deployment(&p, "amqp://rabbit", "warren.reports");
+        let d = deployment(&p, p.spec.replicas, "amqp://rabbit", "warren.reports");
         assert_eq!(d.metadata.name.as_deref(), Some("images-workers"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("WorkerPool", "uid-1", Some(true)));
