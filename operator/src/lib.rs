@@ -4,6 +4,7 @@
 pub mod book;
 pub mod broker;
 pub mod conditions;
+pub mod control;
 pub mod controllers;
 pub mod crd;
 pub mod ledger;

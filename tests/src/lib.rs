@@ -292,6 +292,7 @@ impl Env {
         }
         if !Self::is_real_cluster() {
             delete_queue(&self.reports_queue()).await?;
+            delete_exchange(&warren_protocol::names::control_exchange(&self.reports_queue())).await?;
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
