@@ -47,12 +47,11 @@ impl Error {
     }
 }
 
-async fn reconcile(job: Arc<Job>, ctx: Arc<(Arc<Context>, Store<Job>)>) -> Result<Action, Error> {
-    let (ctx, jobs) = (&ctx.0, &ctx.1);
+async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, Error> {
     let started = Instant::now();
     metrics::global().reconciles.get_or_create(&ControllerLabels { controller: CONTROLLER }).inc();
     let span = tracing::info_span!("reconcile", kind = "Job", namespace = job.namespace(), name = job.name_any());
-    let result = reconcile_inner(job, ctx, jobs).instrument(span).await;
+    let result = reconcile_inner(job, &state).instrument(span).await;
     metrics::global()
         .reconcile_duration
         .get_or_create(&ControllerLabels { controller: CONTROLLER })
@@ -64,7 +63,17 @@ fn now_ms() -> u64 {
     jiff::Timestamp::now().as_millisecond() as u64
 }
 
-async fn reconcile_inner(job: Arc<Job>, ctx: &Context, jobs: &Store<Job>) -> Result<Action, Error> {
+/// What the Job controller's reconciles share beyond the [`Context`].
+struct State {
+    ctx: Arc<Context>,
+    jobs: Store<Job>,
+    /// Who got each `(namespace, idempotencyKey)` first in this process: concurrent reconciles
+    /// of two Jobs with one key must not both decide to run.
+    claims: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+}
+
+async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> {
+    let (ctx, jobs) = (&*state.ctx, &state.jobs);
     let uid = job.uid().ok_or(Error::MissingUid)?;
     if job.metadata.deletion_timestamp.is_some() {
         ctx.book.forget(&uid);
@@ -82,7 +91,14 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context, jobs: &Store<Job>) -> Res
             .collect(),
         None => Vec::new(),
     };
-    let earlier = plan::key_holder(&job, same_key.iter().map(|j| &**j));
+    let earlier = job.spec.idempotency_key.as_ref().and_then(|key| {
+        let mut claims = state.claims.lock().expect("claims lock");
+        let claim_key = (namespace.clone(), key.clone());
+        let holder = plan::key_holder(&job, same_key.iter().map(|j| &**j), claims.get(&claim_key).map(String::as_str))?;
+        claims.insert(claim_key, holder.clone());
+        same_key.iter().find(|j| j.uid().as_deref() == Some(holder.as_str()) && holder != uid).cloned()
+    });
+    let earlier = earlier.as_deref();
     let mut last_write = Instant::now();
     loop {
         let now = now_ms();
@@ -171,8 +187,8 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context, jobs: &Store<Job>) -> Res
     }
 }
 
-fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<(Arc<Context>, Store<Job>)>) -> Action {
-    let ctx = &ctx.0;
+fn error_policy(job: Arc<Job>, error: &Error, state: Arc<State>) -> Action {
+    let ctx = &state.ctx;
     metrics::global()
         .reconcile_errors
         .get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() })
@@ -216,7 +232,7 @@ pub async fn run(ctx: Arc<Context>) {
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new((ctx, job_store)))
+        .run(reconcile, error_policy, Arc::new(State { ctx, jobs: job_store, claims: Default::default() }))
         .for_each(|_| futures::future::ready(()))
         .await;
     broadcaster.abort();

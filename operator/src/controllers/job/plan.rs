@@ -207,22 +207,28 @@ pub fn plan(
     Plan::Follow { wake_in_ms }
 }
 
-/// Of the Jobs sharing `job`'s `idempotencyKey` in its namespace (`others`, any order, `job`
-/// itself may be among them), the one that holds the key, if it is not `job`: the oldest
-/// (creation time, then name) that is not itself a duplicate. None when `job` holds it or has
-/// no key. Deterministic, so a restarted operator decides the same.
-pub fn key_holder<'a>(job: &Job, others: impl IntoIterator<Item = &'a Job>) -> Option<&'a Job> {
+/// The uid of the Job that holds `job`'s `idempotencyKey`, among `job` and `others` (the Jobs
+/// of the namespace with that key, any order). Duplicates never hold a key. The holder is the
+/// current `claim` (the operator's record of who got the key first) while that Job exists, else
+/// the first of: Jobs that already enqueued tasks, then the oldest (creation time, then name).
+/// So a Job that runs is never turned into a duplicate, and a restarted operator, which starts
+/// without claims, decides the same. None when `job` has no key.
+pub fn key_holder<'a>(job: &'a Job, others: impl IntoIterator<Item = &'a Job>, claim: Option<&str>) -> Option<String> {
     let key = job.spec.idempotency_key.as_deref()?;
-    let order = |j: &Job| (j.metadata.creation_timestamp.clone().map(|t| t.0), j.metadata.name.clone());
-    let mine = order(job);
-    others
-        .into_iter()
-        .filter(|o| o.metadata.uid != job.metadata.uid)
+    let candidates: Vec<&Job> = std::iter::once(job)
+        .chain(others.into_iter().filter(|o| o.metadata.uid != job.metadata.uid))
         .filter(|o| o.metadata.namespace == job.metadata.namespace)
         .filter(|o| o.spec.idempotency_key.as_deref() == Some(key))
         .filter(|o| !is_duplicate(o))
-        .filter(|o| order(o) < mine)
-        .min_by_key(|o| order(o))
+        .collect();
+    if let Some(claimed) = claim.filter(|c| candidates.iter().any(|o| o.metadata.uid.as_deref() == Some(*c))) {
+        return Some(claimed.to_string());
+    }
+    let order = |j: &Job| {
+        let enqueued = j.status.as_ref().is_some_and(|s| s.enqueued > 0);
+        (!enqueued, j.metadata.creation_timestamp.clone().map(|t| t.0), j.metadata.name.clone())
+    };
+    candidates.into_iter().min_by_key(|o| order(o)).and_then(|o| o.metadata.uid.clone())
 }
 
 /// True when the Job's status says it is a duplicate of another (a decision that sticks).
@@ -451,12 +457,21 @@ mod tests {
         };
         let (a, b, c, other) = (keyed("a", 10, "k"), keyed("b", 20, "k"), keyed("c", 20, "k"), keyed("d", 5, "x"));
         let all = [a.clone(), b.clone(), c.clone(), other.clone()];
-        assert!(key_holder(&a, &all).is_none());
-        assert_eq!(key_holder(&b, &all).and_then(|j| j.metadata.name.clone()).as_deref(), Some("a"));
-        assert_eq!(key_holder(&c, &all).and_then(|j| j.metadata.name.clone()).as_deref(), Some("a"));
+        let holder = |j: &Job, others: &[&Job], claim: Option<&str>| key_holder(j, others.iter().copied(), claim);
+        let everyone: Vec<&Job> = all.iter().collect();
+        assert_eq!(holder(&a, &everyone, None).as_deref(), Some("uid-a"));
+        assert_eq!(holder(&b, &everyone, None).as_deref(), Some("uid-a"));
+        assert_eq!(holder(&c, &everyone, None).as_deref(), Some("uid-a"));
         // Without a: b is older than c by name.
-        assert_eq!(key_holder(&c, [&b, &c]).and_then(|j| j.metadata.name.clone()).as_deref(), Some("b"));
-        assert!(key_holder(&other, &all).is_none());
+        assert_eq!(holder(&c, &[&b, &c], None).as_deref(), Some("uid-b"));
+        assert_eq!(holder(&other, &everyone, None).as_deref(), Some("uid-d"));
+        // A claim wins while its Job exists; a stale claim is ignored.
+        assert_eq!(holder(&a, &everyone, Some("uid-c")).as_deref(), Some("uid-c"));
+        assert_eq!(holder(&a, &everyone, Some("uid-gone")).as_deref(), Some("uid-a"));
+        // A Job that already enqueued holds the key, even if younger.
+        let mut started_c = c.clone();
+        started_c.status = Some(crate::crd::JobStatus { enqueued: 1, ..Default::default() });
+        assert_eq!(holder(&a, &[&a, &started_c], None).as_deref(), Some("uid-c"));
         let mut original = a.clone();
         original.status = Some(crate::crd::JobStatus { phase: JobPhase::Running, ..Default::default() });
         match plan(&b, Some(&pool(true)), Some(&original), &obs(0), 10, NOW) {
@@ -483,7 +498,7 @@ mod tests {
             ..Default::default()
         });
         assert!(is_duplicate(&marked));
-        assert!(key_holder(&c, [&marked, &c]).is_none(), "a duplicate does not hold the key");
+        assert_eq!(holder(&c, &[&marked, &c], None).as_deref(), Some("uid-c"), "a duplicate does not hold the key");
         assert_eq!(
             plan(&marked, Some(&pool(true)), None, &obs(0), 10, NOW),
             Plan::Blocked(Blocker::DuplicateOf("held by a".into(), JobPhase::Succeeded))
