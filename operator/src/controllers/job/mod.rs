@@ -110,8 +110,11 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
                 ctx.book.set_blocker(&uid, Some(blocker));
                 ctx.book.flush(&uid).await?;
                 ctx.backoff.reset(&uid);
-                // A pool appearing or becoming ready triggers a reconcile through `watches`.
-                return Ok(if permanent { Action::await_change() } else { Action::requeue(Duration::from_secs(60)) });
+                // A pool appearing or becoming ready triggers a reconcile through `watches`; the
+                // deadline, if any, still applies while the Job waits.
+                let wait = plan::deadline_in_ms(&job, &observed, now)
+                    .map_or(Duration::from_secs(60), |ms| Duration::from_millis(ms).min(Duration::from_secs(60)));
+                return Ok(if permanent { Action::await_change() } else { Action::requeue(wait) });
             }
             Plan::Publish { indexes, retry } => {
                 ctx.book.set_blocker(&uid, None);

@@ -207,6 +207,14 @@ pub fn plan(
     Plan::Follow { wake_in_ms }
 }
 
+/// Milliseconds until the Job's `activeDeadlineSeconds` passes, if it has one and its clock runs
+/// (when to reconcile a blocked or waiting Job again at the latest).
+pub fn deadline_in_ms(job: &Job, observed: &Observed, now_ms: u64) -> Option<u64> {
+    let seconds = job.spec.active_deadline_seconds?;
+    let deadline = observed.active_since_ms?.saturating_add(seconds.saturating_mul(1_000));
+    Some(deadline.saturating_sub(now_ms))
+}
+
 /// The uid of the Job that holds `job`'s `idempotencyKey`, among `job` and `others` (the Jobs
 /// of the namespace with that key, any order). Duplicates never hold a key. The holder is the
 /// current `claim` (the operator's record of who got the key first) while that Job exists, else
@@ -430,6 +438,13 @@ mod tests {
         for (name, j, observed, want) in cases {
             assert_eq!(reason(plan(&j, Some(&p), None, &observed, 100, NOW)), want, "{name}");
         }
+        // The deadline also ends a Job that waits for its pool, and bounds the wait.
+        let waiting = with(serde_json::json!({"activeDeadlineSeconds": 5}));
+        assert!(reason(plan(&waiting, None, None, &started(0, 0, 0), 100, NOW)).starts_with("DeadlineExceeded: "));
+        let patient = with(serde_json::json!({"activeDeadlineSeconds": 60}));
+        assert!(matches!(plan(&patient, None, None, &started(0, 0, 0), 100, NOW), Plan::Blocked(Blocker::PoolNotFound(_))));
+        assert_eq!(deadline_in_ms(&patient, &started(0, 0, 0), NOW), Some(55_000));
+        assert_eq!(deadline_in_ms(&patient, &Observed::default(), NOW), None, "no clock yet");
     }
 
     #[test]
