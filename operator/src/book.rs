@@ -6,18 +6,18 @@
 //! Job it touched has a status persisted at or past that number — so a crashed operator loses no
 //! report, and a restarted one counts nothing twice (the ledger is idempotent).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use warren_protocol::{JobRef, TaskEvent};
+use warren_protocol::{CancelledJob, JobRef, TaskEvent, cancel_reason};
 
-use crate::controllers::job::plan::Blocker;
+use crate::controllers::job::plan::{self, Blocker, Observed};
 use crate::controllers::job::status;
-use crate::crd::{Job, JobStatus};
+use crate::crd::{Job, JobStatus, Termination};
 use crate::ledger::Ledger;
 use crate::metrics::{OutcomeDelta, PhaseLabels, PoolLabels};
 
@@ -77,11 +77,26 @@ pub struct JobBook {
     /// Wakes the flusher when a Job finishes.
     finished: tokio::sync::Notify,
     pub status_interval: Duration,
+    /// Deleted Jobs whose tasks workers must still drop: uid → until when (ms since the epoch).
+    tombstones: Mutex<HashMap<String, u64>>,
+    /// The cancelled Jobs last broadcast to the workers (None before the first broadcast).
+    broadcast: Mutex<Option<HashSet<String>>>,
 }
+
+/// How long the tasks of a deleted Job keep being dropped after the operator last heard of it.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl JobBook {
     pub fn new(client: Client, status_interval: Duration) -> Self {
-        Self { client, entries: Mutex::new(HashMap::new()), next_seq: 1.into(), finished: Default::default(), status_interval }
+        Self {
+            client,
+            entries: Mutex::new(HashMap::new()),
+            next_seq: 1.into(),
+            finished: Default::default(),
+            status_interval,
+            tombstones: Mutex::default(),
+            broadcast: Mutex::default(),
+        }
     }
 
     fn seq(&self) -> u64 {
@@ -196,6 +211,100 @@ impl JobBook {
                 entry.applied = self.seq();
             }
         }
+    }
+
+    /// What the Job controller's plan needs to know of a Job's ledger.
+    pub fn observed(&self, uid: &str) -> Observed {
+        self.entries.lock().expect("book lock").get(uid).map(|e| Observed::of(&e.ledger)).unwrap_or_default()
+    }
+
+    /// Starts (`Some(now)`) or stops (`None`, suspended) a Job's `activeDeadlineSeconds` clock.
+    pub fn set_active_since(&self, uid: &str, at_ms: Option<u64>) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid) {
+            if entry.ledger.active_since_ms != at_ms {
+                entry.ledger.active_since_ms = at_ms;
+                entry.applied = self.seq();
+            }
+        }
+    }
+
+    /// Ends a Job early (deadline, failure budget); its remaining tasks are cancelled.
+    pub fn terminate(&self, uid: &str, termination: Termination) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid) {
+            if entry.ledger.terminated.is_none() {
+                entry.ledger.terminated = Some(termination);
+                entry.applied = self.seq();
+            }
+        }
+    }
+
+    /// Dropped tasks are about to be re-enqueued (see [`Ledger::begin_republish`]).
+    pub fn begin_republish(&self, uid: &str, indexes: &[u32]) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid) {
+            if entry.ledger.begin_republish(indexes) {
+                entry.applied = self.seq();
+            }
+        }
+    }
+
+    /// The re-enqueue of dropped tasks was confirmed, or failed (see [`Ledger::end_republish`]).
+    pub fn end_republish(&self, uid: &str, indexes: &[u32], confirmed: bool) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid) {
+            if entry.ledger.end_republish(indexes, confirmed) {
+                entry.applied = self.seq();
+            }
+        }
+    }
+
+    /// Records the set of cancelled Jobs the workers were last sent.
+    pub fn set_broadcast(&self, uids: HashSet<String>) {
+        *self.broadcast.lock().expect("broadcast lock") = Some(uids);
+    }
+
+    /// True once the workers were told that the Job is not cancelled (any more): re-enqueueing
+    /// its dropped tasks before that would only have them dropped again.
+    pub fn workers_know_resumed(&self, uid: &str) -> bool {
+        self.broadcast.lock().expect("broadcast lock").as_ref().is_some_and(|b| !b.contains(uid))
+    }
+
+    /// Remembers that a Job is gone, so that workers keep dropping its tasks for
+    /// [`TOMBSTONE_TTL`] (refreshed whenever a report of it arrives).
+    pub fn bury(&self, uid: &str, now_ms: u64) {
+        self.forget(uid);
+        let until = now_ms.saturating_add(TOMBSTONE_TTL.as_millis() as u64);
+        self.tombstones.lock().expect("tombstones lock").insert(uid.to_string(), until);
+    }
+
+    /// The Jobs whose tasks workers must not run: suspended and early-ended Jobs with unfinished
+    /// tasks, and deleted Jobs (for a while). Sorted by uid.
+    pub fn cancelled_jobs(&self, now_ms: u64) -> Vec<CancelledJob> {
+        let mut cancelled: Vec<CancelledJob> = {
+            let entries = self.entries.lock().expect("book lock");
+            entries
+                .iter()
+                .filter(|(_, e)| !e.ledger.is_complete())
+                .filter_map(|(uid, e)| {
+                    let reason = match &e.ledger.terminated {
+                        Some(t) if t.reason == plan::DEADLINE_EXCEEDED => cancel_reason::DEADLINE_EXCEEDED,
+                        Some(_) => cancel_reason::FAILED,
+                        None if e.job.spec.suspend => cancel_reason::SUSPENDED,
+                        None => return None,
+                    };
+                    Some(CancelledJob { uid: uid.clone(), reason: reason.to_string() })
+                })
+                .collect()
+        };
+        let mut tombstones = self.tombstones.lock().expect("tombstones lock");
+        tombstones.retain(|_, until| *until > now_ms);
+        cancelled.extend(
+            tombstones.keys().map(|uid| CancelledJob { uid: uid.clone(), reason: cancel_reason::DELETED.to_string() }),
+        );
+        cancelled.sort_by(|a, b| a.uid.cmp(&b.uid));
+        cancelled
     }
 
     /// The confirmed enqueue watermark of a Job.

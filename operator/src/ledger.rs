@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use warren_protocol::{FailureDisposition, TaskEvent, TaskEventKind};
 
-use crate::crd::{JobStatus, LedgerSnapshot};
+use crate::crd::{JobStatus, LedgerSnapshot, Termination};
 use crate::ranges;
 
 /// The accounting of one Job (one uid).
@@ -43,6 +43,17 @@ pub struct Ledger {
     pub first_started_ms: Option<u64>,
     /// Milliseconds since the epoch of the last finish heard of.
     pub last_finished_ms: Option<u64>,
+    /// Unfinished tasks a worker dropped (or cancelled) because the Job was cancelled, and not
+    /// re-enqueued since: index → attempt.
+    dropped: BTreeMap<u32, u32>,
+    /// Dropped tasks being published again, until the broker confirms: index → attempt. A drop
+    /// reported meanwhile (the new copy dropped by a worker that has not heard of the resume
+    /// yet) lands in `dropped` again instead of being lost.
+    republishing: BTreeMap<u32, u32>,
+    /// Since when the Job is active (accepted and not suspended), for `activeDeadlineSeconds`.
+    pub active_since_ms: Option<u64>,
+    /// Set when the Job ended before all its tasks finished; final.
+    pub terminated: Option<Termination>,
 }
 
 impl Ledger {
@@ -74,6 +85,14 @@ impl Ledger {
                 .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
                 .filter(|(i, _)| *i < total && !ledger.succeeded.contains(i))
                 .collect();
+            ledger.dropped = snapshot
+                .dropped_attempts
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+                .filter(|(i, _)| *i < total && !ledger.is_finished(*i))
+                .collect();
+            ledger.active_since_ms = snapshot.active_since_ms;
+            ledger.terminated = snapshot.terminated.clone();
         }
         ledger.first_started_ms = status.start_time.as_ref().map(|t| t.0.as_millisecond() as u64);
         ledger.last_finished_ms = status.completion_time.as_ref().map(|t| t.0.as_millisecond() as u64);
@@ -91,6 +110,14 @@ impl Ledger {
                 .filter(|(i, _)| !self.succeeded.contains(i))
                 .map(|(i, n)| (i.to_string(), *n))
                 .collect(),
+            dropped_attempts: self
+                .republishing
+                .iter()
+                .chain(self.dropped.iter())
+                .map(|(i, n)| (i.to_string(), *n))
+                .collect(),
+            active_since_ms: self.active_since_ms,
+            terminated: self.terminated.clone(),
         }
     }
 
@@ -153,6 +180,11 @@ impl Ledger {
                 self.failed.insert(index);
                 true
             }
+            TaskEventKind::Cancelled { .. } => {
+                self.running.remove(&index);
+                self.note_retries(index, event.attempt.saturating_sub(1));
+                self.dropped.insert(index, event.attempt) != Some(event.attempt)
+            }
         }
     }
 
@@ -166,6 +198,8 @@ impl Ledger {
     fn finish(&mut self, index: u32, event: &TaskEvent) {
         self.first_started_ms.get_or_insert(event.at_ms);
         self.running.remove(&index);
+        self.dropped.remove(&index);
+        self.republishing.remove(&index);
         let before = self.retries_so_far.remove(&index).unwrap_or(0);
         self.finished_retries += u64::from(before.max(event.attempt.saturating_sub(1)));
         self.last_finished_ms = Some(self.last_finished_ms.map_or(event.at_ms, |t| t.max(event.at_ms)));
@@ -187,9 +221,44 @@ impl Ledger {
     pub fn retries(&self) -> u64 {
         self.finished_retries + self.retries_so_far.values().map(|n| u64::from(*n)).sum::<u64>()
     }
-    /// Enqueued tasks neither running nor finished.
+    /// Enqueued tasks neither running, nor finished, nor dropped.
     pub fn queued(&self) -> u32 {
-        self.enqueued.saturating_sub(self.finished() + self.running())
+        self.enqueued.saturating_sub(self.finished() + self.running() + self.cancelled())
+    }
+    /// Unfinished tasks dropped because the Job was cancelled, and not re-enqueued since.
+    pub fn cancelled(&self) -> u32 {
+        (self.dropped.len() + self.republishing.keys().filter(|i| !self.dropped.contains_key(i)).count()) as u32
+    }
+    /// The dropped tasks: (index, attempt), ascending.
+    pub fn dropped(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.dropped.iter().map(|(i, a)| (*i, *a))
+    }
+    /// Dropped tasks are about to be published again: they leave `dropped` (so a new drop of
+    /// the new copy is recorded anew) but stay persisted until [`Ledger::end_republish`].
+    pub fn begin_republish(&mut self, indexes: &[u32]) -> bool {
+        let mut changed = false;
+        for index in indexes {
+            if let Some(attempt) = self.dropped.remove(index) {
+                self.republishing.insert(*index, attempt);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The broker confirmed (`confirmed`) or refused the re-publication of these tasks; refused
+    /// ones are dropped again (to be re-published later).
+    pub fn end_republish(&mut self, indexes: &[u32], confirmed: bool) -> bool {
+        let mut changed = false;
+        for index in indexes {
+            if let Some(attempt) = self.republishing.remove(index) {
+                changed = true;
+                if !confirmed {
+                    self.dropped.entry(*index).or_insert(attempt);
+                }
+            }
+        }
+        changed
     }
     pub fn is_complete(&self) -> bool {
         self.total > 0 && self.finished() >= self.total
@@ -343,6 +412,79 @@ mod tests {
         l.apply(&ok(0, 1));
         l.apply(&retry(1, 1));
         assert_eq!((l.running(), l.queued(), l.finished()), (0, 3, 1));
+    }
+
+    fn cancelled(index: u32, attempt: u32) -> TaskEvent {
+        ev(index, attempt, TaskEventKind::Cancelled { reason: "suspended".into() })
+    }
+
+    #[test]
+    fn dropped_tasks_wait_for_a_resume_and_count_once() {
+        let mut l = Ledger::new(4);
+        l.enqueued = 4;
+        l.apply(&ok(0, 1));
+        l.apply(&ev(1, 1, TaskEventKind::Started));
+        // Suspended: task 1 is cancelled while running, 2 (on its 2nd attempt) and 3 dropped.
+        assert!(l.apply(&cancelled(1, 1)));
+        assert!(l.apply(&cancelled(2, 2)));
+        assert!(l.apply(&cancelled(3, 1)));
+        assert!(!l.apply(&cancelled(3, 1)), "a re-sent report changes nothing");
+        assert!(!l.apply(&cancelled(0, 1)), "a finished task stays finished");
+        assert_eq!((l.running(), l.queued(), l.cancelled(), l.finished()), (0, 0, 3, 1));
+        assert_eq!(l.dropped().collect::<Vec<_>>(), vec![(1, 1), (2, 2), (3, 1)]);
+        assert_eq!(l.retries(), 1, "the attempt-2 drop shows one earlier failure");
+        // Resumed: re-enqueued, then they run once each.
+        assert!(l.begin_republish(&[1, 2, 3]));
+        assert_eq!(l.cancelled(), 3, "in transit: still cancelled, still persisted");
+        assert_eq!(l.snapshot().dropped_attempts.len(), 3);
+        assert!(l.end_republish(&[1, 2, 3], true));
+        assert!(!l.end_republish(&[1], true));
+        assert_eq!((l.queued(), l.cancelled()), (3, 0));
+        for e in [ok(1, 1), ok(2, 2), ok(3, 1), ok(3, 1)] {
+            l.apply(&e);
+        }
+        assert_eq!((l.succeeded().len(), l.retries()), (4, 1));
+        assert!(l.is_complete());
+    }
+
+    #[test]
+    fn a_drop_of_the_new_copy_during_republication_is_not_lost() {
+        let mut l = Ledger::new(2);
+        l.enqueued = 2;
+        l.apply(&cancelled(0, 1));
+        l.apply(&cancelled(1, 1));
+        l.begin_republish(&[0, 1]);
+        // A worker that has not heard of the resume drops the new copy of 0 before the confirm.
+        assert!(l.apply(&cancelled(0, 1)));
+        l.end_republish(&[0, 1], true);
+        assert_eq!(l.dropped().collect::<Vec<_>>(), vec![(0, 1)], "0 must be re-published once more");
+        // A refused publication puts the tasks back.
+        l.begin_republish(&[0]);
+        l.end_republish(&[0], false);
+        assert_eq!(l.dropped().collect::<Vec<_>>(), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn a_finish_clears_a_drop() {
+        // A duplicate copy finished somewhere after the drop was reported: nothing to re-enqueue.
+        let mut l = Ledger::new(1);
+        l.enqueued = 1;
+        l.apply(&cancelled(0, 1));
+        l.apply(&ok(0, 1));
+        assert_eq!((l.cancelled(), l.dropped().count()), (0, 0));
+    }
+
+    #[test]
+    fn restore_keeps_drops_clock_and_termination() {
+        let mut l = Ledger::new(3);
+        l.enqueued = 3;
+        l.apply(&cancelled(2, 1));
+        l.active_since_ms = Some(7);
+        l.terminated = Some(Termination { reason: "DeadlineExceeded".into(), message: "m".into(), at_ms: 9 });
+        let status = JobStatus { enqueued: 3, ledger: Some(l.snapshot()), ..JobStatus::default() };
+        let restored = Ledger::restore(3, Some(&status));
+        assert_eq!(restored.dropped().collect::<Vec<_>>(), vec![(2, 1)]);
+        assert_eq!((restored.active_since_ms, restored.terminated.as_ref().map(|t| t.at_ms)), (Some(7), Some(9)));
     }
 
     #[test]

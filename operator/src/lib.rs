@@ -5,6 +5,7 @@ pub mod autoscaler;
 pub mod book;
 pub mod broker;
 pub mod conditions;
+pub mod control;
 pub mod controllers;
 pub mod crd;
 pub mod leader;

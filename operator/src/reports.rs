@@ -128,7 +128,10 @@ async fn fold(body: &[u8], book: &JobBook, workers: &WorkerRegistry) -> Result<V
         let mut applied = book.apply(event);
         if applied == Applied::UnknownJob {
             if !book.load(&event.job).await? {
-                continue; // the Job is gone: nothing to account
+                // The Job is gone: nothing to account, but its other tasks must not run (this
+                // also re-learns deletions that happened while no operator was watching).
+                book.bury(&event.job.uid, jiff::Timestamp::now().as_millisecond() as u64);
+                continue;
             }
             applied = book.apply(event);
         }

@@ -14,6 +14,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const TASK_CONTENT_TYPE: &str = "application/vnd.warren.task+json";
 /// AMQP `content-type` of a report batch.
 pub const REPORT_CONTENT_TYPE: &str = "application/vnd.warren.report+json";
+/// AMQP `content-type` of a control message.
+pub const CONTROL_CONTENT_TYPE: &str = "application/vnd.warren.control+json";
 
 /// Names of the RabbitMQ objects Warren declares.
 ///
@@ -32,6 +34,13 @@ pub mod names {
     pub const REPORTS_QUEUE: &str = "warren.reports";
     /// Fanout exchange the operator broadcasts control messages on (e.g. job cancellation).
     pub const CONTROL_EXCHANGE: &str = "warren.control";
+
+    /// The control exchange of the Warren installation whose workers report to `reports_queue`:
+    /// [`CONTROL_EXCHANGE`] for the default reports queue, else `<reports_queue>.control`, so
+    /// that installations sharing a broker (or tests) never see each other's control messages.
+    pub fn control_exchange(reports_queue: &str) -> String {
+        if reports_queue == REPORTS_QUEUE { CONTROL_EXCHANGE.to_string() } else { format!("{reports_queue}.control") }
+    }
 
     fn prefix(namespace: &str, pool: &str) -> String {
         format!("warren.{namespace}.{pool}")
@@ -228,6 +237,58 @@ pub enum TaskEventKind {
     /// The attempt failed; `disposition` says what the worker did with the task.
     #[serde(rename_all = "camelCase")]
     Failed { error: String, disposition: FailureDisposition },
+    /// The task's Job is cancelled ([`ControlMessage`]): the worker dropped the task without
+    /// running it, or cancelled its running handler, and acknowledged the delivery. Not final:
+    /// the operator re-enqueues it if the Job resumes. `reason` is a [`cancel_reason`].
+    #[serde(rename_all = "camelCase")]
+    Cancelled { reason: String },
+}
+
+/// Why the tasks of a Job are cancelled (the `reason` of a [`CancelledJob`]).
+pub mod cancel_reason {
+    /// `spec.suspend: true`; the tasks run again when the Job resumes.
+    pub const SUSPENDED: &str = "suspended";
+    /// The Job was deleted.
+    pub const DELETED: &str = "deleted";
+    /// The Job ran past `activeDeadlineSeconds`.
+    pub const DEADLINE_EXCEEDED: &str = "deadline-exceeded";
+    /// The Job failed early (its failure policy's budget of failed tasks was exceeded).
+    pub const FAILED: &str = "failed";
+}
+
+/// A Job whose tasks workers must not run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelledJob {
+    /// The Job's `metadata.uid`.
+    pub uid: String,
+    /// One of [`cancel_reason`].
+    pub reason: String,
+}
+
+/// The operator's broadcast on the installation's control exchange
+/// ([`names::control_exchange`]). It is the *whole* set of cancelled Jobs, re-sent every second
+/// and at once when it changes: a worker replaces its set with each message, so one that
+/// starts (or reconnects) later learns the set from the next broadcast, and a Job that resumes
+/// simply disappears from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlMessage {
+    pub version: u32,
+    /// Milliseconds since the Unix epoch when the message was sent.
+    pub sent_at_ms: u64,
+    /// Every Job whose queued tasks must be dropped and whose running tasks must be cancelled.
+    pub cancelled: Vec<CancelledJob>,
+}
+
+impl ControlMessage {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("control message serializes")
+    }
+
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(body).map_err(|e| format!("not a Warren control message: {e}"))
+    }
 }
 
 /// What a worker did with a failed attempt.
@@ -377,5 +438,22 @@ mod tests {
         assert_eq!(names::retry_queue("default", "p", 1000), "warren.default.p.retry.1000ms");
         assert_eq!(names::dead_letter_queue("default", "p"), "warren.default.p.dlq");
         assert_eq!(names::pool_exchange("default", "p"), "warren.default.p");
+        assert_eq!(names::control_exchange(names::REPORTS_QUEUE), "warren.control");
+        assert_eq!(names::control_exchange("warren.reports.e2e-x"), "warren.reports.e2e-x.control");
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let m = ControlMessage {
+            version: PROTOCOL_VERSION,
+            sent_at_ms: 5,
+            cancelled: vec![CancelledJob { uid: "u".into(), reason: cancel_reason::SUSPENDED.into() }],
+        };
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["cancelled"][0]["reason"], "suspended");
+        assert_eq!(ControlMessage::from_json(&m.to_json()).unwrap(), m);
+        let kind = TaskEventKind::Cancelled { reason: "deleted".into() };
+        assert_eq!(serde_json::to_value(&kind).unwrap()["type"], "cancelled");
+        assert!(!kind.is_final());
     }
 }

@@ -387,6 +387,7 @@ impl Env {
         }
         if !Self::is_real_cluster() {
             delete_queue_at(&self.amqp_url, &self.reports_queue()).await?;
+            delete_exchange_at(&self.amqp_url, &warren_protocol::names::control_exchange(&self.reports_queue())).await?;
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
@@ -407,9 +408,14 @@ pub async fn delete_queue_at(url: &str, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes an exchange (fine if it does not exist).
+/// Deletes an exchange of the shared broker (fine if it does not exist).
 pub async fn delete_exchange(exchange: &str) -> anyhow::Result<()> {
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await?;
+    delete_exchange_at(&amqp_url(), exchange).await
+}
+
+/// Deletes an exchange of the broker at `url` (fine if it does not exist).
+pub async fn delete_exchange_at(url: &str, exchange: &str) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(url, Default::default()).await?;
     let channel = conn.create_channel().await?;
     channel.exchange_delete(exchange.into(), Default::default()).await?;
     let _ = conn.close(200, "".into()).await;

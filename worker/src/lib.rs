@@ -29,6 +29,7 @@
 
 pub mod config;
 pub mod context;
+pub mod control;
 pub mod exec;
 pub mod metrics;
 pub mod report;

@@ -31,6 +31,8 @@ pub enum TaskOutcome {
     Retried,
     /// The task failed for good and is in the dead-letter queue.
     DeadLettered,
+    /// Dropped unrun, or stopped, because its Job was cancelled (deleted, suspended, past its deadline).
+    Cancelled,
     /// Returned to its queue unfinished (shutdown past grace, lost connection, outcome not recordable).
     Interrupted,
 }
@@ -40,6 +42,7 @@ impl TaskOutcome {
         match self {
             TaskOutcome::Succeeded => "succeeded",
             TaskOutcome::Retried => "retried",
+            TaskOutcome::Cancelled => "cancelled",
             TaskOutcome::DeadLettered => "dead_lettered",
             TaskOutcome::Interrupted => "interrupted",
         }
@@ -214,7 +217,7 @@ mod tests {
         has(r#"warren_worker_task_duration_seconds_bucket{le="0.05",pool="images",priority="high",result="succeeded"} 1"#);
         has(r#"warren_worker_task_duration_seconds_count{pool="images",priority="high",result="failed"} 1"#);
         has("warren_worker_broker_connected 0");
-        for outcome in [TaskOutcome::Succeeded, TaskOutcome::Retried, TaskOutcome::DeadLettered, TaskOutcome::Interrupted] {
+        for outcome in [TaskOutcome::Succeeded, TaskOutcome::Retried, TaskOutcome::Cancelled, TaskOutcome::DeadLettered, TaskOutcome::Interrupted] {
             assert!(outcome.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
     }

@@ -48,7 +48,7 @@ pub struct PendingEvent {
 /// the outcome of an attempt replaces its still-pending `Started` event (the operator learns
 /// nothing from a start it hears of together with the end; short tasks send half the events).
 pub fn push_event(pending: &mut Vec<PendingEvent>, event: TaskEvent, confirmed: Option<oneshot::Sender<()>>) {
-    if matches!(event.kind, TaskEventKind::Succeeded { .. } | TaskEventKind::Failed { .. }) {
+    if matches!(event.kind, TaskEventKind::Succeeded { .. } | TaskEventKind::Failed { .. } | TaskEventKind::Cancelled { .. }) {
         pending.retain(|p| {
             !(p.confirmed.is_none()
                 && matches!(p.event.kind, TaskEventKind::Started)

@@ -22,11 +22,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use warren_protocol::{FailureDisposition, TASK_CONTENT_TYPE, TaskEnvelope, TaskEventKind, WorkerId, names};
+use warren_protocol::{ControlMessage, FailureDisposition, TASK_CONTENT_TYPE, TaskEnvelope, TaskEventKind, WorkerId, names};
 
 use crate::config::{ConfigError, ConfigOverrides, WorkerConfig};
 use crate::context::{TaskContext, TaskError, TaskResult};
 use crate::metrics::{TaskOutcome, WorkerMetrics};
+use crate::control::{CancelSet, FIRST_MESSAGE_WAIT};
 use crate::report::{PublishError, ReportLink, Reporter, ReporterTask, Stats, publish_confirmed};
 use crate::retry::{FailureAction, decide_failure, reconnect_delay};
 use crate::scheduler::Buffer;
@@ -234,6 +235,15 @@ struct Shared {
     metrics: Arc<WorkerMetrics>,
     /// Retry tiers declared by this process (declaring is idempotent; this saves round trips).
     retry_tiers: Mutex<HashSet<u64>>,
+    /// The operator's set of cancelled Jobs; receivers are woken when a Job is added.
+    cancels: watch::Sender<CancelSet>,
+}
+
+impl Shared {
+    /// Why the Job of a task is cancelled, if it is.
+    fn cancel_reason(&self, job_uid: &str) -> Option<String> {
+        self.cancels.borrow().reason(job_uid).map(str::to_string)
+    }
 }
 
 /// The broker objects of one connection, shared by the tasks it runs.
@@ -262,6 +272,8 @@ enum Outcome {
     Succeeded(Option<serde_json::Value>),
     Failed { error: TaskError, reason_override: Option<&'static str> },
     Interrupted,
+    /// The task's Job was cancelled while the handler ran (reason from the control message).
+    Cancelled(String),
 }
 
 impl Worker {
@@ -336,6 +348,7 @@ impl Worker {
             stats: stats.clone(),
             metrics,
             retry_tiers: Mutex::default(),
+            cancels: watch::Sender::new(CancelSet::default()),
         });
         let span = tracing::info_span!(
             "worker",
@@ -441,6 +454,63 @@ async fn run_session(
     let consumers_cancelled = CancellationToken::new();
     let mut consumers: Vec<(Channel, ShortString)> = Vec::new();
     let mut forwarders = JoinSet::new();
+
+    // Control messages first: a worker must know the cancelled Jobs before it takes tasks.
+    let control = connection.create_channel().await?;
+    let control_exchange = names::control_exchange(&config.reports_queue);
+    let control_queue = match topology::declare_control_queue(&control, &control_exchange).await {
+        Ok(queue) => queue,
+        Err(e) => {
+            tracing::warn!(error = %e, "declaring the control queue failed");
+            return Ok(SessionEnd::Lost);
+        }
+    };
+    let mut control_consumer = control
+        .basic_consume(
+            control_queue.as_str().into(),
+            format!("{}.control", config.pod_name).as_str().into(),
+            BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let (first_control_tx, first_control) = tokio::sync::oneshot::channel::<()>();
+    {
+        let (shared, lost) = (shared.clone(), session.lost.clone());
+        forwarders.spawn(
+            async move {
+                let mut first = Some(first_control_tx);
+                while let Some(item) = control_consumer.next().await {
+                    let delivery = match item {
+                        Ok(delivery) => delivery,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control consumer failed");
+                            break;
+                        }
+                    };
+                    match ControlMessage::from_json(&delivery.data) {
+                        Ok(message) => {
+                            shared.cancels.send_if_modified(|set| match set.apply(&message) {
+                                Some(added) if !added.is_empty() => {
+                                    tracing::info!(jobs = ?added, cancelled = set.len(), "Jobs cancelled");
+                                    true
+                                }
+                                _ => false,
+                            });
+                            if let Some(tx) = first.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
+                    }
+                }
+                lost.cancel();
+            }
+            .in_current_span(),
+        );
+    }
+    if tokio::time::timeout(FIRST_MESSAGE_WAIT, first_control).await.is_err() {
+        tracing::info!(exchange = %control_exchange, "no control message from the operator yet; taking tasks anyway");
+    }
     for (class, priority) in config.priorities.iter().enumerate() {
         let channel = connection.create_channel().await?;
         channel.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
@@ -535,7 +605,12 @@ async fn run_session(
             received = incoming.recv(), if incoming_open => match received {
                 Some((_, delivery)) if draining => requeue(&delivery).await,
                 Some((class, delivery)) => match TaskEnvelope::from_json(&delivery.data) {
-                    Ok(envelope) => buffer.push(class, std::time::Instant::now(), Ready { delivery, envelope }),
+                    Ok(envelope) => match shared.cancel_reason(&envelope.job.uid) {
+                        Some(reason) => {
+                            aux.spawn(drop_cancelled(shared.clone(), session.clone(), delivery, envelope, reason));
+                        }
+                        None => buffer.push(class, std::time::Instant::now(), Ready { delivery, envelope }),
+                    },
                     Err(error) => {
                         aux.spawn(dead_letter_malformed(shared.clone(), session.clone(), delivery, error));
                     }
@@ -625,6 +700,47 @@ async fn dead_letter_malformed(shared: Arc<Shared>, session: Arc<Session>, deliv
     }
 }
 
+/// A task of a cancelled Job: reported `Cancelled` (so the operator can re-enqueue it if the
+/// Job resumes), then acknowledged without running.
+async fn drop_cancelled(shared: Arc<Shared>, session: Arc<Session>, delivery: Delivery, envelope: TaskEnvelope, reason: String) {
+    let span = tracing::info_span!("task", job = %envelope.job.name, job_uid = %envelope.job.uid, task = envelope.index, attempt = envelope.attempt);
+    async {
+        tracing::info!(%reason, "dropping a task of a cancelled Job");
+        report_then_ack(&shared, &session, &delivery, &envelope, TaskEventKind::Cancelled { reason }).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reports an outcome and acknowledges the delivery once the report is confirmed by the broker
+/// (a crash before that means a redelivery, never a lost outcome). False if the connection was
+/// lost first (the delivery is then redelivered).
+async fn report_then_ack(
+    shared: &Shared,
+    session: &Session,
+    delivery: &Delivery,
+    envelope: &TaskEnvelope,
+    kind: TaskEventKind,
+) -> TaskOutcome {
+    let finished = match &kind {
+        TaskEventKind::Failed { disposition: FailureDisposition::Retrying { .. }, .. } => TaskOutcome::Retried,
+        TaskEventKind::Failed { disposition: FailureDisposition::DeadLettered { .. }, .. } => TaskOutcome::DeadLettered,
+        TaskEventKind::Cancelled { .. } => TaskOutcome::Cancelled,
+        _ => TaskOutcome::Succeeded,
+    };
+    let confirmed = shared.reporter.event_confirmed(envelope, kind);
+    tokio::select! {
+        _ = confirmed => {
+            ack(delivery).await;
+            finished
+        }
+        _ = session.lost.cancelled() => {
+            tracing::warn!("connection lost before the outcome was reported; the task will be redelivered");
+            TaskOutcome::Interrupted
+        }
+    }
+}
+
 async fn ensure_retry_tier(shared: &Shared, session: &Session, tier_ms: u64) -> Result<(), OutcomeError> {
     if shared.retry_tiers.lock().unwrap().contains(&tier_ms) {
         return Ok(());
@@ -670,8 +786,26 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 
 /// Runs the handler in its own tokio task, under the attempt's timeout and the session's
 /// interrupt.
-async fn run_handler(handler: Handler, ctx: TaskContext, timeout: Option<Duration>, interrupt: CancellationToken) -> Outcome {
+async fn run_handler(
+    handler: Handler,
+    ctx: TaskContext,
+    timeout: Option<Duration>,
+    interrupt: CancellationToken,
+    mut cancels: watch::Receiver<CancelSet>,
+) -> Outcome {
     let cancel = ctx.cancellation_token();
+    let job_uid = ctx.job().uid.clone();
+    let job_cancelled = async move {
+        loop {
+            let reason = cancels.borrow_and_update().reason(&job_uid).map(str::to_string);
+            if let Some(reason) = reason {
+                return reason;
+            }
+            if cancels.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
     let mut handle = tokio::spawn(handler(ctx).in_current_span());
     let time_limit = async {
         match timeout {
@@ -704,6 +838,11 @@ async fn run_handler(handler: Handler, ctx: TaskContext, timeout: Option<Duratio
         _ = interrupt.cancelled() => {
             wind_down(&mut handle).await;
             Outcome::Interrupted
+        }
+        reason = job_cancelled => {
+            tracing::info!(%reason, "the task's Job was cancelled; cancelling the handler");
+            wind_down(&mut handle).await;
+            Outcome::Cancelled(reason)
         }
     }
 }
@@ -741,13 +880,20 @@ async fn execute_attempt(
     envelope: Arc<TaskEnvelope>,
     interrupt: CancellationToken,
 ) -> TaskOutcome {
-    tracing::info!("task started");
+    if let Some(reason) = shared.cancel_reason(&envelope.job.uid) {
+        tracing::info!(%reason, "dropping a task of a cancelled Job");
+        return report_then_ack(shared, session, delivery, &envelope, TaskEventKind::Cancelled { reason }).await;
+    }
+    // Per-task lines are debug: at thousands of tasks per second they would cost more CPU than
+    // the tasks (`RUST_LOG=warren_worker=debug` shows them). Failures stay at warn.
+    tracing::debug!("task started");
     shared.reporter.event(&envelope, TaskEventKind::Started);
     let handler_started = Instant::now();
     let outcome = match shared.handlers.select(envelope.task_type.as_deref()) {
         Some(handler) => {
             let ctx = TaskContext::new(envelope.clone(), CancellationToken::new(), shared.reporter.clone());
-            run_handler(handler.clone(), ctx, envelope.timeout_seconds.map(Duration::from_secs), interrupt).await
+            let cancels = shared.cancels.subscribe();
+            run_handler(handler.clone(), ctx, envelope.timeout_seconds.map(Duration::from_secs), interrupt, cancels).await
         }
         None => Outcome::Failed {
             error: TaskError::permanent(format!(
@@ -760,7 +906,7 @@ async fn execute_attempt(
     match &outcome {
         Outcome::Succeeded(_) => shared.metrics.handler_returned(&envelope.priority, true, handler_started.elapsed()),
         Outcome::Failed { .. } => shared.metrics.handler_returned(&envelope.priority, false, handler_started.elapsed()),
-        Outcome::Interrupted => {}
+        Outcome::Interrupted | Outcome::Cancelled(_) => {}
     }
     let kind = match outcome {
         Outcome::Interrupted => {
@@ -769,9 +915,10 @@ async fn execute_attempt(
             return TaskOutcome::Interrupted;
         }
         Outcome::Succeeded(result) => {
-            tracing::info!("task succeeded");
+            tracing::debug!("task succeeded");
             TaskEventKind::Succeeded { result }
         }
+        Outcome::Cancelled(reason) => TaskEventKind::Cancelled { reason },
         Outcome::Failed { error, reason_override } => {
             let action = match reason_override {
                 Some(reason) => FailureAction::DeadLetter { reason },
@@ -807,22 +954,5 @@ async fn execute_attempt(
             TaskEventKind::Failed { error: error.message().to_string(), disposition }
         }
     };
-    // Ack only once the report of the outcome is safely with the broker: a crash before that
-    // means a redelivery, never a lost outcome.
-    let finished = match &kind {
-        TaskEventKind::Failed { disposition: FailureDisposition::Retrying { .. }, .. } => TaskOutcome::Retried,
-        TaskEventKind::Failed { disposition: FailureDisposition::DeadLettered { .. }, .. } => TaskOutcome::DeadLettered,
-        _ => TaskOutcome::Succeeded,
-    };
-    let confirmed = shared.reporter.event_confirmed(&envelope, kind);
-    tokio::select! {
-        _ = confirmed => {
-            ack(delivery).await;
-            finished
-        }
-        _ = session.lost.cancelled() => {
-            tracing::warn!("connection lost before the outcome was reported; the task will be redelivered");
-            TaskOutcome::Interrupted
-        }
-    }
+    report_then_ack(shared, session, delivery, &envelope, kind).await
 }

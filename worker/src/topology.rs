@@ -216,3 +216,39 @@ pub async fn declare_reports_queue(channel: &Channel, queue: &str) -> Result<(),
         .map_err(declare_err(queue))?;
     Ok(())
 }
+
+/// Declares an installation's control exchange ([`names::control_exchange`]): a fanout
+/// exchange, not durable (it holds no state: the operator re-sends its whole set every second
+/// and re-declares the exchange before each send). Operator and workers declare it alike.
+pub async fn declare_control_exchange(channel: &Channel, exchange: &str) -> Result<(), TopologyError> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions { durable: false, ..ExchangeDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(exchange))?;
+    Ok(())
+}
+
+/// Declares the control exchange and a server-named, exclusive, auto-delete queue bound to it
+/// (one per worker connection: it disappears with the connection). Returns the queue name.
+pub async fn declare_control_queue(channel: &Channel, exchange: &str) -> Result<String, TopologyError> {
+    declare_control_exchange(channel, exchange).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(format!("the control queue of {exchange}")))?;
+    let name = queue.name().to_string();
+    channel
+        .queue_bind(name.as_str().into(), exchange.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .map_err(declare_err(format!("binding the control queue to {exchange}")))?;
+    Ok(name)
+}

@@ -61,6 +61,52 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 604800))]
     pub timeout_seconds: Option<u64>,
+    /// Stops the Job without deleting it: no further task is enqueued, workers drop its queued
+    /// tasks and cancel its running ones (counted in `status.cancelled`), and the
+    /// `activeDeadlineSeconds` clock stops. Setting it back to false re-enqueues every task that
+    /// was dropped and not finished. Like `suspend` of a Kubernetes Job. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+    /// Seconds the Job may be active (not suspended), counted from when the operator accepted it
+    /// and restarted at each resume. Past it the remaining tasks are cancelled and the Job ends
+    /// `Failed` with reason `DeadlineExceeded`. Like `activeDeadlineSeconds` of a Kubernetes Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub active_deadline_seconds: Option<u64>,
+    /// How many failed tasks the Job tolerates. Default: none (any failed task fails the Job once
+    /// all tasks have finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+    /// Deduplicates Jobs: of the Jobs in a namespace with the same key, only the oldest runs; the
+    /// others enqueue nothing and report it (condition `Ready=False`, reason `DuplicateOf`,
+    /// phase mirroring the original's). Deleting the original frees the key. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("idempotencyKey is immutable"))]
+    pub idempotency_key: Option<String>,
+}
+
+/// When failed tasks fail the Job, like `maxFailedIndexes` of a Kubernetes Indexed Job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Tasks that may fail for good (dead-lettered) with the Job still ending `Succeeded`.
+    /// Default 0: one failed task makes the Job `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_failed_tasks: Option<u32>,
+    /// True: the Job fails as soon as more than `maxFailedTasks` tasks failed, and its remaining
+    /// tasks are cancelled (reason `MaxFailedTasksExceeded`). Default false: every task gets
+    /// its attempts and the phase is decided when all have finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_fast: Option<bool>,
+}
+
+impl FailurePolicy {
+    /// The tolerated number of failed tasks of a Job.
+    pub fn allowed_failures(policy: Option<&FailurePolicy>) -> u32 {
+        policy.and_then(|p| p.max_failed_tasks).unwrap_or(0)
+    }
 }
 
 fn default_priority() -> String {
@@ -90,9 +136,12 @@ pub enum JobPhase {
     Queued,
     /// At least one task started or finished.
     Running,
-    /// Every task succeeded.
+    /// `spec.suspend` is true: nothing is enqueued or run until it is set back to false.
+    Suspended,
+    /// Every task finished, and no more failed than `failurePolicy.maxFailedTasks` allows.
     Succeeded,
-    /// Every task finished and at least one failed, or the Job is invalid.
+    /// More tasks failed than `failurePolicy.maxFailedTasks` allows, the deadline passed, or
+    /// the Job is invalid.
     Failed,
 }
 
@@ -145,6 +194,10 @@ pub struct JobStatus {
     /// Tasks parked in the pool's dead-letter queue.
     #[serde(default)]
     pub dead_lettered: u32,
+    /// Unfinished tasks that workers dropped or cancelled because the Job was suspended or ended
+    /// early; a resume re-enqueues them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cancelled: u32,
     /// `succeeded/total`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completions: Option<String>,
@@ -191,6 +244,31 @@ pub struct LedgerSnapshot {
     /// reports of an earlier run of such a task are stale.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replay_generations: BTreeMap<String, u32>,
+    /// Attempt of each unfinished task a worker dropped because the Job was cancelled.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped_attempts: BTreeMap<String, u32>,
+    /// Milliseconds since the epoch since which the Job is active (accepted, not suspended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_since_ms: Option<u64>,
+    /// Why the Job ended before all its tasks finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<Termination>,
+}
+
+/// A Job ended early (deadline, failure budget): its remaining tasks are cancelled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Termination {
+    /// `DeadlineExceeded` or `MaxFailedTasksExceeded`.
+    pub reason: String,
+    /// What happened, for humans (also the message of the `Failed` condition).
+    pub message: String,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Job {

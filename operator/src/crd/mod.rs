@@ -7,7 +7,7 @@ mod job;
 mod retry;
 mod worker_pool;
 
-pub use job::{Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot};
+pub use job::{FailurePolicy, Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot, Termination};
 pub use retry::{BackoffSpec, RetrySpec};
 pub use worker_pool::{
     AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, PriorityBacklog, ScalingRules,

@@ -200,7 +200,11 @@ impl TestPool {
         for q in queues {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
-        for x in [names::pool_exchange(&self.namespace, &self.pool), topology::retry_exchange(&self.namespace, &self.pool)] {
+        for x in [
+            names::pool_exchange(&self.namespace, &self.pool),
+            topology::retry_exchange(&self.namespace, &self.pool),
+            names::control_exchange(&self.reports_queue),
+        ] {
             let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
         }
         let _ = self.connection.close(200, "OK".into()).await;

@@ -1,5 +1,8 @@
 //! The Job controller: validates a Job, enqueues its tasks with publisher confirms (resuming from
-//! the confirmed watermark after a restart), and leaves the status to the [`JobBook`].
+//! the confirmed watermark after a restart), suspends and resumes it (re-enqueueing the tasks
+//! workers dropped), ends it at its deadline or failure budget, deduplicates it by
+//! `idempotencyKey`, and leaves the status to the [`JobBook`]. The cancelled Jobs are broadcast
+//! to the workers by [`crate::control`].
 
 pub mod plan;
 pub mod status;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
@@ -53,11 +56,11 @@ impl Error {
     }
 }
 
-async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, Error> {
     let started = Instant::now();
     metrics::global().reconciles.get_or_create(&ControllerLabels { controller: CONTROLLER }).inc();
     let span = tracing::info_span!("reconcile", kind = "Job", namespace = job.namespace(), name = job.name_any());
-    let result = reconcile_inner(job, &ctx).instrument(span).await;
+    let result = reconcile_inner(job, &state).instrument(span).await;
     metrics::global()
         .reconcile_duration
         .get_or_create(&ControllerLabels { controller: CONTROLLER })
@@ -65,7 +68,21 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     result
 }
 
-async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> {
+fn now_ms() -> u64 {
+    jiff::Timestamp::now().as_millisecond() as u64
+}
+
+/// What the Job controller's reconciles share beyond the [`Context`].
+struct State {
+    ctx: Arc<Context>,
+    jobs: Store<Job>,
+    /// Who got each `(namespace, idempotencyKey)` first in this process: concurrent reconciles
+    /// of two Jobs with one key must not both decide to run.
+    claims: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+}
+
+async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> {
+    let (ctx, jobs) = (&*state.ctx, &state.jobs);
     let uid = job.uid().ok_or(Error::MissingUid)?;
     if job.metadata.deletion_timestamp.is_some() {
         ctx.book.forget(&uid);
@@ -84,18 +101,39 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
             ctx.book.flush(&uid).await?;
         }
     }
+    let same_key: Vec<Arc<Job>> = match &job.spec.idempotency_key {
+        Some(key) => jobs
+            .state()
+            .into_iter()
+            .filter(|j| j.namespace() == job.namespace() && j.spec.idempotency_key.as_ref() == Some(key))
+            .collect(),
+        None => Vec::new(),
+    };
+    let earlier = job.spec.idempotency_key.as_ref().and_then(|key| {
+        let mut claims = state.claims.lock().expect("claims lock");
+        let claim_key = (namespace.clone(), key.clone());
+        let holder = plan::key_holder(&job, same_key.iter().map(|j| &**j), claims.get(&claim_key).map(String::as_str))?;
+        claims.insert(claim_key, holder.clone());
+        same_key.iter().find(|j| j.uid().as_deref() == Some(holder.as_str()) && holder != uid).cloned()
+    });
+    let earlier = earlier.as_deref();
     let mut last_write = Instant::now();
     let mut retry_queues_recorded = false;
     loop {
-        match plan::plan(&job, pool.as_deref(), ctx.book.enqueued(&uid), ctx.config.publish_batch) {
+        let now = now_ms();
+        let observed = ctx.book.observed(&uid);
+        match plan::plan(&job, pool.as_deref(), earlier, &observed, ctx.config.publish_batch, now) {
             Plan::Blocked(blocker) => {
                 tracing::info!(reason = blocker.reason(), message = blocker.message(), "Job is blocked");
                 let permanent = blocker.is_permanent();
                 ctx.book.set_blocker(&uid, Some(blocker));
                 ctx.book.flush(&uid).await?;
                 ctx.backoff.reset(&uid);
-                // A pool appearing or becoming ready triggers a reconcile through `watches`.
-                return Ok(if permanent { Action::await_change() } else { Action::requeue(Duration::from_secs(60)) });
+                // A pool appearing or becoming ready triggers a reconcile through `watches`; the
+                // deadline, if any, still applies while the Job waits.
+                let wait = plan::deadline_in_ms(&job, &observed, now)
+                    .map_or(Duration::from_secs(60), |ms| Duration::from_millis(ms).min(Duration::from_secs(60)));
+                return Ok(if permanent { Action::await_change() } else { Action::requeue(wait) });
             }
             Plan::Publish { indexes, retry } => {
                 ctx.book.set_blocker(&uid, None);
@@ -125,13 +163,52 @@ async fn reconcile_inner(job: Arc<Job>, ctx: &Context) -> Result<Action, Error> 
                     last_write = Instant::now();
                 }
             }
-            Plan::Follow => {
+            Plan::Suspended => {
+                tracing::info!("Job is suspended");
+                ctx.book.set_blocker(&uid, None);
+                ctx.book.set_active_since(&uid, None);
+                ctx.book.flush(&uid).await?;
+                ctx.backoff.reset(&uid);
+                return Ok(Action::await_change());
+            }
+            Plan::StartClock => ctx.book.set_active_since(&uid, Some(now)),
+            Plan::Terminate(termination) => {
+                tracing::warn!(reason = %termination.reason, message = %termination.message, "Job ends early; cancelling its remaining tasks");
+                ctx.book.set_blocker(&uid, None);
+                ctx.book.terminate(&uid, termination);
+                ctx.book.flush(&uid).await?;
+                ctx.backoff.reset(&uid);
+                return Ok(Action::await_change());
+            }
+            Plan::Republish { tasks, retry } => {
+                if !ctx.book.workers_know_resumed(&uid) {
+                    // The resume reaches the workers within a broadcast interval.
+                    return Ok(Action::requeue(crate::control::CHECK_INTERVAL));
+                }
+                let indexes: Vec<u32> = tasks.iter().map(|(i, _)| *i).collect();
+                ctx.book.begin_republish(&uid, &indexes);
+                let bodies: Vec<Vec<u8>> = tasks
+                    .iter()
+                    .map(|&(index, attempt)| {
+                        let envelope = plan::envelope(&job, &job_ref, index, &retry);
+                        warren_protocol::TaskEnvelope { attempt: attempt.max(1), ..envelope }.to_json()
+                    })
+                    .collect();
+                let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
+                let published = ctx.broker.publish_confirmed(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await;
+                ctx.book.end_republish(&uid, &indexes, published.is_ok());
+                published?;
+                tracing::info!(tasks = indexes.len(), "re-enqueued tasks dropped while the Job was suspended");
+                ctx.book.flush(&uid).await?;
+            }
+            Plan::Follow { wake_in_ms } => {
                 ctx.book.set_blocker(&uid, None);
                 ctx.backoff.reset(&uid);
-                return Ok(if ctx.book.is_complete(&uid) {
+                let wake = wake_in_ms.map_or(Duration::from_secs(300), |ms| Duration::from_millis(ms).min(Duration::from_secs(300)));
+                return Ok(if ctx.book.is_complete(&uid) || ctx.book.observed(&uid).terminated {
                     Action::await_change()
                 } else {
-                    Action::requeue(Duration::from_secs(300))
+                    Action::requeue(wake)
                 });
             }
         }
@@ -158,7 +235,8 @@ async fn record_retry_queues(ctx: &Context, pool: &WorkerPool, retry: &warren_pr
     Ok(())
 }
 
-fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(job: Arc<Job>, error: &Error, state: Arc<State>) -> Action {
+    let ctx = &state.ctx;
     metrics::global()
         .reconcile_errors
         .get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() })
@@ -172,8 +250,13 @@ fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
 pub async fn run(ctx: Arc<Context>) {
     let jobs: Api<Job> = ctx.config.watched(ctx.client.clone());
     let pools: Api<WorkerPool> = ctx.config.watched(ctx.client.clone());
-    let controller = Controller::new(jobs, watcher::Config::default());
+    let controller = Controller::new(jobs.clone(), watcher::Config::default());
     let store = controller.store();
+    let control_exchange = names::control_exchange(&ctx.config.reports_queue);
+    let broadcaster =
+        tokio::spawn(crate::control::run(ctx.config.amqp_url.clone(), control_exchange, ctx.book.clone(), store.clone()));
+    let job_store = store.clone();
+    let duplicates = store.clone();
     controller
         .watches(pools, watcher::Config::default(), move |pool: WorkerPool| {
             let namespace = pool.namespace();
@@ -185,8 +268,20 @@ pub async fn run(ctx: Arc<Context>) {
                 .map(|job| ObjectRef::from_obj(&*job))
                 .collect::<Vec<_>>()
         })
+        // A duplicate Job mirrors the phase of the Job holding its idempotencyKey.
+        .watches(jobs, watcher::Config::default(), move |job: Job| {
+            let Some(key) = job.spec.idempotency_key.clone() else { return Vec::new() };
+            let namespace = job.namespace();
+            duplicates
+                .state()
+                .into_iter()
+                .filter(|j| j.uid() != job.uid() && j.namespace() == namespace && j.spec.idempotency_key.as_ref() == Some(&key))
+                .map(|j| ObjectRef::from_obj(&*j))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, Arc::new(State { ctx, jobs: job_store, claims: Default::default() }))
         .for_each(|_| futures::future::ready(()))
         .await;
+    broadcaster.abort();
 }

@@ -1,11 +1,17 @@
-//! What the Job controller should do next, decided from the Job, its pool and the ledger.
-//! Pure: no client, no broker, no clock.
+//! What the Job controller should do next, decided from the Job, its pool, the ledger and the
+//! time. Pure: no client, no broker, no clock (`now` is an argument).
 
 use std::ops::Range;
 
 use warren_protocol::{JobRef, PROTOCOL_VERSION, RetryPolicy, TaskEnvelope};
 
-use crate::crd::{Job, RetrySpec, WorkerPool};
+use crate::crd::{FailurePolicy, Job, JobPhase, RetrySpec, Termination, WorkerPool};
+use crate::ledger::Ledger;
+
+/// Condition reason of a Job that ran past `activeDeadlineSeconds`.
+pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+/// Condition reason of a fail-fast Job with more failed tasks than its failure policy allows.
+pub const MAX_FAILED_TASKS_EXCEEDED: &str = "MaxFailedTasksExceeded";
 
 /// Largest serialized payload of one task. RabbitMQ handles more, but a task queue is no place
 /// for bulk data: pass a reference (URL, object key) instead.
@@ -22,6 +28,9 @@ pub enum Blocker {
     PoolNotReady(String),
     /// The pool does not serve the Job's priority class.
     PriorityNotServed(String),
+    /// Another Job holds the same `idempotencyKey`; this one never runs and mirrors the phase
+    /// of the original (the last one seen, once the original is gone).
+    DuplicateOf(String, JobPhase),
 }
 
 impl Blocker {
@@ -32,6 +41,7 @@ impl Blocker {
             Blocker::PoolNotFound(_) => "PoolNotFound",
             Blocker::PoolNotReady(_) => "PoolNotReady",
             Blocker::PriorityNotServed(_) => "PriorityNotServed",
+            Blocker::DuplicateOf(..) => "DuplicateOf",
         }
     }
 
@@ -40,7 +50,8 @@ impl Blocker {
             Blocker::InvalidSpec(m)
             | Blocker::PoolNotFound(m)
             | Blocker::PoolNotReady(m)
-            | Blocker::PriorityNotServed(m) => m,
+            | Blocker::PriorityNotServed(m)
+            | Blocker::DuplicateOf(m, _) => m,
         }
     }
 
@@ -50,22 +61,116 @@ impl Blocker {
     }
 }
 
+/// What the operator knows of a Job beside its spec: the parts of its ledger the plan needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// Confirmed publish watermark.
+    pub enqueued: u32,
+    pub finished: u32,
+    pub failed: u32,
+    /// Dropped tasks waiting to be re-enqueued: (index, attempt), ascending.
+    pub dropped: Vec<(u32, u32)>,
+    pub active_since_ms: Option<u64>,
+    pub terminated: bool,
+}
+
+impl Observed {
+    pub fn of(ledger: &Ledger) -> Self {
+        Self {
+            enqueued: ledger.enqueued,
+            finished: ledger.finished(),
+            failed: ledger.failed().len() as u32,
+            dropped: ledger.dropped().collect(),
+            active_since_ms: ledger.active_since_ms,
+            terminated: ledger.terminated.is_some(),
+        }
+    }
+}
+
 /// The next step for a Job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Plan {
     /// Wait for the blocker to go away (or forever, if permanent).
     Blocked(Blocker),
+    /// `spec.suspend`: enqueue nothing, stop the deadline clock (workers drop the Job's tasks).
+    Suspended,
+    /// Start the `activeDeadlineSeconds` clock now, then plan again.
+    StartClock,
+    /// End the Job now; its remaining tasks are cancelled.
+    Terminate(Termination),
     /// Publish tasks with these indexes, then plan again.
     Publish { indexes: Range<u32>, retry: RetryPolicy },
-    /// Everything is enqueued: nothing to do but follow the reports.
-    Follow,
+    /// Publish again tasks that workers dropped while the Job was suspended: (index, attempt).
+    Republish { tasks: Vec<(u32, u32)>, retry: RetryPolicy },
+    /// Everything is enqueued: follow the reports; plan again after `wake_in_ms` (the deadline).
+    Follow { wake_in_ms: Option<u64> },
 }
 
-/// Decides the next step. `enqueued` is the confirmed publish watermark.
-pub fn plan(job: &Job, pool: Option<&WorkerPool>, enqueued: u32, batch_size: u32) -> Plan {
+/// Decides the next step at `now_ms`. `earlier` is the Job that holds the same
+/// `idempotencyKey`, if another one does (see [`key_holder`]).
+pub fn plan(
+    job: &Job,
+    pool: Option<&WorkerPool>,
+    earlier: Option<&Job>,
+    observed: &Observed,
+    batch_size: u32,
+    now_ms: u64,
+) -> Plan {
     if let Err(message) = validate(job) {
         return Plan::Blocked(Blocker::InvalidSpec(message));
     }
+    let total = job.task_count();
+    if observed.terminated || observed.finished >= total {
+        return Plan::Follow { wake_in_ms: None };
+    }
+    if observed.enqueued == 0 {
+        if let Some(original) = earlier {
+            let phase = original.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            return Plan::Blocked(Blocker::DuplicateOf(
+                format!(
+                    "idempotencyKey {:?} is held by Job {} (created earlier); this Job does not run and mirrors its phase",
+                    job.spec.idempotency_key.as_deref().unwrap_or_default(),
+                    original.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                phase,
+            ));
+        }
+        // Once a duplicate, always: deleting the original does not make this one run.
+        if let Some(ready) = duplicate_condition(job) {
+            let phase = job.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            return Plan::Blocked(Blocker::DuplicateOf(ready.message.clone(), phase));
+        }
+    }
+    if job.spec.suspend {
+        return Plan::Suspended;
+    }
+    let Some(active_since_ms) = observed.active_since_ms else { return Plan::StartClock };
+    let deadline_ms = job.spec.active_deadline_seconds.map(|s| active_since_ms.saturating_add(s.saturating_mul(1_000)));
+    if deadline_ms.is_some_and(|d| now_ms >= d) {
+        let seconds = job.spec.active_deadline_seconds.unwrap_or_default();
+        return Plan::Terminate(Termination {
+            reason: DEADLINE_EXCEEDED.into(),
+            message: format!(
+                "the Job was active longer than activeDeadlineSeconds ({seconds}s); its {} unfinished tasks were cancelled",
+                total - observed.finished
+            ),
+            at_ms: now_ms,
+        });
+    }
+    let policy = job.spec.failure_policy.as_ref();
+    let allowed = FailurePolicy::allowed_failures(policy);
+    if policy.and_then(|p| p.fail_fast).unwrap_or(false) && observed.failed > allowed {
+        return Plan::Terminate(Termination {
+            reason: MAX_FAILED_TASKS_EXCEEDED.into(),
+            message: format!(
+                "{} tasks failed, more than failurePolicy.maxFailedTasks ({allowed}); its {} unfinished tasks were cancelled",
+                observed.failed,
+                total - observed.finished
+            ),
+            at_ms: now_ms,
+        });
+    }
+    let wake_in_ms = deadline_ms.map(|d| d - now_ms);
     let Some(pool) = pool else {
         return Plan::Blocked(Blocker::PoolNotFound(format!(
             "WorkerPool {:?} not found in this namespace; the Job starts when it exists",
@@ -90,12 +195,61 @@ pub fn plan(job: &Job, pool: Option<&WorkerPool>, enqueued: u32, batch_size: u32
             job.spec.pool_ref
         )));
     }
-    let total = job.task_count();
-    if enqueued >= total {
-        return Plan::Follow;
+    let enqueued = observed.enqueued;
+    if enqueued < total {
+        let end = enqueued.saturating_add(batch_size.max(1)).min(total);
+        return Plan::Publish { indexes: enqueued..end, retry };
     }
-    let end = enqueued.saturating_add(batch_size.max(1)).min(total);
-    Plan::Publish { indexes: enqueued..end, retry }
+    if !observed.dropped.is_empty() {
+        let tasks = observed.dropped.iter().copied().take(batch_size.max(1) as usize).collect();
+        return Plan::Republish { tasks, retry };
+    }
+    Plan::Follow { wake_in_ms }
+}
+
+/// Milliseconds until the Job's `activeDeadlineSeconds` passes, if it has one and its clock runs
+/// (when to reconcile a blocked or waiting Job again at the latest).
+pub fn deadline_in_ms(job: &Job, observed: &Observed, now_ms: u64) -> Option<u64> {
+    let seconds = job.spec.active_deadline_seconds?;
+    let deadline = observed.active_since_ms?.saturating_add(seconds.saturating_mul(1_000));
+    Some(deadline.saturating_sub(now_ms))
+}
+
+/// The uid of the Job that holds `job`'s `idempotencyKey`, among `job` and `others` (the Jobs
+/// of the namespace with that key, any order). Duplicates never hold a key. The holder is the
+/// current `claim` (the operator's record of who got the key first) while that Job exists, else
+/// the first of: Jobs that already enqueued tasks, then the oldest (creation time, then name).
+/// So a Job that runs is never turned into a duplicate, and a restarted operator, which starts
+/// without claims, decides the same. None when `job` has no key.
+pub fn key_holder<'a>(job: &'a Job, others: impl IntoIterator<Item = &'a Job>, claim: Option<&str>) -> Option<String> {
+    let key = job.spec.idempotency_key.as_deref()?;
+    let candidates: Vec<&Job> = std::iter::once(job)
+        .chain(others.into_iter().filter(|o| o.metadata.uid != job.metadata.uid))
+        .filter(|o| o.metadata.namespace == job.metadata.namespace)
+        .filter(|o| o.spec.idempotency_key.as_deref() == Some(key))
+        .filter(|o| !is_duplicate(o))
+        .collect();
+    if let Some(claimed) = claim.filter(|c| candidates.iter().any(|o| o.metadata.uid.as_deref() == Some(*c))) {
+        return Some(claimed.to_string());
+    }
+    let order = |j: &Job| {
+        let enqueued = j.status.as_ref().is_some_and(|s| s.enqueued > 0);
+        (!enqueued, j.metadata.creation_timestamp.clone().map(|t| t.0), j.metadata.name.clone())
+    };
+    candidates.into_iter().min_by_key(|o| order(o)).and_then(|o| o.metadata.uid.clone())
+}
+
+/// True when the Job's status says it is a duplicate of another (a decision that sticks).
+pub fn is_duplicate(job: &Job) -> bool {
+    duplicate_condition(job).is_some()
+}
+
+fn duplicate_condition(job: &Job) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "DuplicateOf")
 }
 
 fn pool_is_ready(pool: &WorkerPool) -> bool {
@@ -192,6 +346,12 @@ mod tests {
     use crate::crd::{BackoffSpec, JobSpec, WorkerPoolSpec, WorkerPoolStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+    const NOW: u64 = 1_000_000;
+
+    fn obs(enqueued: u32) -> Observed {
+        Observed { enqueued, active_since_ms: Some(NOW - 1_000), ..Observed::default() }
+    }
+
     fn job(spec: serde_json::Value) -> Job {
         let spec: JobSpec = serde_json::from_value(spec).unwrap();
         Job::new("j", spec)
@@ -218,33 +378,153 @@ mod tests {
     #[test]
     fn waits_for_a_missing_or_unready_pool() {
         let j = job(serde_json::json!({"poolRef": "p", "completions": 3}));
-        match plan(&j, None, 0, 100) {
+        match plan(&j, None, None, &obs(0), 100, NOW) {
             Plan::Blocked(b) => {
                 assert_eq!(b.reason(), "PoolNotFound");
                 assert!(b.message().contains("\"p\" not found"), "{}", b.message());
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(plan(&j, Some(&pool(false)), 0, 100), Plan::Blocked(Blocker::PoolNotReady(_))));
+        assert!(matches!(plan(&j, Some(&pool(false)), None, &obs(0), 100, NOW), Plan::Blocked(Blocker::PoolNotReady(_))));
     }
 
     #[test]
     fn publishes_in_batches_from_the_watermark() {
         let j = job(serde_json::json!({"poolRef": "p", "completions": 250}));
         let p = pool(true);
-        let batch = |enqueued| match plan(&j, Some(&p), enqueued, 100) {
+        let batch = |enqueued| match plan(&j, Some(&p), None, &obs(enqueued), 100, NOW) {
             Plan::Publish { indexes, .. } => Some(indexes),
             _ => None,
         };
         assert_eq!(batch(0), Some(0..100));
         assert_eq!(batch(200), Some(200..250));
-        assert_eq!(plan(&j, Some(&p), 250, 100), Plan::Follow);
+        assert_eq!(plan(&j, Some(&p), None, &obs(250), 100, NOW), Plan::Follow { wake_in_ms: None });
+    }
+
+    #[test]
+    fn suspension_deadline_and_failure_budget() {
+        let p = pool(true);
+        let base = serde_json::json!({"poolRef": "p", "completions": 10});
+        let with = |extra: serde_json::Value| {
+            let mut spec = base.clone();
+            spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            job(spec)
+        };
+        let started = |enqueued, finished, failed| Observed {
+            enqueued,
+            finished,
+            failed,
+            active_since_ms: Some(NOW - 5_000),
+            ..Observed::default()
+        };
+        let reason = |plan: Plan| match plan {
+            Plan::Terminate(t) => format!("{}: {}", t.reason, t.message),
+            other => format!("{other:?}"),
+        };
+        let cases: Vec<(&str, Job, Observed, String)> = vec![
+            ("suspended before enqueueing", with(serde_json::json!({"suspend": true})), Observed::default(), "Suspended".into()),
+            ("suspended while running", with(serde_json::json!({"suspend": true})), started(10, 3, 0), "Suspended".into()),
+            ("a suspended Job's clock does not run", with(serde_json::json!({"suspend": true, "activeDeadlineSeconds": 1})), started(10, 3, 0), "Suspended".into()),
+            ("the clock starts on first sight", with(serde_json::json!({})), Observed::default(), "StartClock".into()),
+            ("within the deadline", with(serde_json::json!({"activeDeadlineSeconds": 6})), started(10, 3, 0), "Follow { wake_in_ms: Some(1000) }".into()),
+            ("past the deadline", with(serde_json::json!({"activeDeadlineSeconds": 5})), started(10, 3, 0),
+                "DeadlineExceeded: the Job was active longer than activeDeadlineSeconds (5s); its 7 unfinished tasks were cancelled".into()),
+            ("a finished Job has no deadline", with(serde_json::json!({"activeDeadlineSeconds": 5})), started(10, 10, 0), "Follow { wake_in_ms: None }".into()),
+            ("failures within budget", with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2, "failFast": true}})), started(10, 4, 2), "Follow { wake_in_ms: None }".into()),
+            ("fail fast over budget", with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2, "failFast": true}})), started(10, 4, 3),
+                "MaxFailedTasksExceeded: 3 tasks failed, more than failurePolicy.maxFailedTasks (2); its 6 unfinished tasks were cancelled".into()),
+            ("no fail fast: the rest runs", with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2}})), started(10, 4, 3), "Follow { wake_in_ms: None }".into()),
+            ("terminated is final", with(serde_json::json!({"activeDeadlineSeconds": 5})), Observed { terminated: true, ..started(10, 3, 0) }, "Follow { wake_in_ms: None }".into()),
+        ];
+        for (name, j, observed, want) in cases {
+            assert_eq!(reason(plan(&j, Some(&p), None, &observed, 100, NOW)), want, "{name}");
+        }
+        // The deadline also ends a Job that waits for its pool, and bounds the wait.
+        let waiting = with(serde_json::json!({"activeDeadlineSeconds": 5}));
+        assert!(reason(plan(&waiting, None, None, &started(0, 0, 0), 100, NOW)).starts_with("DeadlineExceeded: "));
+        let patient = with(serde_json::json!({"activeDeadlineSeconds": 60}));
+        assert!(matches!(plan(&patient, None, None, &started(0, 0, 0), 100, NOW), Plan::Blocked(Blocker::PoolNotFound(_))));
+        assert_eq!(deadline_in_ms(&patient, &started(0, 0, 0), NOW), Some(55_000));
+        assert_eq!(deadline_in_ms(&patient, &Observed::default(), NOW), None, "no clock yet");
+    }
+
+    #[test]
+    fn a_resumed_job_republishes_its_dropped_tasks_with_their_attempts() {
+        let j = job(serde_json::json!({"poolRef": "p", "completions": 5}));
+        let observed = Observed { dropped: vec![(1, 1), (3, 2), (4, 1)], ..obs(5) };
+        match plan(&j, Some(&pool(true)), None, &observed, 2, NOW) {
+            Plan::Republish { tasks, .. } => assert_eq!(tasks, vec![(1, 1), (3, 2)]),
+            other => panic!("{other:?}"),
+        }
+        // Not while suspended.
+        let suspended = job(serde_json::json!({"poolRef": "p", "completions": 5, "suspend": true}));
+        assert_eq!(plan(&suspended, Some(&pool(true)), None, &observed, 2, NOW), Plan::Suspended);
+    }
+
+    #[test]
+    fn the_oldest_job_holds_an_idempotency_key() {
+        let keyed = |name: &str, created: i64, key: &str| {
+            let mut j = job(serde_json::json!({"poolRef": "p", "idempotencyKey": key}));
+            j.metadata.name = Some(name.into());
+            j.metadata.uid = Some(format!("uid-{name}"));
+            j.metadata.namespace = Some("ns".into());
+            j.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
+            j
+        };
+        let (a, b, c, other) = (keyed("a", 10, "k"), keyed("b", 20, "k"), keyed("c", 20, "k"), keyed("d", 5, "x"));
+        let all = [a.clone(), b.clone(), c.clone(), other.clone()];
+        let holder = |j: &Job, others: &[&Job], claim: Option<&str>| key_holder(j, others.iter().copied(), claim);
+        let everyone: Vec<&Job> = all.iter().collect();
+        assert_eq!(holder(&a, &everyone, None).as_deref(), Some("uid-a"));
+        assert_eq!(holder(&b, &everyone, None).as_deref(), Some("uid-a"));
+        assert_eq!(holder(&c, &everyone, None).as_deref(), Some("uid-a"));
+        // Without a: b is older than c by name.
+        assert_eq!(holder(&c, &[&b, &c], None).as_deref(), Some("uid-b"));
+        assert_eq!(holder(&other, &everyone, None).as_deref(), Some("uid-d"));
+        // A claim wins while its Job exists; a stale claim is ignored.
+        assert_eq!(holder(&a, &everyone, Some("uid-c")).as_deref(), Some("uid-c"));
+        assert_eq!(holder(&a, &everyone, Some("uid-gone")).as_deref(), Some("uid-a"));
+        // A Job that already enqueued holds the key, even if younger.
+        let mut started_c = c.clone();
+        started_c.status = Some(crate::crd::JobStatus { enqueued: 1, ..Default::default() });
+        assert_eq!(holder(&a, &[&a, &started_c], None).as_deref(), Some("uid-c"));
+        let mut original = a.clone();
+        original.status = Some(crate::crd::JobStatus { phase: JobPhase::Running, ..Default::default() });
+        match plan(&b, Some(&pool(true)), Some(&original), &obs(0), 10, NOW) {
+            Plan::Blocked(Blocker::DuplicateOf(message, phase)) => {
+                assert_eq!(message, "idempotencyKey \"k\" is held by Job a (created earlier); this Job does not run and mirrors its phase");
+                assert_eq!(phase, JobPhase::Running);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A Job that already enqueued is never turned into a duplicate.
+        assert!(matches!(plan(&b, Some(&pool(true)), Some(&original), &obs(1), 10, NOW), Plan::Follow { .. }));
+        // A duplicate stays one after the original is gone.
+        let mut marked = b.clone();
+        marked.status = Some(crate::crd::JobStatus {
+            phase: JobPhase::Succeeded,
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "DuplicateOf".into(),
+                message: "held by a".into(),
+                observed_generation: None,
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        });
+        assert!(is_duplicate(&marked));
+        assert_eq!(holder(&c, &[&marked, &c], None).as_deref(), Some("uid-c"), "a duplicate does not hold the key");
+        assert_eq!(
+            plan(&marked, Some(&pool(true)), None, &obs(0), 10, NOW),
+            Plan::Blocked(Blocker::DuplicateOf("held by a".into(), JobPhase::Succeeded))
+        );
     }
 
     #[test]
     fn rejects_priorities_the_pool_does_not_serve() {
         let j = job(serde_json::json!({"poolRef": "p", "priority": "urgent"}));
-        match plan(&j, Some(&pool(true)), 0, 10) {
+        match plan(&j, Some(&pool(true)), None, &obs(0), 10, NOW) {
             Plan::Blocked(b) => assert_eq!(
                 b.message(),
                 "priority \"urgent\" is not served by WorkerPool \"p\" (it serves high, normal, low)"
@@ -257,7 +537,7 @@ mod tests {
     fn rejects_oversized_payloads() {
         let big = "x".repeat(MAX_TASK_PAYLOAD_BYTES);
         let j = job(serde_json::json!({"poolRef": "p", "items": [1, big]}));
-        match plan(&j, Some(&pool(true)), 0, 10) {
+        match plan(&j, Some(&pool(true)), None, &obs(0), 10, NOW) {
             Plan::Blocked(Blocker::InvalidSpec(m)) => assert!(m.starts_with("items[1] is 262146 bytes"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::plan::Blocker;
 use crate::conditions::{self, Desired};
-use crate::crd::{Job, JobPhase, JobProgress, JobStatus};
+use crate::crd::{FailurePolicy, Job, JobPhase, JobProgress, JobStatus};
 use crate::ledger::Ledger;
 use crate::ranges;
 
@@ -18,16 +18,23 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
     let succeeded = ledger.succeeded().len() as u32;
     let failed = ledger.failed().len() as u32;
     let complete = ledger.is_complete();
+    let allowed = FailurePolicy::allowed_failures(job.spec.failure_policy.as_ref());
+    let terminated = ledger.terminated.as_ref();
+    let suspended = job.spec.suspend && !complete && terminated.is_none();
 
     let phase = match blocker {
         Some(b) if b.is_permanent() => JobPhase::Failed,
-        _ if complete && failed > 0 => JobPhase::Failed,
+        Some(Blocker::DuplicateOf(_, phase)) => *phase,
+        _ if terminated.is_some() => JobPhase::Failed,
+        _ if complete && failed > allowed => JobPhase::Failed,
         _ if complete => JobPhase::Succeeded,
+        _ if suspended => JobPhase::Suspended,
         _ if ledger.first_started_ms.is_some() || ledger.finished() > 0 => JobPhase::Running,
         Some(_) => JobPhase::Pending,
         None if ledger.enqueued > 0 => JobPhase::Queued,
         None => JobPhase::Pending,
     };
+    let previous = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
 
     let mut wanted = vec![match blocker {
         Some(b) => Desired::new("Ready", false, b.reason(), b.message()),
@@ -36,20 +43,45 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
         }
         None => Desired::new("Ready", true, "Enqueuing", format!("{} of {total} tasks enqueued", ledger.enqueued)),
     }];
-    match phase {
-        JobPhase::Succeeded => wanted.push(Desired::new("Complete", true, "AllTasksSucceeded", format!("{succeeded} tasks succeeded"))),
-        JobPhase::Failed if blocker.is_some() => {
-            wanted.push(Desired::new("Failed", true, "InvalidSpec", blocker.map(|b| b.message()).unwrap_or_default()))
-        }
-        JobPhase::Failed => wanted.push(Desired::new(
-            "Failed",
+    match (phase, blocker) {
+        (_, Some(Blocker::DuplicateOf(..))) => {}
+        (JobPhase::Succeeded, _) if failed > 0 => wanted.push(Desired::new(
+            "Complete",
             true,
-            "TasksFailed",
-            format!("{failed} of {total} tasks failed (indexes {})", ranges::format(ledger.failed())),
+            "FailuresWithinPolicy",
+            format!(
+                "{succeeded} tasks succeeded; {failed} failed (indexes {}), within failurePolicy.maxFailedTasks ({allowed})",
+                ranges::format(ledger.failed())
+            ),
         )),
+        (JobPhase::Succeeded, _) => {
+            wanted.push(Desired::new("Complete", true, "AllTasksSucceeded", format!("{succeeded} tasks succeeded")))
+        }
+        (JobPhase::Failed, Some(b)) => wanted.push(Desired::new("Failed", true, "InvalidSpec", b.message())),
+        (JobPhase::Failed, None) => match terminated {
+            Some(t) => wanted.push(Desired::new("Failed", true, termination_reason(&t.reason), t.message.clone())),
+            None => wanted.push(Desired::new(
+                "Failed",
+                true,
+                "TasksFailed",
+                format!("{failed} of {total} tasks failed (indexes {})", ranges::format(ledger.failed())),
+            )),
+        },
         _ => {}
     }
-    let previous = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if suspended {
+        wanted.push(Desired::new(
+            "Suspended",
+            true,
+            "JobSuspended",
+            format!(
+                "spec.suspend is true: nothing is enqueued or run; {} cancelled tasks are re-enqueued on resume",
+                ledger.cancelled()
+            ),
+        ));
+    } else if previous.iter().any(|c| c.type_ == "Suspended") {
+        wanted.push(Desired::new("Suspended", false, "JobResumed", "spec.suspend is false"));
+    }
 
     let progress = if total == 1 {
         match (&ledger.progress, complete) {
@@ -74,17 +106,31 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
         failed,
         retries: ledger.retries(),
         dead_lettered: failed,
+        cancelled: ledger.cancelled(),
         completions: Some(format!("{succeeded}/{total}")),
         succeeded_indexes: ranges::format(ledger.succeeded()),
         failed_indexes: ranges::format(ledger.failed()),
         progress,
         start_time: ledger.first_started_ms.and_then(time_of),
-        completion_time: if complete { ledger.last_finished_ms.and_then(time_of) } else { None },
+        completion_time: match terminated {
+            Some(t) => time_of(t.at_ms),
+            None if complete => ledger.last_finished_ms.and_then(time_of),
+            None => None,
+        },
         conditions: conditions::merge(previous, &wanted, job.metadata.generation, now),
         observed_generation: job.metadata.generation,
         ledger: Some(ledger.snapshot()),
         // Kept; the book sets it when it acts on a new replay annotation value.
         replayed_token: job.status.as_ref().and_then(|s| s.replayed_token.clone()),
+    }
+}
+
+/// Condition reasons are `&'static str`: map a persisted termination reason onto its constant.
+fn termination_reason(reason: &str) -> &'static str {
+    match reason {
+        super::plan::DEADLINE_EXCEEDED => super::plan::DEADLINE_EXCEEDED,
+        super::plan::MAX_FAILED_TASKS_EXCEEDED => super::plan::MAX_FAILED_TASKS_EXCEEDED,
+        _ => "Terminated",
     }
 }
 
@@ -142,6 +188,102 @@ mod tests {
         assert_eq!(s.succeeded_indexes, "0-2");
         assert!(s.completion_time.is_some());
         assert!(s.conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
+    }
+
+    fn spec_job(spec: serde_json::Value) -> Job {
+        let spec: JobSpec = serde_json::from_value(spec).unwrap();
+        let mut job = Job::new("j", spec);
+        job.metadata.generation = Some(1);
+        job
+    }
+    fn dead(index: u32) -> TaskEvent {
+        let disposition = warren_protocol::FailureDisposition::DeadLettered { reason: "permanent".into() };
+        TaskEvent { kind: TaskEventKind::Failed { error: "x".into(), disposition }, ..done(index) }
+    }
+    fn dropped(index: u32) -> TaskEvent {
+        TaskEvent { kind: TaskEventKind::Cancelled { reason: "suspended".into() }, ..done(index) }
+    }
+    fn cond<'a>(s: &'a JobStatus, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
+        s.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+    }
+
+    #[test]
+    fn a_suspended_job_says_so_and_keeps_true_counts_then_resumes() {
+        let mut j = spec_job(serde_json::json!({"poolRef": "p", "completions": 4, "suspend": true}));
+        let mut l = Ledger::new(4);
+        l.enqueued = 4;
+        l.apply(&done(0));
+        l.apply(&dropped(1));
+        l.apply(&dropped(2));
+        let s = desired(&j, &l, None, &now());
+        assert_eq!((s.phase, s.succeeded, s.cancelled, s.queued, s.running), (JobPhase::Suspended, 1, 2, 1, 0));
+        assert_eq!(
+            cond(&s, "Suspended"),
+            Some(("True", "JobSuspended", "spec.suspend is true: nothing is enqueued or run; 2 cancelled tasks are re-enqueued on resume"))
+        );
+        j.status = Some(s);
+        j.spec.suspend = false;
+        let s = desired(&j, &l, None, &now());
+        assert_eq!(s.phase, JobPhase::Running);
+        assert_eq!(cond(&s, "Suspended"), Some(("False", "JobResumed", "spec.suspend is false")));
+        // A Job never suspended has no Suspended condition.
+        let fresh = spec_job(serde_json::json!({"poolRef": "p", "completions": 4}));
+        assert_eq!(cond(&desired(&fresh, &l, None, &now()), "Suspended"), None);
+    }
+
+    #[test]
+    fn a_terminated_job_fails_with_the_termination_reason() {
+        let j = spec_job(serde_json::json!({"poolRef": "p", "completions": 3, "activeDeadlineSeconds": 5}));
+        let mut l = Ledger::new(3);
+        l.enqueued = 3;
+        l.apply(&done(0));
+        l.terminated = Some(crate::crd::Termination {
+            reason: "DeadlineExceeded".into(),
+            message: "too slow".into(),
+            at_ms: 9_000,
+        });
+        let s = desired(&j, &l, None, &now());
+        assert_eq!((s.phase, s.succeeded), (JobPhase::Failed, 1));
+        assert_eq!(cond(&s, "Failed"), Some(("True", "DeadlineExceeded", "too slow")));
+        assert_eq!(s.completion_time, time_of(9_000));
+    }
+
+    #[test]
+    fn failures_within_the_policy_still_succeed() {
+        let cases = [
+            (serde_json::json!({"poolRef": "p", "completions": 3}), JobPhase::Failed, "Failed", "TasksFailed"),
+            (serde_json::json!({"poolRef": "p", "completions": 3, "failurePolicy": {"maxFailedTasks": 1}}), JobPhase::Succeeded, "Complete", "FailuresWithinPolicy"),
+            (serde_json::json!({"poolRef": "p", "completions": 3, "failurePolicy": {"maxFailedTasks": 0}}), JobPhase::Failed, "Failed", "TasksFailed"),
+        ];
+        for (spec, phase, type_, reason) in cases {
+            let j = spec_job(spec.clone());
+            let mut l = Ledger::new(3);
+            for e in [done(0), dead(1), done(2)] {
+                l.apply(&e);
+            }
+            let s = desired(&j, &l, None, &now());
+            assert_eq!(s.phase, phase, "{spec}");
+            assert_eq!(cond(&s, type_).map(|c| (c.0, c.1)), Some(("True", reason)), "{spec}");
+        }
+        let j = spec_job(serde_json::json!({"poolRef": "p", "completions": 3, "failurePolicy": {"maxFailedTasks": 1}}));
+        let mut l = Ledger::new(3);
+        for e in [done(0), dead(1), done(2)] {
+            l.apply(&e);
+        }
+        assert_eq!(
+            cond(&desired(&j, &l, None, &now()), "Complete").map(|c| c.2),
+            Some("2 tasks succeeded; 1 failed (indexes 1), within failurePolicy.maxFailedTasks (1)")
+        );
+    }
+
+    #[test]
+    fn a_duplicate_mirrors_the_phase_of_the_original() {
+        let j = spec_job(serde_json::json!({"poolRef": "p", "idempotencyKey": "k"}));
+        let blocker = Blocker::DuplicateOf("held by a".into(), JobPhase::Succeeded);
+        let s = desired(&j, &Ledger::new(1), Some(&blocker), &now());
+        assert_eq!((s.phase, s.enqueued, s.succeeded), (JobPhase::Succeeded, 0, 0));
+        assert_eq!(cond(&s, "Ready"), Some(("False", "DuplicateOf", "held by a")));
+        assert_eq!((cond(&s, "Complete"), cond(&s, "Failed")), (None, None));
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! `idempotencyKey` across Jobs end to end: of the Jobs of a namespace with one key, only the
+//! first runs; the others enqueue nothing, say whose key it is, and mirror its phase; this holds
+//! across an operator restart, and deleting the holder frees the key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kube::api::DeleteParams;
+use warren_e2e::Env;
+use warren_operator::crd::{Job, JobPhase, JobStatus};
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn status(job: &Job) -> JobStatus {
+    job.status.clone().unwrap_or_default()
+}
+
+fn ready(job: &Job) -> Option<(String, String, String)> {
+    status(job)
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn is_duplicate(job: &Job) -> bool {
+    ready(job).is_some_and(|(_, reason, _)| reason == "DuplicateOf")
+}
+
+/// Executions of a Job's tasks, from the marker files its handler leaves.
+fn runs(dir: &Path, job: &str) -> usize {
+    let prefix = format!("done.{job}.");
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&prefix)).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_with_one_idempotency_key_run_once_across_an_operator_restart() -> anyhow::Result<()> {
+    let mut env = Env::start("idempotency").await?;
+    let dir = env.state_dir.join("markers");
+    std::fs::create_dir_all(&dir)?;
+    let d = dir.display();
+    // `$$$$`: Kubernetes expands `$$` in a container command to `$`.
+    let handler = serde_json::json!(["sh", "-c", format!(
+        "cat >/dev/null; while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
+         touch {d}/done.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$"
+    )]);
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 4})).await?;
+    let spec = serde_json::json!({"poolRef": "pool", "completions": 3, "idempotencyKey": "report-2026-12-01"});
+
+    std::fs::write(dir.join("block-first"), "")?;
+    env.create_job("first", spec.clone()).await?;
+    env.wait_job("first", PATIENCE, |j| status(j).running == 3).await?;
+    env.create_job("second", spec.clone()).await?;
+    let second = env.wait_job("second", PATIENCE, |j| is_duplicate(j) && status(j).phase == JobPhase::Running).await?;
+    assert_eq!(
+        ready(&second),
+        Some((
+            "False".into(),
+            "DuplicateOf".into(),
+            "idempotencyKey \"report-2026-12-01\" is held by Job first (created earlier); this Job does not run and mirrors its phase"
+                .into()
+        ))
+    );
+    assert_eq!((status(&second).enqueued, status(&second).succeeded), (0, 0));
+
+    // A restarted operator decides the same, for old and new duplicates.
+    env.kill_operator().await?;
+    env.start_operator()?;
+    env.create_job("third", spec.clone()).await?;
+    env.wait_job("third", PATIENCE, is_duplicate).await?;
+
+    std::fs::remove_file(dir.join("block-first"))?;
+    let first = env.wait_job("first", PATIENCE, |j| status(j).phase.is_finished()).await?;
+    assert_eq!((status(&first).phase, status(&first).succeeded), (JobPhase::Succeeded, 3));
+    for name in ["second", "third"] {
+        let job = env.wait_job(name, PATIENCE, |j| status(j).phase == JobPhase::Succeeded).await?;
+        assert!(is_duplicate(&job), "{name} stays a duplicate");
+        assert_eq!((status(&job).enqueued, status(&job).succeeded), (0, 0), "{name}");
+    }
+    assert_eq!((runs(&dir, "first"), runs(&dir, "second"), runs(&dir, "third")), (3, 0, 0));
+
+    // Deleting the holder frees the key for a new Job; the duplicates stay what they are.
+    env.jobs().delete("first", &DeleteParams::default()).await?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while env.jobs().get_opt("first").await?.is_some() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "Job first was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.create_job("fourth", spec.clone()).await?;
+    let fourth = env.wait_job("fourth", PATIENCE, |j| status(j).phase.is_finished()).await?;
+    assert_eq!((status(&fourth).phase, status(&fourth).succeeded), (JobPhase::Succeeded, 3), "{:?}", status(&fourth));
+    assert!(!is_duplicate(&fourth));
+    assert_eq!(runs(&dir, "fourth"), 3);
+    let second = env.jobs().get("second").await?;
+    assert!(is_duplicate(&second));
+    assert_eq!(status(&second).enqueued, 0);
+    env.cleanup().await
+}
