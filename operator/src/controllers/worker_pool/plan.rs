@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn metrics_port_adds_env_port_and_probes_and_the_pool_env_still_wins() {
         let p = pool(serde_json::json!({"workers": {"env": [{"name": "WARREN_METRICS_ADDR", "value": "0.0.0.0:9999"}]}}));
-        let mut d = deployment(&p, "amqp://rabbit", "warren.reports");
+        let mut d = deployment(&p, 1, "amqp://rabbit", "warren.reports");
         assert_eq!(d.spec.template.spec.as_ref().unwrap().containers[0].ports, None);
         expose_metrics(&mut d, 9465);
         let c = &d.spec.template.spec.unwrap().containers[0];
