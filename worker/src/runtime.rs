@@ -701,7 +701,9 @@ async fn execute_attempt(
     envelope: Arc<TaskEnvelope>,
     interrupt: CancellationToken,
 ) -> bool {
-    tracing::info!("task started");
+    // Per-task lines are debug: at thousands of tasks per second they would cost more CPU than
+    // the tasks (`RUST_LOG=warren_worker=debug` shows them). Failures stay at warn.
+    tracing::debug!("task started");
     shared.reporter.event(&envelope, TaskEventKind::Started);
     let outcome = match shared.handlers.select(envelope.task_type.as_deref()) {
         Some(handler) => {
@@ -723,7 +725,7 @@ async fn execute_attempt(
             return false;
         }
         Outcome::Succeeded(result) => {
-            tracing::info!("task succeeded");
+            tracing::debug!("task succeeded");
             TaskEventKind::Succeeded { result }
         }
         Outcome::Failed { error, reason_override } => {
