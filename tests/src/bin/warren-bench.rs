@@ -9,7 +9,9 @@
 //!    including the operator's confirmed publishing, the workers' batched reports, and the status
 //!    write;
 //!
-//! and prints both rates and their ratio. `warren-bench worker` is the no-op SDK worker the pool
+//! and prints both rates and their ratio, and for each phase the CPU time every component used per
+//! 1,000 tasks (the broker, the operator, the workers, this process): wall-clock rates swing with
+//! whatever else the machine does, CPU per task much less, and it shows where the time goes. `warren-bench worker` is the no-op SDK worker the pool
 //! runs (the local runner starts it like a container entrypoint).
 
 use std::sync::Arc;
@@ -153,16 +155,122 @@ fn scale_sim(model: &warren_e2e::scale_sim::WorkerModel, keda_value: f64, seed: 
 async fn core(tasks: u32, concurrency: u32) -> anyhow::Result<()> {
     println!("warren-bench core: {tasks} tasks, 2 consumers/workers, prefetch/concurrency {concurrency}");
     let body_size = envelope_size(tasks);
+    let before = CpuSample::now();
     let raw = raw_amqp(tasks, concurrency as u16, body_size).await.context("raw AMQP baseline")?;
+    let raw_cpu = CpuSample::now().since(&before);
     println!(
         "raw AMQP  (publish+confirm, consume+ack): {:>8.0} msg/s  ({:.2} s, {body_size}-byte bodies like Warren's envelopes)",
         f64::from(tasks) / raw,
         raw
     );
-    let warren = warren(tasks, concurrency).await.context("Warren run")?;
+    let (warren, warren_cpu) = warren(tasks, concurrency).await.context("Warren run")?;
     println!("Warren    (Job -> status Succeeded):      {:>8.0} task/s ({:.2} s)", f64::from(tasks) / warren, warren);
     println!("ratio Warren/raw: {:.2} (target >= 0.80)", raw / warren);
+    println!("CPU ms per 1,000 tasks (the broker's includes any other traffic it serves meanwhile):");
+    println!("  raw AMQP: {}", raw_cpu.per_thousand(tasks, "clients"));
+    println!("  Warren:   {}", warren_cpu.per_thousand(tasks, "control plane + harness"));
     Ok(())
+}
+
+/// CPU seconds used so far by the broker (every `beam.smp`), the operator and the worker
+/// processes (this process's descendants) and this process itself, read from `/proc`, per process.
+#[derive(Clone, Debug, Default)]
+struct CpuSample {
+    processes: std::collections::HashMap<u32, (Component, f64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Component {
+    Broker,
+    Operator,
+    Workers,
+    This,
+}
+
+/// CPU seconds per component over an interval.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuUsage {
+    broker: f64,
+    operator: f64,
+    workers: f64,
+    this: f64,
+}
+
+impl CpuSample {
+    fn now() -> Self {
+        // /proc/<pid>/stat counts in USER_HZ, which Linux fixes at 100 for user space.
+        const TICKS_PER_SECOND: f64 = 100.0;
+        let me = std::process::id();
+        let mut parents = std::collections::HashMap::new();
+        let mut usage = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // "pid (comm) state ppid ..." — comm may hold spaces and parentheses.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+            let comm = stat[open + 1..close].to_string();
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let (Some(ppid), Some(utime), Some(stime)) = (fields.get(1), fields.get(11), fields.get(12)) else { continue };
+            let ticks = utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0);
+            parents.insert(pid, ppid.parse::<u32>().unwrap_or(0));
+            usage.push((pid, comm, ticks / TICKS_PER_SECOND));
+        }
+        let descends_from_me = |mut pid: u32| {
+            for _ in 0..64 {
+                match parents.get(&pid) {
+                    Some(&parent) if parent == me => return true,
+                    Some(&parent) if parent > 1 => pid = parent,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        let mut processes = std::collections::HashMap::new();
+        for (pid, comm, seconds) in usage {
+            let component = if comm == "beam.smp" {
+                Component::Broker
+            } else if pid == me {
+                Component::This
+            } else if descends_from_me(pid) {
+                if comm.starts_with("warren-operator") { Component::Operator } else { Component::Workers }
+            } else {
+                continue;
+            };
+            processes.insert(pid, (component, seconds));
+        }
+        Self { processes }
+    }
+
+    /// CPU used since `earlier` by the processes alive now (one started in between counts
+    /// from zero; one that ended in between is missing).
+    fn since(&self, earlier: &Self) -> CpuUsage {
+        let mut usage = CpuUsage::default();
+        for (pid, (component, seconds)) in &self.processes {
+            let before = earlier.processes.get(pid).map_or(0.0, |(_, s)| *s);
+            let used = (seconds - before).max(0.0);
+            match component {
+                Component::Broker => usage.broker += used,
+                Component::Operator => usage.operator += used,
+                Component::Workers => usage.workers += used,
+                Component::This => usage.this += used,
+            }
+        }
+        usage
+    }
+}
+
+impl CpuUsage {
+    fn per_thousand(&self, tasks: u32, this_name: &str) -> String {
+        let ms = |seconds: f64| seconds * 1_000.0 * 1_000.0 / f64::from(tasks);
+        let mut parts = vec![format!("broker {:.0}", ms(self.broker))];
+        if self.operator > 0.0 || self.workers > 0.0 {
+            parts.push(format!("operator {:.0}", ms(self.operator)));
+            parts.push(format!("workers {:.0}", ms(self.workers)));
+        }
+        parts.push(format!("{this_name} {:.0}", ms(self.this)));
+        let total = self.broker + self.operator + self.workers + self.this;
+        format!("{}; total {:.0}", parts.join(", "), ms(total))
+    }
 }
 
 /// Bytes of the task envelope Warren publishes for the benchmark's Job (the same information
@@ -238,8 +346,9 @@ async fn raw_amqp(n: u32, prefetch: u16, body_size: usize) -> anyhow::Result<f64
     Ok(elapsed)
 }
 
-/// Seconds from creating a Job of `n` no-op tasks to reading status Succeeded.
-async fn warren(n: u32, concurrency: u32) -> anyhow::Result<f64> {
+/// Seconds from creating a Job of `n` no-op tasks to reading status Succeeded, and the CPU the
+/// components used meanwhile.
+async fn warren(n: u32, concurrency: u32) -> anyhow::Result<(f64, CpuUsage)> {
     let env = Env::start_with("bench", OperatorOptions::default()).await?;
     let exe = std::env::current_exe()?;
     env.create_pool(
@@ -263,6 +372,7 @@ async fn warren(n: u32, concurrency: u32) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = CpuSample::now();
     let started = Instant::now();
     env.create_job("bench", serde_json::json!({"poolRef": "bench", "completions": n})).await?;
     env.wait_job("bench", Duration::from_secs(900), |j| j.status.as_ref().is_some_and(|s| s.enqueued >= n)).await?;
@@ -271,11 +381,12 @@ async fn warren(n: u32, concurrency: u32) -> anyhow::Result<f64> {
         .wait_job("bench", Duration::from_secs(900), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
         .await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = CpuSample::now().since(&cpu_before);
     let status = job.status.expect("status");
     anyhow::ensure!(
         status.phase == JobPhase::Succeeded && status.succeeded == n,
         "the Job did not succeed fully: {status:?}"
     );
     env.cleanup().await?;
-    Ok(elapsed)
+    Ok((elapsed, cpu))
 }
