@@ -88,7 +88,10 @@ fn local_up_runs_the_examples_to_completion() -> anyhow::Result<()> {
     let mut banner = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().expect("stdout"), &mut banner)?;
     let _ = std::fs::remove_dir_all(&state);
-    tokio::runtime::Runtime::new()?.block_on(warren_e2e::delete_queue(&reports_queue))?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        warren_e2e::delete_queue(&reports_queue).await?;
+        warren_e2e::delete_exchange(&warren_protocol::names::control_exchange(&reports_queue)).await
+    })?;
     result?;
     assert!(banner.contains("kubeconfig:") && banner.contains("kubectl apply -f examples/"), "{banner}");
     assert!(status.success(), "warren local up exited with {status} after Ctrl-C");

@@ -456,60 +456,20 @@ async fn run_session(
     let mut forwarders = JoinSet::new();
 
     // Control messages first: a worker must know the cancelled Jobs before it takes tasks.
-    let control = connection.create_channel().await?;
+    // A broker that refuses the control queue does not stop the work: the session then runs
+    // without cancellations, loudly.
     let control_exchange = names::control_exchange(&config.reports_queue);
-    let control_queue = match topology::declare_control_queue(&control, &control_exchange).await {
-        Ok(queue) => queue,
+    let first_control = match subscribe_control(shared, connection, &control_exchange, &session.lost, &mut forwarders).await {
+        Ok(first) => Some(first),
         Err(e) => {
-            tracing::warn!(error = %e, "declaring the control queue failed");
-            return Ok(SessionEnd::Lost);
+            tracing::error!(error = %e, exchange = %control_exchange, "cannot subscribe to control messages; Job cancellation is disabled for this connection");
+            None
         }
     };
-    let mut control_consumer = control
-        .basic_consume(
-            control_queue.as_str().into(),
-            format!("{}.control", config.pod_name).as_str().into(),
-            BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    let (first_control_tx, first_control) = tokio::sync::oneshot::channel::<()>();
-    {
-        let (shared, lost) = (shared.clone(), session.lost.clone());
-        forwarders.spawn(
-            async move {
-                let mut first = Some(first_control_tx);
-                while let Some(item) = control_consumer.next().await {
-                    let delivery = match item {
-                        Ok(delivery) => delivery,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "control consumer failed");
-                            break;
-                        }
-                    };
-                    match ControlMessage::from_json(&delivery.data) {
-                        Ok(message) => {
-                            shared.cancels.send_if_modified(|set| match set.apply(&message) {
-                                Some(added) if !added.is_empty() => {
-                                    tracing::info!(jobs = ?added, cancelled = set.len(), "Jobs cancelled");
-                                    true
-                                }
-                                _ => false,
-                            });
-                            if let Some(tx) = first.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
-                    }
-                }
-                lost.cancel();
-            }
-            .in_current_span(),
-        );
-    }
-    if tokio::time::timeout(FIRST_MESSAGE_WAIT, first_control).await.is_err() {
-        tracing::info!(exchange = %control_exchange, "no control message from the operator yet; taking tasks anyway");
+    if let Some(first) = first_control {
+        if tokio::time::timeout(FIRST_MESSAGE_WAIT, first).await.is_err() {
+            tracing::info!(exchange = %control_exchange, "no control message from the operator yet; taking tasks anyway");
+        }
     }
     for (class, priority) in config.priorities.iter().enumerate() {
         let channel = connection.create_channel().await?;
@@ -636,6 +596,61 @@ async fn run_session(
     while aux.join_next().await.is_some() {}
     forwarders.abort_all();
     Ok(end)
+}
+
+/// Binds this connection's control queue and forwards control messages into the cancel set.
+/// The returned receiver completes with the first message.
+async fn subscribe_control(
+    shared: &Arc<Shared>,
+    connection: &Connection,
+    exchange: &str,
+    lost: &CancellationToken,
+    forwarders: &mut JoinSet<()>,
+) -> Result<tokio::sync::oneshot::Receiver<()>, OutcomeError> {
+    let control = connection.create_channel().await?;
+    let queue = topology::declare_control_queue(&control, exchange).await?;
+    let mut consumer = control
+        .basic_consume(
+            queue.as_str().into(),
+            format!("{}.control", shared.config.pod_name).as_str().into(),
+            BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (shared, lost) = (shared.clone(), lost.clone());
+    forwarders.spawn(
+        async move {
+            let mut first = Some(first_tx);
+            while let Some(item) = consumer.next().await {
+                let delivery = match item {
+                    Ok(delivery) => delivery,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control consumer failed");
+                        break;
+                    }
+                };
+                match ControlMessage::from_json(&delivery.data) {
+                    Ok(message) => {
+                        shared.cancels.send_if_modified(|set| match set.apply(&message) {
+                            Some(added) if !added.is_empty() => {
+                                tracing::info!(jobs = ?added, cancelled = set.len(), "Jobs cancelled");
+                                true
+                            }
+                            _ => false,
+                        });
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
+                }
+            }
+            lost.cancel();
+        }
+        .in_current_span(),
+    );
+    Ok(first_rx)
 }
 
 async fn requeue(delivery: &Delivery) {
