@@ -147,7 +147,9 @@ def run(tmp_path_factory):
             {"apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool",
              "metadata": {"name": "pool", "namespace": namespace},
              "spec": {"workers": {"handler": handler, "env": [{"name": "WARREN_METRICS_ADDR", "value": worker_addr}]},
-                      "replicas": 1, "concurrency": 2, "priorities": ["high", "low"], "deletionPolicy": "Delete"}},
+                      # Autoscaled (pinned at 1: the worker's metrics port is fixed) so the
+                      # autoscaler's series exist too.
+                      "autoscaling": {"minReplicas": 1, "maxReplicas": 1}, "concurrency": 2, "priorities": ["high", "low"], "deletionPolicy": "Delete"}},
             {"apiVersion": "warren.dev/v1alpha1", "kind": "Job",
              "metadata": {"name": "mixed", "namespace": namespace},
              "spec": {"poolRef": "pool", "priority": "high", "completions": 12,

@@ -105,6 +105,7 @@ pub struct Metrics {
     hooks: Mutex<Vec<ScrapeHook>>,
     pub autoscaler_desired_replicas: Family<ScalePoolLabels, Gauge>,
     pub autoscaler_backlog: Family<ScalePoolLabels, Gauge>,
+    pub autoscaler_max_replicas: Family<ScalePoolLabels, Gauge>,
     pub autoscaler_scales: Family<ScaleLabels, Counter>,
     registry: Registry,
 }
@@ -152,9 +153,11 @@ impl Metrics {
         registry.register("leader", "1 while this operator leads (runs the controllers), 0 while it stands by", leader.clone());
         let autoscaler_desired_replicas = Family::<ScalePoolLabels, Gauge>::default();
         let autoscaler_backlog = Family::<ScalePoolLabels, Gauge>::default();
+        let autoscaler_max_replicas = Family::<ScalePoolLabels, Gauge>::default();
         let autoscaler_scales = Family::<ScaleLabels, Counter>::default();
         registry.register("autoscaler_desired_replicas", "Worker replicas the autoscaler last decided per pool", autoscaler_desired_replicas.clone());
         registry.register("autoscaler_backlog", "Ready tasks in a pool's work queues at the last autoscaler poll", autoscaler_backlog.clone());
+        registry.register("autoscaler_max_replicas", "The autoscaling policy's maxReplicas per pool", autoscaler_max_replicas.clone());
         registry.register("autoscaler_scales", "Replica changes by the autoscaler per pool, direction and reason", autoscaler_scales.clone());
         Self {
             reconciles,
@@ -178,6 +181,7 @@ impl Metrics {
             hooks: Mutex::default(),
             autoscaler_desired_replicas,
             autoscaler_backlog,
+            autoscaler_max_replicas,
             autoscaler_scales,
             registry,
         }

@@ -3,11 +3,13 @@
 //! (before acking a delivery) waits for its confirmation.
 //!
 //! Batching is group commit: an event someone waits for (a finished task, whose delivery is
-//! acked only after the report is confirmed) is flushed as soon as every task the worker holds
-//! waits for it, or after [`COALESCE_DELAY`] (2 ms), together with everything that arrived while
-//! the previous batch was being confirmed. Under load batches grow by themselves (fewer broker
-//! messages per task); when idle a finished task is reported without delay. Events nobody waits
-//! for (started, progress) wait up to 100 ms to share a batch.
+//! acked only after the report is confirmed) is flushed as soon as every task slot of the worker
+//! waits for it (no other outcome can come: a worker of concurrency 1 never waits), or after
+//! [`COALESCE_DELAY`] (2 ms), together with everything that arrived while the previous batch was
+//! being confirmed. Waiting for free slots matters: when tasks trickle in as fast as they are
+//! published, each finished task would otherwise go alone in a message of its own, and the broker
+//! would handle two messages per task. Events nobody waits for (started, progress) wait up to
+//! 100 ms to share a batch.
 //!
 //! The batching rules ([`push_event`], [`flush_due`], [`heartbeat`]) are pure; [`run`] does
 //! the I/O. The reporter outlives broker connections: unpublished events wait for the next one.
@@ -31,7 +33,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Flush as soon as this many events are pending; also the most events in one message.
 pub const MAX_BATCH_EVENTS: usize = 500;
 /// How long a finished task's report may wait for other tasks' outcomes to share its message,
-/// unless every task the worker holds is already waiting for it.
+/// unless every task slot of the worker is already waiting for it.
 pub const COALESCE_DELAY: Duration = Duration::from_millis(2);
 /// Send a heartbeat at least this often, even with no events.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -73,11 +75,11 @@ pub fn push_event(pending: &mut Vec<PendingEvent>, event: TaskEvent, confirmed: 
     pending.push(PendingEvent { event, confirmed });
 }
 
-/// True when a flush is due: finished tasks wait for their report and either every task the
-/// worker holds is among them or they waited [`COALESCE_DELAY`]; a full batch; pending events
+/// True when a flush is due: finished tasks wait for their report and either they fill every
+/// task slot (`concurrency`) or they waited [`COALESCE_DELAY`]; a full batch; pending events
 /// older than a flush interval; or a heartbeat interval without any batch.
-pub fn flush_due(pending: usize, awaited: usize, in_flight: u32, since_flush: Duration, since_batch: Duration) -> bool {
-    (awaited > 0 && (awaited >= in_flight as usize || since_flush >= COALESCE_DELAY))
+pub fn flush_due(pending: usize, awaited: usize, concurrency: u32, since_flush: Duration, since_batch: Duration) -> bool {
+    (awaited > 0 && (awaited >= concurrency as usize || since_flush >= COALESCE_DELAY))
         || pending >= MAX_BATCH_EVENTS
         || (pending > 0 && since_flush >= FLUSH_INTERVAL)
         || since_batch >= HEARTBEAT_INTERVAL
@@ -330,8 +332,10 @@ impl ReporterTask {
             // While disconnected there is nobody to talk to: events wait for the next link.
             let connected = self.link.borrow().is_some();
             let awaited = pending.iter().filter(|p| p.confirmed.is_some()).count();
-            let in_flight = self.stats.in_flight.load(Ordering::SeqCst);
-            if connected && (forced || flush_due(pending.len(), awaited, in_flight, since_first, now - last_batch)) && now >= retry_at {
+            if connected
+                && (forced || flush_due(pending.len(), awaited, self.stats.concurrency, since_first, now - last_batch))
+                && now >= retry_at
+            {
                 match self.flush(&mut pending).await {
                     Ok(()) => {
                         failures = 0;
@@ -471,15 +475,17 @@ mod tests {
             (0, 0, 0, ms(0), ms(1999), false, "heartbeat not yet due"),
             (0, 0, 0, ms(0), ms(2000), true, "idle heartbeat"),
             (1, 0, 1, ms(99), ms(0), false, "young events nobody waits for wait for the interval"),
-            (1, 1, 1, ms(0), ms(0), true, "every held task waits for this report: flush now"),
+            (1, 1, 1, ms(0), ms(0), true, "the only slot waits for this report: flush now"),
+            (4, 4, 4, ms(0), ms(0), true, "every slot waits: no other outcome can come"),
             (2, 1, 4, ms(1), ms(0), false, "other tasks may finish within the coalescing delay"),
+            (1, 1, 64, ms(1), ms(0), false, "a lone finished task of a wide worker waits for company"),
             (2, 1, 4, ms(2), ms(0), true, "coalescing delay over"),
             (1, 0, 0, ms(100), ms(0), true, "flush interval reached"),
             (499, 0, 4, ms(0), ms(0), false, "almost full"),
             (500, 0, 4, ms(0), ms(0), true, "full batch"),
         ];
-        for (pending, awaited, in_flight, since_flush, since_batch, expected, why) in cases {
-            assert_eq!(flush_due(pending, awaited, in_flight, since_flush, since_batch), expected, "{why}");
+        for (pending, awaited, concurrency, since_flush, since_batch, expected, why) in cases {
+            assert_eq!(flush_due(pending, awaited, concurrency, since_flush, since_batch), expected, "{why}");
         }
     }
 

@@ -194,6 +194,7 @@ impl Autoscalers {
         let labels = ScalePoolLabels { namespace: namespace.clone(), pool: name.clone() };
         metrics::global().autoscaler_desired_replicas.get_or_create(&labels).set(i64::from(decision.desired));
         metrics::global().autoscaler_backlog.get_or_create(&labels).set(observation.backlog() as i64);
+        metrics::global().autoscaler_max_replicas.get_or_create(&labels).set(i64::from(spec.max_replicas));
         Ok(Scaled { decision, current, status })
     }
 
