@@ -327,8 +327,11 @@ def test_cluster_rbac_is_least_privilege(chart):
         "warren.dev/workerpools": {"get", "list", "watch", "patch"},
         "warren.dev/workerpools/status": {"patch"},
         "warren.dev/workerpools/finalizers": {"update"},
-        "warren.dev/jobs": {"get", "list", "watch"},
+        "warren.dev/jobs": {"get", "list", "watch", "create", "delete"},
         "warren.dev/jobs/status": {"patch"},
+        "warren.dev/workflows": {"get", "list", "watch", "delete"},
+        "warren.dev/workflows/status": {"patch"},
+        "warren.dev/workflows/finalizers": {"update"},
         "apps/deployments": {"get", "list", "watch", "create", "patch"},
         "events.k8s.io/events": {"create", "patch"},
     }

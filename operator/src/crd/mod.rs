@@ -6,11 +6,16 @@
 mod job;
 mod retry;
 mod worker_pool;
+mod workflow;
 
 pub use job::{Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot};
 pub use retry::{BackoffSpec, RetrySpec};
 pub use worker_pool::{
     DeletionPolicy, Overflow, QueueType, WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
+};
+pub use workflow::{
+    ApprovalDecision, ApprovalSpec, CompensationStatus, FailurePolicy, JobTemplate, RunCondition, StepKind, StepPhase,
+    StepStatus, TimeoutAction, Workflow, WorkflowPhase, WorkflowSpec, WorkflowStatus, WorkflowStep,
 };
 
 use kube::CustomResourceExt;
@@ -20,7 +25,7 @@ pub const GROUP: &str = "warren.dev";
 
 /// All CRDs Warren installs, in install order.
 pub fn all() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![WorkerPool::crd(), Job::crd()]
+    vec![WorkerPool::crd(), Job::crd(), Workflow::crd()]
 }
 
 /// The YAML file name of a CRD in `crds/` and in the chart.

@@ -82,6 +82,7 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
         completion_time: if complete { ledger.last_finished_ms.and_then(time_of) } else { None },
         conditions: conditions::merge(previous, &wanted, job.metadata.generation, now),
         observed_generation: job.metadata.generation,
+        result: if total == 1 { ledger.result.clone() } else { None },
         ledger: Some(ledger.snapshot()),
     }
 }
