@@ -21,6 +21,8 @@ use warren_operator::crd::{Job, WorkerPool, Workflow};
 
 pub use warren_operator;
 
+pub mod workflow_bench;
+
 /// AMQP URI of the broker the tests use.
 pub fn amqp_url() -> String {
     std::env::var("WARREN_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -173,6 +175,11 @@ impl Env {
             .spawn()?;
         self.operator = Some(OperatorProcess { child });
         Ok(())
+    }
+
+    /// PID of the operator process the harness started (none on a real cluster).
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.as_ref().and_then(|o| o.child.id())
     }
 
     /// SIGKILLs the operator process (no chance to clean up).

@@ -28,7 +28,9 @@ use warren_e2e::{Env, OperatorOptions, amqp_url};
 use warren_operator::crd::JobPhase;
 
 fn usage() -> ! {
-    eprintln!("usage: warren-bench core [--tasks N] [--concurrency C] | warren-bench worker");
+    eprintln!(
+        "usage: warren-bench core [--tasks N] [--concurrency C] | warren-bench workflows [--count N] [--steps S] | warren-bench worker"
+    );
     std::process::exit(2)
 }
 
@@ -54,6 +56,19 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             core(tasks, concurrency).await
+        }
+        Some("workflows") => {
+            let (mut count, mut steps) = (500usize, 10usize);
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().unwrap_or_else(|| usage());
+                match flag.as_str() {
+                    "--count" => count = value.parse()?,
+                    "--steps" => steps = value.parse()?,
+                    _ => usage(),
+                }
+            }
+            warren_e2e::workflow_bench::run(count, steps, &std::env::current_exe()?).await
         }
         _ => usage(),
     }
