@@ -151,6 +151,8 @@ fn error_policy(wf: Arc<Workflow>, error: &Error, ctx: Arc<WorkflowContext>) -> 
 pub async fn run(client: Client) {
     let (reader, writer) = reflector::store();
     let children = watcher(Api::<Job>::all(client.clone()), watcher::Config::default().labels(plan::WORKFLOW_LABEL));
+    // The store keeps every Workflow's Jobs: drop what the plan never reads.
+    let children = children.modify(|job: &mut Job| job.managed_fields_mut().clear());
     let children = reflector::reflector(writer, children).default_backoff().touched_objects();
     let ctx = Arc::new(WorkflowContext { client: client.clone(), jobs: reader, backoff: ErrorBackoff::default() });
     Controller::new(Api::<Workflow>::all(client), watcher::Config::default())
