@@ -94,6 +94,7 @@ impl Ledger {
             ledger.active_since_ms = snapshot.active_since_ms;
             ledger.terminated = snapshot.terminated.clone();
         }
+        ledger.result = status.result.clone().filter(|_| total == 1);
         ledger.first_started_ms = status.start_time.as_ref().map(|t| t.0.as_millisecond() as u64);
         ledger.last_finished_ms = status.completion_time.as_ref().map(|t| t.0.as_millisecond() as u64);
         ledger
@@ -165,7 +166,14 @@ impl Ledger {
                 self.finish(index, event);
                 self.succeeded.insert(index);
                 if self.total == 1 {
-                    self.result = result.clone();
+                    self.result = result.clone().filter(|r| {
+                        let size = serde_json::to_vec(r).map_or(usize::MAX, |v| v.len());
+                        let fits = size <= warren_protocol::MAX_RESULT_BYTES;
+                        if !fits {
+                            tracing::warn!(job = %event.job.name, size, "ignoring a task result over the size limit");
+                        }
+                        fits
+                    });
                 }
                 true
             }
@@ -485,6 +493,24 @@ mod tests {
         let restored = Ledger::restore(3, Some(&status));
         assert_eq!(restored.dropped().collect::<Vec<_>>(), vec![(2, 1)]);
         assert_eq!((restored.active_since_ms, restored.terminated.as_ref().map(|t| t.at_ms)), (Some(7), Some(9)));
+    }
+
+    #[test]
+    fn a_single_task_keeps_its_result_within_the_limit_and_across_a_restart() {
+        let mut l = Ledger::new(1);
+        l.apply(&ev(0, 1, TaskEventKind::Succeeded { result: Some(serde_json::json!({"rows": [1, 2]})) }));
+        assert_eq!(l.result, Some(serde_json::json!({"rows": [1, 2]})));
+        let status = JobStatus { succeeded_indexes: "0".into(), result: l.result.clone(), ..JobStatus::default() };
+        assert_eq!(Ledger::restore(1, Some(&status)).result, l.result);
+
+        let mut big = Ledger::new(1);
+        let huge = serde_json::Value::String("x".repeat(warren_protocol::MAX_RESULT_BYTES));
+        big.apply(&ev(0, 1, TaskEventKind::Succeeded { result: Some(huge) }));
+        assert_eq!((big.result.clone(), big.succeeded().len()), (None, 1), "over the limit: dropped, task still counted");
+
+        let mut many = Ledger::new(2);
+        many.apply(&ev(0, 1, TaskEventKind::Succeeded { result: Some(serde_json::json!(1)) }));
+        assert_eq!(many.result, None, "only single-task Jobs keep a result");
     }
 
     #[test]

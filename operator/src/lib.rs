@@ -1,4 +1,4 @@
-//! The Warren operator: controllers for WorkerPool and Job, the report consumer that keeps Job
+//! The Warren operator: controllers for WorkerPool, Job and Workflow, the report consumer that keeps Job
 //! status true, and the `warren` CLI's building blocks.
 
 pub mod autoscaler;
@@ -85,6 +85,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         tokio::join!(
             controllers::worker_pool::run(pool_controller, ctx.clone()),
             controllers::job::run(ctx.clone()),
+            controllers::workflow::run(client.clone(), config.clone()),
         );
     };
     let lost = match elector.as_mut() {

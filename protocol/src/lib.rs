@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 /// Version of the task envelope and report format. Bumped on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Largest result a handler may return, serialized as JSON (16 KiB). A worker fails a task whose
+/// handler returns more (permanently: the same handler would return the same), and the operator
+/// ignores a larger result should one arrive. Results are for small values passed between
+/// Workflow steps (ids, counts, short lists); pass references to bulk data.
+pub const MAX_RESULT_BYTES: usize = 16 * 1024;
+
 /// AMQP `content-type` of a task message.
 pub const TASK_CONTENT_TYPE: &str = "application/vnd.warren.task+json";
 /// AMQP `content-type` of a report batch.

@@ -17,13 +17,14 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, ResourceExt};
-use warren_operator::crd::{Job, WorkerPool};
+use warren_operator::crd::{Job, WorkerPool, Workflow};
 
 pub use warren_operator;
 
 pub mod private_broker;
 pub use private_broker::PrivateBroker;
 pub mod scale_sim;
+pub mod workflow_bench;
 
 /// AMQP URI of the broker the tests use.
 pub fn amqp_url() -> String {
@@ -328,6 +329,42 @@ impl Env {
             Err(_) => {
                 let job = self.jobs().get(name).await?;
                 bail!("timed out after {timeout:?} waiting for Job {name}; status: {}", serde_json::to_string_pretty(&job.status)?)
+            }
+        }
+    }
+
+    pub fn workflows(&self) -> Api<Workflow> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The kubeconfig of this test's cluster (for `kubectl`).
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    pub async fn create_workflow(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<Workflow> {
+        let wf: Workflow = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": name, "namespace": self.namespace}, "spec": spec,
+        }))?;
+        Ok(self.workflows().create(&PostParams::default(), &wf).await?)
+    }
+
+    /// Waits until the Workflow satisfies `pred`, or fails after `timeout` with the last status seen.
+    pub async fn wait_workflow(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&Workflow) -> bool,
+    ) -> anyhow::Result<Workflow> {
+        let cond = await_condition(self.workflows(), name, move |wf: Option<&Workflow>| wf.is_some_and(&pred));
+        match tokio::time::timeout(timeout, cond).await {
+            Ok(Ok(Some(wf))) => Ok(wf),
+            Ok(Ok(None)) => bail!("Workflow {name} disappeared"),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                let wf = self.workflows().get(name).await?;
+                bail!("timed out after {timeout:?} waiting for Workflow {name}; status: {}", serde_json::to_string_pretty(&wf.status)?)
             }
         }
     }

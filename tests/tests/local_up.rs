@@ -61,7 +61,9 @@ fn local_up_runs_the_examples_to_completion() -> anyhow::Result<()> {
 
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            let phases = kubectl(&kubeconfig, &["get", "wjob", "-o", "jsonpath={.items[*].status.phase}"])?;
+            // The Jobs of examples/02-jobs.yaml (not the Workflows' step Jobs).
+            let phases =
+                kubectl(&kubeconfig, &["get", "wjob", "-l", "!warren.dev/workflow", "-o", "jsonpath={.items[*].status.phase}"])?;
             if phases.split_whitespace().filter(|p| *p == "Succeeded").count() == 3 {
                 break;
             }
@@ -72,6 +74,28 @@ fn local_up_runs_the_examples_to_completion() -> anyhow::Result<()> {
         let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(header, ["NAME", "POOL", "PRIORITY", "PHASE", "DONE", "RETRIES", "AGE"], "{table}");
         assert!(table.contains("Succeeded") && table.contains("200/200"), "{table}");
+        // examples/03-workflow.yaml: order-1001 runs to the end; order-1002 waits at its review.
+        assert!(applied.contains("workflow.warren.dev/order-1001 created"), "{applied}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let phase = kubectl(&kubeconfig, &["get", "wf", "order-1001", "-o", "jsonpath={.status.phase}"])?;
+            let review = kubectl(&kubeconfig, &["get", "wf", "order-1002", "-o", "jsonpath={.status.steps.review.phase}"])?;
+            if phase == "Succeeded" && review == "Waiting" {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "order-1001 is {phase:?}, order-1002's review {review:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let table = kubectl(&kubeconfig, &["get", "wf", "order-1001"])?;
+        let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header, ["NAME", "PHASE", "PROGRESS", "AGE"], "{table}");
+        assert!(table.contains("Succeeded") && table.contains("3/3"), "{table}");
+        kubectl(&kubeconfig, &["annotate", "wf", "order-1002", "warren.dev/approve-review=true"])?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while kubectl(&kubeconfig, &["get", "wf", "order-1002", "-o", "jsonpath={.status.phase}"])? != "Succeeded" {
+            anyhow::ensure!(Instant::now() < deadline, "order-1002 did not succeed after its approval");
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let pool = kubectl(&kubeconfig, &["get", "wp", "thumbnails"])?;
         assert!(pool.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("True")), "{pool}");
         let header: Vec<&str> = pool.lines().next().unwrap_or_default().split_whitespace().collect();

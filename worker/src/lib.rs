@@ -54,6 +54,8 @@ pub mod dead_letter_reason {
     pub const MALFORMED: &str = "malformed";
     /// The task names a `taskType` no handler is registered for (and there is no default).
     pub const NO_HANDLER: &str = "no-handler";
+    /// The handler succeeded but returned a result over `warren_protocol::MAX_RESULT_BYTES`.
+    pub const RESULT_TOO_LARGE: &str = "result-too-large";
 }
 
 /// Headers of a dead-lettered message.

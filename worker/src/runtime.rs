@@ -799,6 +799,17 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// The error of a result over [`warren_protocol::MAX_RESULT_BYTES`], if it is.
+fn result_too_large(result: Option<&serde_json::Value>) -> Option<String> {
+    let size = serde_json::to_vec(result?).map_or(usize::MAX, |v| v.len());
+    (size > warren_protocol::MAX_RESULT_BYTES).then(|| {
+        format!(
+            "the handler's result is {size} bytes, over the limit of {} bytes; return a reference to the data instead",
+            warren_protocol::MAX_RESULT_BYTES
+        )
+    })
+}
+
 /// Runs the handler in its own tokio task, under the attempt's timeout and the session's
 /// interrupt.
 async fn run_handler(
@@ -837,7 +848,13 @@ async fn run_handler(
     };
     tokio::select! {
         joined = &mut handle => match joined {
-            Ok(Ok(result)) => Outcome::Succeeded(result),
+            Ok(Ok(result)) => match result_too_large(result.as_ref()) {
+                None => Outcome::Succeeded(result),
+                Some(error) => Outcome::Failed {
+                    error: TaskError::permanent(error),
+                    reason_override: Some(dead_letter_reason::RESULT_TOO_LARGE),
+                },
+            },
             Ok(Err(error)) => Outcome::Failed { error, reason_override: None },
             Err(e) if e.is_panic() => Outcome::Failed {
                 error: TaskError::retryable(format!("handler panicked: {}", panic_message(e.into_panic()))),
@@ -970,4 +987,22 @@ async fn execute_attempt(
         }
     };
     report_then_ack(shared, session, delivery, &envelope, kind).await
+}
+
+#[cfg(test)]
+mod result_limit_tests {
+    use super::result_too_large;
+
+    #[test]
+    fn results_up_to_the_limit_pass_and_larger_ones_are_explained() {
+        assert_eq!(result_too_large(None), None);
+        // A JSON string of n characters serializes to n + 2 bytes.
+        let at_limit = serde_json::Value::String("x".repeat(warren_protocol::MAX_RESULT_BYTES - 2));
+        assert_eq!(result_too_large(Some(&at_limit)), None);
+        let over = serde_json::Value::String("x".repeat(warren_protocol::MAX_RESULT_BYTES - 1));
+        assert_eq!(
+            result_too_large(Some(&over)).as_deref(),
+            Some("the handler's result is 16385 bytes, over the limit of 16384 bytes; return a reference to the data instead")
+        );
+    }
 }

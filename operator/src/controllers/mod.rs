@@ -2,6 +2,7 @@
 
 pub mod job;
 pub mod worker_pool;
+pub mod workflow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -225,6 +225,12 @@ pub struct JobStatus {
     /// (it replayed the Job's dead letters then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_token: Option<String>,
+    /// The JSON result its handler returned, for a Job of a single task that succeeded (at most
+    /// 16 KiB; a handler returning more fails its task with reason `result-too-large`). Workflow
+    /// steps read it through `{{steps.<name>.result}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
+    pub result: Option<serde_json::Value>,
     /// Book-keeping that lets a restarted operator keep counting exactly; not for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerSnapshot>,

@@ -6,12 +6,17 @@
 mod job;
 mod retry;
 mod worker_pool;
+mod workflow;
 
 pub use job::{FailurePolicy, Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot, Termination};
 pub use retry::{BackoffSpec, RetrySpec};
 pub use worker_pool::{
     AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, PriorityBacklog, ScalingRules,
     DeletionPolicy, Overflow, QueueType, WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
+};
+pub use workflow::{
+    ApprovalDecision, ApprovalSpec, CompensationStatus, WorkflowFailurePolicy, JobTemplate, RunCondition, StepKind, StepPhase,
+    StepStatus, TimeoutAction, Workflow, WorkflowPhase, WorkflowSpec, WorkflowStatus, WorkflowStep,
 };
 
 use kube::CustomResourceExt;
@@ -21,7 +26,7 @@ pub const GROUP: &str = "warren.dev";
 
 /// All CRDs Warren installs, in install order.
 pub fn all() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![WorkerPool::crd(), Job::crd()]
+    vec![WorkerPool::crd(), Job::crd(), Workflow::crd()]
 }
 
 /// The YAML file name of a CRD in `crds/` and in the chart.

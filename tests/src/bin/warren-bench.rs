@@ -33,6 +33,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: warren-bench core [--tasks N] [--concurrency C]\n\
          \x20      warren-bench scale-sim [--pod-start S] [--service S] [--concurrency C] [--max-replicas N] [--keda-value V] [--seed N]\n\
+         \x20      warren-bench workflows [--count N] [--steps S]\n\
          \x20      warren-bench worker [--sleep-ms N]"
     );
     std::process::exit(2)
@@ -95,6 +96,19 @@ async fn main() -> anyhow::Result<()> {
             }
             scale_sim(&model, keda_value, seed);
             Ok(())
+        }
+        Some("workflows") => {
+            let (mut count, mut steps) = (500usize, 10usize);
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().unwrap_or_else(|| usage());
+                match flag.as_str() {
+                    "--count" => count = value.parse()?,
+                    "--steps" => steps = value.parse()?,
+                    _ => usage(),
+                }
+            }
+            warren_e2e::workflow_bench::run(count, steps, &std::env::current_exe()?).await
         }
         _ => usage(),
     }

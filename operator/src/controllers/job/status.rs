@@ -119,6 +119,7 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
         },
         conditions: conditions::merge(previous, &wanted, job.metadata.generation, now),
         observed_generation: job.metadata.generation,
+        result: if total == 1 { ledger.result.clone() } else { None },
         ledger: Some(ledger.snapshot()),
         // Kept; the book sets it when it acts on a new replay annotation value.
         replayed_token: job.status.as_ref().and_then(|s| s.replayed_token.clone()),
