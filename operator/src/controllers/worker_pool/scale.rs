@@ -46,6 +46,9 @@ struct PoolState {
     workers: HashMap<String, (u64, u64, Duration)>,
     /// Totals of pods not heard from for [`RETIRE_AFTER`], folded here to bound the map.
     retired: (u64, u64),
+    /// (time, reason) of the last replica change this operator made. Authoritative over the
+    /// pool object a reconcile was handed, which may predate the status write of that change.
+    last_scale: Option<(String, String)>,
 }
 
 /// A pod silent this long is gone for good (heartbeats come every 2 s): its totals are folded.
@@ -184,8 +187,14 @@ impl Autoscalers {
             arrival_rate: Some(format!("{:.1}", observation.arrival_rate)),
             completion_rate: Some(format!("{:.1}", observation.completion_rate)),
             current_replicas: current as i32,
-            last_scale_time: pool.status.as_ref().and_then(|s| s.autoscaling.as_ref()).and_then(|a| a.last_scale_time.clone()),
-            last_scale_reason: pool.status.as_ref().and_then(|s| s.autoscaling.as_ref()).and_then(|a| a.last_scale_reason.clone()),
+            last_scale_time: match &state.last_scale {
+                Some((time, _)) => Some(time.clone()),
+                None => pool.status.as_ref().and_then(|s| s.autoscaling.as_ref()).and_then(|a| a.last_scale_time.clone()),
+            },
+            last_scale_reason: match &state.last_scale {
+                Some((_, reason)) => Some(reason.clone()),
+                None => pool.status.as_ref().and_then(|s| s.autoscaling.as_ref()).and_then(|a| a.last_scale_reason.clone()),
+            },
             message: Some(decision.message.clone()),
             interrupted_total: interrupted as i64,
             completed_total: completed as i64,
@@ -226,8 +235,12 @@ impl Autoscalers {
     /// Records a replica change: Event on the pool, metric, and the status' last scale fields.
     pub async fn scaled(&self, pool: &WorkerPool, scaled: &mut Scaled) {
         let reason = scaled.decision.reason.as_str();
-        scaled.status.last_scale_time = Some(jiff::Timestamp::now().to_string());
+        let time = jiff::Timestamp::now().to_string();
+        scaled.status.last_scale_time = Some(time.clone());
         scaled.status.last_scale_reason = Some(reason.to_string());
+        if let Some(state) = self.pools.lock().expect("autoscaler lock").get_mut(&pool.uid().unwrap_or_default()) {
+            state.last_scale = Some((time, reason.to_string()));
+        }
         let labels = ScaleLabels {
             namespace: pool.namespace().unwrap_or_default(),
             pool: pool.name_any(),
