@@ -33,6 +33,29 @@ impl BrokerError {
     }
 }
 
+/// Publisher confirmations still to come for one published batch.
+pub struct Confirms(Vec<lapin::PublisherConfirm>);
+
+impl Confirms {
+    async fn wait(self) -> Result<(), BrokerError> {
+        let mut refused = 0;
+        for confirm in futures::future::join_all(self.0).await {
+            match confirm {
+                Ok(c) => {
+                    if !c.is_ack() || c.take_message().is_some() {
+                        refused += 1;
+                    }
+                }
+                Err(source) => return Err(BrokerError::Amqp { what: "basic.publish confirm", source }),
+            }
+        }
+        if refused > 0 {
+            return Err(BrokerError::NotConfirmed { count: refused });
+        }
+        Ok(())
+    }
+}
+
 /// Delay before reconnect attempt `n` (0-based): 100 ms doubling to 5 s, minus up to 30 % jitter.
 pub fn reconnect_delay(attempt: u32, random: f64) -> Duration {
     let base = 100u64.saturating_mul(1 << attempt.min(16)).min(5_000) as f64;
@@ -115,7 +138,30 @@ impl Broker {
         content_type: &str,
         bodies: &[Vec<u8>],
     ) -> Result<(), BrokerError> {
+        let confirms = self.publish(exchange, routing_key, content_type, bodies).await?;
+        self.confirmed(confirms).await
+    }
+
+    /// Publishes persistent, `mandatory` messages without waiting for their confirmations, so
+    /// that a caller can publish the next batch while the broker confirms this one (confirms
+    /// arrive in publishing order). Nothing is confirmed until [`Broker::confirmed`] says so.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        content_type: &str,
+        bodies: &[Vec<u8>],
+    ) -> Result<Confirms, BrokerError> {
         let result = self.try_publish(exchange, routing_key, content_type, bodies).await;
+        if result.is_err() {
+            self.reset().await;
+        }
+        result
+    }
+
+    /// Waits until every message of a [`Broker::publish`] is confirmed (acked and routed).
+    pub async fn confirmed(&self, confirms: Confirms) -> Result<(), BrokerError> {
+        let result = confirms.wait().await;
         if result.is_err() {
             self.reset().await;
         }
@@ -128,7 +174,7 @@ impl Broker {
         routing_key: &str,
         content_type: &str,
         bodies: &[Vec<u8>],
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Confirms, BrokerError> {
         let channel = self.channel().await?;
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -147,21 +193,7 @@ impl Broker {
                 .map_err(|source| BrokerError::Amqp { what: "basic.publish", source })?;
             confirms.push(confirm);
         }
-        let mut refused = 0;
-        for confirm in futures::future::join_all(confirms).await {
-            match confirm {
-                Ok(c) => {
-                    if !c.is_ack() || c.take_message().is_some() {
-                        refused += 1;
-                    }
-                }
-                Err(source) => return Err(BrokerError::Amqp { what: "basic.publish confirm", source }),
-            }
-        }
-        if refused > 0 {
-            return Err(BrokerError::NotConfirmed { count: refused });
-        }
-        Ok(())
+        Ok(Confirms(confirms))
     }
 
     /// Deletes queues and exchanges (missing ones are fine).

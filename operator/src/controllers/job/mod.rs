@@ -119,10 +119,24 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     let earlier = earlier.as_deref();
     let mut last_write = Instant::now();
     let mut retry_queues_recorded = false;
+    // One published batch may await its confirms while the next is published, so the broker
+    // never idles between batches. The watermark only covers confirmed batches, in order.
+    let mut unconfirmed: Option<(std::ops::Range<u32>, crate::broker::Confirms)> = None;
     loop {
         let now = now_ms();
-        let observed = ctx.book.observed(&uid);
-        match plan::plan(&job, pool.as_deref(), earlier, &observed, ctx.config.publish_batch, now) {
+        let mut observed = ctx.book.observed(&uid);
+        if let Some((published, _)) = &unconfirmed {
+            observed.enqueued = observed.enqueued.max(published.end);
+        }
+        let next = plan::plan(&job, pool.as_deref(), earlier, &observed, ctx.config.publish_batch, now);
+        if !matches!(next, Plan::Publish { .. }) {
+            if let Some((published, confirms)) = unconfirmed.take() {
+                // Settle the batch in flight, then decide again on the confirmed watermark.
+                confirm_batch(ctx, &job, &uid, published, confirms, &mut last_write).await?;
+                continue;
+            }
+        }
+        match next {
             Plan::Blocked(blocker) => {
                 tracing::info!(reason = blocker.reason(), message = blocker.message(), "Job is blocked");
                 let permanent = blocker.is_permanent();
@@ -146,21 +160,9 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
                 let bodies: Vec<Vec<u8>> =
                     indexes.clone().map(|i| plan::envelope(&job, &job_ref, i, &retry).to_json()).collect();
                 let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
-                ctx.broker.publish_confirmed(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await?;
-                metrics::global()
-                    .tasks_published
-                    .get_or_create(&PoolLabels {
-                        namespace: namespace.clone(),
-                        pool: job.spec.pool_ref.clone(),
-                        priority: job.spec.priority.clone(),
-                    })
-                    .inc_by(bodies.len() as u64);
-                ctx.book.set_enqueued(&uid, indexes.end);
-                tracing::debug!(enqueued = indexes.end, "tasks confirmed by the broker");
-                // Record the watermark at a bounded rate, and always once at the end.
-                if indexes.end >= job.task_count() || last_write.elapsed() >= ctx.config.status_interval {
-                    ctx.book.flush(&uid).await?;
-                    last_write = Instant::now();
+                let confirms = ctx.broker.publish(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await?;
+                if let Some((published, previous)) = unconfirmed.replace((indexes, confirms)) {
+                    confirm_batch(ctx, &job, &uid, published, previous, &mut last_write).await?;
                 }
             }
             Plan::Suspended => {
@@ -213,6 +215,34 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
             }
         }
     }
+}
+
+/// Waits for a published batch's confirms, then advances the watermark past it; the watermark
+/// is written at a bounded rate, and always once at the end.
+async fn confirm_batch(
+    ctx: &Context,
+    job: &Job,
+    uid: &str,
+    published: std::ops::Range<u32>,
+    confirms: crate::broker::Confirms,
+    last_write: &mut Instant,
+) -> Result<(), Error> {
+    ctx.broker.confirmed(confirms).await?;
+    metrics::global()
+        .tasks_published
+        .get_or_create(&PoolLabels {
+            namespace: job.namespace().unwrap_or_default(),
+            pool: job.spec.pool_ref.clone(),
+            priority: job.spec.priority.clone(),
+        })
+        .inc_by(u64::from(published.end - published.start));
+    ctx.book.set_enqueued(uid, published.end);
+    tracing::debug!(enqueued = published.end, "tasks confirmed by the broker");
+    if published.end >= job.task_count() || last_write.elapsed() >= ctx.config.status_interval {
+        ctx.book.flush(uid).await?;
+        *last_write = Instant::now();
+    }
+    Ok(())
 }
 
 /// Adds the retry-tier queues the Job's tasks may use to its pool's `status.retryQueues` before
