@@ -153,15 +153,17 @@ impl Broker {
         bodies: &[Vec<u8>],
     ) -> Result<Confirms, BrokerError> {
         let result = self.try_publish(exchange, routing_key, content_type, bodies).await;
-        if result.is_err() {
-            self.reset().await;
-        }
-        result
+        self.reset_on_error(result).await
     }
 
     /// Waits until every message of a [`Broker::publish`] is confirmed (acked and routed).
     pub async fn confirmed(&self, confirms: Confirms) -> Result<(), BrokerError> {
         let result = confirms.wait().await;
+        self.reset_on_error(result).await
+    }
+
+    /// After a failed publish the channel may be closed: the next call opens a fresh one.
+    async fn reset_on_error<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
         if result.is_err() {
             self.reset().await;
         }

@@ -32,15 +32,9 @@ pub struct PoolLabels {
     pub priority: String,
 }
 
+/// Labels of a per-pool series that has no priority (dead letters, the autoscaler's gauges).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct DeadLetterLabels {
-    pub namespace: String,
-    pub pool: String,
-}
-
-/// Labels of the autoscaler's per-pool gauges.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ScalePoolLabels {
+pub struct PoolOnlyLabels {
     pub namespace: String,
     pub pool: String,
 }
@@ -95,7 +89,7 @@ pub struct Metrics {
     pub tasks_in_flight: Family<PoolLabels, Gauge>,
     pub queue_ready: Family<PoolLabels, Gauge>,
     pub queue_consumers: Family<PoolLabels, Gauge>,
-    pub dead_letter_messages: Family<DeadLetterLabels, Gauge>,
+    pub dead_letter_messages: Family<PoolOnlyLabels, Gauge>,
     pub reports_queue_messages: Gauge,
     pub jobs: Family<PhaseLabels, Gauge>,
     pub status_writes: Counter,
@@ -103,9 +97,9 @@ pub struct Metrics {
     pub broker_reconnects: Family<ConnectionLabels, Counter>,
     pub leader: Gauge,
     hooks: Mutex<Vec<ScrapeHook>>,
-    pub autoscaler_desired_replicas: Family<ScalePoolLabels, Gauge>,
-    pub autoscaler_backlog: Family<ScalePoolLabels, Gauge>,
-    pub autoscaler_max_replicas: Family<ScalePoolLabels, Gauge>,
+    pub autoscaler_desired_replicas: Family<PoolOnlyLabels, Gauge>,
+    pub autoscaler_backlog: Family<PoolOnlyLabels, Gauge>,
+    pub autoscaler_max_replicas: Family<PoolOnlyLabels, Gauge>,
     pub autoscaler_scales: Family<ScaleLabels, Counter>,
     registry: Registry,
 }
@@ -126,7 +120,7 @@ impl Metrics {
         let tasks_in_flight = Family::<PoolLabels, Gauge>::default();
         let queue_ready = Family::<PoolLabels, Gauge>::default();
         let queue_consumers = Family::<PoolLabels, Gauge>::default();
-        let dead_letter_messages = Family::<DeadLetterLabels, Gauge>::default();
+        let dead_letter_messages = Family::<PoolOnlyLabels, Gauge>::default();
         let reports_queue_messages = Gauge::default();
         let jobs = Family::<PhaseLabels, Gauge>::default();
         let status_writes = Counter::default();
@@ -151,9 +145,9 @@ impl Metrics {
         registry.register("broker_connected", "1 while the connection to RabbitMQ is up", broker_connected.clone());
         registry.register("broker_reconnects", "Reconnects to RabbitMQ after a failure", broker_reconnects.clone());
         registry.register("leader", "1 while this operator leads (runs the controllers), 0 while it stands by", leader.clone());
-        let autoscaler_desired_replicas = Family::<ScalePoolLabels, Gauge>::default();
-        let autoscaler_backlog = Family::<ScalePoolLabels, Gauge>::default();
-        let autoscaler_max_replicas = Family::<ScalePoolLabels, Gauge>::default();
+        let autoscaler_desired_replicas = Family::<PoolOnlyLabels, Gauge>::default();
+        let autoscaler_backlog = Family::<PoolOnlyLabels, Gauge>::default();
+        let autoscaler_max_replicas = Family::<PoolOnlyLabels, Gauge>::default();
         let autoscaler_scales = Family::<ScaleLabels, Counter>::default();
         registry.register("autoscaler_desired_replicas", "Worker replicas the autoscaler last decided per pool", autoscaler_desired_replicas.clone());
         registry.register("autoscaler_backlog", "Ready tasks in a pool's work queues at the last autoscaler poll", autoscaler_backlog.clone());

@@ -15,13 +15,13 @@ use warren_protocol::names;
 
 use crate::broker::{Broker, reconnect_delay};
 use crate::crd::WorkerPool;
-use crate::metrics::{self, DeadLetterLabels, PoolLabels};
+use crate::metrics::{self, PoolOnlyLabels, PoolLabels};
 
 /// One queue to sample and where its numbers go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sampled {
     Work { queue: String, labels: PoolLabels },
-    DeadLetter { queue: String, labels: DeadLetterLabels },
+    DeadLetter { queue: String, labels: PoolOnlyLabels },
 }
 
 /// The queues of the pools, in a stable order. Pure.
@@ -38,7 +38,7 @@ pub fn queues_of<'a>(pools: impl IntoIterator<Item = &'a WorkerPool>) -> Vec<Sam
         }
         out.push(Sampled::DeadLetter {
             queue: names::dead_letter_queue(&namespace, &name),
-            labels: DeadLetterLabels { namespace, pool: name },
+            labels: PoolOnlyLabels { namespace, pool: name },
         });
     }
     out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
@@ -142,7 +142,7 @@ mod tests {
             vec![
                 Sampled::DeadLetter {
                     queue: names::dead_letter_queue("media", "images"),
-                    labels: DeadLetterLabels { namespace: "media".into(), pool: "images".into() },
+                    labels: PoolOnlyLabels { namespace: "media".into(), pool: "images".into() },
                 },
                 Sampled::Work { queue: names::work_queue("media", "images", "high"), labels: labels("high") },
                 Sampled::Work { queue: names::work_queue("media", "images", "low"), labels: labels("low") },

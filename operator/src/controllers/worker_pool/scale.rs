@@ -18,7 +18,7 @@ use super::plan::POOL_LABEL;
 use crate::autoscaler::{self, Decision, History, Observation, Policy, Rates};
 use crate::broker::BrokerError;
 use crate::crd::{AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, PriorityBacklog, WorkerPool};
-use crate::metrics::{self, PoolLabels, ScaleLabels, ScalePoolLabels};
+use crate::metrics::{self, PoolLabels, ScaleLabels, PoolOnlyLabels};
 use crate::workers::WorkerRegistry;
 
 /// Annotation the ReplicaSet controller (and the local runner) reads to pick which pods go first.
@@ -200,7 +200,7 @@ impl Autoscalers {
             completed_total: completed as i64,
         };
         drop(pools);
-        let labels = ScalePoolLabels { namespace: namespace.clone(), pool: name.clone() };
+        let labels = PoolOnlyLabels { namespace: namespace.clone(), pool: name.clone() };
         metrics::global().autoscaler_desired_replicas.get_or_create(&labels).set(i64::from(decision.desired));
         metrics::global().autoscaler_backlog.get_or_create(&labels).set(observation.backlog() as i64);
         metrics::global().autoscaler_max_replicas.get_or_create(&labels).set(i64::from(spec.max_replicas));
