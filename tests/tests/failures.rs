@@ -29,6 +29,48 @@ async fn tasks_failing_their_first_two_attempts_succeed_on_the_third_with_exact_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_in_the_broker_for_the_policys_delay() -> anyhow::Result<()> {
+    let env = Env::start("retry-delays").await?;
+    // Each attempt appends "<index> <attempt> <start ms>" to a file; attempts 1 and 2 fail.
+    let log = env.state_dir.join("attempts.log");
+    let handler = serde_json::json!(["sh", "-c", format!(
+        "cat >/dev/null; echo \"$WARREN_TASK_INDEX $WARREN_ATTEMPT $(date +%s%3N)\" >> {}; [ \"$WARREN_ATTEMPT\" -ge 3 ]",
+        log.display()
+    )]);
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 4})).await?;
+    env.create_job("delays", serde_json::json!({
+        "poolRef": "pool", "completions": 4,
+        "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "1s", "factor": 2, "maxDelay": "10s", "jitter": 0.2}}
+    }))
+    .await?;
+    let job = env.wait_job("delays", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.retries), (JobPhase::Succeeded, 4, 8), "{status:?}");
+
+    let mut starts = std::collections::BTreeMap::<(u32, u32), u64>::new();
+    for line in std::fs::read_to_string(&log)?.lines() {
+        let fields: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+        starts.insert((fields[0] as u32, fields[1] as u32), fields[2]);
+    }
+    assert_eq!(starts.len(), 12, "3 attempts of 4 tasks: {starts:?}");
+    // Attempt 2 waits 1 s and attempt 3 waits 2 s, minus up to 20 % jitter. The wait happens in
+    // a RabbitMQ delay queue, so no retry can start before its jittered delay is over; how much
+    // later it starts depends on this machine's load, so that is printed, not asserted.
+    for (attempt, policy_ms) in [(2u32, 1_000u64), (3, 2_000)] {
+        let gaps: Vec<u64> = (0..4).map(|i| starts[&(i, attempt)] - starts[&(i, attempt - 1)]).collect();
+        let earliest = policy_ms * 8 / 10;
+        assert!(gaps.iter().all(|gap| *gap >= earliest), "attempt {attempt} started before {earliest} ms: {gaps:?}");
+        let mean = gaps.iter().sum::<u64>() as f64 / gaps.len() as f64;
+        println!(
+            "retry delay before attempt {attempt}: policy {policy_ms} ms (jittered {earliest}-{policy_ms}), measured {gaps:?} ms, mean {:.2}x policy",
+            mean / policy_ms as f64
+        );
+    }
+    delete_retry_tiers(&env, &[1_000, 2_000]).await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_tasks_are_dead_lettered_after_max_attempts_and_fail_the_job() -> anyhow::Result<()> {
     let env = Env::start("poison").await?;
     // Task 3 always fails (retryable), task 5 fails permanently (exit 65); the rest succeed.
@@ -55,7 +97,7 @@ async fn poison_tasks_are_dead_lettered_after_max_attempts_and_fail_the_job() ->
     env.cleanup().await
 }
 
-/// The retry-tier queues the workers declared on demand (the operator does not delete them yet).
+/// The retry-tier queues the workers declared (these pools keep their queues on deletion).
 async fn delete_retry_tiers(env: &Env, tiers_ms: &[u64]) -> anyhow::Result<()> {
     for ms in tiers_ms {
         warren_e2e::delete_queue(&names::retry_queue(&env.namespace, "pool", *ms)).await?;
