@@ -215,6 +215,18 @@ def run(tmp_path_factory):
         rabbitmqctl("delete_queue", reports_queue)
         for tier_ms in (100, 200):
             rabbitmqctl("delete_queue", f"warren.{namespace}.pool.retry.{tier_ms}ms")
+        delete_exchange(f"{reports_queue}.control")
+
+
+def delete_exchange(name: str) -> None:
+    """Deletes an exchange of the shared broker (the operator's control exchange of this run)."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, "/", pika.PlainCredentials("guest", "guest")))
+    try:
+        connection.channel().exchange_delete(exchange=name)
+    finally:
+        connection.close()
 
 
 def render_rule_groups() -> list[dict]:
