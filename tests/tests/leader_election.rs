@@ -29,6 +29,15 @@ fn candidate(identity: &str, port: u16) -> OperatorOptions {
     }
 }
 
+/// Stops an operator the test started beside the harness's, then removes the reports queue and
+/// control exchange it may have declared again after `Env::cleanup` deleted them.
+async fn stop_extra_operator(mut operator: tokio::process::Child, reports_queue: &str) -> anyhow::Result<()> {
+    operator.start_kill()?;
+    operator.wait().await?;
+    warren_e2e::delete_queue(reports_queue).await?;
+    warren_e2e::delete_exchange(&warren_protocol::names::control_exchange(reports_queue)).await
+}
+
 async fn holder(env: &Env) -> anyhow::Result<Option<String>> {
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), LEASE_NAMESPACE);
     Ok(leases.get_opt(LEASE).await?.and_then(|l| l.spec).and_then(|s| s.holder_identity))
@@ -132,9 +141,9 @@ async fn exactly_one_of_two_operators_reconciles_and_a_killed_leader_hands_over(
     assert_eq!(spec.lease_duration_seconds, Some(LEASE_DURATION_S as i32));
 
     // op-b is the only operator left: it runs the pool finalizer during cleanup.
+    let reports_queue = env.reports_queue();
     env.cleanup().await?;
-    b.start_kill()?;
-    b.wait().await?;
+    stop_extra_operator(b, &reports_queue).await?;
     Ok(())
 }
 
@@ -160,9 +169,9 @@ async fn a_gracefully_stopped_leader_releases_the_lease() -> anyhow::Result<()> 
     assert_eq!(spec.lease_duration_seconds, Some(LEASE_DURATION_S as i32), "op-b rewrote its own duration");
     let log_a = std::fs::read_to_string(env.state_dir.join("operator.log"))?;
     assert!(log_a.contains("released the Lease"), "op-a released the Lease on SIGTERM:\n{log_a}");
+    let reports_queue = env.reports_queue();
     env.cleanup().await?;
-    b.start_kill()?;
-    b.wait().await?;
+    stop_extra_operator(b, &reports_queue).await?;
     Ok(())
 }
 
@@ -210,9 +219,9 @@ async fn an_operator_watching_one_namespace_leaves_the_others_alone() -> anyhow:
     assert!(deployments.list(&Default::default()).await?.items.is_empty(), "no worker Deployment in the unwatched namespace");
 
     // The harness's cleanup finalizes the watched pool with the scoped operator still running.
+    let reports_queue = env.reports_queue();
     env.cleanup().await?;
-    scoped.start_kill()?;
-    scoped.wait().await?;
+    stop_extra_operator(scoped, &reports_queue).await?;
     Ok(())
 }
 
