@@ -91,6 +91,8 @@ pub struct Metrics {
     pub queue_consumers: Family<PoolLabels, Gauge>,
     pub dead_letter_messages: Family<PoolOnlyLabels, Gauge>,
     pub reports_queue_messages: Gauge,
+    pub report_messages: Counter,
+    pub report_events: Counter,
     pub jobs: Family<PhaseLabels, Gauge>,
     pub status_writes: Counter,
     pub broker_connected: Family<ConnectionLabels, Gauge>,
@@ -122,6 +124,8 @@ impl Metrics {
         let queue_consumers = Family::<PoolLabels, Gauge>::default();
         let dead_letter_messages = Family::<PoolOnlyLabels, Gauge>::default();
         let reports_queue_messages = Gauge::default();
+        let report_messages = Counter::default();
+        let report_events = Counter::default();
         let jobs = Family::<PhaseLabels, Gauge>::default();
         let status_writes = Counter::default();
         let broker_connected = Family::<ConnectionLabels, Gauge>::default();
@@ -140,6 +144,8 @@ impl Metrics {
         registry.register("queue_consumers", "Consumers of a pool's work queue", queue_consumers.clone());
         registry.register("dead_letter_messages", "Messages in a pool's dead-letter queue", dead_letter_messages.clone());
         registry.register("reports_queue_messages", "Worker reports waiting in the reports queue", reports_queue_messages.clone());
+        registry.register("report_messages", "Report messages received from workers (each a batch of task events)", report_messages.clone());
+        registry.register("report_events", "Task events received in worker reports; divided by report_messages, the batching factor", report_events.clone());
         registry.register("jobs", "Jobs by phase", jobs.clone());
         registry.register("status_writes", "Job status writes", status_writes.clone());
         registry.register("broker_connected", "1 while the connection to RabbitMQ is up", broker_connected.clone());
@@ -167,6 +173,8 @@ impl Metrics {
             queue_consumers,
             dead_letter_messages,
             reports_queue_messages,
+            report_messages,
+            report_events,
             jobs,
             status_writes,
             broker_connected,

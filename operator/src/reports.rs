@@ -123,6 +123,9 @@ async fn fold(body: &[u8], book: &JobBook, workers: &WorkerRegistry) -> Result<V
         }
     };
     workers.observe(&batch);
+    let metrics = crate::metrics::global();
+    metrics.report_messages.inc();
+    metrics.report_events.inc_by(batch.events.len() as u64);
     let mut needs: Vec<(String, u64)> = Vec::new();
     for event in &batch.events {
         let mut applied = book.apply(event);

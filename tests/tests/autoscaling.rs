@@ -109,24 +109,35 @@ async fn a_burst_scales_a_pool_from_zero_up_and_back_to_zero_without_interruptin
     assert_eq!(scaling.last_scale_reason.as_deref(), Some("Idle"), "{scaling:?}");
 
     // The workers' own accounts, from their logs: each says what it finished and interrupted.
-    let mut accounts = BTreeMap::new();
-    for entry in std::fs::read_dir(env.state_dir.join("logs"))? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if !name.contains("burst-workers") {
-            continue;
+    // A pod counts as gone from the Deployment's replicas as soon as it is terminating, so
+    // the last ones may still be draining (up to their 30 s grace period): wait for them.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let accounts = loop {
+        let mut accounts = BTreeMap::new();
+        let mut still_running = Vec::new();
+        for entry in std::fs::read_dir(env.state_dir.join("logs"))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if !name.contains("burst-workers") {
+                continue;
+            }
+            let log = std::fs::read_to_string(&path)?;
+            match log.lines().rev().find(|l| l.starts_with("warren-bench worker stopped:")) {
+                Some(line) => {
+                    let field = |key: &str| -> u64 {
+                        line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).expect("count")
+                    };
+                    accounts.insert(name, (field("completed="), field("interrupted=")));
+                }
+                None => still_running.push((name, log)),
+            }
         }
-        let log = std::fs::read_to_string(&path)?;
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("warren-bench worker stopped:"))
-            .unwrap_or_else(|| panic!("{name}: the worker did not stop gracefully:\n{log}"));
-        let field = |key: &str| -> u64 {
-            line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).expect("count")
-        };
-        accounts.insert(name, (field("completed="), field("interrupted=")));
-    }
+        if still_running.is_empty() {
+            break accounts;
+        }
+        assert!(Instant::now() < deadline, "workers that did not stop gracefully within their grace period: {still_running:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(accounts.len() > 1, "more than one worker process ran: {accounts:?}");
     let completed: u64 = accounts.values().map(|(c, _)| c).sum();
     let interrupted: u64 = accounts.values().map(|(_, i)| i).sum();

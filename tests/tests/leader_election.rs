@@ -104,7 +104,7 @@ async fn exactly_one_of_two_operators_reconciles_and_a_killed_leader_hands_over(
     };
     let mut env = Env::start_with("leader", candidate("op-a", port_a)).await?;
     wait_holder(&env, "op-a", Duration::from_secs(30)).await?;
-    let mut b = env.spawn_operator(&candidate("op-b", port_b), "operator-b.log")?;
+    let b = env.spawn_operator(&candidate("op-b", port_b), "operator-b.log")?;
     let (_, leader_b, _) = wait_role(port_b, "standby").await?;
     assert_eq!(leader_b, 0.0);
 
@@ -156,7 +156,7 @@ async fn a_gracefully_stopped_leader_releases_the_lease() -> anyhow::Result<()> 
     let (port_a, port_b) = (free_port(), free_port());
     let env = Env::start_with("leader-release", candidate("op-a", port_a)).await?;
     wait_holder(&env, "op-a", Duration::from_secs(30)).await?;
-    let mut b = env.spawn_operator(&candidate("op-b", port_b), "operator-b.log")?;
+    let b = env.spawn_operator(&candidate("op-b", port_b), "operator-b.log")?;
     wait_role(port_b, "standby").await?;
     let pid_a = env.operator_pid().expect("op-a runs");
     let stopped = Instant::now();
@@ -185,7 +185,7 @@ async fn an_operator_watching_one_namespace_leaves_the_others_alone() -> anyhow:
     env.kill_operator().await?;
     let mut options = OperatorOptions::default();
     options.env.push(("WARREN_WATCH_NAMESPACE".into(), env.namespace.clone()));
-    let mut scoped = env.spawn_operator(&options, "operator-scoped.log")?;
+    let scoped = env.spawn_operator(&options, "operator-scoped.log")?;
 
     // Another namespace with a pool and a Job the operator must not touch.
     let other = format!("{}-other", env.namespace);

@@ -363,7 +363,8 @@ async fn raw_amqp(n: u32, prefetch: u16, body_size: usize) -> anyhow::Result<f64
 /// Seconds from creating a Job of `n` no-op tasks to reading status Succeeded, and the CPU the
 /// components used meanwhile.
 async fn warren(n: u32, concurrency: u32) -> anyhow::Result<(f64, CpuUsage)> {
-    let env = Env::start_with("bench", OperatorOptions::default()).await?;
+    let metrics_addr = format!("127.0.0.1:{}", warren_e2e::free_port());
+    let env = Env::start_with("bench", OperatorOptions { metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() }).await?;
     let exe = std::env::current_exe()?;
     env.create_pool(
         "bench",
@@ -396,6 +397,16 @@ async fn warren(n: u32, concurrency: u32) -> anyhow::Result<(f64, CpuUsage)> {
         .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = CpuSample::now().since(&cpu_before);
+    let (_, metrics) = warren_e2e::http_get(&metrics_addr, "/metrics").await.context("scraping the operator")?;
+    let counter = |name: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let (messages, events) = (counter("warren_operator_report_messages_total"), counter("warren_operator_report_events_total"));
+    println!(
+        "          worker reports: {messages:.0} messages, {events:.0} events ({:.1} events per message, {:.0} messages per 1,000 tasks)",
+        events / messages.max(1.0),
+        messages * 1_000.0 / f64::from(n)
+    );
     let status = job.status.expect("status");
     anyhow::ensure!(
         status.phase == JobPhase::Succeeded && status.succeeded == n,
