@@ -81,12 +81,19 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     });
     let consumer = tokio::spawn(reports::run(config.amqp_url.clone(), config.reports_queue.clone(), book, workers));
     tracing::info!(amqp = %broker::redact(&config.amqp_url), watch_namespace = config.watch_namespace.as_deref().unwrap_or("(all)"), "Warren operator started");
+    let job_watch = controllers::JobWatch::new(client.clone(), &config);
+    let (jobs, job_events, child_events) = (job_watch.store.clone(), job_watch.subscribe(), job_watch.subscribe());
     let controllers = async {
-        tokio::join!(
-            controllers::worker_pool::run(pool_controller, ctx.clone()),
-            controllers::job::run(ctx.clone()),
-            controllers::workflow::run(client.clone(), config.clone()),
-        );
+        tokio::select! {
+            _ = async {
+                tokio::join!(
+                    controllers::worker_pool::run(pool_controller, ctx.clone()),
+                    controllers::job::run(ctx.clone(), jobs.clone(), job_events),
+                    controllers::workflow::run(client.clone(), config.clone(), jobs, child_events),
+                )
+            } => {}
+            _ = job_watch.run() => tracing::error!("the Job watch ended"),
+        }
     };
     let lost = match elector.as_mut() {
         None => {

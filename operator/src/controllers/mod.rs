@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Client;
-use kube::runtime::reflector::Store;
+use futures::StreamExt;
+use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 
 use crate::book::JobBook;
 use crate::broker::Broker;
-use crate::crd::WorkerPool;
+use crate::crd::{Job, WorkerPool};
 use crate::workers::WorkerRegistry;
 
 /// Operator settings, parsed once at start.
@@ -121,5 +123,46 @@ mod tests {
         assert!(b.next("b") <= Duration::from_millis(1200), "other objects are not affected");
         b.reset("a");
         assert!(b.next("a") <= Duration::from_millis(1200));
+    }
+}
+
+/// The operator's one watch of the Jobs, shared by the Job and the Workflow controllers: one
+/// cache (without `managedFields`, which nothing reads) instead of one per controller, and one
+/// stream of events each controller subscribes to. The store is updated before an event reaches
+/// a subscriber, so a reconcile never reads an older Job than its trigger. [`JobWatch::run`]
+/// must be driven for the subscribers to see anything.
+pub struct JobWatch {
+    pub store: Store<Job>,
+    writer: reflector::store::Writer<Job>,
+    api: kube::Api<Job>,
+}
+
+/// Events a subscriber may fall behind by before the watch waits for it.
+const JOB_EVENT_BUFFER: usize = 1024;
+
+impl JobWatch {
+    pub fn new(client: Client, config: &Config) -> Self {
+        let (store, writer) = reflector::store_shared(JOB_EVENT_BUFFER);
+        Self { store, writer, api: config.watched(client) }
+    }
+
+    /// A stream of the Jobs the watch sees change (subscribe before [`JobWatch::run`]).
+    pub fn subscribe(&self) -> ReflectHandle<Job> {
+        self.writer.subscribe().expect("a shared store hands out subscribers")
+    }
+
+    /// Watches until the stream ends; watch errors are retried with backoff.
+    pub async fn run(self) {
+        watcher(self.api, watcher::Config::default())
+            .default_backoff()
+            .modify(|job: &mut Job| job.managed_fields_mut().clear())
+            .reflect_shared(self.writer)
+            .for_each(|event| {
+                if let Err(error) = event {
+                    tracing::warn!(%error, "watching Jobs failed; retrying");
+                }
+                futures::future::ready(())
+            })
+            .await;
     }
 }

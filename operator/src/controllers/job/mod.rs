@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
@@ -79,6 +79,17 @@ struct State {
     /// Who got each `(namespace, idempotencyKey)` first in this process: concurrent reconciles
     /// of two Jobs with one key must not both decide to run.
     claims: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    /// Reconciles of the Jobs that mirror an idempotencyKey holder (see [`run`]).
+    mirrors: futures::channel::mpsc::UnboundedSender<ObjectRef<Job>>,
+}
+
+impl State {
+    /// Has the other Jobs of `same_key` reconciled: they mirror `holder`, which just changed.
+    fn reconcile_mirrors(&self, holder: &Job, same_key: &[Arc<Job>]) {
+        for job in same_key.iter().filter(|j| j.uid() != holder.uid()) {
+            let _ = self.mirrors.unbounded_send(ObjectRef::from_obj(&**job));
+        }
+    }
 }
 
 async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> {
@@ -109,13 +120,17 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
             .collect(),
         None => Vec::new(),
     };
-    let earlier = job.spec.idempotency_key.as_ref().and_then(|key| {
+    let holder = job.spec.idempotency_key.as_ref().and_then(|key| {
         let mut claims = state.claims.lock().expect("claims lock");
         let claim_key = (namespace.clone(), key.clone());
         let holder = plan::key_holder(&job, same_key.iter().map(|j| &**j), claims.get(&claim_key).map(String::as_str))?;
         claims.insert(claim_key, holder.clone());
-        same_key.iter().find(|j| j.uid().as_deref() == Some(holder.as_str()) && holder != uid).cloned()
+        Some(holder)
     });
+    if holder.as_deref() == Some(uid.as_str()) {
+        state.reconcile_mirrors(&job, &same_key);
+    }
+    let earlier = holder.and_then(|holder| same_key.iter().find(|j| j.uid() == Some(holder.clone()) && holder != uid).cloned());
     let earlier = earlier.as_deref();
     let mut last_write = Instant::now();
     let mut retry_queues_recorded = false;
@@ -276,41 +291,31 @@ fn error_policy(job: Arc<Job>, error: &Error, state: Arc<State>) -> Action {
     Action::requeue(delay)
 }
 
-/// Runs the Job controller until the stream ends.
-pub async fn run(ctx: Arc<Context>) {
-    let jobs: Api<Job> = ctx.config.watched(ctx.client.clone());
+/// Runs the Job controller until the stream ends; `jobs` and `changed` come from the operator's
+/// shared [`super::JobWatch`].
+pub async fn run(ctx: Arc<Context>, jobs: Store<Job>, changed: ReflectHandle<Job>) {
     let pools: Api<WorkerPool> = ctx.config.watched(ctx.client.clone());
-    let controller = Controller::new(jobs.clone(), watcher::Config::default());
-    let store = controller.store();
     let control_exchange = names::control_exchange(&ctx.config.reports_queue);
     let broadcaster =
-        tokio::spawn(crate::control::run(ctx.config.amqp_url.clone(), control_exchange, ctx.book.clone(), store.clone()));
-    let job_store = store.clone();
-    let duplicates = store.clone();
-    controller
+        tokio::spawn(crate::control::run(ctx.config.amqp_url.clone(), control_exchange, ctx.book.clone(), jobs.clone()));
+    let (mirror_tx, mirror_rx) = futures::channel::mpsc::unbounded();
+    let pool_jobs = jobs.clone();
+    Controller::for_shared_stream(changed, jobs.clone())
         .watches(pools, watcher::Config::default(), move |pool: WorkerPool| {
             let namespace = pool.namespace();
             let name = pool.name_any();
-            store
+            pool_jobs
                 .state()
                 .into_iter()
                 .filter(|job| job.namespace() == namespace && job.spec.pool_ref == name)
                 .map(|job| ObjectRef::from_obj(&*job))
                 .collect::<Vec<_>>()
         })
-        // A duplicate Job mirrors the phase of the Job holding its idempotencyKey.
-        .watches(jobs, watcher::Config::default(), move |job: Job| {
-            let Some(key) = job.spec.idempotency_key.clone() else { return Vec::new() };
-            let namespace = job.namespace();
-            duplicates
-                .state()
-                .into_iter()
-                .filter(|j| j.uid() != job.uid() && j.namespace() == namespace && j.spec.idempotency_key.as_ref() == Some(&key))
-                .map(|j| ObjectRef::from_obj(&*j))
-                .collect::<Vec<_>>()
-        })
+        // Duplicates of an idempotencyKey mirror the Job holding it: the holder's reconciles
+        // send them here.
+        .reconcile_on(mirror_rx)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(State { ctx, jobs: job_store, claims: Default::default() }))
+        .run(reconcile, error_policy, Arc::new(State { ctx, jobs, claims: Default::default(), mirrors: mirror_tx }))
         .for_each(|_| futures::future::ready(()))
         .await;
     broadcaster.abort();

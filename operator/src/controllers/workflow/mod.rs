@@ -18,8 +18,8 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ReflectHandle, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tracing::Instrument;
 
@@ -32,8 +32,8 @@ const CONTROLLER: &str = "workflow";
 /// What a Workflow reconcile needs.
 pub struct WorkflowContext {
     pub client: Client,
-    /// Every Job that belongs to a Workflow (label `warren.dev/workflow`), kept by the same
-    /// watch that triggers reconciles: a reconcile never sees an older child than its trigger.
+    /// Every Job (the operator's shared [`super::JobWatch`]); a reconcile never sees an older
+    /// child than its trigger.
     pub jobs: Store<Job>,
     pub backoff: ErrorBackoff,
 }
@@ -147,16 +147,12 @@ fn error_policy(wf: Arc<Workflow>, error: &Error, ctx: Arc<WorkflowContext>) -> 
     Action::requeue(delay)
 }
 
-/// Runs the Workflow controller until the stream ends (in `config`'s watch namespace, if any).
-pub async fn run(client: Client, config: super::Config) {
-    let (reader, writer) = reflector::store();
-    let children = watcher(config.watched::<Job>(client.clone()), watcher::Config::default().labels(plan::WORKFLOW_LABEL));
-    // The store keeps every Workflow's Jobs: drop what the plan never reads.
-    let children = children.modify(|job: &mut Job| job.managed_fields_mut().clear());
-    let children = reflector::reflector(writer, children).default_backoff().touched_objects();
-    let ctx = Arc::new(WorkflowContext { client: client.clone(), jobs: reader, backoff: ErrorBackoff::default() });
+/// Runs the Workflow controller until the stream ends (in `config`'s watch namespace, if any);
+/// `jobs` and `children` come from the operator's shared [`super::JobWatch`].
+pub async fn run(client: Client, config: super::Config, jobs: Store<Job>, children: ReflectHandle<Job>) {
+    let ctx = Arc::new(WorkflowContext { client: client.clone(), jobs, backoff: ErrorBackoff::default() });
     Controller::new(config.watched::<Workflow>(client), watcher::Config::default())
-        .owns_stream(children)
+        .owns_shared_stream(children)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
