@@ -4,12 +4,14 @@
 //!
 //! Batching is group commit: an event someone waits for (a finished task, whose delivery is
 //! acked only after the report is confirmed) is flushed as soon as every task slot of the worker
-//! waits for it (no other outcome can come: a worker of concurrency 1 never waits), or after
-//! [`COALESCE_DELAY`] (2 ms), together with everything that arrived while the previous batch was
-//! being confirmed. Waiting for free slots matters: when tasks trickle in as fast as they are
-//! published, each finished task would otherwise go alone in a message of its own, and the broker
-//! would handle two messages per task. Events nobody waits for (started, progress) wait up to
-//! 100 ms to share a batch.
+//! waits for a report (no other outcome can come: a worker of concurrency 1 never waits), or
+//! after [`COALESCE_DELAY`] (2 ms). Waiting for free slots matters: when tasks trickle in as fast
+//! as they are published, each finished task would otherwise go alone in a message of its own,
+//! and the broker would handle two messages per task. Events nobody waits for (started,
+//! progress) wait up to 100 ms to share a batch. Batches are pipelined (up to
+//! [`MAX_BATCHES_IN_FLIGHT`] await their confirmations at once): a task's delivery stays
+//! unacknowledged for one confirmation round trip, not two, and that time is what bounds a
+//! worker's throughput (its prefetch window holds the deliveries that wait for it).
 //!
 //! The batching rules ([`push_event`], [`flush_due`], [`heartbeat`]) are pure; [`run`] does
 //! the I/O. The reporter outlives broker connections: unpublished events wait for the next one.
@@ -19,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use lapin::{BasicProperties, Channel, options::BasicPublishOptions};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +41,8 @@ pub const MAX_BATCH_EVENTS: usize = 500;
 pub const COALESCE_DELAY: Duration = Duration::from_millis(2);
 /// Send a heartbeat at least this often, even with no events.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Report messages awaiting their confirmation at most; the next batch fills meanwhile.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
 
 /// One event waiting to be published, and who waits for its confirmation.
 #[derive(Debug)]
@@ -75,11 +81,20 @@ pub fn push_event(pending: &mut Vec<PendingEvent>, event: TaskEvent, confirmed: 
     pending.push(PendingEvent { event, confirmed });
 }
 
-/// True when a flush is due: finished tasks wait for their report and either they fill every
-/// task slot (`concurrency`) or they waited [`COALESCE_DELAY`]; a full batch; pending events
-/// older than a flush interval; or a heartbeat interval without any batch.
-pub fn flush_due(pending: usize, awaited: usize, concurrency: u32, since_flush: Duration, since_batch: Duration) -> bool {
-    (awaited > 0 && (awaited >= concurrency as usize || since_flush >= COALESCE_DELAY))
+/// True when a flush is due: finished tasks wait for their report (`awaited` of them pending,
+/// `awaiting_confirm` more in published batches) and either together they fill every task slot
+/// (`concurrency`: no other outcome can come) or the pending ones waited [`COALESCE_DELAY`]; a
+/// full batch; pending events older than a flush interval; or a heartbeat interval without any
+/// batch.
+pub fn flush_due(
+    pending: usize,
+    awaited: usize,
+    awaiting_confirm: usize,
+    concurrency: u32,
+    since_flush: Duration,
+    since_batch: Duration,
+) -> bool {
+    (awaited > 0 && (awaited + awaiting_confirm >= concurrency as usize || since_flush >= COALESCE_DELAY))
         || pending >= MAX_BATCH_EVENTS
         || (pending > 0 && since_flush >= FLUSH_INTERVAL)
         || since_batch >= HEARTBEAT_INTERVAL
@@ -282,11 +297,22 @@ pub(crate) struct ReporterTask {
     pub stop: CancellationToken,
 }
 
+/// Report messages published and not yet confirmed, each with its events.
+type InFlight = FuturesUnordered<BoxFuture<'static, (Result<(), PublishError>, Vec<PendingEvent>)>>;
+
 impl ReporterTask {
     /// Runs until `stop`; then publishes once more (best effort) and returns.
+    ///
+    /// Batches are pipelined: up to [`MAX_BATCHES_IN_FLIGHT`] messages await their confirmations
+    /// while the next batch fills, so a finished task waits for one confirmation, not for the one
+    /// before it as well. A batch that fails goes back to the front of the pending events.
     pub(crate) async fn run(mut self) {
         let mut pending: Vec<PendingEvent> = Vec::new();
+        let mut in_flight: InFlight = FuturesUnordered::new();
         let mut flush_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut forced = false;
+        // Finished tasks whose report is published and awaits its confirmation.
+        let mut awaiting_confirm = 0usize;
         let mut first_pending_at: Option<Instant> = None;
         let mut last_batch = Instant::now() - HEARTBEAT_INTERVAL;
         let mut failures = 0u32;
@@ -294,7 +320,6 @@ impl ReporterTask {
         let mut ticker = tokio::time::interval(FLUSH_INTERVAL / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut forced = false;
             let coalesce_over = async {
                 match first_pending_at {
                     Some(at) if pending.iter().any(|p| p.confirmed.is_some()) => {
@@ -324,6 +349,25 @@ impl ReporterTask {
                         next = self.rx.try_recv().ok();
                     }
                 }
+                Some((result, events)) = in_flight.next(), if !in_flight.is_empty() => {
+                    awaiting_confirm -= events.iter().filter(|p| p.confirmed.is_some()).count();
+                    match result {
+                        Ok(()) => {
+                            failures = 0;
+                            for c in events.into_iter().filter_map(|p| p.confirmed) {
+                                let _ = c.send(());
+                            }
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            let delay = crate::retry::reconnect_delay(failures, rand::random::<f64>());
+                            tracing::warn!(error = %e, reason = e.reason(), events = events.len(), retry_in_ms = delay.as_millis() as u64, "publishing reports failed");
+                            retry_at = Instant::now() + delay;
+                            first_pending_at.get_or_insert_with(Instant::now);
+                            pending.splice(0..0, events);
+                        }
+                    }
+                }
                 _ = self.link.changed() => { retry_at = Instant::now(); }
                 _ = ticker.tick() => {}
             }
@@ -333,17 +377,16 @@ impl ReporterTask {
             let connected = self.link.borrow().is_some();
             let awaited = pending.iter().filter(|p| p.confirmed.is_some()).count();
             if connected
-                && (forced || flush_due(pending.len(), awaited, self.stats.concurrency, since_first, now - last_batch))
+                && in_flight.len() < MAX_BATCHES_IN_FLIGHT
+                && (forced || flush_due(pending.len(), awaited, awaiting_confirm, self.stats.concurrency, since_first, now - last_batch))
                 && now >= retry_at
             {
-                match self.flush(&mut pending).await {
+                match self.publish(&mut pending, &mut in_flight).await {
                     Ok(()) => {
-                        failures = 0;
+                        awaiting_confirm += awaited;
+                        forced = false;
                         last_batch = Instant::now();
                         first_pending_at = None;
-                        for w in flush_waiters.drain(..) {
-                            let _ = w.send(());
-                        }
                     }
                     Err(e) => {
                         failures += 1;
@@ -353,20 +396,38 @@ impl ReporterTask {
                     }
                 }
             }
+            if !forced && pending.is_empty() && in_flight.is_empty() {
+                for w in flush_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
         }
-        if !pending.is_empty()
-            && let Err(e) = self.flush(&mut pending).await
+        // Last words, best effort: what is pending, then every confirmation.
+        let unsent = pending.len();
+        if (!pending.is_empty() || forced)
+            && let Err(e) = self.publish(&mut pending, &mut in_flight).await
         {
-            tracing::warn!(error = %e, lost_events = pending.len(), "final report flush failed");
+            tracing::warn!(error = %e, lost_events = unsent, "final report flush failed");
+        }
+        while let Some((result, events)) = in_flight.next().await {
+            match result {
+                Ok(()) => {
+                    for c in events.into_iter().filter_map(|p| p.confirmed) {
+                        let _ = c.send(());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, lost_events = events.len(), "final report flush failed"),
+            }
         }
         for w in flush_waiters.drain(..) {
             let _ = w.send(());
         }
     }
 
-    /// Publishes all pending events (in messages of at most [`MAX_BATCH_EVENTS`]), each batch
-    /// with a heartbeat; confirmed events leave `pending`.
-    async fn flush(&self, pending: &mut Vec<PendingEvent>) -> Result<(), PublishError> {
+    /// Publishes all pending events (in messages of at most [`MAX_BATCH_EVENTS`]; at least one
+    /// message, so a heartbeat goes out even with no events), each with a heartbeat, without
+    /// waiting for the confirmations: they arrive through `in_flight`.
+    async fn publish(&self, pending: &mut Vec<PendingEvent>, in_flight: &mut InFlight) -> Result<(), PublishError> {
         let link = self.link.borrow().clone();
         let Some(link) = link else {
             return Err(PublishError::NotConnected);
@@ -380,20 +441,41 @@ impl ReporterTask {
                 events: pending[..take].iter().map(|p| p.event.clone()).collect(),
                 heartbeat: Some(self.stats.snapshot()),
             };
-            let properties = BasicProperties::default().with_content_type(REPORT_CONTENT_TYPE.into());
-            let result = publish_confirmed(&link.channel, "", &self.queue, &batch.to_json(), properties).await;
-            if let Err(e) = result {
-                if matches!(e, PublishError::Broker(_)) {
+            let properties = BasicProperties::default().with_content_type(REPORT_CONTENT_TYPE.into()).with_delivery_mode(2);
+            let published = link
+                .channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &batch.to_json(),
+                    properties,
+                )
+                .await;
+            let confirm = match published {
+                Ok(confirm) => confirm,
+                Err(e) => {
                     link.lost.cancel();
+                    return Err(e.into());
                 }
-                return Err(e);
-            }
+            };
             tracing::debug!(events = take, "report batch published");
-            for p in pending.drain(..take) {
-                if let Some(c) = p.confirmed {
-                    let _ = c.send(());
-                }
-            }
+            let events: Vec<PendingEvent> = pending.drain(..take).collect();
+            let (lost, queue) = (link.lost.clone(), self.queue.clone());
+            in_flight.push(Box::pin(async move {
+                let result = match confirm.await {
+                    Err(e) => {
+                        lost.cancel();
+                        Err(PublishError::Broker(e))
+                    }
+                    Ok(c) if !c.is_ack() => Err(PublishError::Nacked),
+                    Ok(c) => match c.take_message() {
+                        Some(_) => Err(PublishError::Unroutable { exchange: String::new(), routing_key: queue }),
+                        None => Ok(()),
+                    },
+                };
+                (result, events)
+            }));
             if pending.is_empty() {
                 return Ok(());
             }
@@ -471,21 +553,23 @@ mod tests {
     fn flush_due_table() {
         let ms = Duration::from_millis;
         let cases = [
-            (0, 0, 0, ms(0), ms(0), false, "nothing to say"),
-            (0, 0, 0, ms(0), ms(1999), false, "heartbeat not yet due"),
-            (0, 0, 0, ms(0), ms(2000), true, "idle heartbeat"),
-            (1, 0, 1, ms(99), ms(0), false, "young events nobody waits for wait for the interval"),
-            (1, 1, 1, ms(0), ms(0), true, "the only slot waits for this report: flush now"),
-            (4, 4, 4, ms(0), ms(0), true, "every slot waits: no other outcome can come"),
-            (2, 1, 4, ms(1), ms(0), false, "other tasks may finish within the coalescing delay"),
-            (1, 1, 64, ms(1), ms(0), false, "a lone finished task of a wide worker waits for company"),
-            (2, 1, 4, ms(2), ms(0), true, "coalescing delay over"),
-            (1, 0, 0, ms(100), ms(0), true, "flush interval reached"),
-            (499, 0, 4, ms(0), ms(0), false, "almost full"),
-            (500, 0, 4, ms(0), ms(0), true, "full batch"),
+            (0, 0, 0, 0, ms(0), ms(0), false, "nothing to say"),
+            (0, 0, 0, 0, ms(0), ms(1999), false, "heartbeat not yet due"),
+            (0, 0, 0, 0, ms(0), ms(2000), true, "idle heartbeat"),
+            (1, 0, 0, 1, ms(99), ms(0), false, "young events nobody waits for wait for the interval"),
+            (1, 1, 0, 1, ms(0), ms(0), true, "the only slot waits for this report: flush now"),
+            (4, 4, 0, 4, ms(0), ms(0), true, "every slot waits: no other outcome can come"),
+            (1, 1, 3, 4, ms(0), ms(0), true, "the other slots wait for published reports: no other outcome can come"),
+            (0, 0, 4, 4, ms(5), ms(0), false, "everything published: nothing to flush"),
+            (2, 1, 2, 4, ms(1), ms(0), false, "another task may finish within the coalescing delay"),
+            (1, 1, 0, 64, ms(1), ms(0), false, "a lone finished task of a wide worker waits for company"),
+            (2, 1, 0, 4, ms(2), ms(0), true, "coalescing delay over"),
+            (1, 0, 0, 0, ms(100), ms(0), true, "flush interval reached"),
+            (499, 0, 0, 4, ms(0), ms(0), false, "almost full"),
+            (500, 0, 0, 4, ms(0), ms(0), true, "full batch"),
         ];
-        for (pending, awaited, concurrency, since_flush, since_batch, expected, why) in cases {
-            assert_eq!(flush_due(pending, awaited, concurrency, since_flush, since_batch), expected, "{why}");
+        for (pending, awaited, awaiting_confirm, concurrency, since_flush, since_batch, expected, why) in cases {
+            assert_eq!(flush_due(pending, awaited, awaiting_confirm, concurrency, since_flush, since_batch), expected, "{why}");
         }
     }
 
