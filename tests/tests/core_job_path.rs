@@ -174,3 +174,34 @@ async fn deleting_a_pool_removes_its_queues_only_with_deletion_policy_delete() -
     warren_e2e::delete_exchange(&format!("{exchange}.retry")).await?;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_queues_predate_queue_version_2_keeps_them_and_runs() -> anyhow::Result<()> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    let env = Env::start("queue-version").await?;
+    // The pool's work queues as an older Warren declared them: classic, no `x-queue-version`.
+    let classic = || {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+        args
+    };
+    let connection = lapin::Connection::connect(&warren_e2e::amqp_url(), Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    for class in ["high", "normal", "low"] {
+        let queue = names::work_queue(&env.namespace, "old", class);
+        channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), classic()).await?;
+    }
+    env.create_pool("old", serde_json::json!({"workers": {"handler": noop_handler()}, "replicas": 1})).await?;
+    env.wait_pool_ready("old", Duration::from_secs(60)).await?;
+    let items: Vec<serde_json::Value> = (0..20).map(|i| serde_json::json!({"n": i})).collect();
+    env.create_job("on-old-queues", serde_json::json!({"poolRef": "old", "items": items})).await?;
+    let job = env.wait_job("on-old-queues", Duration::from_secs(120), finished).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.succeeded_indexes.as_str()), (JobPhase::Succeeded, 20, "0-19"));
+    // The queues kept their version: a declaration without it still matches.
+    let queue = names::work_queue(&env.namespace, "old", "normal");
+    channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), classic()).await?;
+    connection.close(200, "OK".into()).await?;
+    env.cleanup().await
+}

@@ -205,15 +205,27 @@ fn scaling_conditions(
 }
 
 async fn declare(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
+    let args = plan::work_queue_args(pool);
+    match declare_with(pool, ctx, &args).await {
+        // Queues declared before Warren set `x-queue-version` keep their version: RabbitMQ does
+        // not change it on a re-declaration (delete the queues to move them to version 2).
+        Err(Error::Topology(e)) if args.classic_version.is_some() && e.is_inequivalent_arg("x-queue-version") => {
+            tracing::info!("the pool's classic queues exist with another queue version; keeping it");
+            declare_with(pool, ctx, &args.legacy()).await
+        }
+        result => result,
+    }
+}
+
+async fn declare_with(
+    pool: &WorkerPool,
+    ctx: &Context,
+    args: &warren_worker::topology::WorkQueueArgs,
+) -> Result<(), Error> {
     let channel = ctx.broker.channel().await?;
-    let result = warren_worker::topology::declare_pool(
-        &channel,
-        &pool.namespace().unwrap_or_default(),
-        &pool.name_any(),
-        &pool.spec.priorities,
-        &plan::work_queue_args(pool),
-    )
-    .await;
+    let result =
+        warren_worker::topology::declare_pool(&channel, &pool.namespace().unwrap_or_default(), &pool.name_any(), &pool.spec.priorities, args)
+            .await;
     if result.is_err() {
         // A refused declaration closes the channel.
         ctx.broker.reset().await;

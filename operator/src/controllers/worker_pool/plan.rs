@@ -53,9 +53,9 @@ pub fn recorded_retry_queues(pool: &WorkerPool) -> BTreeMap<String, String> {
 /// Arguments of the pool's work queues.
 pub fn work_queue_args(pool: &WorkerPool) -> warren_worker::topology::WorkQueueArgs {
     warren_worker::topology::WorkQueueArgs {
-        queue_type: pool.spec.queue_type.as_str().to_string(),
         max_length: pool.spec.max_queue_length,
         overflow: pool.spec.max_queue_length.map(|_| pool.spec.overflow.as_amqp().to_string()),
+        ..warren_worker::topology::WorkQueueArgs::of_type(pool.spec.queue_type.as_str())
     }
 }
 
