@@ -8,14 +8,6 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use warren_worker::topology;
 
-/// Re-declares `queue` with `args` on a fresh channel: Ok only if the queue has exactly them.
-async fn declares_with(pool: &TestPool, queue: &str, args: FieldTable) -> bool {
-    let channel = pool.connection.create_channel().await.unwrap();
-    let ok = channel.queue_declare(queue.into(), QueueDeclareOptions::durable(), args).await.is_ok();
-    let _ = channel.close(200, "OK".into()).await;
-    ok
-}
-
 fn classic(version: Option<i8>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
@@ -31,8 +23,8 @@ async fn classic_work_queues_are_version_2_and_older_ones_are_recognised() {
     let queue = pool.work_queue("normal");
     assert_eq!(topology::WorkQueueArgs::of_type("classic").classic_version, Some(2));
     assert_eq!(topology::WorkQueueArgs::of_type("quorum").classic_version, None);
-    assert!(declares_with(&pool, &queue, classic(Some(2))).await, "the work queue is version 2");
-    assert!(!declares_with(&pool, &queue, classic(None)).await, "the broker tells a version-2 queue from a default one");
+    assert!(pool.declares_with(&queue, classic(Some(2))).await, "the work queue is version 2");
+    assert!(!pool.declares_with(&queue, classic(None)).await, "the broker tells a version-2 queue from a default one");
 
     // Queues declared before Warren set the version: declaring the pool again is refused with
     // an error that names the argument, and the legacy arguments are accepted.
@@ -47,7 +39,7 @@ async fn classic_work_queues_are_version_2_and_older_ones_are_recognised() {
     assert!(!refused.is_inequivalent_arg("x-max-length"), "{refused}");
     let ch = old.connection.create_channel().await.unwrap();
     topology::declare_pool(&ch, &old.namespace, &old.pool, &old.classes, &args.legacy()).await.unwrap();
-    assert!(declares_with(&old, &old_queue, classic(None)).await, "the old queue kept its version");
+    assert!(old.declares_with(&old_queue, classic(None)).await, "the old queue kept its version");
 
     pool.cleanup(&[]).await;
     old.cleanup(&[]).await;

@@ -5,18 +5,9 @@
 mod common;
 
 use common::*;
-use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use warren_protocol::{FailureDisposition, RetryPolicy, TaskEventKind};
 use warren_worker::{TaskError, topology};
-
-/// Re-declares `queue` with `args` on a fresh channel: Ok only if the queue has exactly them.
-async fn declares_with(pool: &TestPool, queue: &str, args: FieldTable) -> bool {
-    let channel = pool.connection.create_channel().await.unwrap();
-    let ok = channel.queue_declare(queue.into(), QueueDeclareOptions::durable(), args).await.is_ok();
-    let _ = channel.close(200, "OK".into()).await;
-    ok
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quorum_pool_retries_with_at_least_once_dead_lettering_and_dead_letters_the_task() {
@@ -64,14 +55,14 @@ async fn a_quorum_pool_retries_with_at_least_once_dead_lettering_and_dead_letter
     let quorum_args = topology::retry_tier_args(&pool.namespace, &pool.pool, 40, "quorum").unwrap();
     let strategy = quorum_args.inner().get("x-dead-letter-strategy").cloned();
     assert_eq!(strategy, Some(AMQPValue::LongString(LongString::from("at-least-once"))));
-    assert!(declares_with(&pool, &tier, quorum_args).await);
+    assert!(pool.declares_with(&tier, quorum_args).await);
     let classic_args = topology::retry_tier_args(&pool.namespace, &pool.pool, 40, "classic").unwrap();
-    assert!(!declares_with(&pool, &tier, classic_args).await, "the tier queue is not classic");
+    assert!(!pool.declares_with(&tier, classic_args).await, "the tier queue is not classic");
     // The work queue and the dead-letter queue are quorum queues too.
     let mut quorum = FieldTable::default();
     quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
-    assert!(declares_with(&pool, &pool.dlq(), quorum.clone()).await);
-    assert!(declares_with(&pool, &pool.work_queue("normal"), quorum).await);
+    assert!(pool.declares_with(&pool.dlq(), quorum.clone()).await);
+    assert!(pool.declares_with(&pool.work_queue("normal"), quorum).await);
     assert_eq!(pool.work_depth().await, 0);
     pool.cleanup(&[40]).await;
 }

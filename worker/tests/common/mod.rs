@@ -120,6 +120,14 @@ impl TestPool {
         ]
     }
 
+    /// Re-declares `queue` with `args` on a fresh channel: true only if the queue has exactly them.
+    pub async fn declares_with(&self, queue: &str, args: lapin::types::FieldTable) -> bool {
+        let channel = self.connection.create_channel().await.unwrap();
+        let ok = channel.queue_declare(queue.into(), lapin::options::QueueDeclareOptions::durable(), args).await.is_ok();
+        let _ = channel.close(200, "OK".into()).await;
+        ok
+    }
+
     pub fn work_queue(&self, class: &str) -> String {
         names::work_queue(&self.namespace, &self.pool, class)
     }
