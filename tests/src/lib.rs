@@ -113,6 +113,9 @@ pub struct Env {
     runner: Option<warren_sandbox::runner::Runner>,
     server: Option<warren_sandbox::ApiServer>,
     pub state_dir: PathBuf,
+    /// The pools this test created, with their priority classes: what [`Drop`] removes from the
+    /// broker when the test ends without [`Env::cleanup`].
+    created_pools: std::sync::Mutex<Vec<(String, Vec<String>)>>,
 }
 
 impl Env {
@@ -153,6 +156,7 @@ impl Env {
                 runner: None,
                 server: None,
                 state_dir,
+                created_pools: Default::default(),
             }
         } else {
             let server = warren_sandbox::ApiServer::start(warren_sandbox::ServerOptions::default()).await?;
@@ -178,6 +182,7 @@ impl Env {
                 runner: Some(runner),
                 server: Some(server),
                 state_dir,
+                created_pools: Default::default(),
             };
             env.start_operator()?;
             env
@@ -299,6 +304,11 @@ impl Env {
         if spec.get("deletionPolicy").is_none() {
             spec["deletionPolicy"] = "Delete".into();
         }
+        let classes = match spec.get("priorities").and_then(|p| p.as_array()) {
+            Some(classes) => classes.iter().filter_map(|c| c.as_str().map(str::to_string)).collect(),
+            None => ["high", "normal", "low"].map(String::from).to_vec(),
+        };
+        self.created_pools.lock().expect("pools lock").push((name.to_string(), classes));
         let pool: WorkerPool = serde_json::from_value(serde_json::json!({
             "apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool",
             "metadata": {"name": name, "namespace": self.namespace}, "spec": spec,
@@ -428,6 +438,48 @@ impl Env {
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         Ok(())
+    }
+}
+
+impl Drop for Env {
+    /// A test that ends without [`Env::cleanup`] (a failed assertion) still leaves the shared
+    /// broker as it found it: stop the processes that could declare again, then delete the
+    /// reports queue, the control exchange and the queues and exchanges of every pool it created.
+    /// Retry-tier queues are not known here: a failed test may leave one behind.
+    fn drop(&mut self) {
+        if Self::is_real_cluster() || self.server.is_none() {
+            return;
+        }
+        if let Some(operator) = self.operator.as_mut() {
+            let _ = operator.child.start_kill();
+        }
+        drop(self.runner.take());
+        let names = warren_protocol::names::control_exchange(&self.reports_queue());
+        let mut queues = vec![self.reports_queue()];
+        let mut exchanges = vec![names];
+        for (pool, classes) in self.created_pools.lock().map(|p| p.clone()).unwrap_or_default() {
+            queues.extend(classes.iter().map(|c| warren_protocol::names::work_queue(&self.namespace, &pool, c)));
+            queues.push(warren_protocol::names::dead_letter_queue(&self.namespace, &pool));
+            let exchange = warren_protocol::names::pool_exchange(&self.namespace, &pool);
+            exchanges.push(format!("{exchange}.retry"));
+            exchanges.push(exchange);
+        }
+        let url = self.amqp_url.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async {
+                // The operator may still be exiting: give its last declarations a moment.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for queue in &queues {
+                    let _ = delete_queue_at(&url, queue).await;
+                }
+                for exchange in &exchanges {
+                    let _ = delete_exchange_at(&url, exchange).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
