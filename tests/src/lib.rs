@@ -304,15 +304,11 @@ impl Env {
         if spec.get("deletionPolicy").is_none() {
             spec["deletionPolicy"] = "Delete".into();
         }
-        let classes = match spec.get("priorities").and_then(|p| p.as_array()) {
-            Some(classes) => classes.iter().filter_map(|c| c.as_str().map(str::to_string)).collect(),
-            None => ["high", "normal", "low"].map(String::from).to_vec(),
-        };
-        self.created_pools.lock().expect("pools lock").push((name.to_string(), classes));
         let pool: WorkerPool = serde_json::from_value(serde_json::json!({
             "apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool",
             "metadata": {"name": name, "namespace": self.namespace}, "spec": spec,
         }))?;
+        self.created_pools.lock().expect("pools lock").push((name.to_string(), pool.spec.priorities.clone()));
         Ok(self.pools().create(&PostParams::default(), &pool).await?)
     }
 
@@ -454,15 +450,14 @@ impl Drop for Env {
             let _ = operator.child.start_kill();
         }
         drop(self.runner.take());
-        let names = warren_protocol::names::control_exchange(&self.reports_queue());
+        use warren_protocol::names;
         let mut queues = vec![self.reports_queue()];
-        let mut exchanges = vec![names];
+        let mut exchanges = vec![names::control_exchange(&self.reports_queue())];
         for (pool, classes) in self.created_pools.lock().map(|p| p.clone()).unwrap_or_default() {
-            queues.extend(classes.iter().map(|c| warren_protocol::names::work_queue(&self.namespace, &pool, c)));
-            queues.push(warren_protocol::names::dead_letter_queue(&self.namespace, &pool));
-            let exchange = warren_protocol::names::pool_exchange(&self.namespace, &pool);
-            exchanges.push(format!("{exchange}.retry"));
-            exchanges.push(exchange);
+            queues.extend(classes.iter().map(|c| names::work_queue(&self.namespace, &pool, c)));
+            queues.push(names::dead_letter_queue(&self.namespace, &pool));
+            exchanges.push(names::pool_exchange(&self.namespace, &pool));
+            exchanges.push(warren_worker::topology::retry_exchange(&self.namespace, &pool));
         }
         let url = self.amqp_url.clone();
         let cleanup = std::thread::spawn(move || {

@@ -269,6 +269,18 @@ pub(crate) async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), PublishError> {
+    publish(channel, exchange, routing_key, body, properties).await?.await
+}
+
+/// Publishes a persistent, mandatory message; the returned future completes with the broker's
+/// confirmation (acked and routed), so a caller may publish more meanwhile.
+pub(crate) async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static, PublishError> {
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -277,15 +289,18 @@ pub(crate) async fn publish_confirmed(
             body,
             properties.with_delivery_mode(2),
         )
-        .await?
         .await?;
-    if !confirm.is_ack() {
-        return Err(PublishError::Nacked);
-    }
-    if confirm.take_message().is_some() {
-        return Err(PublishError::Unroutable { exchange: exchange.into(), routing_key: routing_key.into() });
-    }
-    Ok(())
+    let (exchange, routing_key) = (exchange.to_string(), routing_key.to_string());
+    Ok(async move {
+        let confirm = confirm.await?;
+        if !confirm.is_ack() {
+            return Err(PublishError::Nacked);
+        }
+        if confirm.take_message().is_some() {
+            return Err(PublishError::Unroutable { exchange, routing_key });
+        }
+        Ok(())
+    })
 }
 
 pub(crate) struct ReporterTask {
@@ -441,39 +456,24 @@ impl ReporterTask {
                 events: pending[..take].iter().map(|p| p.event.clone()).collect(),
                 heartbeat: Some(self.stats.snapshot()),
             };
-            let properties = BasicProperties::default().with_content_type(REPORT_CONTENT_TYPE.into()).with_delivery_mode(2);
-            let published = link
-                .channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
-                    &batch.to_json(),
-                    properties,
-                )
-                .await;
-            let confirm = match published {
-                Ok(confirm) => confirm,
+            let properties = BasicProperties::default().with_content_type(REPORT_CONTENT_TYPE.into());
+            let confirmed = match publish(&link.channel, "", &self.queue, &batch.to_json(), properties).await {
+                Ok(confirmed) => confirmed,
                 Err(e) => {
-                    link.lost.cancel();
-                    return Err(e.into());
+                    if matches!(e, PublishError::Broker(_)) {
+                        link.lost.cancel();
+                    }
+                    return Err(e);
                 }
             };
             tracing::debug!(events = take, "report batch published");
             let events: Vec<PendingEvent> = pending.drain(..take).collect();
-            let (lost, queue) = (link.lost.clone(), self.queue.clone());
+            let lost = link.lost.clone();
             in_flight.push(Box::pin(async move {
-                let result = match confirm.await {
-                    Err(e) => {
-                        lost.cancel();
-                        Err(PublishError::Broker(e))
-                    }
-                    Ok(c) if !c.is_ack() => Err(PublishError::Nacked),
-                    Ok(c) => match c.take_message() {
-                        Some(_) => Err(PublishError::Unroutable { exchange: String::new(), routing_key: queue }),
-                        None => Ok(()),
-                    },
-                };
+                let result = confirmed.await;
+                if matches!(result, Err(PublishError::Broker(_))) {
+                    lost.cancel();
+                }
                 (result, events)
             }));
             if pending.is_empty() {

@@ -107,25 +107,6 @@ impl ErrorBackoff {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_per_object_and_resets() {
-        let b = ErrorBackoff::default();
-        let first = b.next("a");
-        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
-        for _ in 0..20 {
-            b.next("a");
-        }
-        assert!(b.next("a") <= Duration::from_secs(360));
-        assert!(b.next("b") <= Duration::from_millis(1200), "other objects are not affected");
-        b.reset("a");
-        assert!(b.next("a") <= Duration::from_millis(1200));
-    }
-}
-
 /// The operator's one watch of the Jobs, shared by the Job and the Workflow controllers: one
 /// cache (without `managedFields`, which nothing reads) instead of one per controller, and one
 /// stream of events each controller subscribes to. The store is updated before an event reaches
@@ -164,5 +145,24 @@ impl JobWatch {
                 futures::future::ready(())
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_per_object_and_resets() {
+        let b = ErrorBackoff::default();
+        let first = b.next("a");
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        for _ in 0..20 {
+            b.next("a");
+        }
+        assert!(b.next("a") <= Duration::from_secs(360));
+        assert!(b.next("b") <= Duration::from_millis(1200), "other objects are not affected");
+        b.reset("a");
+        assert!(b.next("a") <= Duration::from_millis(1200));
     }
 }

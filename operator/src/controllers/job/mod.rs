@@ -130,7 +130,9 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     if holder.as_deref() == Some(uid.as_str()) {
         state.reconcile_mirrors(&job, &same_key);
     }
-    let earlier = holder.and_then(|holder| same_key.iter().find(|j| j.uid() == Some(holder.clone()) && holder != uid).cloned());
+    let earlier = holder.filter(|holder| *holder != uid).and_then(|holder| {
+        same_key.iter().find(|j| j.uid().as_deref() == Some(holder.as_str())).cloned()
+    });
     let earlier = earlier.as_deref();
     let mut last_write = Instant::now();
     let mut retry_queues_recorded = false;
