@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
 use warren_protocol::{CancelledJob, JobRef, TaskEvent, cancel_reason};
 
 use crate::controllers::job::plan::{self, Blocker, Observed};
@@ -77,6 +78,8 @@ pub struct JobBook {
     /// Wakes the flusher when a Job finishes.
     finished: tokio::sync::Notify,
     pub status_interval: Duration,
+    /// Emits an Event per status transition worth one ([`status::transitions`]).
+    recorder: Recorder,
     /// Deleted Jobs whose tasks workers must still drop: uid → until when (ms since the epoch).
     tombstones: Mutex<HashMap<String, u64>>,
     /// The cancelled Jobs last broadcast to the workers (None before the first broadcast).
@@ -89,6 +92,7 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 impl JobBook {
     pub fn new(client: Client, status_interval: Duration) -> Self {
         Self {
+            recorder: crate::controllers::event_recorder(client.clone()),
             client,
             entries: Mutex::new(HashMap::new()),
             next_seq: 1.into(),
@@ -368,21 +372,39 @@ impl JobBook {
         let written = api
             .patch_status(&job.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
             .await;
-        let mut entries = self.entries.lock().expect("book lock");
-        let Some(entry) = entries.get_mut(uid) else { return Ok(true) };
-        match written {
-            Ok(updated) => {
-                entry.persisted = entry.persisted.max(seq);
-                entry.last_written = updated.status.clone();
-                entry.last_write = Some(Instant::now());
-                Ok(true)
+        let transitions = {
+            let mut entries = self.entries.lock().expect("book lock");
+            let Some(entry) = entries.get_mut(uid) else { return Ok(true) };
+            match written {
+                Ok(updated) => {
+                    let before = entry.last_written.as_ref().or(job.status.as_ref()).map(|s| s.conditions.as_slice());
+                    let after = updated.status.as_ref().map(|s| s.conditions.as_slice());
+                    let transitions = status::transitions(before.unwrap_or_default(), after.unwrap_or_default());
+                    entry.persisted = entry.persisted.max(seq);
+                    entry.last_written = updated.status;
+                    entry.last_write = Some(Instant::now());
+                    transitions
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    entries.remove(uid);
+                    return Ok(false);
+                }
+                Err(source) => return Err(BookError::StatusWrite { namespace, name: job.name_any(), source }),
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                entries.remove(uid);
-                Ok(false)
+        };
+        for transition in transitions {
+            let event = Event {
+                type_: if transition.warning { EventType::Warning } else { EventType::Normal },
+                reason: transition.reason,
+                note: Some(transition.note),
+                action: transition.action.into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &job.object_ref(&())).await {
+                tracing::warn!(%error, namespace, name = job.name_any(), "could not record a Job Event");
             }
-            Err(source) => Err(BookError::StatusWrite { namespace, name: job.name_any(), source }),
         }
+        Ok(true)
     }
 
     /// Writes every Job whose ledger changed and whose last write is older than the interval,

@@ -339,6 +339,40 @@ impl Env {
         }
     }
 
+    /// The Events about the object `regarding` (events.k8s.io/v1) as `(type, action, reason)`,
+    /// oldest first, once `done` holds for them (the operator records an Event just after the
+    /// status write a test may already have seen).
+    pub async fn wait_events(
+        &self,
+        regarding: &str,
+        timeout: Duration,
+        done: impl Fn(&[(String, String, String)]) -> bool,
+    ) -> anyhow::Result<Vec<(String, String, String)>> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut events: Vec<_> = api
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
+                .collect();
+            events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0).or(e.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+            let seen: Vec<(String, String, String)> = events
+                .into_iter()
+                .map(|e| (e.type_.unwrap_or_default(), e.action.unwrap_or_default(), e.reason.unwrap_or_default()))
+                .collect();
+            if done(&seen) {
+                return Ok(seen);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("timed out after {timeout:?} waiting for the Events of {regarding}; seen: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn workflows(&self) -> Api<Workflow> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }

@@ -148,6 +148,16 @@ async fn a_suspended_job_is_dropped_by_workers_that_start_later_and_runs_once_on
     assert_eq!(condition(&s, "Suspended").map(|c| (c.0, c.1)), Some(("False", "JobResumed")));
     let runs: Vec<u32> = markers(&dir, "done", "batch").into_iter().map(|(i, _)| i).collect();
     assert_eq!(runs, (0..20).collect::<Vec<_>>(), "every task ran exactly once");
+    // `kubectl describe wjob batch` tells the story, once each (created together with its pool,
+    // the Job may first have waited for it: Block events, PoolNotFound or PoolNotReady).
+    let events = env.wait_events("batch", PATIENCE, |e| e.iter().any(|(_, _, r)| r == "AllTasksSucceeded")).await?;
+    let expected = [("Normal", "Suspend", "JobSuspended"), ("Normal", "Resume", "JobResumed"), ("Normal", "Complete", "AllTasksSucceeded")];
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|(t, a, r)| (t.as_str(), a.as_str(), r.as_str()))
+        .filter(|(_, action, _)| *action != "Block")
+        .collect();
+    assert_eq!(seen, expected, "{events:?}");
     env.cleanup().await
 }
 
@@ -246,6 +256,8 @@ async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded_and_its_tas
     wait_queue_empty(&env, &names::work_queue(&env.namespace, "pool", "normal")).await?;
     assert!(markers(&dir, "started", "slow").len() <= 2, "only the tasks running at the deadline (concurrency 2) started");
     assert!(markers(&dir, "done", "slow").is_empty());
+    let events = env.wait_events("slow", PATIENCE, |e| !e.is_empty()).await?;
+    assert_eq!(events, [("Warning".into(), "Fail".into(), "DeadlineExceeded".into())], "one Warning");
     env.cleanup().await
 }
 

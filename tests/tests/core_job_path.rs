@@ -64,6 +64,13 @@ async fn a_job_for_a_missing_pool_waits_with_a_clear_condition_then_runs() -> an
     let job = env.wait_job("early", Duration::from_secs(120), finished).await?;
     let status = job.status.expect("status");
     assert_eq!((status.phase, status.succeeded, status.succeeded_indexes.as_str()), (JobPhase::Succeeded, 5, "0-4"));
+    // A Warning when it was blocked, then its completion (the pool may have been briefly not
+    // ready in between: another Block warning, PoolNotReady).
+    let events = env.wait_events("early", Duration::from_secs(30), |e| e.iter().any(|(_, _, r)| r == "AllTasksSucceeded")).await?;
+    let reasons: Vec<&str> = events.iter().map(|(_, _, r)| r.as_str()).collect();
+    assert_eq!(events.first(), Some(&("Warning".into(), "Block".into(), "PoolNotFound".into())), "{events:?}");
+    assert_eq!(events.last(), Some(&("Normal".into(), "Complete".into(), "AllTasksSucceeded".into())), "{events:?}");
+    assert!(reasons.iter().all(|r| ["PoolNotFound", "PoolNotReady", "AllTasksSucceeded"].contains(r)), "{events:?}");
     env.cleanup().await
 }
 

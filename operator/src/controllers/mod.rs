@@ -18,6 +18,12 @@ use crate::broker::Broker;
 use crate::crd::{Job, WorkerPool};
 use crate::workers::WorkerRegistry;
 
+/// The recorder of the Events the operator emits (scaling, Job transitions).
+pub fn event_recorder(client: Client) -> kube::runtime::events::Recorder {
+    let reporter = kube::runtime::events::Reporter { controller: "warren-operator".into(), instance: None };
+    kube::runtime::events::Recorder::new(client, reporter)
+}
+
 /// Operator settings, parsed once at start.
 #[derive(Clone, Debug)]
 pub struct Config {

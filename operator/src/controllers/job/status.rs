@@ -1,12 +1,65 @@
 //! The status a Job should have, from its ledger and what blocks it. Pure.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::plan::Blocker;
 use crate::conditions::{self, Desired};
 use crate::crd::{FailurePolicy, Job, JobPhase, JobProgress, JobStatus};
 use crate::ledger::Ledger;
 use crate::ranges;
+
+/// A condition change users should see in `kubectl describe` / `kubectl get events`: the
+/// reason and message of the condition it is, and whether it is a warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    /// What happened to the Job: `Complete`, `Fail`, `Suspend`, `Resume` or `Block`.
+    pub action: &'static str,
+    pub reason: String,
+    /// The condition's message, cut to the 1,024 bytes an Event's note may hold.
+    pub note: String,
+}
+
+/// Most bytes of an Event's `note` (events.k8s.io/v1).
+const NOTE_LIMIT: usize = 1024;
+
+fn note_of(message: &str) -> String {
+    if message.len() <= NOTE_LIMIT {
+        return message.to_string();
+    }
+    let mut end = NOTE_LIMIT - "…".len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// The transitions from `before` to `after` worth an Event: a Job completed, failed, was
+/// suspended or resumed, or stopped being ready (blocked: pool missing, invalid spec, a
+/// duplicate of another Job). A
+/// condition that keeps its status and reason is no transition, so rewriting a status with new
+/// counts emits nothing, and neither does a restarted operator rewriting what it finds.
+pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
+    after
+        .iter()
+        .filter(|c| {
+            !before.iter().any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason)
+        })
+        .filter_map(|c| {
+            let (warning, action) = match (c.type_.as_str(), c.status.as_str()) {
+                ("Failed", "True") => (true, "Fail"),
+                // Waiting for a pool that is being set up (a Job applied with its pool), or for
+                // the first Job with the same idempotencyKey, is no problem.
+                ("Ready", "False") => (!matches!(c.reason.as_str(), "PoolNotReady" | "DuplicateOf"), "Block"),
+                ("Complete", "True") => (false, "Complete"),
+                ("Suspended", "True") => (false, "Suspend"),
+                ("Suspended", "False") => (false, "Resume"),
+                _ => return None,
+            };
+            Some(Transition { warning, action, reason: c.reason.clone(), note: note_of(&c.message) })
+        })
+        .collect()
+}
 
 fn time_of(ms: u64) -> Option<Time> {
     jiff::Timestamp::from_millisecond(ms as i64).ok().map(Time)
@@ -294,5 +347,63 @@ mod tests {
         let s = desired(&j, &Ledger::new(1), Some(&blocker), &now());
         assert_eq!(s.phase, JobPhase::Failed);
         assert!(s.conditions.iter().any(|c| c.type_ == "Failed" && c.message == "payload is too big"));
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{type_} {reason}"),
+            last_transition_time: now(),
+            observed_generation: Some(1),
+        }
+    }
+
+    #[test]
+    fn transitions_worth_an_event() {
+        let ready = condition("Ready", "True", "Enqueued");
+        let t = |warning: bool, reason: &str, type_: &str| Transition {
+            warning,
+            action: match type_ {
+                "Ready" => "Block",
+                "Suspended" if reason == "JobResumed" => "Resume",
+                "Suspended" => "Suspend",
+                "Complete" => "Complete",
+                _ => "Fail",
+            },
+            reason: reason.into(),
+            note: format!("{type_} {reason}"),
+        };
+        type Case = (Vec<Condition>, Vec<Condition>, Vec<Transition>, &'static str);
+        let cases: Vec<Case> = vec![
+            (vec![], vec![condition("Ready", "True", "Enqueuing")], vec![], "a Job being enqueued"),
+            (vec![condition("Ready", "True", "Enqueuing")], vec![ready.clone()], vec![], "ready reasons change quietly"),
+            (vec![], vec![condition("Ready", "False", "PoolNotFound")], vec![t(true, "PoolNotFound", "Ready")], "blocked"),
+            (vec![condition("Ready", "False", "PoolNotFound")], vec![condition("Ready", "False", "PoolNotFound")], vec![], "still blocked: no repeat"),
+            (vec![], vec![condition("Ready", "False", "DuplicateOf")], vec![t(false, "DuplicateOf", "Ready")], "a duplicate"),
+            (vec![], vec![condition("Ready", "False", "PoolNotReady")], vec![t(false, "PoolNotReady", "Ready")], "a pool being set up"),
+            (vec![ready.clone()], vec![ready.clone(), condition("Suspended", "True", "JobSuspended")], vec![t(false, "JobSuspended", "Suspended")], "suspended"),
+            (
+                vec![ready.clone(), condition("Suspended", "True", "JobSuspended")],
+                vec![ready.clone(), condition("Suspended", "False", "JobResumed")],
+                vec![t(false, "JobResumed", "Suspended")],
+                "resumed",
+            ),
+            (vec![ready.clone()], vec![ready.clone(), condition("Complete", "True", "AllTasksSucceeded")], vec![t(false, "AllTasksSucceeded", "Complete")], "completed"),
+            (vec![ready.clone()], vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")], vec![t(true, "DeadlineExceeded", "Failed")], "failed"),
+            (
+                vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")],
+                vec![ready, condition("Failed", "True", "DeadlineExceeded")],
+                vec![],
+                "rewriting a failed Job (new counts, or a restarted operator) repeats nothing",
+            ),
+        ];
+        for (before, after, expected, why) in cases {
+            assert_eq!(transitions(&before, &after), expected, "{why}");
+        }
+        let long = Condition { message: "ü".repeat(2_000), ..condition("Failed", "True", "TasksFailed") };
+        let note = &transitions(&[], &[long])[0].note;
+        assert!(note.len() <= NOTE_LIMIT && note.ends_with('…'), "{} bytes", note.len());
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -101,7 +101,7 @@ impl Autoscalers {
             started: Instant::now(),
             pools: Mutex::new(HashMap::new()),
             declared: Mutex::new(HashMap::new()),
-            recorder: Recorder::new(client, Reporter { controller: "warren-operator".into(), instance: None }),
+            recorder: crate::controllers::event_recorder(client),
         }
     }
 
