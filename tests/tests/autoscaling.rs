@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use warren_e2e::Env;
 use warren_operator::crd::{JobPhase, WorkerPool};
@@ -143,21 +142,13 @@ async fn a_burst_scales_a_pool_from_zero_up_and_back_to_zero_without_interruptin
     let interrupted: u64 = accounts.values().map(|(_, i)| i).sum();
     assert_eq!((completed, interrupted), (2000, 0), "per worker: {accounts:?}");
 
-    // One Event per scale, on the pool.
-    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
-    let events: Vec<Event> = events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("burst"))
-        .collect();
-    let actions: Vec<(String, String)> = events
-        .iter()
-        .map(|e| (e.action.clone().unwrap_or_default(), e.reason.clone().unwrap_or_default()))
-        .collect();
-    assert!(actions.contains(&("ScaleUp".into(), "Activated".into())), "{actions:?}");
-    assert!(actions.iter().any(|(a, r)| a == "ScaleDown" && r == "Idle"), "{actions:?}");
+    // One Event per scale, on the pool: the scale-up that activated it and a scale-down when
+    // idle (fails with the Events seen).
+    env.wait_events("burst", Duration::from_secs(30), |events| {
+        events.iter().any(|(_, a, r)| a == "ScaleUp" && r == "Activated")
+            && events.iter().any(|(_, a, r)| a == "ScaleDown" && r == "Idle")
+    })
+    .await?;
     env.cleanup().await
 }
 

@@ -36,9 +36,9 @@ fn note_of(message: &str) -> String {
 
 /// The transitions from `before` to `after` worth an Event: a Job completed, failed, was
 /// suspended or resumed, or stopped being ready (blocked: pool missing, invalid spec, a
-/// duplicate of another Job). A
-/// condition that keeps its status and reason is no transition, so rewriting a status with new
-/// counts emits nothing, and neither does a restarted operator rewriting what it finds.
+/// duplicate of another Job). A condition that keeps its status and reason is no transition, so
+/// rewriting a status with new counts emits nothing, and neither does a restarted operator
+/// rewriting what it finds.
 pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
     after
         .iter()
@@ -363,15 +363,9 @@ mod tests {
     #[test]
     fn transitions_worth_an_event() {
         let ready = condition("Ready", "True", "Enqueued");
-        let t = |warning: bool, reason: &str, type_: &str| Transition {
+        let t = |warning: bool, action: &'static str, type_: &str, reason: &str| Transition {
             warning,
-            action: match type_ {
-                "Ready" => "Block",
-                "Suspended" if reason == "JobResumed" => "Resume",
-                "Suspended" => "Suspend",
-                "Complete" => "Complete",
-                _ => "Fail",
-            },
+            action,
             reason: reason.into(),
             note: format!("{type_} {reason}"),
         };
@@ -379,19 +373,19 @@ mod tests {
         let cases: Vec<Case> = vec![
             (vec![], vec![condition("Ready", "True", "Enqueuing")], vec![], "a Job being enqueued"),
             (vec![condition("Ready", "True", "Enqueuing")], vec![ready.clone()], vec![], "ready reasons change quietly"),
-            (vec![], vec![condition("Ready", "False", "PoolNotFound")], vec![t(true, "PoolNotFound", "Ready")], "blocked"),
+            (vec![], vec![condition("Ready", "False", "PoolNotFound")], vec![t(true, "Block", "Ready", "PoolNotFound")], "blocked"),
             (vec![condition("Ready", "False", "PoolNotFound")], vec![condition("Ready", "False", "PoolNotFound")], vec![], "still blocked: no repeat"),
-            (vec![], vec![condition("Ready", "False", "DuplicateOf")], vec![t(false, "DuplicateOf", "Ready")], "a duplicate"),
-            (vec![], vec![condition("Ready", "False", "PoolNotReady")], vec![t(false, "PoolNotReady", "Ready")], "a pool being set up"),
-            (vec![ready.clone()], vec![ready.clone(), condition("Suspended", "True", "JobSuspended")], vec![t(false, "JobSuspended", "Suspended")], "suspended"),
+            (vec![], vec![condition("Ready", "False", "DuplicateOf")], vec![t(false, "Block", "Ready", "DuplicateOf")], "a duplicate"),
+            (vec![], vec![condition("Ready", "False", "PoolNotReady")], vec![t(false, "Block", "Ready", "PoolNotReady")], "a pool being set up"),
+            (vec![ready.clone()], vec![ready.clone(), condition("Suspended", "True", "JobSuspended")], vec![t(false, "Suspend", "Suspended", "JobSuspended")], "suspended"),
             (
                 vec![ready.clone(), condition("Suspended", "True", "JobSuspended")],
                 vec![ready.clone(), condition("Suspended", "False", "JobResumed")],
-                vec![t(false, "JobResumed", "Suspended")],
+                vec![t(false, "Resume", "Suspended", "JobResumed")],
                 "resumed",
             ),
-            (vec![ready.clone()], vec![ready.clone(), condition("Complete", "True", "AllTasksSucceeded")], vec![t(false, "AllTasksSucceeded", "Complete")], "completed"),
-            (vec![ready.clone()], vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")], vec![t(true, "DeadlineExceeded", "Failed")], "failed"),
+            (vec![ready.clone()], vec![ready.clone(), condition("Complete", "True", "AllTasksSucceeded")], vec![t(false, "Complete", "Complete", "AllTasksSucceeded")], "completed"),
+            (vec![ready.clone()], vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")], vec![t(true, "Fail", "Failed", "DeadlineExceeded")], "failed"),
             (
                 vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")],
                 vec![ready, condition("Failed", "True", "DeadlineExceeded")],
