@@ -171,8 +171,13 @@ impl Default for RetryPolicy {
 /// A batch of events and an optional heartbeat from one worker process (JSON body of a message
 /// on [`names::REPORTS_QUEUE`]). Workers batch so that report traffic does not grow one message
 /// per task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// On the wire, consecutive events of the same Job share one `{"job": ..., "events": [...]}`
+/// group in `jobs`, so a batch of one Job's outcomes names the Job once (a third of the bytes;
+/// the broker keeps such a batch in its queue index instead of its message store). Readers also
+/// accept the flat `events` list of every event with its own `job`, which earlier workers wrote.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(from = "wire::ReportIn")]
 pub struct ReportBatch {
     pub version: u32,
     pub worker: WorkerId,
@@ -181,6 +186,111 @@ pub struct ReportBatch {
     pub events: Vec<TaskEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Heartbeat>,
+}
+
+/// The grouped wire form of [`ReportBatch`].
+mod wire {
+    use super::{Heartbeat, JobRef, ReportBatch, TaskEvent, TaskEventKind, WorkerId, is_zero};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ReportOut<'a> {
+        version: u32,
+        worker: &'a WorkerId,
+        sent_at_ms: u64,
+        jobs: Vec<JobEventsOut<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        heartbeat: Option<&'a Heartbeat>,
+    }
+
+    #[derive(Serialize)]
+    struct JobEventsOut<'a> {
+        job: &'a JobRef,
+        events: Vec<JobEventOut<'a>>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct JobEventOut<'a> {
+        index: u32,
+        attempt: u32,
+        at_ms: u64,
+        kind: &'a TaskEventKind,
+        #[serde(skip_serializing_if = "is_zero")]
+        replay: u32,
+    }
+
+    impl Serialize for ReportBatch {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut jobs: Vec<JobEventsOut<'_>> = Vec::new();
+            for e in &self.events {
+                let event = JobEventOut { index: e.index, attempt: e.attempt, at_ms: e.at_ms, kind: &e.kind, replay: e.replay };
+                match jobs.last_mut() {
+                    Some(group) if *group.job == e.job => group.events.push(event),
+                    _ => jobs.push(JobEventsOut { job: &e.job, events: vec![event] }),
+                }
+            }
+            ReportOut {
+                version: self.version,
+                worker: &self.worker,
+                sent_at_ms: self.sent_at_ms,
+                jobs,
+                heartbeat: self.heartbeat.as_ref(),
+            }
+            .serialize(serializer)
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ReportIn {
+        version: u32,
+        worker: WorkerId,
+        sent_at_ms: u64,
+        /// The flat form.
+        #[serde(default)]
+        events: Vec<TaskEvent>,
+        #[serde(default)]
+        jobs: Vec<JobEvents>,
+        #[serde(default)]
+        heartbeat: Option<Heartbeat>,
+    }
+
+    #[derive(Deserialize)]
+    struct JobEvents {
+        job: JobRef,
+        events: Vec<JobEvent>,
+    }
+
+    /// A [`TaskEvent`] without its Job.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct JobEvent {
+        index: u32,
+        attempt: u32,
+        at_ms: u64,
+        kind: TaskEventKind,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        replay: u32,
+    }
+
+    impl From<ReportIn> for ReportBatch {
+        fn from(wire: ReportIn) -> Self {
+            let mut events = wire.events;
+            for group in wire.jobs {
+                events.extend(group.events.into_iter().map(|e| TaskEvent {
+                    job: group.job.clone(),
+                    index: e.index,
+                    attempt: e.attempt,
+                    at_ms: e.at_ms,
+                    kind: e.kind,
+                    replay: e.replay,
+                }));
+            }
+            Self { version: wire.version, worker: wire.worker, sent_at_ms: wire.sent_at_ms, events, heartbeat: wire.heartbeat }
+        }
+    }
 }
 
 /// Which worker process sent a report.
@@ -436,6 +546,54 @@ mod tests {
         assert_eq!(json["disposition"]["delayMs"], 500);
         assert!(!kind.is_final());
         assert!(TaskEventKind::Succeeded { result: None }.is_final());
+    }
+
+    fn event(job: &JobRef, index: u32, kind: TaskEventKind) -> TaskEvent {
+        TaskEvent { job: job.clone(), index, attempt: 1, at_ms: 5, kind, replay: 0 }
+    }
+
+    #[test]
+    fn reports_name_each_job_once_per_run_of_its_events_and_round_trip_in_order() {
+        let a = JobRef { namespace: "ns".into(), name: "a".into(), uid: "u-a".into() };
+        let b = JobRef { namespace: "ns".into(), name: "b".into(), uid: "u-b".into() };
+        let batch = ReportBatch {
+            version: PROTOCOL_VERSION,
+            worker: WorkerId { namespace: "ns".into(), pool: "p".into(), pod: "p-0".into() },
+            sent_at_ms: 9,
+            events: vec![
+                event(&a, 0, TaskEventKind::Succeeded { result: None }),
+                event(&a, 1, TaskEventKind::Started),
+                event(&b, 0, TaskEventKind::Succeeded { result: Some(serde_json::json!(3)) }),
+                TaskEvent { replay: 2, ..event(&a, 2, TaskEventKind::Succeeded { result: None }) },
+            ],
+            heartbeat: None,
+        };
+        let json = serde_json::to_value(&batch).unwrap();
+        let groups: Vec<(&str, usize)> = json["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| (g["job"]["name"].as_str().unwrap(), g["events"].as_array().unwrap().len()))
+            .collect();
+        assert_eq!(groups, vec![("a", 2), ("b", 1), ("a", 1)]);
+        assert!(json["jobs"][0]["events"][0].get("job").is_none());
+        assert!(json.get("events").is_none());
+        assert_eq!(ReportBatch::from_json(&batch.to_json()).unwrap(), batch);
+    }
+
+    #[test]
+    fn reports_in_the_flat_form_are_still_read() {
+        let flat = serde_json::json!({
+            "version": 1,
+            "worker": {"namespace": "ns", "pool": "p", "pod": "p-0"},
+            "sentAtMs": 9,
+            "events": [{"job": {"namespace": "ns", "name": "a", "uid": "u-a"}, "index": 4, "attempt": 2, "atMs": 5,
+                        "kind": {"type": "started"}}],
+        });
+        let batch = ReportBatch::from_json(&serde_json::to_vec(&flat).unwrap()).unwrap();
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!((batch.events[0].job.uid.as_str(), batch.events[0].index, batch.events[0].attempt), ("u-a", 4, 2));
+        assert_eq!(batch.heartbeat, None);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! is confirmed too. The worker never talks to the Kubernetes API.
 //!
 //! Pure decisions live in [`scheduler`] (which buffered task runs next), [`retry`] (what to do
-//! with a failure), [`report`] (batching) and [`exec`] (the exec-mode line and exit-code
-//! contract); the I/O is in [`runtime`] and [`topology`].
+//! with a failure), [`report`] (batching), [`acks`] (which frames settle the finished deliveries)
+//! and [`exec`] (the exec-mode line and exit-code contract); the I/O is in [`runtime`] and
+//! [`topology`].
 //!
 //! ```no_run
 //! use warren_worker::{TaskError, Worker};
@@ -27,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acks;
 pub mod config;
 pub mod context;
 pub mod control;

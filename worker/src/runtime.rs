@@ -14,7 +14,7 @@ use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use tokio::sync::{mpsc, watch};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use warren_protocol::{ControlMessage, FailureDisposition, TASK_CONTENT_TYPE, TaskEnvelope, TaskEventKind, WorkerId, names};
 
+use crate::acks::{Acks, Receipt};
 use crate::config::{ConfigError, ConfigOverrides, WorkerConfig};
 use crate::context::{TaskContext, TaskError, TaskResult};
 use crate::metrics::{TaskOutcome, WorkerMetrics};
@@ -253,11 +254,14 @@ struct Session {
     publish: Channel,
     /// Fired when anything finds the connection broken.
     lost: CancellationToken,
+    /// Acknowledgements and returns of this connection's deliveries.
+    acks: Arc<Acks>,
 }
 
 /// A delivery that parsed as an envelope, waiting for a slot.
 struct Ready {
     delivery: Delivery,
+    receipt: Receipt,
     envelope: TaskEnvelope,
 }
 
@@ -448,9 +452,14 @@ async fn run_session(
         Err(e) => tracing::warn!(error = %e, "declaring the reports queue failed; using it as is"),
     }
     let _ = link_tx.send(Some(ReportLink { channel: confirm_channel(connection).await?, lost: lost.clone() }));
-    let session = Arc::new(Session { connection: connection.clone(), publish: confirm_channel(connection).await?, lost });
+    let session = Arc::new(Session {
+        connection: connection.clone(),
+        publish: confirm_channel(connection).await?,
+        lost,
+        acks: Acks::new(),
+    });
 
-    let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<(usize, Delivery)>();
+    let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<(usize, Receipt, Delivery)>();
     let consumers_cancelled = CancellationToken::new();
     let mut consumers: Vec<(Channel, ShortString)> = Vec::new();
     let mut forwarders = JoinSet::new();
@@ -479,12 +488,14 @@ async fn run_session(
         let mut consumer =
             channel.basic_consume(queue.as_str().into(), tag.clone(), BasicConsumeOptions::default(), FieldTable::default()).await?;
         let (tx, lost, cancelled) = (incoming_tx.clone(), session.lost.clone(), consumers_cancelled.clone());
+        let (acks, acks_channel) = (session.acks.clone(), session.acks.add_channel(channel.clone()));
         forwarders.spawn(
             async move {
                 while let Some(item) = consumer.next().await {
                     match item {
                         Ok(delivery) => {
-                            if tx.send((class, delivery)).is_err() {
+                            let receipt = acks.delivered(acks_channel, delivery.delivery_tag);
+                            if tx.send((class, receipt, delivery)).is_err() {
                                 return;
                             }
                         }
@@ -503,6 +514,7 @@ async fn run_session(
         consumers.push((channel, tag));
     }
     drop(incoming_tx);
+    forwarders.spawn(session.acks.clone().run().in_current_span());
     *failures = 0;
     shared.metrics.set_consuming(true);
     tracing::info!(priorities = ?config.priorities, concurrency = config.concurrency, "consuming");
@@ -546,7 +558,7 @@ async fn run_session(
                 let buffered = buffer.drain();
                 tracing::info!(buffered = buffered.len(), running = running.len(), grace_s = config.grace.as_secs_f64(), "draining");
                 for ready in buffered {
-                    requeue(&ready.delivery).await;
+                    session.acks.requeue(ready.receipt);
                 }
                 grace_deadline = Some(Instant::now() + config.grace);
                 // Send the draining heartbeat now; nobody needs to wait for it.
@@ -563,16 +575,16 @@ async fn run_session(
             }
             Some(_) = aux.join_next(), if !aux.is_empty() => {}
             received = incoming.recv(), if incoming_open => match received {
-                Some((_, delivery)) if draining => requeue(&delivery).await,
-                Some((class, delivery)) => match TaskEnvelope::from_json(&delivery.data) {
+                Some((_, receipt, _)) if draining => session.acks.requeue(receipt),
+                Some((class, receipt, delivery)) => match TaskEnvelope::from_json(&delivery.data) {
                     Ok(envelope) => match shared.cancel_reason(&envelope.job.uid) {
                         Some(reason) => {
-                            aux.spawn(drop_cancelled(shared.clone(), session.clone(), delivery, envelope, reason));
+                            aux.spawn(drop_cancelled(shared.clone(), session.clone(), receipt, envelope, reason));
                         }
-                        None => buffer.push(class, std::time::Instant::now(), Ready { delivery, envelope }),
+                        None => buffer.push(class, std::time::Instant::now(), Ready { delivery, receipt, envelope }),
                     },
                     Err(error) => {
-                        aux.spawn(dead_letter_malformed(shared.clone(), session.clone(), delivery, error));
+                        aux.spawn(dead_letter_malformed(shared.clone(), session.clone(), delivery, receipt, error));
                     }
                 },
                 // All consumers ended: either cancelled (draining) or lost (handled above).
@@ -594,6 +606,8 @@ async fn run_session(
     }
     while running.join_next().await.is_some() {}
     while aux.join_next().await.is_some() {}
+    // Every outcome is settled now: send the last acknowledgements before the connection closes.
+    session.acks.flush().await;
     forwarders.abort_all();
     Ok(end)
 }
@@ -653,20 +667,6 @@ async fn subscribe_control(
     Ok(first_rx)
 }
 
-async fn requeue(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
-        tracing::warn!(error = %e, "returning a delivery to its queue failed (the broker will redeliver it)");
-    }
-}
-
-async fn ack(delivery: &Delivery) {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!("delivery could not be acknowledged (channel closed); it will be redelivered"),
-        Err(e) => tracing::warn!(error = %e, "acknowledging a delivery failed; it will be redelivered"),
-    }
-}
-
 fn text(s: impl Into<Vec<u8>>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
@@ -700,28 +700,28 @@ async fn publish_dead_letter(
 }
 
 /// A message that is not a task goes to the dead-letter queue (reason `malformed`).
-async fn dead_letter_malformed(shared: Arc<Shared>, session: Arc<Session>, delivery: Delivery, error: String) {
+async fn dead_letter_malformed(shared: Arc<Shared>, session: Arc<Session>, delivery: Delivery, receipt: Receipt, error: String) {
     tracing::warn!(%error, routing_key = %delivery.routing_key, "dead-lettering a malformed message");
     match publish_dead_letter(&shared, &session, &delivery, dead_letter_reason::MALFORMED, &error, None).await {
-        Ok(()) => ack(&delivery).await,
+        Ok(()) => session.acks.ack(receipt),
         Err(e) => {
             tracing::warn!(error = %e, reason = e.reason(), "dead-lettering a malformed message failed; returning it");
             if matches!(e, PublishError::Broker(_)) {
                 session.lost.cancel();
             }
             tokio::time::sleep(REQUEUE_PAUSE).await;
-            requeue(&delivery).await;
+            session.acks.requeue(receipt);
         }
     }
 }
 
 /// A task of a cancelled Job: reported `Cancelled` (so the operator can re-enqueue it if the
 /// Job resumes), then acknowledged without running.
-async fn drop_cancelled(shared: Arc<Shared>, session: Arc<Session>, delivery: Delivery, envelope: TaskEnvelope, reason: String) {
+async fn drop_cancelled(shared: Arc<Shared>, session: Arc<Session>, receipt: Receipt, envelope: TaskEnvelope, reason: String) {
     let span = tracing::info_span!("task", job = %envelope.job.name, job_uid = %envelope.job.uid, task = envelope.index, attempt = envelope.attempt);
     async {
         tracing::info!(%reason, "dropping a task of a cancelled Job");
-        report_then_ack(&shared, &session, &delivery, &envelope, TaskEventKind::Cancelled { reason }).await;
+        report_then_ack(&shared, &session, receipt, &envelope, TaskEventKind::Cancelled { reason }).await;
     }
     .instrument(span)
     .await
@@ -733,7 +733,7 @@ async fn drop_cancelled(shared: Arc<Shared>, session: Arc<Session>, delivery: De
 async fn report_then_ack(
     shared: &Shared,
     session: &Session,
-    delivery: &Delivery,
+    receipt: Receipt,
     envelope: &TaskEnvelope,
     kind: TaskEventKind,
 ) -> TaskOutcome {
@@ -746,7 +746,7 @@ async fn report_then_ack(
     let confirmed = shared.reporter.event_confirmed(envelope, kind);
     tokio::select! {
         _ = confirmed => {
-            ack(delivery).await;
+            session.acks.ack(receipt);
             finished
         }
         _ = session.lost.cancelled() => {
@@ -881,7 +881,7 @@ async fn run_handler(
 
 /// Executes one task and disposes of its delivery.
 async fn execute(shared: Arc<Shared>, session: Arc<Session>, ready: Ready, interrupt: CancellationToken) {
-    let Ready { delivery, envelope } = ready;
+    let Ready { delivery, receipt, envelope } = ready;
     let envelope = Arc::new(envelope);
     let span = tracing::info_span!(
         "task",
@@ -895,7 +895,7 @@ async fn execute(shared: Arc<Shared>, session: Arc<Session>, ready: Ready, inter
     async move {
         let priority = envelope.priority.clone();
         shared.metrics.task_started(&priority, envelope.attempt);
-        let outcome = execute_attempt(&shared, &session, &delivery, envelope, interrupt).await;
+        let outcome = execute_attempt(&shared, &session, &delivery, receipt, envelope, interrupt).await;
         shared.metrics.task_ended(&priority, outcome);
         shared.stats.task_ended(outcome != TaskOutcome::Interrupted);
     }
@@ -909,12 +909,13 @@ async fn execute_attempt(
     shared: &Shared,
     session: &Session,
     delivery: &Delivery,
+    receipt: Receipt,
     envelope: Arc<TaskEnvelope>,
     interrupt: CancellationToken,
 ) -> TaskOutcome {
     if let Some(reason) = shared.cancel_reason(&envelope.job.uid) {
         tracing::info!(%reason, "dropping a task of a cancelled Job");
-        return report_then_ack(shared, session, delivery, &envelope, TaskEventKind::Cancelled { reason }).await;
+        return report_then_ack(shared, session, receipt, &envelope, TaskEventKind::Cancelled { reason }).await;
     }
     // Per-task lines are debug: at thousands of tasks per second they would cost more CPU than
     // the tasks (`RUST_LOG=warren_worker=debug` shows them). Failures stay at warn.
@@ -943,7 +944,7 @@ async fn execute_attempt(
     let kind = match outcome {
         Outcome::Interrupted => {
             tracing::warn!("task interrupted; returning it to its queue");
-            requeue(delivery).await;
+            session.acks.requeue(receipt);
             return TaskOutcome::Interrupted;
         }
         Outcome::Succeeded(result) => {
@@ -980,13 +981,13 @@ async fn execute_attempt(
                     session.lost.cancel();
                 }
                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                requeue(delivery).await;
+                session.acks.requeue(receipt);
                 return TaskOutcome::Interrupted;
             }
             TaskEventKind::Failed { error: error.message().to_string(), disposition }
         }
     };
-    report_then_ack(shared, session, delivery, &envelope, kind).await
+    report_then_ack(shared, session, receipt, &envelope, kind).await
 }
 
 #[cfg(test)]
