@@ -41,6 +41,12 @@ async fn a_job_of_1000_items_succeeds_with_exact_counts_and_indexes() -> anyhow:
     assert!(status.start_time.is_some() && status.completion_time.is_some());
     assert!(status.conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
     assert_eq!(env.queue_depth(&names::work_queue(&env.namespace, "pool", "normal")).await?, 0);
+    // The pool and the Job were created together: the Job must not be reported as blocked by a
+    // missing pool (the operator's pool cache may lag; it asks the API server before saying so).
+    let events = env
+        .wait_events("thousand", Duration::from_secs(30), |seen| seen.iter().any(|(_, action, _)| action == "Complete"))
+        .await?;
+    assert!(events.iter().all(|(type_, _, _)| type_ == "Normal"), "{events:?}");
     env.cleanup().await
 }
 

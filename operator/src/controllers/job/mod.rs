@@ -42,6 +42,8 @@ pub enum Error {
     Replay(#[from] crate::replay::ReplayError),
     #[error("recording the Job's retry queues on its WorkerPool: {0}")]
     RecordRetryQueues(#[source] kube::Error),
+    #[error("reading the Job's WorkerPool: {0}")]
+    ReadPool(#[source] kube::Error),
 }
 
 impl Error {
@@ -51,6 +53,7 @@ impl Error {
             Error::Status(_) => "StatusWriteFailed",
             Error::MissingUid => "MissingUid",
             Error::RecordRetryQueues(_) => "RecordRetryQueuesFailed",
+            Error::ReadPool(_) => "ReadPoolFailed",
             Error::Replay(e) => e.reason(),
         }
     }
@@ -101,7 +104,16 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     }
     ctx.book.observe(job.clone());
     let namespace = job.namespace().unwrap_or_default();
-    let pool = ctx.pools.get(&ObjectRef::new(&job.spec.pool_ref).within(&namespace));
+    let pool = match ctx.pools.get(&ObjectRef::new(&job.spec.pool_ref).within(&namespace)) {
+        Some(pool) => Some(pool),
+        // The pool watch may lag the Job watch (a pool and its Job applied together): ask the
+        // API server before telling the user that the pool does not exist.
+        None => Api::<WorkerPool>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&job.spec.pool_ref)
+            .await
+            .map_err(Error::ReadPool)?
+            .map(Arc::new),
+    };
     let job_ref = JobRef { namespace: namespace.clone(), name: job.name_any(), uid: uid.clone() };
     if let Some(token) = job.annotations().get(REPLAY_ANNOTATION) {
         if ctx.book.replayed_token(&uid).as_ref() != Some(token) {
