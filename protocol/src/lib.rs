@@ -199,36 +199,38 @@ mod wire {
         version: u32,
         worker: &'a WorkerId,
         sent_at_ms: u64,
-        jobs: Vec<JobEventsOut<'a>>,
+        jobs: Vec<JobEvents<&'a JobRef, &'a TaskEventKind>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         heartbeat: Option<&'a Heartbeat>,
     }
 
-    #[derive(Serialize)]
-    struct JobEventsOut<'a> {
-        job: &'a JobRef,
-        events: Vec<JobEventOut<'a>>,
+    /// One Job and a run of its events: borrowed when written, owned when read.
+    #[derive(Serialize, Deserialize)]
+    struct JobEvents<J, K> {
+        job: J,
+        events: Vec<JobEvent<K>>,
     }
 
-    #[derive(Serialize)]
+    /// A [`TaskEvent`] without its Job.
+    #[derive(Serialize, Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct JobEventOut<'a> {
+    struct JobEvent<K> {
         index: u32,
         attempt: u32,
         at_ms: u64,
-        kind: &'a TaskEventKind,
-        #[serde(skip_serializing_if = "is_zero")]
+        kind: K,
+        #[serde(default, skip_serializing_if = "is_zero")]
         replay: u32,
     }
 
     impl Serialize for ReportBatch {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut jobs: Vec<JobEventsOut<'_>> = Vec::new();
+            let mut jobs: Vec<JobEvents<&JobRef, &TaskEventKind>> = Vec::new();
             for e in &self.events {
-                let event = JobEventOut { index: e.index, attempt: e.attempt, at_ms: e.at_ms, kind: &e.kind, replay: e.replay };
+                let event = JobEvent { index: e.index, attempt: e.attempt, at_ms: e.at_ms, kind: &e.kind, replay: e.replay };
                 match jobs.last_mut() {
                     Some(group) if *group.job == e.job => group.events.push(event),
-                    _ => jobs.push(JobEventsOut { job: &e.job, events: vec![event] }),
+                    _ => jobs.push(JobEvents { job: &e.job, events: vec![event] }),
                 }
             }
             ReportOut {
@@ -252,27 +254,9 @@ mod wire {
         #[serde(default)]
         events: Vec<TaskEvent>,
         #[serde(default)]
-        jobs: Vec<JobEvents>,
+        jobs: Vec<JobEvents<JobRef, TaskEventKind>>,
         #[serde(default)]
         heartbeat: Option<Heartbeat>,
-    }
-
-    #[derive(Deserialize)]
-    struct JobEvents {
-        job: JobRef,
-        events: Vec<JobEvent>,
-    }
-
-    /// A [`TaskEvent`] without its Job.
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct JobEvent {
-        index: u32,
-        attempt: u32,
-        at_ms: u64,
-        kind: TaskEventKind,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        replay: u32,
     }
 
     impl From<ReportIn> for ReportBatch {

@@ -607,7 +607,10 @@ async fn run_session(
     while running.join_next().await.is_some() {}
     while aux.join_next().await.is_some() {}
     // Every outcome is settled now: send the last acknowledgements before the connection closes.
-    session.acks.flush().await;
+    // A lost connection takes nothing more: the broker redelivers what it did not settle.
+    if matches!(end, SessionEnd::Drained) {
+        session.acks.flush().await;
+    }
     forwarders.abort_all();
     Ok(end)
 }
