@@ -35,11 +35,16 @@ NO_DATA_EXPECTED = {
     "sum(increase(warren_operator_reconcile_errors_total[1h]))",
     "sum by (controller, reason) (rate(warren_operator_reconcile_errors_total[5m]))",
     "sum by (connection) (rate(warren_operator_broker_reconnects_total[5m])) * 60",
+    "sum by (kind, reason) (rate(warren_operator_status_write_errors_total[5m]))",
 }
 # Alerts whose expression must return data in this run (the Job dead-letters a task).
 FIRING_IN_THIS_RUN = {"WarrenDeadLetterQueueGrowing"}
 # Metrics that stay absent in a healthy run (families without a sample).
-ABSENT_IN_A_HEALTHY_RUN = {"warren_operator_reconcile_errors_total", "warren_operator_broker_reconnects_total"}
+ABSENT_IN_A_HEALTHY_RUN = {"warren_operator_reconcile_errors_total", "warren_operator_broker_reconnects_total",
+                           "warren_operator_status_write_errors_total"}
+# Kinds whose status this run writes (a pool and a Job, no Workflow): a per-kind panel must show a
+# non-zero series for each, so that a query fed only by another kind than its title says fails.
+KINDS_WRITTEN_IN_THIS_RUN = {"Job", "WorkerPool"}
 
 OPERATOR_JOB = "warren-metrics"  # the chart's metrics Service name = the ServiceMonitor's job label
 RELEASE_NAMESPACE = "warren-system"
@@ -262,6 +267,13 @@ def test_the_run_moved_every_counter(run):
     assert value('warren_worker_task_attempt_count{pool="pool",priority="high"}') == 13
     assert value('sum(warren_worker_tasks_in_flight{pool="pool"})') == 0
     assert value("warren_operator_leader") == 1
+    # The Job's own status writes: at least its final one, and bounded by one per second of its
+    # run (statusInterval) plus its transitions; never zero (the counter once counted only
+    # Workflow writes).
+    job_writes = value('warren_operator_status_writes_total{kind="Job"}')
+    assert 1 <= job_writes <= 200, job_writes
+    assert value('warren_operator_status_writes_total{kind="WorkerPool"}') >= 1
+    assert not prom.query("warren_operator_status_write_errors_total")["data"]["result"], "no status write was refused"
 
 
 def test_every_dashboard_query_returns_data_or_is_expected_empty(run):
@@ -275,6 +287,18 @@ def test_every_dashboard_query_returns_data_or_is_expected_empty(run):
             empty.append(f"{title}: {expr}")
     assert not failed, "queries Prometheus rejected:\n" + "\n".join(failed)
     assert not empty, "dashboard queries without data after a full run:\n" + "\n".join(empty)
+    # A panel that splits by kind shows every kind this run wrote, each moving; the per-Job average
+    # is fed by Job writes alone and moves too.
+    by_kind = [(title, expr) for title, expr in dashboard_exprs() if "by (kind)" in expr]
+    assert by_kind, "the dashboard has no per-kind status-write query"
+    for title, expr in by_kind:
+        moving = {r["metric"].get("kind") for r in prom.query(expr)["data"]["result"] if float(r["value"][1]) > 0}
+        assert KINDS_WRITTEN_IN_THIS_RUN <= moving, f"{title}: {expr}: kinds with a non-zero rate: {moving}"
+    per_job = [expr for _, expr in dashboard_exprs() if 'kind="Job"' in expr]
+    assert per_job, "the dashboard has no Job-only status-write query"
+    for expr in per_job:
+        (sample,) = prom.query(expr)["data"]["result"]
+        assert float(sample["value"][1]) > 0, f"{expr}: {sample}"
     used = {expr for _, expr in dashboard_exprs()}
     assert NO_DATA_EXPECTED <= used, f"stale NO_DATA_EXPECTED entries: {NO_DATA_EXPECTED - used}"
 

@@ -372,6 +372,7 @@ impl JobBook {
         let written = api
             .patch_status(&job.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
             .await;
+        crate::metrics::global().record_status_write(crate::metrics::JOB, &written);
         let transitions = {
             let mut entries = self.entries.lock().expect("book lock");
             let Some(entry) = entries.get_mut(uid) else { return Ok(true) };

@@ -45,6 +45,44 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// The kind of object whose status the operator wrote.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `Job`, `Workflow` or `WorkerPool`.
+    pub kind: &'static str,
+}
+
+/// A status write the API server refused, by kind and by why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusWriteErrorLabels {
+    pub kind: &'static str,
+    /// [`status_write_error_reason`]: a fixed name per HTTP status class, never the server's text.
+    pub reason: &'static str,
+}
+
+pub const JOB: &str = "Job";
+pub const WORKFLOW: &str = "Workflow";
+pub const WORKER_POOL: &str = "WorkerPool";
+
+/// The label of a refused status write: the Kubernetes `reason` that belongs to the HTTP code
+/// (`None`: no answer from the API server). Mapped from the code, not copied from the answer, so
+/// that the label set stays bounded whatever a server says.
+pub fn status_write_error_reason(code: Option<u16>) -> &'static str {
+    match code {
+        None => "Transport",
+        Some(400) => "BadRequest",
+        Some(401) => "Unauthorized",
+        Some(403) => "Forbidden",
+        Some(404) => "NotFound",
+        Some(409) => "Conflict",
+        Some(413) => "RequestEntityTooLarge",
+        Some(422) => "Invalid",
+        Some(429) => "TooManyRequests",
+        Some(500..=599) => "ServerError",
+        Some(_) => "Other",
+    }
+}
+
 /// Which of the operator's RabbitMQ connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -94,7 +132,8 @@ pub struct Metrics {
     pub report_messages: Counter,
     pub report_events: Counter,
     pub jobs: Family<PhaseLabels, Gauge>,
-    pub status_writes: Counter,
+    pub status_writes: Family<KindLabels, Counter>,
+    pub status_write_errors: Family<StatusWriteErrorLabels, Counter>,
     pub broker_connected: Family<ConnectionLabels, Gauge>,
     pub broker_reconnects: Family<ConnectionLabels, Counter>,
     pub leader: Gauge,
@@ -127,7 +166,8 @@ impl Metrics {
         let report_messages = Counter::default();
         let report_events = Counter::default();
         let jobs = Family::<PhaseLabels, Gauge>::default();
-        let status_writes = Counter::default();
+        let status_writes = Family::<KindLabels, Counter>::default();
+        let status_write_errors = Family::<StatusWriteErrorLabels, Counter>::default();
         let broker_connected = Family::<ConnectionLabels, Gauge>::default();
         let broker_reconnects = Family::<ConnectionLabels, Counter>::default();
         let leader = Gauge::default();
@@ -147,7 +187,8 @@ impl Metrics {
         registry.register("report_messages", "Report messages received from workers (each a batch of task events)", report_messages.clone());
         registry.register("report_events", "Task events received in worker reports; divided by report_messages, the batching factor", report_events.clone());
         registry.register("jobs", "Jobs by phase", jobs.clone());
-        registry.register("status_writes", "Job status writes", status_writes.clone());
+        registry.register("status_writes", "Status writes the API server accepted, per kind (Job, Workflow, WorkerPool)", status_writes.clone());
+        registry.register("status_write_errors", "Status writes the API server refused or that got no answer, per kind and reason", status_write_errors.clone());
         registry.register("broker_connected", "1 while the connection to RabbitMQ is up", broker_connected.clone());
         registry.register("broker_reconnects", "Reconnects to RabbitMQ after a failure", broker_reconnects.clone());
         registry.register("leader", "1 while this operator leads (runs the controllers), 0 while it stands by", leader.clone());
@@ -177,6 +218,7 @@ impl Metrics {
             report_events,
             jobs,
             status_writes,
+            status_write_errors,
             broker_connected,
             broker_reconnects,
             leader,
@@ -203,6 +245,21 @@ impl Metrics {
         if delta.retried + delta.dead_lettered > 0 {
             self.tasks_failed.get_or_create(labels).inc_by(delta.retried + delta.dead_lettered);
         }
+    }
+
+    /// Counts one status write of `kind` by its result: accepted, or refused by why.
+    pub fn record_status_write<T>(&self, kind: &'static str, result: &Result<T, kube::Error>) {
+        match result {
+            Ok(_) => self.status_writes.get_or_create(&KindLabels { kind }).inc(),
+            Err(error) => {
+                let code = match error {
+                    kube::Error::Api(status) => Some(status.code),
+                    _ => None,
+                };
+                let reason = status_write_error_reason(code);
+                self.status_write_errors.get_or_create(&StatusWriteErrorLabels { kind, reason }).inc()
+            }
+        };
     }
 
     /// Runs `hook` before every scrape, to set the gauges that mirror in-memory state.
@@ -252,6 +309,59 @@ mod tests {
             r#"warren_operator_jobs{namespace="ns",phase="Running"} 2"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_writes_count_per_kind_and_refusals_per_kind_and_bounded_reason() {
+        let m = Metrics::new();
+        let refused = |code: u16| -> Result<(), kube::Error> {
+            Err(kube::Error::Api(
+                serde_json::from_value(serde_json::json!({
+                    "status": "Failure", "message": "no", "reason": "AnythingTheServerSays", "code": code
+                }))
+                .expect("a Status"),
+            ))
+        };
+        m.record_status_write(JOB, &Ok::<(), kube::Error>(()));
+        m.record_status_write(JOB, &Ok::<(), kube::Error>(()));
+        m.record_status_write(WORKER_POOL, &Ok::<(), kube::Error>(()));
+        m.record_status_write(JOB, &refused(413));
+        m.record_status_write(WORKFLOW, &refused(422));
+        m.record_status_write(WORKFLOW, &refused(599));
+        let text = m.encode();
+        for line in [
+            r#"warren_operator_status_writes_total{kind="Job"} 2"#,
+            r#"warren_operator_status_writes_total{kind="WorkerPool"} 1"#,
+            r#"warren_operator_status_write_errors_total{kind="Job",reason="RequestEntityTooLarge"} 1"#,
+            r#"warren_operator_status_write_errors_total{kind="Workflow",reason="Invalid"} 1"#,
+            r#"warren_operator_status_write_errors_total{kind="Workflow",reason="ServerError"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("AnythingTheServerSays"), "the server's reason text is never a label:\n{text}");
+        assert!(!text.contains(r#"status_writes_total{kind="Workflow"}"#), "a refused write is not a write:\n{text}");
+    }
+
+    #[test]
+    fn every_refusal_code_maps_to_a_fixed_reason() {
+        let cases = [
+            (None, "Transport"),
+            (Some(400), "BadRequest"),
+            (Some(401), "Unauthorized"),
+            (Some(403), "Forbidden"),
+            (Some(404), "NotFound"),
+            (Some(409), "Conflict"),
+            (Some(413), "RequestEntityTooLarge"),
+            (Some(422), "Invalid"),
+            (Some(429), "TooManyRequests"),
+            (Some(500), "ServerError"),
+            (Some(503), "ServerError"),
+            (Some(418), "Other"),
+            (Some(302), "Other"),
+        ];
+        for (code, reason) in cases {
+            assert_eq!(status_write_error_reason(code), reason, "{code:?}");
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use warren_e2e::{Env, OperatorOptions};
+use warren_e2e::{Env, OperatorOptions, free_port, http_get, sample};
 use warren_operator::crd::{Job, JobPhase};
 use warren_protocol::names;
 
@@ -47,6 +47,59 @@ async fn a_job_of_1000_items_succeeds_with_exact_counts_and_indexes() -> anyhow:
         .wait_events("thousand", Duration::from_secs(30), |seen| seen.iter().any(|(_, action, _)| action == "Complete"))
         .await?;
     assert!(events.iter().all(|(type_, _, _)| type_ == "Normal"), "{events:?}");
+    env.cleanup().await
+}
+
+/// The operator's count of accepted status writes of `kind`, read from its /metrics.
+async fn status_writes(addr: &str, kind: &str) -> anyhow::Result<f64> {
+    let (code, metrics) = http_get(addr, "/metrics").await?;
+    anyhow::ensure!(code == 200, "/metrics answered {code}");
+    Ok(sample(&metrics, &format!("warren_operator_status_writes_total{{kind=\"{kind}\"}}")).unwrap_or(0.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_task_job_writes_its_status_about_once_a_second_whatever_its_task_count() -> anyhow::Result<()> {
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test reads the metrics of the operator process it started.");
+        return Ok(());
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let options = OperatorOptions { metrics_addr: addr.clone(), ..OperatorOptions::default() };
+    let env = Env::start_with("status-writes", options).await?;
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 8
+    }))
+    .await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+    assert_eq!(status_writes(&addr, "Job").await?, 0.0, "no Job exists yet");
+    // The watch can show a write before the operator has its answer and counts it: give it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status_writes(&addr, "WorkerPool").await? < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the pool's status writes are counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let started = std::time::Instant::now();
+    env.create_job("ten-thousand", serde_json::json!({"poolRef": "pool", "completions": 10000})).await?;
+    let job = env.wait_job("ten-thousand", Duration::from_secs(600), finished).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 10000, 0), "{status:?}");
+    assert_eq!(status.succeeded_indexes, "0-9999");
+
+    // The last write is seen through the watch before the operator counts it (see above).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = status_writes(&addr, "Job").await?;
+    eprintln!("10,000 tasks in {elapsed:.1} s: {writes} Job status writes");
+    // One write per statusInterval (1 s) while the Job changes, plus the immediate writes of its
+    // transitions (queued, running, complete). A slower machine only loosens the bound: the run
+    // takes longer, and the writes per second stay the same.
+    const TRANSITIONS: f64 = 5.0;
+    assert!(writes >= 1.0, "the Job's status writes are counted");
+    assert!(writes <= elapsed.ceil() + TRANSITIONS, "{writes} writes in {elapsed:.1} s");
+    // A finished Job is not written again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_writes(&addr, "Job").await?, writes, "writes after the Job finished");
     env.cleanup().await
 }
 

@@ -288,9 +288,9 @@ async fn record_retry_queues(ctx: &Context, pool: &WorkerPool, retry: &warren_pr
     }
     let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = serde_json::json!({ "status": { "retryQueues": missing } });
-    api.patch_status(&pool.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-        .await
-        .map_err(Error::RecordRetryQueues)?;
+    let written = api.patch_status(&pool.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await;
+    metrics::global().record_status_write(metrics::WORKER_POOL, &written);
+    written.map_err(Error::RecordRetryQueues)?;
     Ok(())
 }
 

@@ -166,7 +166,9 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
     if pool.status.as_ref() != Some(&status) {
         let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = serde_json::json!({ "status": status });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+        metrics::global().record_status_write(metrics::WORKER_POOL, &written);
+        written?;
     }
     declared?;
     ctx.backoff.reset(&pool.uid().unwrap_or_default());

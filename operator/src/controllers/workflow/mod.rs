@@ -112,12 +112,13 @@ async fn reconcile_inner(wf: Arc<Workflow>, ctx: &WorkflowContext) -> Result<Act
         let patch: json_patch::Patch =
             serde_json::from_value(serde_json::json!([{ "op": "add", "path": "/status", "value": status }]))
                 .expect("a JSON patch");
-        match workflows.patch_status(&wf.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await {
+        let written = workflows.patch_status(&wf.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await;
+        metrics::global().record_status_write(metrics::WORKFLOW, &written);
+        match written {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => return Ok(Action::await_change()),
             Err(e) => return Err(e.into()),
         }
-        metrics::global().status_writes.inc();
     }
     if plan.delete_workflow {
         tracing::info!("ttlSecondsAfterFinished passed: deleting the Workflow");
