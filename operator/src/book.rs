@@ -89,6 +89,24 @@ pub struct JobBook {
 /// How long the tasks of a deleted Job keep being dropped after the operator last heard of it.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// Most deleted Jobs remembered at once. The set is broadcast to every worker every second, and
+/// a forged report with a made-up uid adds one: past the bound, the tombstone that expires first
+/// goes (its Job's stray tasks, if any are left, then run and are reported to nobody).
+pub const MAX_TOMBSTONES: usize = 4_096;
+
+/// Adds `uid` to `tombstones` until `until`, evicting the soonest-expiring entries beyond `max`.
+/// Pure; returns how many were evicted.
+fn insert_bounded(tombstones: &mut HashMap<String, u64>, uid: &str, until: u64, max: usize) -> usize {
+    tombstones.insert(uid.to_string(), until);
+    let mut evicted = 0;
+    while tombstones.len() > max {
+        let Some(first) = tombstones.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) else { break };
+        tombstones.remove(&first);
+        evicted += 1;
+    }
+    evicted
+}
+
 impl JobBook {
     pub fn new(client: Client, status_interval: Duration) -> Self {
         Self {
@@ -280,7 +298,16 @@ impl JobBook {
     pub fn bury(&self, uid: &str, now_ms: u64) {
         self.forget(uid);
         let until = now_ms.saturating_add(TOMBSTONE_TTL.as_millis() as u64);
-        self.tombstones.lock().expect("tombstones lock").insert(uid.to_string(), until);
+        let evicted = insert_bounded(&mut self.tombstones.lock().expect("tombstones lock"), uid, until, MAX_TOMBSTONES);
+        if evicted > 0 {
+            tracing::warn!(evicted, max = MAX_TOMBSTONES, "too many deleted Jobs remembered; forgot the oldest");
+        }
+    }
+
+    /// True while `uid` is a known-deleted Job: reports of it need no API lookup (a negative
+    /// cache, so that a stream of reports for one unknown Job costs one GET, not one each).
+    pub fn is_buried(&self, uid: &str, now_ms: u64) -> bool {
+        self.tombstones.lock().expect("tombstones lock").get(uid).is_some_and(|until| *until > now_ms)
     }
 
     /// The Jobs whose tasks workers must not run: suspended and early-ended Jobs with unfinished
@@ -446,6 +473,22 @@ impl JobBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tombstone_set_is_bounded_and_forgets_the_soonest_expiring_first() {
+        let mut tombstones = HashMap::new();
+        let mut evicted = 0;
+        for i in 0..10u64 {
+            evicted += insert_bounded(&mut tombstones, &format!("uid-{i}"), 1_000 + i, 4);
+        }
+        assert_eq!((tombstones.len(), evicted), (4, 6));
+        let mut kept: Vec<&String> = tombstones.keys().collect();
+        kept.sort();
+        assert_eq!(kept, ["uid-6", "uid-7", "uid-8", "uid-9"]);
+        // Refreshing a remembered uid adds nothing.
+        assert_eq!(insert_bounded(&mut tombstones, "uid-6", 5_000, 4), 0);
+        assert_eq!((tombstones.len(), tombstones["uid-6"]), (4, 5_000));
+    }
 
     #[test]
     fn outcome_deltas_follow_the_ledger_not_the_events() {

@@ -83,6 +83,13 @@ pub fn status_write_error_reason(code: Option<u16>) -> &'static str {
     }
 }
 
+/// Why a report message, or an event in one, was dropped (a [`warren_protocol::admit`] reason or
+/// one of the operator's own, see `reports`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub reason: &'static str,
+}
+
 /// Which of the operator's RabbitMQ connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -131,6 +138,7 @@ pub struct Metrics {
     pub reports_queue_messages: Gauge,
     pub report_messages: Counter,
     pub report_events: Counter,
+    pub reports_rejected: Family<RejectionLabels, Counter>,
     pub jobs: Family<PhaseLabels, Gauge>,
     pub status_writes: Family<KindLabels, Counter>,
     pub status_write_errors: Family<StatusWriteErrorLabels, Counter>,
@@ -165,6 +173,7 @@ impl Metrics {
         let reports_queue_messages = Gauge::default();
         let report_messages = Counter::default();
         let report_events = Counter::default();
+        let reports_rejected = Family::<RejectionLabels, Counter>::default();
         let jobs = Family::<PhaseLabels, Gauge>::default();
         let status_writes = Family::<KindLabels, Counter>::default();
         let status_write_errors = Family::<StatusWriteErrorLabels, Counter>::default();
@@ -186,6 +195,11 @@ impl Metrics {
         registry.register("reports_queue_messages", "Worker reports waiting in the reports queue", reports_queue_messages.clone());
         registry.register("report_messages", "Report messages received from workers (each a batch of task events)", report_messages.clone());
         registry.register("report_events", "Task events received in worker reports; divided by report_messages, the batching factor", report_events.clone());
+        registry.register(
+            "reports_rejected",
+            "Worker reports dropped unapplied, by reason: whole messages (too_large, malformed, unknown_version, too_many_events, invalid_worker) or single events (invalid_job_ref, unknown_job, job_lookup_refused)",
+            reports_rejected.clone(),
+        );
         registry.register("jobs", "Jobs by phase", jobs.clone());
         registry.register("status_writes", "Status writes the API server accepted, per kind (Job, Workflow, WorkerPool)", status_writes.clone());
         registry.register("status_write_errors", "Status writes the API server refused or that got no answer, per kind and reason", status_write_errors.clone());
@@ -216,6 +230,7 @@ impl Metrics {
             reports_queue_messages,
             report_messages,
             report_events,
+            reports_rejected,
             jobs,
             status_writes,
             status_write_errors,

@@ -11,10 +11,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use warren_protocol::ReportBatch;
+use warren_protocol::admit::{self, Admitted};
 
 use crate::book::{Applied, JobBook};
 use crate::broker::{Broker, reconnect_delay};
+use crate::metrics::RejectionLabels;
 use crate::workers::WorkerRegistry;
 
 /// Report messages the operator holds unacknowledged at most (each is a batch of events).
@@ -113,28 +114,80 @@ async fn consume(url: &str, queue: &str, book: &JobBook, workers: &WorkerRegistr
     result
 }
 
+/// Why an event of an admitted report was dropped by the operator (after [`admit::report`]).
+pub mod rejection {
+    /// The event names a Job that does not exist (deleted, or never existed): nothing to account.
+    pub const UNKNOWN_JOB: &str = "unknown_job";
+    /// Looking the Job up was refused by the API server (e.g. a namespace the operator may not
+    /// read): the event cannot be applied, and redelivering it would only be refused again.
+    pub const JOB_LOOKUP_REFUSED: &str = "job_lookup_refused";
+}
+
+fn count_rejected(reason: &'static str, n: u64) {
+    if n > 0 {
+        crate::metrics::global().reports_rejected.get_or_create(&RejectionLabels { reason }).inc_by(n);
+    }
+}
+
 /// Folds one report message; returns what must be persisted before it may be acknowledged.
+/// Whatever cannot be applied is dropped and counted, never redelivered in a loop: only a
+/// transient failure to look a Job up (no answer, a 5xx) returns an error, and with it the
+/// message to the queue.
 async fn fold(body: &[u8], book: &JobBook, workers: &WorkerRegistry) -> Result<Vec<(String, u64)>, kube::Error> {
-    let batch = match ReportBatch::from_json(body) {
-        Ok(batch) => batch,
-        Err(error) => {
-            tracing::warn!(%error, "dropping a malformed report message");
+    let Admitted { batch, invalid_events } = match admit::report(body) {
+        Ok(admitted) => admitted,
+        Err(rejection) => {
+            tracing::warn!(reason = rejection.reason(), error = %rejection, bytes = body.len(), "dropping a report message");
+            count_rejected(rejection.reason(), 1);
             return Ok(Vec::new());
         }
     };
+    if invalid_events > 0 {
+        tracing::warn!(
+            invalid_events,
+            namespace = batch.worker.namespace,
+            pool = batch.worker.pool,
+            pod = batch.worker.pod,
+            "dropping report events with an invalid Job reference"
+        );
+        count_rejected(admit::INVALID_JOB_REF, invalid_events as u64);
+    }
     workers.observe(&batch);
     let metrics = crate::metrics::global();
     metrics.report_messages.inc();
     metrics.report_events.inc_by(batch.events.len() as u64);
     let mut needs: Vec<(String, u64)> = Vec::new();
+    let (mut unknown, mut refused) = (0u64, 0u64);
     for event in &batch.events {
         let mut applied = book.apply(event);
         if applied == Applied::UnknownJob {
-            if !book.load(&event.job).await? {
-                // The Job is gone: nothing to account, but its other tasks must not run (this
-                // also re-learns deletions that happened while no operator was watching).
-                book.bury(&event.job.uid, jiff::Timestamp::now().as_millisecond() as u64);
+            let now_ms = jiff::Timestamp::now().as_millisecond() as u64;
+            if book.is_buried(&event.job.uid, now_ms) {
+                // Known gone: refresh its tombstone (its tasks are still around), no lookup.
+                book.bury(&event.job.uid, now_ms);
+                unknown += 1;
                 continue;
+            }
+            match book.load(&event.job).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The Job is gone: nothing to account, but its other tasks must not run (this
+                    // also re-learns deletions that happened while no operator was watching).
+                    book.bury(&event.job.uid, now_ms);
+                    unknown += 1;
+                    continue;
+                }
+                Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
+                    tracing::warn!(
+                        code = status.code,
+                        namespace = event.job.namespace,
+                        name = event.job.name,
+                        "the API server refused the lookup of a report's Job; dropping the event"
+                    );
+                    refused += 1;
+                    continue;
+                }
+                Err(error) => return Err(error),
             }
             applied = book.apply(event);
         }
@@ -145,5 +198,7 @@ async fn fold(body: &[u8], book: &JobBook, workers: &WorkerRegistry) -> Result<V
             }
         }
     }
+    count_rejected(rejection::UNKNOWN_JOB, unknown);
+    count_rejected(rejection::JOB_LOOKUP_REFUSED, refused);
     Ok(needs)
 }

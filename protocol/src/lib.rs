@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod admit;
+
 /// Version of the task envelope and report format. Bumped on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -142,6 +144,9 @@ impl TaskEnvelope {
                 envelope.version
             ));
         }
+        // Its Job reference goes into every report about it: a task that names no Job
+        // Kubernetes could hold is dead-lettered here, not echoed to the operator.
+        envelope.job.check().map_err(|e| format!("invalid Job reference: {e}"))?;
         Ok(envelope)
     }
 }
@@ -206,21 +211,27 @@ mod wire {
 
     /// One Job and a run of its events: borrowed when written, owned when read.
     #[derive(Serialize, Deserialize)]
-    struct JobEvents<J, K> {
-        job: J,
-        events: Vec<JobEvent<K>>,
+    pub(crate) struct JobEvents<J, K> {
+        pub(crate) job: J,
+        pub(crate) events: Vec<JobEvent<K>>,
     }
 
     /// A [`TaskEvent`] without its Job.
     #[derive(Serialize, Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct JobEvent<K> {
-        index: u32,
-        attempt: u32,
-        at_ms: u64,
-        kind: K,
+    pub(crate) struct JobEvent<K> {
+        pub(crate) index: u32,
+        pub(crate) attempt: u32,
+        pub(crate) at_ms: u64,
+        pub(crate) kind: K,
         #[serde(default, skip_serializing_if = "is_zero")]
-        replay: u32,
+        pub(crate) replay: u32,
+    }
+
+    impl JobEvent<TaskEventKind> {
+        pub(crate) fn with_job(self, job: JobRef) -> TaskEvent {
+            TaskEvent { job, index: self.index, attempt: self.attempt, at_ms: self.at_ms, kind: self.kind, replay: self.replay }
+        }
     }
 
     impl Serialize for ReportBatch {
@@ -247,30 +258,23 @@ mod wire {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     pub struct ReportIn {
-        version: u32,
-        worker: WorkerId,
-        sent_at_ms: u64,
+        pub(crate) version: u32,
+        pub(crate) worker: WorkerId,
+        pub(crate) sent_at_ms: u64,
         /// The flat form.
         #[serde(default)]
-        events: Vec<TaskEvent>,
+        pub(crate) events: Vec<TaskEvent>,
         #[serde(default)]
-        jobs: Vec<JobEvents<JobRef, TaskEventKind>>,
+        pub(crate) jobs: Vec<JobEvents<JobRef, TaskEventKind>>,
         #[serde(default)]
-        heartbeat: Option<Heartbeat>,
+        pub(crate) heartbeat: Option<Heartbeat>,
     }
 
     impl From<ReportIn> for ReportBatch {
         fn from(wire: ReportIn) -> Self {
             let mut events = wire.events;
             for group in wire.jobs {
-                events.extend(group.events.into_iter().map(|e| TaskEvent {
-                    job: group.job.clone(),
-                    index: e.index,
-                    attempt: e.attempt,
-                    at_ms: e.at_ms,
-                    kind: e.kind,
-                    replay: e.replay,
-                }));
+                events.extend(group.events.into_iter().map(|e| e.with_job(group.job.clone())));
             }
             Self { version: wire.version, worker: wire.worker, sent_at_ms: wire.sent_at_ms, events, heartbeat: wire.heartbeat }
         }
@@ -419,6 +423,8 @@ impl ReportBatch {
         serde_json::to_vec(self).expect("report serializes")
     }
 
+    /// Parses a report from a trusted source (tests, tools). The operator reads untrusted
+    /// reports through [`admit::report`], which bounds and validates them.
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(body).map_err(|e| format!("not a Warren report batch: {e}"))
     }

@@ -124,3 +124,115 @@ async fn oversized_payloads_and_bad_durations_fail_the_job_with_a_clear_conditio
     }
     env.cleanup().await
 }
+
+/// Publishes `body` to the operator's reports queue as anyone with broker access could, and
+/// waits for the broker's confirm (mandatory: the queue must exist).
+async fn publish_report(channel: &lapin::Channel, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+    use lapin::options::BasicPublishOptions;
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            body,
+            lapin::BasicProperties::default(),
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(confirm.is_ack() && confirm.take_message().is_none(), "the broker did not take the report");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_accounting() -> anyhow::Result<()> {
+    use warren_e2e::{OperatorOptions, free_port, http_get, sample};
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test reads the metrics of the operator process it started.");
+        return Ok(());
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::start_with("hostile-reports", OperatorOptions { metrics_addr: addr.clone(), ..OperatorOptions::default() }).await?;
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.02"]}, "replicas": 1, "concurrency": 4
+    }))
+    .await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+    let honest = env.create_job("honest", serde_json::json!({"poolRef": "pool", "completions": 300})).await?;
+    let honest_uid = kube::ResourceExt::uid(&honest).expect("uid");
+
+    let connection = lapin::Connection::connect(env.amqp_url(), Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    let queue = env.reports_queue();
+    let ns = env.namespace.clone();
+    let worker = serde_json::json!({"namespace": ns, "pool": "pool", "pod": "intruder-0"});
+    let report = |jobs: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({"version": 1, "worker": worker, "sentAtMs": 1, "jobs": jobs})).unwrap()
+    };
+    let succeeded = |index: u32| serde_json::json!({"index": index, "attempt": 1, "atMs": 1, "kind": {"type": "succeeded"}});
+    let ghost = "6f1c0d2e-0000-4000-8000-000000000001";
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\xff\x00 not json at all".to_vec()),
+        ("over 1 MiB", vec![b' '; 2 * 1024 * 1024]),
+        ("a future version", serde_json::to_vec(&serde_json::json!({"version": 9, "worker": worker, "sentAtMs": 1}))?),
+        ("10,001 events", report(serde_json::json!([{"job": {"namespace": ns, "name": "honest", "uid": honest_uid},
+            "events": (0..10_001).map(succeeded).collect::<Vec<_>>()}]))),
+        ("a worker that is no pod", serde_json::to_vec(&serde_json::json!({
+            "version": 1, "worker": {"namespace": "Not A Namespace", "pool": "p", "pod": "x"}, "sentAtMs": 1, "jobs": []}))?),
+        // 2,000 events under a 50 KB uid: 100 MB once expanded, if it were.
+        ("a huge Job reference", report(serde_json::json!([
+            {"job": {"namespace": ns, "name": "honest", "uid": "u".repeat(50_000)}, "events": (0..2_000).map(succeeded).collect::<Vec<_>>()},
+            {"job": {"namespace": ns, "name": "Not_A_Name", "uid": ghost}, "events": [succeeded(0), succeeded(1), succeeded(2)]},
+        ]))),
+        // The honest Job's name with another uid, a Job that never existed, a namespace that
+        // does not exist: nothing to account, one lookup each at most.
+        ("the honest Job's name, another uid", report(serde_json::json!([
+            {"job": {"namespace": ns, "name": "honest", "uid": ghost}, "events": (0..300).map(succeeded).collect::<Vec<_>>()}]))),
+        ("a Job that never existed", report(serde_json::json!([
+            {"job": {"namespace": ns, "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000002"}, "events": [succeeded(0), succeeded(1)]}]))),
+        ("a namespace that does not exist", report(serde_json::json!([
+            {"job": {"namespace": "no-such-namespace-e2e", "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000003"}, "events": [succeeded(0)]}]))),
+    ];
+    for (what, body) in &hostile {
+        publish_report(&channel, &queue, body).await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    }
+
+    let job = env.wait_job("honest", Duration::from_secs(180), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 300, 0), "{status:?}");
+    assert_eq!(status.succeeded_indexes, "0-299");
+    assert_eq!(status.retries, 0);
+
+    let expected = [
+        ("malformed", 1.0),
+        ("too_large", 1.0),
+        ("unknown_version", 1.0),
+        ("too_many_events", 1.0),
+        ("invalid_worker", 1.0),
+        ("invalid_job_ref", 2_003.0),
+        ("unknown_job", 303.0),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, metrics) = http_get(&addr, "/metrics").await?;
+        let counted = |reason: &str| sample(&metrics, &format!("warren_operator_reports_rejected_total{{reason=\"{reason}\"}}"));
+        if expected.iter().all(|(reason, n)| counted(reason) == Some(*n)) {
+            break metrics;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let seen: Vec<_> = expected.iter().map(|(reason, _)| (reason, counted(reason))).collect();
+            anyhow::bail!("rejections counted: {seen:?}, expected {expected:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Dropped, not redelivered: the report consumer never reconnected, and the queue is empty.
+    let reconnects = sample(&metrics, r#"warren_operator_broker_reconnects_total{connection="reports"}"#).unwrap_or(0.0);
+    assert_eq!(reconnects, 0.0, "the report consumer reconnected");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.queue_depth(&queue).await? > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "reports are left in {queue}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    connection.close(200, "OK".into()).await?;
+    env.cleanup().await
+}

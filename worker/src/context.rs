@@ -72,10 +72,10 @@ impl TaskContext {
     /// Reports progress to the operator. Cheap: reports are batched, and only the latest
     /// progress of a task per batch is sent. `percent` is clamped to 100.
     pub fn progress(&self, percent: u8, message: impl Into<String>) {
-        self.reporter.event(
-            &self.envelope,
-            TaskEventKind::Progress { percent: percent.min(100), message: message.into() },
-        );
+        let mut message = message.into();
+        // The operator keeps it in the Job status, which must stay small (it cuts it too).
+        warren_protocol::admit::truncate_at_char_boundary(&mut message, warren_protocol::admit::MAX_PROGRESS_BYTES);
+        self.reporter.event(&self.envelope, TaskEventKind::Progress { percent: percent.min(100), message });
     }
 
     /// Completes when the attempt is cancelled (timeout or worker shutdown past its grace

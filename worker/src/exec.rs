@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tracing::Instrument;
 use warren_protocol::{TaskEnvelope, exec};
@@ -23,6 +23,52 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Stderr lines kept for the error text of a failed attempt.
 pub const STDERR_TAIL_LINES: usize = 10;
 const MAX_ERROR_CHARS: usize = 4000;
+/// Longest stdout or stderr line read from a command (64 KiB; a result line may hold up to
+/// `MAX_RESULT_BYTES` of JSON). The rest of a longer line is read and discarded, so that one
+/// 2 GB line costs the worker 64 KiB, not 2 GB.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// One line of a command's output, cut to `max` bytes; invalid UTF-8 becomes U+FFFD (a handler's
+/// output is not ours to vouch for, and stopping to read it would block the command on a full
+/// pipe). `None` at the end of the output. The bool says whether the line was cut.
+pub async fn read_capped_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> std::io::Result<Option<(String, bool)>> {
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut read_any = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            break;
+        }
+        read_any = true;
+        let (chunk, newline) = match available.iter().position(|b| *b == b'\n') {
+            Some(at) => (&available[..at], true),
+            None => (available, false),
+        };
+        let room = max.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        cut |= chunk.len() > room;
+        let used = chunk.len() + usize::from(newline);
+        reader.consume(used);
+        if newline {
+            break;
+        }
+    }
+    if !read_any {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(&line).into_owned();
+    if cut {
+        // The byte cut may have split a character: drop the replacement it turned into.
+        while text.ends_with('\u{FFFD}') {
+            text.pop();
+        }
+    }
+    Ok(Some((text, cut)))
+}
 
 /// What a line on the command's stdout means.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,13 +200,18 @@ pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskRes
     });
 
     let result: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
+    let result_cut: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stdout_reader = {
-        let (ctx, result) = (ctx.clone(), result.clone());
+        let (ctx, result, result_cut) = (ctx.clone(), result.clone(), result_cut.clone());
         tokio::spawn(
             async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut stdout = BufReader::new(stdout);
+                while let Ok(Some((line, cut))) = read_capped_line(&mut stdout, MAX_LINE_BYTES).await {
+                    if cut && line.starts_with(exec::RESULT_PREFIX) {
+                        result_cut.store(true, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
                     match parse_stdout_line(&line) {
                         OutputLine::Progress { percent, message } => ctx.progress(percent, message),
                         OutputLine::Result(value) => *result.lock().unwrap() = Some(value),
@@ -180,8 +231,8 @@ pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskRes
         let tail = stderr_tail.clone();
         tokio::spawn(
             async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut stderr = BufReader::new(stderr);
+                while let Ok(Some((line, _))) = read_capped_line(&mut stderr, MAX_LINE_BYTES).await {
                     tracing::info!(stream = "stderr", %line);
                     let mut tail = tail.lock().unwrap();
                     if tail.len() == STDERR_TAIL_LINES {
@@ -226,6 +277,12 @@ pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskRes
     }
     let tail: Vec<String> = stderr_tail.lock().unwrap().iter().cloned().collect();
     exit_outcome(code, signal, &tail)?;
+    if result_cut.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(TaskError::permanent(format!(
+            "the handler's result line is over {MAX_LINE_BYTES} bytes (results may be {} bytes); return a reference to the data instead",
+            warren_protocol::MAX_RESULT_BYTES
+        )));
+    }
     let value = result.lock().unwrap().take();
     Ok(value)
 }
@@ -234,6 +291,35 @@ pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskRes
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn output_lines_are_capped_and_tolerate_invalid_utf8() {
+        let mut input: Vec<u8> = Vec::new();
+        input.extend_from_slice(b"first\r\n");
+        input.extend_from_slice(b"bad \xff\xfe bytes\n");
+        input.extend(std::iter::repeat_n(b'x', 100_000));
+        input.extend_from_slice(b"\n");
+        input.extend_from_slice("é".repeat(10).as_bytes());
+        input.extend_from_slice(b"\nlast without newline");
+        // A small buffer: lines span many fills.
+        let mut reader = tokio::io::BufReader::with_capacity(7, &input[..]);
+        let mut lines = Vec::new();
+        while let Some(line) = read_capped_line(&mut reader, 15).await.unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(
+            lines,
+            vec![
+                ("first".to_string(), false),
+                ("bad \u{FFFD}\u{FFFD} bytes".to_string(), false),
+                ("x".repeat(15), true),
+                ("é".repeat(7), true), // 15 bytes cut inside the 8th character
+                ("last without ne".to_string(), true),
+            ]
+        );
+        let mut empty = tokio::io::BufReader::new(&b""[..]);
+        assert_eq!(read_capped_line(&mut empty, 15).await.unwrap(), None);
+    }
 
     #[test]
     fn stdout_lines_table() {

@@ -246,7 +246,17 @@ async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> 
         queues.extend(plan::recorded_retry_queues(&pool).into_values());
         let namespace = pool.namespace().unwrap_or_default();
         let retry_exchange = warren_worker::topology::retry_exchange(&namespace, &pool.name_any());
-        ctx.broker.delete(&queues, &[topology.exchange.clone(), retry_exchange]).await?;
+        let mut exchanges = vec![topology.exchange.clone(), retry_exchange];
+        for names in [&mut queues, &mut exchanges] {
+            names.retain(|name| {
+                let owned = plan::owned_by_pool(&pool, name);
+                if !owned {
+                    tracing::error!(name, "refusing to delete a broker object outside the pool's prefix");
+                }
+                owned
+            });
+        }
+        ctx.broker.delete(&queues, &exchanges).await?;
         tracing::info!(queues = queues.len(), "deleted the pool's queues (deletionPolicy: Delete)");
     } else {
         tracing::info!("kept the pool's queues (deletionPolicy: Retain)");

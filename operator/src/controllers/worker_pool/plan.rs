@@ -40,14 +40,38 @@ pub fn retry_queues(namespace: &str, pool: &str, policy: &warren_protocol::Retry
         .collect()
 }
 
-/// `status.retryQueues` after this reconcile: what was recorded (never forgotten: a Job that is
+/// Most retry tiers remembered per pool (a policy has a handful; Jobs with other policies add
+/// theirs). Bounds what a status patched by hand can make the operator declare or delete.
+pub const MAX_RECORDED_RETRY_TIERS: usize = 256;
+
+/// `status.retryQueues` after this reconcile: the tiers recorded (never forgotten: a Job that is
 /// gone may have left tasks behind in them) plus the tiers of the pool's own policy.
+///
+/// Only the recorded *delays* are read; every queue name is derived again from the pool and the
+/// delay. Whoever may patch the status could otherwise list another namespace's queues there and
+/// have them deleted with this pool.
 pub fn recorded_retry_queues(pool: &WorkerPool) -> BTreeMap<String, String> {
-    let mut queues = pool.status.as_ref().map(|s| s.retry_queues.clone()).unwrap_or_default();
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let recorded = pool.status.as_ref().map(|s| &s.retry_queues);
+    let mut queues: BTreeMap<String, String> = recorded
+        .into_iter()
+        .flat_map(|r| r.keys())
+        .filter_map(|delay| delay.parse::<u64>().ok())
+        .take(MAX_RECORDED_RETRY_TIERS)
+        .map(|ms| (ms.to_string(), names::retry_queue(&namespace, &name, ms)))
+        .collect();
     if let Ok(policy) = crate::controllers::job::plan::resolve_retry(pool.spec.retry.as_ref(), None) {
-        queues.extend(retry_queues(&pool.namespace().unwrap_or_default(), &pool.name_any(), &policy));
+        queues.extend(retry_queues(&namespace, &name, &policy));
     }
     queues
+}
+
+/// True when `name` is one of the pool's own broker objects (its exchange, or a name under it):
+/// the last check before the operator deletes anything.
+pub fn owned_by_pool(pool: &WorkerPool, name: &str) -> bool {
+    let own = names::pool_exchange(&pool.namespace().unwrap_or_default(), &pool.name_any());
+    name == own || name.strip_prefix(own.as_str()).is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Arguments of the pool's work queues.
@@ -237,6 +261,37 @@ mod tests {
         });
         let recorded = recorded_retry_queues(&p);
         assert_eq!(recorded.keys().map(String::as_str).collect::<Vec<_>>(), ["1000", "500", "7000"]);
+    }
+
+    #[test]
+    fn deletion_trusts_only_names_derived_from_the_pool_never_those_in_its_status() {
+        let mut p = pool(serde_json::json!({"workers": {}, "retry": {"maxAttempts": 1}}));
+        p.status = Some(crate::crd::WorkerPoolStatus {
+            retry_queues: BTreeMap::from([
+                // A forged value under a real delay: the name is derived again.
+                ("7000".into(), "warren.other.victim.q.high".into()),
+                // Not a delay: ignored.
+                ("evil".into(), "warren.other.victim.dlq".into()),
+            ]),
+            ..Default::default()
+        });
+        let recorded = recorded_retry_queues(&p);
+        assert_eq!(recorded.into_iter().collect::<Vec<_>>(), [("7000".into(), "warren.media.images.retry.7000ms".into())]);
+
+        let many: BTreeMap<String, String> = (0..10_000u64).map(|ms| (ms.to_string(), String::new())).collect();
+        p.status = Some(crate::crd::WorkerPoolStatus { retry_queues: many, ..Default::default() });
+        assert_eq!(recorded_retry_queues(&p).len(), MAX_RECORDED_RETRY_TIERS);
+
+        for (name, owned) in [
+            ("warren.media.images", true),
+            ("warren.media.images.q.high", true),
+            ("warren.media.images.retry.1000ms", true),
+            ("warren.media.imagesx.q.high", false),
+            ("warren.other.victim.q.high", false),
+            ("warren.media", false),
+        ] {
+            assert_eq!(owned_by_pool(&p, name), owned, "{name}");
+        }
     }
 
     #[test]
