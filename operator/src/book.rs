@@ -52,7 +52,15 @@ struct Entry {
     last_write: Option<Instant>,
     /// The replay annotation value last acted on (see `status.replayedToken`).
     replayed_token: Option<String>,
+    /// The API server refused the full status for good: write [`status::compacted`] instead.
+    compact: bool,
     write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// True for an answer that writing the same status again cannot change: too large (413, or the
+/// 500 "etcdserver: request is too large" of older API servers) or invalid (422).
+fn refused_for_good(status: &kube::core::Status) -> bool {
+    status.code == 413 || status.code == 422 || (status.code == 500 && status.message.contains("too large"))
 }
 
 /// Errors writing a Job's status.
@@ -145,6 +153,7 @@ impl JobBook {
                         applied: seq,
                         persisted: seq,
                         last_write: None,
+                        compact: false,
                         write_lock: Arc::default(),
                     },
                 );
@@ -384,6 +393,9 @@ impl JobBook {
             let now = Time(jiff::Timestamp::now());
             let mut status = status::desired(&entry.job, &entry.ledger, entry.blocker.as_ref(), &now);
             status.replayed_token = entry.replayed_token.clone();
+            if entry.compact {
+                status = status::compacted(status);
+            }
             if entry.last_written.as_ref() == Some(&status) {
                 entry.persisted = entry.applied;
                 return Ok(false);
@@ -400,7 +412,7 @@ impl JobBook {
             .patch_status(&job.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
             .await;
         crate::metrics::global().record_status_write(crate::metrics::JOB, &written);
-        let transitions = {
+        let transitions = 'written: {
             let mut entries = self.entries.lock().expect("book lock");
             let Some(entry) = entries.get_mut(uid) else { return Ok(true) };
             match written {
@@ -411,13 +423,58 @@ impl JobBook {
                     entry.persisted = entry.persisted.max(seq);
                     entry.last_written = updated.status;
                     entry.last_write = Some(Instant::now());
-                    transitions
+                    Ok(transitions)
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     entries.remove(uid);
                     return Ok(false);
                 }
+                Err(kube::Error::Api(e)) if refused_for_good(&e) => {
+                    let error = format!("{} ({})", e.message, e.code);
+                    let first = !entry.compact;
+                    if first {
+                        // Stop the Job (its tasks are cancelled) and write a small status
+                        // instead, on the next flush.
+                        entry.compact = true;
+                        entry.ledger.terminated.get_or_insert_with(|| Termination {
+                            reason: plan::STATUS_TOO_LARGE.into(),
+                            message: format!(
+                                "the API server refused the Job's status ({error}); the Job is stopped, its remaining tasks \
+                                 cancelled, and its status written without the per-index detail"
+                            ),
+                            at_ms: jiff::Timestamp::now().as_millisecond() as u64,
+                        });
+                        entry.applied = self.seq();
+                    } else {
+                        // Even the small status is refused: give up writing this Job, so that
+                        // the reports of every other Job are acknowledged (they are held back
+                        // in order until each Job's status includes them).
+                        entry.persisted = u64::MAX;
+                    }
+                    break 'written Err((error, first));
+                }
                 Err(source) => return Err(BookError::StatusWrite { namespace, name: job.name_any(), source }),
+            }
+        };
+        let transitions = match transitions {
+            Ok(transitions) => transitions,
+            Err((error, first)) => {
+                tracing::error!(namespace, name = job.name_any(), %error, compacted = !first, "the API server refused a Job status for good");
+                if first {
+                    // The compacted status goes out at once; its Failed condition is the Event.
+                    self.finished.notify_one();
+                } else {
+                    let note = format!("the API server refused even the compacted status ({error}): the Job's status is no longer written");
+                    self.record(&job, Event {
+                        type_: EventType::Warning,
+                        reason: plan::STATUS_TOO_LARGE.into(),
+                        note: Some(note),
+                        action: "Fail".into(),
+                        secondary: None,
+                    })
+                    .await;
+                }
+                return Ok(false);
             }
         };
         for transition in transitions {
@@ -428,11 +485,16 @@ impl JobBook {
                 action: transition.action.into(),
                 secondary: None,
             };
-            if let Err(error) = self.recorder.publish(&event, &job.object_ref(&())).await {
-                tracing::warn!(%error, namespace, name = job.name_any(), "could not record a Job Event");
-            }
+            self.record(&job, event).await;
         }
         Ok(true)
+    }
+
+    /// Records an Event about the Job (best effort: a lost Event is logged, never an error).
+    async fn record(&self, job: &Job, event: Event) {
+        if let Err(error) = self.recorder.publish(&event, &job.object_ref(&())).await {
+            tracing::warn!(%error, namespace = job.namespace(), name = job.name_any(), "could not record a Job Event");
+        }
     }
 
     /// Writes every Job whose ledger changed and whose last write is older than the interval,

@@ -236,3 +236,73 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
     connection.close(200, "OK".into()).await?;
     env.cleanup().await
 }
+
+/// Messages of `queue` not yet acknowledged (delivered to a consumer and held), from rabbitmqctl
+/// (AMQP has no way to ask).
+fn unacknowledged(queue: &str) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "--no-table-headers", "name", "messages_unacknowledged"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "rabbitmqctl list_queues: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(queue));
+    Ok(line.and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_status_the_api_server_refuses_is_stopped_and_no_other_job_waits_for_it() -> anyhow::Result<()> {
+    use warren_e2e::{OperatorOptions, free_port, http_get, sample};
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test reads the metrics of the operator process it started.");
+        return Ok(());
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::start_with("status-refused", OperatorOptions { metrics_addr: addr.clone(), ..OperatorOptions::default() }).await?;
+    env.create_pool("pool", serde_json::json!({
+        "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.02"]}, "replicas": 1, "concurrency": 4
+    }))
+    .await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+
+    // A Job just under what etcd stores (1.5 MiB): its spec fits, spec and any status do not.
+    // A probe of the same shape measures what the server adds (metadata, managed fields).
+    const LIMIT: usize = 1_572_864;
+    let items = |bytes: usize| -> serde_json::Value {
+        let per_item = bytes / 7;
+        serde_json::json!((0..7).map(|i| serde_json::json!({"i": i, "pad": "x".repeat(per_item)})).collect::<Vec<_>>())
+    };
+    let probe = env.create_job("big-p", serde_json::json!({"poolRef": "absent", "items": items(700_000)})).await?;
+    let probe_size = serde_json::to_vec(&probe)?.len();
+    env.jobs().delete("big-p", &Default::default()).await?;
+    let padding = 700_000 + (LIMIT - 400 - probe_size);
+    let big = env.create_job("big-a", serde_json::json!({"poolRef": "pool", "items": items(padding)})).await?;
+    let big_size = serde_json::to_vec(&big)?.len();
+    assert!(big_size <= LIMIT && big_size + 400 > LIMIT - 100, "the Job is {big_size} bytes, just under {LIMIT}");
+    env.create_job("small", serde_json::json!({"poolRef": "pool", "completions": 200})).await?;
+
+    // The refused Job says why, in an Event (its status cannot hold it).
+    let events = env
+        .wait_events("big-a", Duration::from_secs(120), |seen| seen.iter().any(|(_, _, reason)| reason == "StatusTooLarge"))
+        .await?;
+    assert!(events.iter().any(|e| e == &("Warning".into(), "Fail".into(), "StatusTooLarge".into())), "{events:?}");
+    // The other Job runs to the end, exact.
+    let small = env.wait_job("small", Duration::from_secs(180), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let status = small.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.succeeded_indexes.as_str()), (JobPhase::Succeeded, 200, "0-199"));
+
+    let (_, metrics) = http_get(&addr, "/metrics").await?;
+    let refused = sample(&metrics, r#"warren_operator_status_write_errors_total{kind="Job",reason="RequestEntityTooLarge"}"#);
+    assert!(refused.is_some_and(|n| n >= 2.0), "the full and the compacted status were refused: {refused:?}");
+    // Every report was acknowledged: none is held back behind the refused Job's.
+    let queue = env.reports_queue();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ready, held) = (env.queue_depth(&queue).await?, unacknowledged(&queue)?);
+        if ready == 0 && held == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{queue}: {ready} ready, {held} unacknowledged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.cleanup().await
+}

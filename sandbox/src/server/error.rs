@@ -86,6 +86,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: u64, oldest: u64 },
+    /// An object over what etcd stores (`--max-request-bytes`, 1.5 MiB by default): a real API
+    /// server answers 413 (older ones a 500 with the same message).
+    #[error("etcdserver: request is too large")]
+    RequestEntityTooLarge,
     #[error("{0}")]
     Internal(String),
 }
@@ -119,6 +123,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Expired { .. } => 410,
+            ApiError::RequestEntityTooLarge => 413,
             ApiError::Internal(_) => 500,
         }
     }
@@ -134,6 +139,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Expired { .. } => "Expired",
+            ApiError::RequestEntityTooLarge => "RequestEntityTooLarge",
             ApiError::Internal(_) => "InternalError",
         }
     }

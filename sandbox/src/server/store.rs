@@ -124,6 +124,15 @@ fn key(ns: Option<&str>, name: &str) -> ObjKey {
     (ns.unwrap_or_default().to_string(), name.to_string())
 }
 
+/// etcd's default `--max-request-bytes` (1.5 MiB): the largest object a default cluster stores.
+/// Custom resources are stored as JSON, so their JSON size is what counts.
+pub const MAX_STORED_OBJECT_BYTES: usize = 1_572_864;
+
+fn check_stored_size(obj: &Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(obj).map_or(usize::MAX, |v| v.len());
+    if size > MAX_STORED_OBJECT_BYTES { Err(ApiError::RequestEntityTooLarge) } else { Ok(()) }
+}
+
 fn unknown_resource() -> ApiError {
     ApiError::NotFoundMessage {
         message: "the server could not find the requested resource".into(),
@@ -305,6 +314,7 @@ impl Store {
                 created: false,
             });
         }
+        check_stored_size(&next)?;
         let stored = st.insert(gr, k, next, EventKind::Modified);
         Ok(Written {
             object: present(stored, &rt, &id.version),
@@ -526,6 +536,7 @@ impl State {
         if gr == GroupResource::new("", "namespaces") && obj.pointer("/status/phase").is_none() {
             obj["status"] = json!({"phase": "Active"});
         }
+        check_stored_size(&obj)?;
         Ok(self.insert(gr, k, obj, EventKind::Added))
     }
 
@@ -652,6 +663,22 @@ mod tests {
         let names: Vec<&str> = items.iter().map(|o| meta_str(o, "name")).collect();
         assert_eq!(names, vec!["default", "kube-system"]);
         assert_eq!(rv, 2);
+    }
+
+    #[test]
+    fn objects_over_the_etcd_limit_are_refused_with_413_on_create_and_update() {
+        let s = Store::new(10);
+        let big = "x".repeat(MAX_STORED_OBJECT_BYTES);
+        let e = s.create(&cm(), Some("default"), json!({"metadata": {"name": "big"}, "data": {"k": big}}), "t").unwrap_err();
+        assert_eq!((e.code(), e.reason(), e.to_string().as_str()), (413, "RequestEntityTooLarge", "etcdserver: request is too large"));
+        s.create(&cm(), Some("default"), json!({"metadata": {"name": "small"}, "data": {"k": "v"}}), "t").unwrap();
+        let e = s
+            .update(&cm(), Some("default"), "small", Subresource::Main, "t", |_| {
+                Ok(Change::Replace(json!({"metadata": {"name": "small"}, "data": {"k": big}})))
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), 413);
+        assert_eq!(s.get(&cm(), Some("default"), "small").unwrap()["data"]["k"], "v", "the stored object is unchanged");
     }
 
     #[test]

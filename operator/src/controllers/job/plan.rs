@@ -12,6 +12,9 @@ use crate::ledger::Ledger;
 pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
 /// Condition reason of a fail-fast Job with more failed tasks than its failure policy allows.
 pub const MAX_FAILED_TASKS_EXCEEDED: &str = "MaxFailedTasksExceeded";
+/// Reason of a Job stopped because the API server refused its status for good (too large, or
+/// invalid): its remaining tasks are cancelled, and a compacted status is written instead.
+pub const STATUS_TOO_LARGE: &str = "StatusTooLarge";
 
 /// Largest serialized payload of one task. RabbitMQ handles more, but a task queue is no place
 /// for bulk data: pass a reference (URL, object key) instead.

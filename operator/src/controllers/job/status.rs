@@ -179,11 +179,38 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
     }
 }
 
+/// Most bytes of each index list (`succeededIndexes`, `failedIndexes`) in a compacted status.
+pub const COMPACT_INDEXES_BYTES: usize = 1024;
+
+/// The status written instead of `status` once the API server refused it for good: counts,
+/// phase, conditions and the termination kept; the per-index lists cut to their first
+/// [`COMPACT_INDEXES_BYTES`] (at a range boundary, so they still parse), the per-index maps of
+/// the ledger, the progress message and the result dropped. Pure.
+pub fn compacted(mut status: JobStatus) -> JobStatus {
+    for list in [&mut status.succeeded_indexes, &mut status.failed_indexes] {
+        if list.len() > COMPACT_INDEXES_BYTES {
+            let cut = list[..=COMPACT_INDEXES_BYTES].rfind(',').unwrap_or(0);
+            list.truncate(cut);
+        }
+    }
+    if let Some(ledger) = status.ledger.as_mut() {
+        ledger.retrying_attempts.clear();
+        ledger.replay_generations.clear();
+        ledger.dropped_attempts.clear();
+    }
+    if let Some(progress) = status.progress.as_mut() {
+        progress.message = None;
+    }
+    status.result = None;
+    status
+}
+
 /// Condition reasons are `&'static str`: map a persisted termination reason onto its constant.
 fn termination_reason(reason: &str) -> &'static str {
     match reason {
         super::plan::DEADLINE_EXCEEDED => super::plan::DEADLINE_EXCEEDED,
         super::plan::MAX_FAILED_TASKS_EXCEEDED => super::plan::MAX_FAILED_TASKS_EXCEEDED,
+        super::plan::STATUS_TOO_LARGE => super::plan::STATUS_TOO_LARGE,
         _ => "Terminated",
     }
 }
@@ -202,6 +229,39 @@ mod tests {
     }
     fn now() -> Time {
         Time(jiff::Timestamp::from_second(1_000).unwrap())
+    }
+
+    #[test]
+    fn a_compacted_status_keeps_counts_and_termination_and_cuts_lists_at_a_range_boundary() {
+        let every_other: std::collections::BTreeSet<u32> = (0..20_000).step_by(2).collect();
+        let mut status = JobStatus {
+            phase: JobPhase::Failed,
+            succeeded: 10_000,
+            succeeded_indexes: ranges::format(&every_other),
+            failed_indexes: "1".into(),
+            progress: Some(JobProgress { percent: 50, message: Some("m".repeat(500)) }),
+            result: Some(serde_json::json!({"big": "x"})),
+            ledger: Some(crate::crd::LedgerSnapshot {
+                finished_retries: 7,
+                retrying_attempts: (0..1000).map(|i| (i.to_string(), 2)).collect(),
+                terminated: Some(crate::crd::Termination { reason: super::super::plan::STATUS_TOO_LARGE.into(), message: "m".into(), at_ms: 1 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        status.total = 20_000;
+        let compact = compacted(status.clone());
+        assert!(compact.succeeded_indexes.len() <= COMPACT_INDEXES_BYTES, "{}", compact.succeeded_indexes.len());
+        assert!(status.succeeded_indexes.starts_with(&format!("{},", compact.succeeded_indexes)));
+        let kept = ranges::parse(&compact.succeeded_indexes).expect("still a valid list");
+        assert!(kept.iter().all(|i| i % 2 == 0) && kept.len() > 100);
+        assert_eq!(compact.failed_indexes, "1", "a short list is kept whole");
+        assert_eq!((compact.phase, compact.succeeded, compact.total), (JobPhase::Failed, 10_000, 20_000));
+        let ledger = compact.ledger.as_ref().unwrap();
+        assert_eq!((ledger.finished_retries, ledger.retrying_attempts.len()), (7, 0));
+        assert_eq!(ledger.terminated, status.ledger.as_ref().unwrap().terminated);
+        assert_eq!((compact.progress, compact.result), (Some(JobProgress { percent: 50, message: None }), None));
+        assert!(serde_json::to_vec(&compacted(status)).unwrap().len() < 4 * 1024);
     }
     fn done(index: u32) -> TaskEvent {
         TaskEvent {
