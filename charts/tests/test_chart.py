@@ -31,6 +31,7 @@ DEFAULT = {"rabbitmq": {"url": URL}}
 FULL = {
     "replicaCount": 2,
     "watchNamespace": "media",
+    "maxJobBytes": 5000000000,
     "rabbitmq": {"existingSecret": "rabbitmq-credentials", "secretKey": "amqp-uri", "workerSecretKey": "worker-uri"},
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
@@ -232,6 +233,7 @@ def test_default_install(chart):
     assert env["WARREN_AMQP_URL"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "url"}
     assert "WARREN_WORKER_AMQP_URL" not in env, "workers default to the operator's URI"
     assert "WARREN_LEADER_ELECTION" not in env and "WARREN_WATCH_NAMESPACE" not in env
+    assert env["WARREN_MAX_JOB_BYTES"]["value"] == "1073741824", "1 GiB of task payload per Job"
     assert not find(objects, "Role") and not find(objects, "PodDisruptionBudget")
     service = one(objects, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}]
@@ -267,6 +269,7 @@ def test_non_default_install(chart):
     assert env["WARREN_AMQP_URL"]["valueFrom"]["secretKeyRef"] == {"name": "rabbitmq-credentials", "key": "amqp-uri"}
     assert env["WARREN_WORKER_AMQP_URL"]["valueFrom"]["secretKeyRef"] == {"name": "rabbitmq-credentials", "key": "worker-uri"}
     assert env["WARREN_WATCH_NAMESPACE"]["value"] == "media"
+    assert env["WARREN_MAX_JOB_BYTES"]["value"] == "5000000000"
     assert env["WARREN_LEASE_NAME"]["value"] == "warren-operator"
     assert env["WARREN_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["EXTRA"]["value"] == "1"

@@ -59,6 +59,11 @@ async fn invalid_numbers_are_rejected_by_the_api_server_with_the_field_named() -
             serde_json::json!({"poolRef": "p", "payload": 1, "items": [1]}),
             "Job.warren.dev \"both-inputs\" is invalid: spec: Invalid value: \"object\": set either items or payload, not both",
         ),
+        (
+            "long-strings",
+            serde_json::json!({"poolRef": "p", "priority": "p".repeat(33), "taskType": "t".repeat(254)}),
+            "Job.warren.dev \"long-strings\" is invalid: [spec.priority: Too long: may not be more than 32 bytes, spec.taskType: Too long: may not be more than 253 bytes, <nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        ),
     ];
     for (name, spec, message) in cases {
         let (code, got) = refused(&env, name, spec).await?;
@@ -103,6 +108,14 @@ async fn oversized_payloads_and_bad_durations_fail_the_job_with_a_clear_conditio
                 "payload is {} bytes, over the limit of 262144 bytes per task; pass a reference to the data instead",
                 300 * 1024 + 2
             ),
+        ),
+        (
+            // 1,000,000 tasks of a 2 KiB payload: 2 GB on the broker, over the default 1 GiB.
+            "two-gigabytes",
+            serde_json::json!({"poolRef": "pool", "completions": 1_000_000, "payload": "x".repeat(2046)}),
+            "the Job's tasks carry 2048000000 bytes of payload in all, over the operator's limit of 1073741824 bytes \
+             (--max-job-bytes); split the Job or pass references to the data"
+                .to_string(),
         ),
         (
             "bad-delay",

@@ -23,6 +23,10 @@ struct Args {
     /// Tasks per confirmed publish batch.
     #[arg(long, default_value_t = 500)]
     publish_batch: u32,
+    /// Most bytes of task payload one Job may put on the broker in all (completions × payload,
+    /// or the items together); a larger Job fails with reason InvalidSpec naming the limit.
+    #[arg(long, env = "WARREN_MAX_JOB_BYTES", default_value_t = warren_operator::controllers::job::plan::DEFAULT_MAX_JOB_BYTES)]
+    max_job_bytes: u64,
     /// Minimum milliseconds between two status writes of one Job.
     #[arg(long, default_value_t = 1000)]
     status_interval_ms: u64,
@@ -91,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         leader_election,
         worker_amqp_url: args.worker_amqp_url.unwrap_or_else(|| args.amqp_url.clone()),
         amqp_url: args.amqp_url,
-        publish_batch: args.publish_batch,
+        limits: warren_operator::controllers::job::plan::Limits { publish_batch: args.publish_batch, max_job_bytes: args.max_job_bytes },
         status_interval: Duration::from_millis(args.status_interval_ms),
         reports_queue: args.reports_queue,
     };

@@ -31,8 +31,8 @@ pub struct Config {
     pub amqp_url: String,
     /// AMQP URI given to worker pods (the same broker, as seen from the pods).
     pub worker_amqp_url: String,
-    /// Tasks per confirmed publish batch.
-    pub publish_batch: u32,
+    /// Tasks per confirmed publish batch, and the most bytes of payload one Job may enqueue.
+    pub limits: job::plan::Limits,
     /// Minimum time between two status writes of one Job.
     pub status_interval: Duration,
     /// Queue the workers report to; one per Warren installation on a broker (vhost).
@@ -55,7 +55,7 @@ impl Default for Config {
         Self {
             amqp_url: url.clone(),
             worker_amqp_url: url,
-            publish_batch: 500,
+            limits: job::plan::Limits::default(),
             status_interval: Duration::from_secs(1),
             reports_queue: warren_protocol::names::REPORTS_QUEUE.to_string(),
             watch_namespace: None,

@@ -37,6 +37,7 @@ pub struct JobSpec {
     pub pool_ref: String,
     /// Priority class, one of the pool's `priorities`. Default `normal`.
     #[serde(default = "default_priority")]
+    #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("priority is immutable"))]
     pub priority: String,
     /// The input of a single task, or the shared input of `completions` tasks. Any JSON.
@@ -53,6 +54,7 @@ pub struct JobSpec {
     pub completions: Option<u32>,
     /// Selects the handler in SDK workers that register several task types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub task_type: Option<String>,
     /// Retry policy; fields set here override the pool's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -220,18 +220,21 @@ pub struct PriorityBacklog {
 pub struct WorkerTemplate {
     /// Container image. The default `warren-worker` runs `handler` once per task.
     #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 1024))]
     pub image: String,
     /// Container entrypoint override, for images built on the Rust SDK. Default: the image's
     /// `warren-worker` entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 16384)))]
     pub command: Option<Vec<String>>,
     /// The command `warren-worker` runs per task: payload on stdin, task facts in `WARREN_*`
     /// environment variables, exit code 0 = success, 65 = permanent failure, other = retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 16384)))]
     pub handler: Option<Vec<String>>,
     /// Extra environment variables of the worker container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub env: Vec<EnvVar>,
     /// Compute resources of the worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -111,6 +111,7 @@ pub struct JobTemplate {
     pub pool_ref: String,
     /// Priority class, one of the pool's. Default `normal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
     pub priority: Option<String>,
     /// The task's input. Any JSON; strings may contain `{{steps.<name>.result.<path>}}`: a string
     /// that is only the template takes the result's JSON value (number, object, ...), a
@@ -133,6 +134,7 @@ pub struct JobTemplate {
     pub completions: Option<u32>,
     /// Selects the handler in SDK workers that register several task types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub task_type: Option<String>,
     /// Retry policy; fields set here override the pool's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

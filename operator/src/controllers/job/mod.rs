@@ -157,7 +157,7 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
         if let Some((published, _)) = &unconfirmed {
             observed.enqueued = observed.enqueued.max(published.end);
         }
-        let next = plan::plan(&job, pool.as_deref(), earlier, &observed, ctx.config.publish_batch, now);
+        let next = plan::plan(&job, pool.as_deref(), earlier, &observed, &ctx.config.limits, now);
         if !matches!(next, Plan::Publish { .. }) {
             if let Some((published, confirms)) = unconfirmed.take() {
                 // Settle the batch in flight, then decide again on the confirmed watermark.

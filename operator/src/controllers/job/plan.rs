@@ -20,6 +20,26 @@ pub const STATUS_TOO_LARGE: &str = "StatusTooLarge";
 /// for bulk data: pass a reference (URL, object key) instead.
 pub const MAX_TASK_PAYLOAD_BYTES: usize = 256 * 1024;
 
+/// Default of the most bytes one Job may put on the broker (every task's payload together):
+/// 1 GiB. A million tasks of a 256 KiB payload would be 256 GB in the queues (RabbitMQ's memory
+/// and disk alarms stop every publisher on the broker long before).
+pub const DEFAULT_MAX_JOB_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// The operator's limits the plan applies (`--publish-batch`, `--max-job-bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Tasks per confirmed publish batch.
+    pub publish_batch: u32,
+    /// Most bytes of task payloads one Job may enqueue in all.
+    pub max_job_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { publish_batch: 500, max_job_bytes: DEFAULT_MAX_JOB_BYTES }
+    }
+}
+
 /// Why a Job cannot be enqueued (yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Blocker {
@@ -116,10 +136,11 @@ pub fn plan(
     pool: Option<&WorkerPool>,
     earlier: Option<&Job>,
     observed: &Observed,
-    batch_size: u32,
+    limits: &Limits,
     now_ms: u64,
 ) -> Plan {
-    if let Err(message) = validate(job) {
+    let batch_size = limits.publish_batch;
+    if let Err(message) = validate(job, limits.max_job_bytes) {
         return Plan::Blocked(Blocker::InvalidSpec(message));
     }
     let total = job.task_count();
@@ -263,7 +284,7 @@ fn pool_is_ready(pool: &WorkerPool) -> bool {
 }
 
 /// Checks what the schema cannot: payload sizes.
-pub fn validate(job: &Job) -> Result<(), String> {
+pub fn validate(job: &Job, max_job_bytes: u64) -> Result<(), String> {
     let too_big = |what: String, value: &serde_json::Value| {
         let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
         (size > MAX_TASK_PAYLOAD_BYTES).then(|| {
@@ -275,10 +296,22 @@ pub fn validate(job: &Job) -> Result<(), String> {
             return Err(message);
         }
     }
+    let mut total: u64 = 0;
     for (i, item) in job.spec.items.iter().flatten().enumerate() {
         if let Some(message) = too_big(format!("items[{i}]"), item) {
             return Err(message);
         }
+        total += serde_json::to_vec(item).map_or(u64::MAX, |v| v.len() as u64);
+    }
+    if let (Some(payload), Some(completions)) = (&job.spec.payload, job.spec.completions) {
+        let size = serde_json::to_vec(payload).map_or(u64::MAX, |v| v.len() as u64);
+        total = size.saturating_mul(u64::from(completions));
+    }
+    if total > max_job_bytes {
+        return Err(format!(
+            "the Job's tasks carry {total} bytes of payload in all, over the operator's limit of {max_job_bytes} bytes \
+             (--max-job-bytes); split the Job or pass references to the data"
+        ));
     }
     Ok(())
 }
@@ -381,27 +414,27 @@ mod tests {
     #[test]
     fn waits_for_a_missing_or_unready_pool() {
         let j = job(serde_json::json!({"poolRef": "p", "completions": 3}));
-        match plan(&j, None, None, &obs(0), 100, NOW) {
+        match plan(&j, None, None, &obs(0), &limits(100), NOW) {
             Plan::Blocked(b) => {
                 assert_eq!(b.reason(), "PoolNotFound");
                 assert!(b.message().contains("\"p\" not found"), "{}", b.message());
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(plan(&j, Some(&pool(false)), None, &obs(0), 100, NOW), Plan::Blocked(Blocker::PoolNotReady(_))));
+        assert!(matches!(plan(&j, Some(&pool(false)), None, &obs(0), &limits(100), NOW), Plan::Blocked(Blocker::PoolNotReady(_))));
     }
 
     #[test]
     fn publishes_in_batches_from_the_watermark() {
         let j = job(serde_json::json!({"poolRef": "p", "completions": 250}));
         let p = pool(true);
-        let batch = |enqueued| match plan(&j, Some(&p), None, &obs(enqueued), 100, NOW) {
+        let batch = |enqueued| match plan(&j, Some(&p), None, &obs(enqueued), &limits(100), NOW) {
             Plan::Publish { indexes, .. } => Some(indexes),
             _ => None,
         };
         assert_eq!(batch(0), Some(0..100));
         assert_eq!(batch(200), Some(200..250));
-        assert_eq!(plan(&j, Some(&p), None, &obs(250), 100, NOW), Plan::Follow { wake_in_ms: None });
+        assert_eq!(plan(&j, Some(&p), None, &obs(250), &limits(100), NOW), Plan::Follow { wake_in_ms: None });
     }
 
     #[test]
@@ -440,13 +473,13 @@ mod tests {
             ("terminated is final", with(serde_json::json!({"activeDeadlineSeconds": 5})), Observed { terminated: true, ..started(10, 3, 0) }, "Follow { wake_in_ms: None }".into()),
         ];
         for (name, j, observed, want) in cases {
-            assert_eq!(reason(plan(&j, Some(&p), None, &observed, 100, NOW)), want, "{name}");
+            assert_eq!(reason(plan(&j, Some(&p), None, &observed, &limits(100), NOW)), want, "{name}");
         }
         // The deadline also ends a Job that waits for its pool, and bounds the wait.
         let waiting = with(serde_json::json!({"activeDeadlineSeconds": 5}));
-        assert!(reason(plan(&waiting, None, None, &started(0, 0, 0), 100, NOW)).starts_with("DeadlineExceeded: "));
+        assert!(reason(plan(&waiting, None, None, &started(0, 0, 0), &limits(100), NOW)).starts_with("DeadlineExceeded: "));
         let patient = with(serde_json::json!({"activeDeadlineSeconds": 60}));
-        assert!(matches!(plan(&patient, None, None, &started(0, 0, 0), 100, NOW), Plan::Blocked(Blocker::PoolNotFound(_))));
+        assert!(matches!(plan(&patient, None, None, &started(0, 0, 0), &limits(100), NOW), Plan::Blocked(Blocker::PoolNotFound(_))));
         assert_eq!(deadline_in_ms(&patient, &started(0, 0, 0), NOW), Some(55_000));
         assert_eq!(deadline_in_ms(&patient, &Observed::default(), NOW), None, "no clock yet");
     }
@@ -455,13 +488,13 @@ mod tests {
     fn a_resumed_job_republishes_its_dropped_tasks_with_their_attempts() {
         let j = job(serde_json::json!({"poolRef": "p", "completions": 5}));
         let observed = Observed { dropped: vec![(1, 1), (3, 2), (4, 1)], ..obs(5) };
-        match plan(&j, Some(&pool(true)), None, &observed, 2, NOW) {
+        match plan(&j, Some(&pool(true)), None, &observed, &limits(2), NOW) {
             Plan::Republish { tasks, .. } => assert_eq!(tasks, vec![(1, 1), (3, 2)]),
             other => panic!("{other:?}"),
         }
         // Not while suspended.
         let suspended = job(serde_json::json!({"poolRef": "p", "completions": 5, "suspend": true}));
-        assert_eq!(plan(&suspended, Some(&pool(true)), None, &observed, 2, NOW), Plan::Suspended);
+        assert_eq!(plan(&suspended, Some(&pool(true)), None, &observed, &limits(2), NOW), Plan::Suspended);
     }
 
     #[test]
@@ -493,7 +526,7 @@ mod tests {
         assert_eq!(holder(&a, &[&a, &started_c], None).as_deref(), Some("uid-c"));
         let mut original = a.clone();
         original.status = Some(crate::crd::JobStatus { phase: JobPhase::Running, ..Default::default() });
-        match plan(&b, Some(&pool(true)), Some(&original), &obs(0), 10, NOW) {
+        match plan(&b, Some(&pool(true)), Some(&original), &obs(0), &limits(10), NOW) {
             Plan::Blocked(Blocker::DuplicateOf(message, phase)) => {
                 assert_eq!(message, "idempotencyKey \"k\" is held by Job a (created earlier); this Job does not run and mirrors its phase");
                 assert_eq!(phase, JobPhase::Running);
@@ -501,7 +534,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A Job that already enqueued is never turned into a duplicate.
-        assert!(matches!(plan(&b, Some(&pool(true)), Some(&original), &obs(1), 10, NOW), Plan::Follow { .. }));
+        assert!(matches!(plan(&b, Some(&pool(true)), Some(&original), &obs(1), &limits(10), NOW), Plan::Follow { .. }));
         // A duplicate stays one after the original is gone.
         let mut marked = b.clone();
         marked.status = Some(crate::crd::JobStatus {
@@ -519,7 +552,7 @@ mod tests {
         assert!(is_duplicate(&marked));
         assert_eq!(holder(&c, &[&marked, &c], None).as_deref(), Some("uid-c"), "a duplicate does not hold the key");
         assert_eq!(
-            plan(&marked, Some(&pool(true)), None, &obs(0), 10, NOW),
+            plan(&marked, Some(&pool(true)), None, &obs(0), &limits(10), NOW),
             Plan::Blocked(Blocker::DuplicateOf("held by a".into(), JobPhase::Succeeded))
         );
     }
@@ -527,7 +560,7 @@ mod tests {
     #[test]
     fn rejects_priorities_the_pool_does_not_serve() {
         let j = job(serde_json::json!({"poolRef": "p", "priority": "urgent"}));
-        match plan(&j, Some(&pool(true)), None, &obs(0), 10, NOW) {
+        match plan(&j, Some(&pool(true)), None, &obs(0), &limits(10), NOW) {
             Plan::Blocked(b) => assert_eq!(
                 b.message(),
                 "priority \"urgent\" is not served by WorkerPool \"p\" (it serves high, normal, low)"
@@ -536,11 +569,35 @@ mod tests {
         }
     }
 
+    fn limits(publish_batch: u32) -> Limits {
+        Limits { publish_batch, ..Limits::default() }
+    }
+
+    #[test]
+    fn a_job_over_the_total_payload_limit_is_invalid_and_names_the_limit() {
+        let payload = serde_json::json!({"blob": "x".repeat(1000)}); // 1,011 bytes
+        let tight = Limits { publish_batch: 10, max_job_bytes: 1_000_000 };
+        let cases = [
+            (serde_json::json!({"poolRef": "p", "payload": payload, "completions": 989}), None),
+            (serde_json::json!({"poolRef": "p", "payload": payload, "completions": 990}), Some("the Job's tasks carry 1000890 bytes of payload in all, over the operator's limit of 1000000 bytes")),
+            (serde_json::json!({"poolRef": "p", "items": vec![payload.clone(); 990]}), Some("the Job's tasks carry 1000890 bytes")),
+        ];
+        for (spec, refused) in cases {
+            let j = job(spec);
+            match (plan(&j, Some(&pool(true)), None, &obs(0), &tight, NOW), refused) {
+                (Plan::Blocked(Blocker::InvalidSpec(m)), Some(prefix)) => assert!(m.starts_with(prefix), "{m}"),
+                (Plan::Blocked(Blocker::InvalidSpec(m)), None) => panic!("refused within the limit: {m}"),
+                (_, Some(prefix)) => panic!("accepted over the limit: {prefix}"),
+                (_, None) => {}
+            }
+        }
+    }
+
     #[test]
     fn rejects_oversized_payloads() {
         let big = "x".repeat(MAX_TASK_PAYLOAD_BYTES);
         let j = job(serde_json::json!({"poolRef": "p", "items": [1, big]}));
-        match plan(&j, Some(&pool(true)), None, &obs(0), 10, NOW) {
+        match plan(&j, Some(&pool(true)), None, &obs(0), &limits(10), NOW) {
             Plan::Blocked(Blocker::InvalidSpec(m)) => assert!(m.starts_with("items[1] is 262146 bytes"), "{m}"),
             other => panic!("{other:?}"),
         }
