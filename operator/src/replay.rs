@@ -28,6 +28,29 @@ pub struct Filter {
     pub job_uid: Option<String>,
     /// At most this many.
     pub limit: Option<u32>,
+    /// At most this many replayed tasks per second (none: as fast as the broker confirms).
+    pub rate: Option<u32>,
+}
+
+/// Replayed tasks per second of the replay annotation: a Job with 100,000 dead letters does not
+/// flood its pool's queue (and the workers' downstreams) at once.
+pub const ANNOTATION_REPLAY_RATE: u32 = 500;
+
+/// The exclusive queue whose holder is the one replay (or listing) of a pool's dead letters:
+/// two walks of one DLQ at once would each hold messages the other cannot see. The broker
+/// allows one connection to declare an exclusive queue and deletes it with that connection, so
+/// the lock holds across processes (operator, CLI) and is freed by a crash.
+pub fn replay_lock_queue(namespace: &str, pool: &str) -> String {
+    format!("{}.replay-lock", names::dead_letter_queue(namespace, pool))
+}
+
+/// When the `n`-th replayed task (0-based) may be published, at `rate` per second from `start`.
+/// Pure.
+pub fn paced(start: std::time::Duration, n: u32, rate: Option<u32>) -> std::time::Duration {
+    match rate {
+        Some(rate) if rate > 0 => start + std::time::Duration::from_secs_f64(f64::from(n) / f64::from(rate)),
+        _ => start,
+    }
 }
 
 /// What to do with one dead letter.
@@ -150,6 +173,8 @@ pub enum ReplayError {
     NoDeadLetterQueue { queue: String },
     #[error("RabbitMQ refused {what}: {source}")]
     Amqp { what: &'static str, source: lapin::Error },
+    #[error("another replay or listing of {queue} is running; try again when it is done")]
+    Busy { queue: String },
 }
 
 impl ReplayError {
@@ -159,6 +184,7 @@ impl ReplayError {
             ReplayError::Unreachable { .. } => "BrokerUnreachable",
             ReplayError::NoDeadLetterQueue { .. } => "NoDeadLetterQueue",
             ReplayError::Amqp { .. } => "BrokerRefused",
+            ReplayError::Busy { .. } => "ReplayBusy",
         }
     }
 }
@@ -167,8 +193,9 @@ fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> ReplayError {
     move |source| ReplayError::Amqp { what, source }
 }
 
-/// Opens a confirm-mode channel and returns the number of messages ready in the DLQ.
-async fn open(url: &str, dlq: &str) -> Result<(Connection, Channel, u32), ReplayError> {
+/// Opens a confirm-mode channel holding the pool's replay lock, and returns the number of
+/// messages ready in the DLQ.
+async fn open(url: &str, namespace: &str, pool: &str, dlq: &str) -> Result<(Connection, Channel, u32), ReplayError> {
     let props = ConnectionProperties::default().with_connection_name("warren-dlq".into());
     let connection = Connection::connect(url, props)
         .await
@@ -183,6 +210,14 @@ async fn open(url: &str, dlq: &str) -> Result<(Connection, Channel, u32), Replay
         Err(_) => return Err(ReplayError::NoDeadLetterQueue { queue: dlq.to_string() }),
     };
     let _ = probe.close(200, "OK".into()).await;
+    // A queue another connection declared exclusive answers RESOURCE_LOCKED and closes the
+    // channel: a throwaway one again.
+    let lock = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    if lock.queue_declare(replay_lock_queue(namespace, pool).as_str().into(), options, FieldTable::default()).await.is_err() {
+        let _ = connection.close(200, "OK".into()).await;
+        return Err(ReplayError::Busy { queue: dlq.to_string() });
+    }
     let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
     channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
     Ok((connection, channel, depth))
@@ -217,9 +252,10 @@ async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &str,
 pub async fn replay(url: &str, namespace: &str, pool: &str, filter: &Filter) -> Result<Summary, ReplayError> {
     let dlq = names::dead_letter_queue(namespace, pool);
     let exchange = names::pool_exchange(namespace, pool);
-    let (connection, channel, depth) = open(url, &dlq).await?;
+    let (connection, channel, depth) = open(url, namespace, pool, &dlq).await?;
     let mut summary = Summary::default();
     let mut last_kept = None;
+    let start = tokio::time::Instant::now();
     for _ in 0..depth {
         let Some(message) = channel
             .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
@@ -230,7 +266,10 @@ pub async fn replay(url: &str, namespace: &str, pool: &str, filter: &Filter) -> 
         };
         let tag = message.delivery.delivery_tag;
         match decide(&message.delivery.data, filter, summary.replayed) {
-            Decision::Replay { body, priority } => match publish_confirmed(&channel, &exchange, &priority, &body).await {
+            Decision::Replay { body, priority } => {
+                let due = paced(std::time::Duration::ZERO, summary.replayed + summary.failed, filter.rate);
+                tokio::time::sleep_until(start + due).await;
+                match publish_confirmed(&channel, &exchange, &priority, &body).await {
                 Ok(()) => {
                     channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(amqp("basic.ack"))?;
                     summary.replayed += 1;
@@ -241,7 +280,8 @@ pub async fn replay(url: &str, namespace: &str, pool: &str, filter: &Filter) -> 
                     summary.first_error.get_or_insert(error);
                     last_kept = Some(tag);
                 }
-            },
+                }
+            }
             Decision::Keep(KeepReason::NotATask(_)) => {
                 summary.not_tasks += 1;
                 last_kept = Some(tag);
@@ -268,7 +308,7 @@ pub async fn replay(url: &str, namespace: &str, pool: &str, filter: &Filter) -> 
 /// Lists the messages of the pool's dead-letter queue (they all stay there, in order).
 pub async fn list(url: &str, namespace: &str, pool: &str) -> Result<Vec<DeadLetter>, ReplayError> {
     let dlq = names::dead_letter_queue(namespace, pool);
-    let (connection, channel, depth) = open(url, &dlq).await?;
+    let (connection, channel, depth) = open(url, namespace, pool, &dlq).await?;
     let mut letters = Vec::new();
     let mut last = None;
     for _ in 0..depth {
@@ -353,5 +393,22 @@ mod tests {
         assert!(matches!(decide(&b, &only_uid_b, 0), Decision::Replay { .. }));
         assert!(matches!(decide(&b, &two, 1), Decision::Replay { .. }));
         assert_eq!(decide(&b, &two, 2), Decision::Keep(KeepReason::Limit));
+    }
+
+    #[test]
+    fn replays_are_paced_at_the_rate_from_the_start() {
+        use std::time::Duration;
+        let start = Duration::from_secs(10);
+        let cases = [
+            (0, Some(20), Duration::from_secs(10)),
+            (1, Some(20), Duration::from_millis(10_050)),
+            (40, Some(20), Duration::from_secs(12)),
+            (1_000, None, Duration::from_secs(10)),
+            (1_000, Some(0), Duration::from_secs(10)),
+        ];
+        for (n, rate, due) in cases {
+            assert_eq!(paced(start, n, rate), due, "{n} at {rate:?}/s");
+        }
+        assert_eq!(replay_lock_queue("ns", "pool"), "warren.ns.pool.dlq.replay-lock");
     }
 }

@@ -143,3 +143,76 @@ async fn the_replay_annotation_replays_the_jobs_dead_letters_and_is_recorded() -
     assert_eq!(env.queue_depth(&names::dead_letter_queue(&env.namespace, "pool")).await?, 0);
     env.cleanup().await
 }
+
+/// On the real broker, without Kubernetes: one replay of a pool at a time (a second one is told
+/// it is busy instead of walking the dead letters the first one holds), paced at `--rate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Result<()> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+    use warren_operator::replay::{self, Filter, ReplayError};
+    use warren_protocol::{JobRef, PROTOCOL_VERSION, RetryPolicy, TaskEnvelope};
+
+    let url = warren_e2e::amqp_url();
+    let namespace = format!("replay-lock-{:08x}", rand::random::<u32>());
+    let classes = vec!["normal".to_string()];
+    let connection = lapin::Connection::connect(&url, Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    warren_worker::topology::declare_pool(&channel, &namespace, "pool", &classes, &warren_worker::topology::WorkQueueArgs::of_type("classic")).await?;
+    let dlq = names::dead_letter_queue(&namespace, "pool");
+    const LETTERS: u32 = 40;
+    for index in 0..LETTERS {
+        let envelope = TaskEnvelope {
+            version: PROTOCOL_VERSION,
+            job: JobRef { namespace: namespace.clone(), name: "job".into(), uid: "6f1c0d2e-0000-4000-8000-00000000000a".into() },
+            index,
+            total: LETTERS,
+            attempt: 3,
+            priority: "normal".into(),
+            task_type: None,
+            payload: serde_json::json!({}),
+            idempotency_key: TaskEnvelope::idempotency_key_for("u", index),
+            retry: RetryPolicy::default(),
+            timeout_seconds: None,
+            replay: 0,
+        };
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        channel.basic_publish("".into(), dlq.as_str().into(), BasicPublishOptions::default(), &envelope.to_json(), props).await?.await?;
+    }
+
+    let started = std::time::Instant::now();
+    let paced = {
+        let (url, namespace) = (url.clone(), namespace.clone());
+        tokio::spawn(async move { replay::replay(&url, &namespace, "pool", &Filter { rate: Some(20), ..Filter::default() }).await })
+    };
+    // Once the first replay holds the pool, a second one (or a listing) is refused, not served
+    // a DLQ that looks empty.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = replay::replay(&url, &namespace, "pool", &Filter::default()).await;
+    assert!(matches!(second, Err(ReplayError::Busy { .. })), "{second:?}");
+    let listing = replay::list(&url, &namespace, "pool").await;
+    assert!(matches!(listing, Err(ReplayError::Busy { .. })), "{listing:?}");
+
+    let summary = paced.await??;
+    let elapsed = started.elapsed();
+    assert_eq!((summary.replayed, summary.failed, summary.kept), (LETTERS, 0, 0));
+    // 40 at 20 per second: the last one leaves 39/20 s after the first (a slower machine only
+    // takes longer).
+    assert!(elapsed >= Duration::from_millis(1_950), "40 replays at 20/s took {elapsed:?}");
+    let work_queue = names::work_queue(&namespace, "pool", "normal");
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let depth = channel.queue_declare(work_queue.as_str().into(), passive, Default::default()).await?.message_count();
+    assert_eq!(depth, LETTERS, "every dead letter is back in its queue");
+    // The lock went with the first replay's connection.
+    let again = replay::replay(&url, &namespace, "pool", &Filter::default()).await?;
+    assert_eq!(again.replayed, 0);
+
+    for queue in [work_queue, dlq] {
+        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    }
+    for exchange in [names::pool_exchange(&namespace, "pool"), warren_worker::topology::retry_exchange(&namespace, "pool")] {
+        channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+    }
+    connection.close(200, "OK".into()).await?;
+    Ok(())
+}

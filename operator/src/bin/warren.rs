@@ -59,6 +59,9 @@ enum DlqCommand {
         /// Replay at most this many tasks.
         #[arg(long)]
         limit: Option<u32>,
+        /// Replay at most this many tasks per second (default: as fast as the broker confirms).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
     },
 }
 
@@ -135,8 +138,8 @@ async fn dlq(command: DlqCommand) -> Result<(), warren_operator::replay::ReplayE
             }
             println!("{} dead letter(s) in {}", letters.len(), warren_protocol::names::dead_letter_queue(&target.namespace, &target.pool));
         }
-        DlqCommand::Replay { target, job, limit } => {
-            let filter = replay::Filter { job, limit, job_uid: None };
+        DlqCommand::Replay { target, job, limit, rate } => {
+            let filter = replay::Filter { job, limit, rate, job_uid: None };
             let s = replay::replay(&target.amqp_url, &target.namespace, &target.pool, &filter).await?;
             println!(
                 "replayed {} task(s); {} left in the dead-letter queue by the filter, {} not tasks, {} failed",

@@ -40,6 +40,8 @@ pub enum Error {
     MissingUid,
     #[error("replaying the Job's dead letters: {0}")]
     Replay(#[from] crate::replay::ReplayError),
+    #[error("replaying the Job's dead letters: {failed} could not be sent back (first: {error}); they stay in the dead-letter queue and are tried again")]
+    ReplayIncomplete { failed: u32, error: String },
     #[error("recording the Job's retry queues on its WorkerPool: {0}")]
     RecordRetryQueues(#[source] kube::Error),
     #[error("reading the Job's WorkerPool: {0}")]
@@ -55,6 +57,7 @@ impl Error {
             Error::RecordRetryQueues(_) => "RecordRetryQueuesFailed",
             Error::ReadPool(_) => "ReadPoolFailed",
             Error::Replay(e) => e.reason(),
+            Error::ReplayIncomplete { .. } => "ReplayIncomplete",
         }
     }
 }
@@ -117,9 +120,17 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     let job_ref = JobRef { namespace: namespace.clone(), name: job.name_any(), uid: uid.clone() };
     if let Some(token) = job.annotations().get(REPLAY_ANNOTATION) {
         if ctx.book.replayed_token(&uid).as_ref() != Some(token) {
-            let filter = crate::replay::Filter { job_uid: Some(uid.clone()), ..Default::default() };
+            let filter = crate::replay::Filter {
+                job_uid: Some(uid.clone()),
+                rate: Some(crate::replay::ANNOTATION_REPLAY_RATE),
+                ..Default::default()
+            };
             let summary = crate::replay::replay(&ctx.config.amqp_url, &namespace, &job.spec.pool_ref, &filter).await?;
             tracing::info!(token, replayed = summary.replayed, failed = summary.failed, "replayed the Job's dead letters (annotation)");
+            if let Some(error) = summary.first_error {
+                // Not recorded: the next reconcile (with backoff) replays what is left.
+                return Err(Error::ReplayIncomplete { failed: summary.failed, error });
+            }
             ctx.book.set_replayed_token(&uid, token);
             ctx.book.flush(&uid).await?;
         }
