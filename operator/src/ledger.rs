@@ -67,28 +67,26 @@ impl Ledger {
         let mut ledger = Self::new(total);
         let Some(status) = status else { return ledger };
         ledger.enqueued = status.enqueued.min(total);
-        ledger.succeeded = ranges::parse(&status.succeeded_indexes).unwrap_or_default();
-        ledger.failed = ranges::parse(&status.failed_indexes).unwrap_or_default();
+        ledger.succeeded = ranges::parse_below(&status.succeeded_indexes, total).unwrap_or_default();
+        ledger.failed = ranges::parse_below(&status.failed_indexes, total).unwrap_or_default();
         ledger.succeeded.retain(|i| *i < total);
         ledger.failed.retain(|i| *i < total && !ledger.succeeded.contains(i));
         if let Some(snapshot) = &status.ledger {
             ledger.finished_retries = snapshot.finished_retries;
-            ledger.retries_so_far = snapshot
-                .retrying_attempts
-                .iter()
-                .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
-                .filter(|(i, _)| !ledger.is_finished(*i))
-                .collect();
+            ledger.retries_so_far =
+                snapshot.retrying_attempts.0.iter().map(|(i, v)| (*i, *v)).filter(|(i, _)| !ledger.is_finished(*i)).collect();
             ledger.generations = snapshot
                 .replay_generations
+                .0
                 .iter()
-                .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+                .map(|(i, v)| (*i, *v))
                 .filter(|(i, _)| *i < total && !ledger.succeeded.contains(i))
                 .collect();
             ledger.dropped = snapshot
                 .dropped_attempts
+                .0
                 .iter()
-                .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+                .map(|(i, v)| (*i, *v))
                 .filter(|(i, _)| *i < total && !ledger.is_finished(*i))
                 .collect();
             ledger.active_since_ms = snapshot.active_since_ms;
@@ -104,19 +102,9 @@ impl Ledger {
     pub fn snapshot(&self) -> LedgerSnapshot {
         LedgerSnapshot {
             finished_retries: self.finished_retries,
-            retrying_attempts: self.retries_so_far.iter().map(|(i, n)| (i.to_string(), *n)).collect(),
-            replay_generations: self
-                .generations
-                .iter()
-                .filter(|(i, _)| !self.succeeded.contains(i))
-                .map(|(i, n)| (i.to_string(), *n))
-                .collect(),
-            dropped_attempts: self
-                .republishing
-                .iter()
-                .chain(self.dropped.iter())
-                .map(|(i, n)| (i.to_string(), *n))
-                .collect(),
+            retrying_attempts: self.retries_so_far.iter().map(|(i, n)| (*i, *n)).collect(),
+            replay_generations: self.generations.iter().filter(|(i, _)| !self.succeeded.contains(i)).map(|(i, n)| (*i, *n)).collect(),
+            dropped_attempts: self.republishing.iter().chain(self.dropped.iter()).map(|(i, n)| (*i, *n)).collect(),
             active_since_ms: self.active_since_ms,
             terminated: self.terminated.clone(),
         }
@@ -395,7 +383,7 @@ mod tests {
             ledger: Some(l.snapshot()),
             ..JobStatus::default()
         };
-        assert_eq!(status.ledger.as_ref().unwrap().replay_generations.get("1"), Some(&1));
+        assert_eq!(status.ledger.as_ref().unwrap().replay_generations.get(1), Some(1));
         let mut restored = Ledger::restore(2, Some(&status));
         assert!(!restored.apply(&dead(1, 1)), "a redelivered report of the dead-lettered run is stale");
         assert!(restored.apply(&replayed(1, ok(1, 1))));

@@ -23,8 +23,26 @@ pub fn format(indexes: &BTreeSet<u32>) -> String {
     out
 }
 
+/// [`format`] cut to at most about `max` characters at a range boundary, with `,…` when cut: for
+/// messages (a condition's text is for humans; the full list is in the status field).
+pub fn format_short(indexes: &BTreeSet<u32>, max: usize) -> String {
+    let mut text = format(indexes);
+    if text.len() > max {
+        let cut = text[..=max].rfind(',').unwrap_or(0);
+        text.truncate(cut);
+        text.push_str(",…");
+    }
+    text
+}
+
 /// Parses the form written by [`format`]. Whitespace around items is ignored.
 pub fn parse(text: &str) -> Result<BTreeSet<u32>, String> {
+    parse_below(text, u32::MAX)
+}
+
+/// Like [`parse`], keeping only indexes below `limit`: what a range spans past it costs nothing
+/// (a status edited by hand to `0-4294967295` must not expand to four billion entries).
+pub fn parse_below(text: &str, limit: u32) -> Result<BTreeSet<u32>, String> {
     let mut set = BTreeSet::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (lo, hi) = match part.split_once('-') {
@@ -36,7 +54,9 @@ pub fn parse(text: &str) -> Result<BTreeSet<u32>, String> {
         if hi < lo {
             return Err(format!("bad index range {part:?}: end before start"));
         }
-        set.extend(lo..=hi);
+        if lo < limit {
+            set.extend(lo..=hi.min(limit - 1));
+        }
     }
     Ok(set)
 }
@@ -71,5 +91,20 @@ mod tests {
         assert!(parse("a-b").is_err());
         assert!(parse("5-1").is_err());
         assert_eq!(parse(" 1 , 3-4 ").unwrap(), set(&[1, 3, 4]));
+    }
+
+    #[test]
+    fn short_forms_cut_at_a_range_boundary() {
+        let many: BTreeSet<u32> = (0..1000).step_by(2).collect();
+        let short = format_short(&many, 20);
+        assert_eq!(short, "0,2,4,6,8,10,12,14,…");
+        assert_eq!(format_short(&set(&[1, 2, 3]), 20), "1-3");
+    }
+
+    #[test]
+    fn parsing_below_a_limit_ignores_what_lies_past_it() {
+        assert_eq!(parse_below("0-4294967295", 3).unwrap(), set(&[0, 1, 2]));
+        assert_eq!(parse_below("1,5-9,2", 6).unwrap(), set(&[1, 2, 5]));
+        assert_eq!(parse_below("7", 3).unwrap(), set(&[]));
     }
 }

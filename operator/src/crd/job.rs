@@ -1,11 +1,9 @@
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::RetrySpec;
+use super::{IndexValues, RetrySpec};
 
 /// Work for a WorkerPool: one task (`payload`), one task per element of `items`, or
 /// `completions` indexed tasks sharing one payload.
@@ -245,16 +243,18 @@ pub struct LedgerSnapshot {
     /// Retries of tasks that have finished.
     #[serde(default)]
     pub finished_retries: u64,
-    /// Highest attempt heard of, per unfinished task index that was retried.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub retrying_attempts: BTreeMap<String, u32>,
-    /// Replay count per task index sent back from the dead-letter queue and not succeeded:
-    /// reports of an earlier run of such a task are stale.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub replay_generations: BTreeMap<String, u32>,
-    /// Attempt of each unfinished task a worker dropped because the Job was cancelled.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub dropped_attempts: BTreeMap<String, u32>,
+    /// Highest attempt heard of, per unfinished task index that was retried, grouped by
+    /// attempt: `{"2": "0-41,43"}`.
+    #[serde(default, skip_serializing_if = "IndexValues::is_empty")]
+    pub retrying_attempts: IndexValues,
+    /// Replay count per task index sent back from the dead-letter queue and not succeeded
+    /// (reports of an earlier run of such a task are stale), grouped by count.
+    #[serde(default, skip_serializing_if = "IndexValues::is_empty")]
+    pub replay_generations: IndexValues,
+    /// Attempt of each unfinished task a worker dropped because the Job was cancelled, grouped
+    /// by attempt.
+    #[serde(default, skip_serializing_if = "IndexValues::is_empty")]
+    pub dropped_attempts: IndexValues,
     /// Milliseconds since the epoch since which the Job is active (accepted, not suspended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_since_ms: Option<u64>,

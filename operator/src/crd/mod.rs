@@ -3,11 +3,13 @@
 //! Owns: field names, docs (`kubectl explain`), defaults, schema and CEL rules, printer columns.
 //! Must not: hold controller logic; everything here is plain data plus small pure helpers.
 
+mod index_values;
 mod job;
 mod retry;
 mod worker_pool;
 mod workflow;
 
+pub use index_values::IndexValues;
 pub use job::{FailurePolicy, Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot, Termination};
 pub use retry::{BackoffSpec, RetrySpec};
 pub use worker_pool::{

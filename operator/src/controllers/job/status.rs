@@ -104,7 +104,7 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
             "FailuresWithinPolicy",
             format!(
                 "{succeeded} tasks succeeded; {failed} failed (indexes {}), within failurePolicy.maxFailedTasks ({allowed})",
-                ranges::format(ledger.failed())
+                ranges::format_short(ledger.failed(), MESSAGE_INDEXES_CHARS)
             ),
         )),
         (JobPhase::Succeeded, _) => {
@@ -117,7 +117,7 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
                 "Failed",
                 true,
                 "TasksFailed",
-                format!("{failed} of {total} tasks failed (indexes {})", ranges::format(ledger.failed())),
+                format!("{failed} of {total} tasks failed (indexes {})", ranges::format_short(ledger.failed(), MESSAGE_INDEXES_CHARS)),
             )),
         },
         _ => {}
@@ -179,6 +179,10 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
     }
 }
 
+/// Most characters of the failed indexes quoted in a condition message (`failedIndexes` has them
+/// all): a million-task Job's message must not repeat a 70 KB list.
+pub const MESSAGE_INDEXES_CHARS: usize = 200;
+
 /// Most bytes of each index list (`succeededIndexes`, `failedIndexes`) in a compacted status.
 pub const COMPACT_INDEXES_BYTES: usize = 1024;
 
@@ -194,9 +198,9 @@ pub fn compacted(mut status: JobStatus) -> JobStatus {
         }
     }
     if let Some(ledger) = status.ledger.as_mut() {
-        ledger.retrying_attempts.clear();
-        ledger.replay_generations.clear();
-        ledger.dropped_attempts.clear();
+        ledger.retrying_attempts = Default::default();
+        ledger.replay_generations = Default::default();
+        ledger.dropped_attempts = Default::default();
     }
     if let Some(progress) = status.progress.as_mut() {
         progress.message = None;
@@ -243,7 +247,7 @@ mod tests {
             result: Some(serde_json::json!({"big": "x"})),
             ledger: Some(crate::crd::LedgerSnapshot {
                 finished_retries: 7,
-                retrying_attempts: (0..1000).map(|i| (i.to_string(), 2)).collect(),
+                retrying_attempts: (0..1000).map(|i| (i * 2, 2)).collect(),
                 terminated: Some(crate::crd::Termination { reason: super::super::plan::STATUS_TOO_LARGE.into(), message: "m".into(), at_ms: 1 }),
                 ..Default::default()
             }),
@@ -317,6 +321,62 @@ mod tests {
     fn dropped(index: u32) -> TaskEvent {
         TaskEvent { kind: TaskEventKind::Cancelled { reason: "suspended".into() }, ..done(index) }
     }
+    fn size_of(status: &JobStatus) -> usize {
+        serde_json::to_vec(status).unwrap().len()
+    }
+
+    #[test]
+    fn a_100000_task_job_suspended_mid_run_has_a_status_under_64_kib() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let n = 100_000;
+        let j = spec_job(serde_json::json!({"poolRef": "p", "completions": n, "suspend": true}));
+        let mut l = Ledger::new(n);
+        l.enqueued = n;
+        // 40 % done, in rough order with gaps; 1,000 tasks at random had failed attempts; the
+        // rest were dropped by the workers (queued) or cancelled (running) on the suspend.
+        for i in 0..n {
+            if rng.random_bool(0.01) {
+                l.apply(&TaskEvent { attempt: rng.random_range(2..=4), kind: TaskEventKind::Started, ..done(i) });
+            }
+        }
+        for i in (0..n).filter(|i| *i < 40_000 && !rng.random_bool(0.02)) {
+            l.apply(&done(i));
+        }
+        for i in 0..n {
+            l.apply(&TaskEvent { attempt: 1 + u32::from(rng.random_bool(0.01)), ..dropped(i) });
+        }
+        let status = desired(&j, &l, None, &now());
+        assert_eq!(status.phase, JobPhase::Suspended);
+        assert!(status.cancelled > 59_000, "{}", status.cancelled);
+        let size = size_of(&status);
+        eprintln!("suspended 100,000-task Job: status {size} bytes");
+        assert!(size <= 64 * 1024, "{size} bytes");
+        // And it restores exactly: the dropped tasks and their attempts come back.
+        let restored = Ledger::restore(n, Some(&status));
+        assert_eq!(restored.dropped().collect::<Vec<_>>(), l.dropped().collect::<Vec<_>>());
+        assert_eq!(restored.retries(), l.retries());
+    }
+
+    #[test]
+    fn a_1000000_task_job_with_1_percent_failed_at_random_has_a_status_under_256_kib() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let n = 1_000_000;
+        let j = job(n);
+        let mut l = Ledger::new(n);
+        l.enqueued = n;
+        for i in 0..n {
+            l.apply(&if rng.random_bool(0.01) { dead(i) } else { done(i) });
+        }
+        let status = desired(&j, &l, None, &now());
+        assert_eq!(status.phase, JobPhase::Failed);
+        assert!((9_000..11_000).contains(&status.failed), "{}", status.failed);
+        let size = size_of(&status);
+        eprintln!("1,000,000-task Job, {} failed at random: status {size} bytes", status.failed);
+        assert!(size <= 256 * 1024, "{size} bytes");
+    }
+
     fn cond<'a>(s: &'a JobStatus, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
         s.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
     }
