@@ -14,13 +14,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use warren_protocol::{CancelledJob, JobRef, TaskEvent, cancel_reason};
+use warren_protocol::{CancelledJob, JobRef, TaskEvent, WorkerId, cancel_reason};
 
 use crate::controllers::job::plan::{self, Blocker, Observed};
 use crate::controllers::job::status;
 use crate::crd::{Job, JobStatus, Termination};
 use crate::ledger::Ledger;
 use crate::metrics::{OutcomeDelta, PhaseLabels, PoolLabels};
+
+/// True when `worker` belongs to the Job's pool: the Job's namespace and `spec.poolRef`. Pure.
+fn reported_by_own_pool(job: &Job, worker: &WorkerId) -> bool {
+    job.namespace().as_deref() == Some(worker.namespace.as_str()) && job.spec.pool_ref == worker.pool
+}
 
 /// (succeeded, dead-lettered, retries) of a ledger.
 fn outcome_counts(ledger: &Ledger) -> (u64, u64, u64) {
@@ -77,6 +82,9 @@ pub enum Applied {
     Pending { uid: String, seq: u64 },
     /// The Job is not in the book.
     UnknownJob,
+    /// The reporting worker is not of the Job's pool (another namespace or pool): nothing is
+    /// folded. Only the Job's own pool runs its tasks.
+    Foreign,
 }
 
 pub struct JobBook {
@@ -185,10 +193,13 @@ impl JobBook {
         self.entries.lock().expect("book lock").remove(uid);
     }
 
-    /// Folds a worker's event into its Job's ledger.
-    pub fn apply(&self, event: &TaskEvent) -> Applied {
+    /// Folds an event that worker `from` reported into its Job's ledger.
+    pub fn apply(&self, event: &TaskEvent, from: &WorkerId) -> Applied {
         let mut entries = self.entries.lock().expect("book lock");
         let Some(entry) = entries.get_mut(&event.job.uid) else { return Applied::UnknownJob };
+        if !reported_by_own_pool(&entry.job, from) {
+            return Applied::Foreign;
+        }
         let before = outcome_counts(&entry.ledger);
         if entry.ledger.apply(event) {
             let delta = outcome_delta(before, outcome_counts(&entry.ledger));
@@ -535,6 +546,17 @@ impl JobBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_workers_of_the_jobs_own_pool_report_for_it() {
+        let spec = serde_json::from_value(serde_json::json!({"poolRef": "images", "completions": 1})).unwrap();
+        let mut job = Job::new("j", spec);
+        job.metadata.namespace = Some("media".into());
+        let worker = |namespace: &str, pool: &str| WorkerId { namespace: namespace.into(), pool: pool.into(), pod: "p-0".into() };
+        assert!(reported_by_own_pool(&job, &worker("media", "images")));
+        assert!(!reported_by_own_pool(&job, &worker("media", "videos")), "another pool of the namespace");
+        assert!(!reported_by_own_pool(&job, &worker("other", "images")), "a pool of the same name elsewhere");
+    }
 
     #[test]
     fn the_tombstone_set_is_bounded_and_forgets_the_soonest_expiring_first() {

@@ -197,7 +197,7 @@ impl Metrics {
         registry.register("report_events", "Task events received in worker reports; divided by report_messages, the batching factor", report_events.clone());
         registry.register(
             "reports_rejected",
-            "Worker reports dropped unapplied, by reason: whole messages (too_large, malformed, unknown_version, too_many_events, invalid_worker) or single events (invalid_job_ref, unknown_job, job_lookup_refused)",
+            "Worker reports dropped unapplied, by reason: whole messages (too_large, malformed, unknown_version, too_many_events, invalid_worker) or single events (invalid_job_ref, unknown_job, job_lookup_refused, foreign_job)",
             reports_rejected.clone(),
         );
         registry.register("jobs", "Jobs by phase", jobs.clone());

@@ -121,6 +121,9 @@ pub mod rejection {
     /// Looking the Job up was refused by the API server (e.g. a namespace the operator may not
     /// read): the event cannot be applied, and redelivering it would only be refused again.
     pub const JOB_LOOKUP_REFUSED: &str = "job_lookup_refused";
+    /// The reporting worker is not of the Job's pool (its namespace and `poolRef`): only the
+    /// Job's own workers receive its tasks, so such an event is forged or a bug.
+    pub const FOREIGN_JOB: &str = "foreign_job";
 }
 
 fn count_rejected(reason: &'static str, n: u64) {
@@ -157,9 +160,9 @@ async fn fold(body: &[u8], book: &JobBook, workers: &WorkerRegistry) -> Result<V
     metrics.report_messages.inc();
     metrics.report_events.inc_by(batch.events.len() as u64);
     let mut needs: Vec<(String, u64)> = Vec::new();
-    let (mut unknown, mut refused) = (0u64, 0u64);
+    let (mut unknown, mut refused, mut foreign) = (0u64, 0u64, 0u64);
     for event in &batch.events {
-        let mut applied = book.apply(event);
+        let mut applied = book.apply(event, &batch.worker);
         if applied == Applied::UnknownJob {
             let now_ms = jiff::Timestamp::now().as_millisecond() as u64;
             if book.is_buried(&event.job.uid, now_ms) {
@@ -189,15 +192,22 @@ async fn fold(body: &[u8], book: &JobBook, workers: &WorkerRegistry) -> Result<V
                 }
                 Err(error) => return Err(error),
             }
-            applied = book.apply(event);
+            applied = book.apply(event, &batch.worker);
         }
-        if let Applied::Pending { uid, seq } = applied {
-            match needs.iter_mut().find(|(u, _)| *u == uid) {
+        match applied {
+            Applied::Pending { uid, seq } => match needs.iter_mut().find(|(u, _)| *u == uid) {
                 Some(entry) => entry.1 = entry.1.max(seq),
                 None => needs.push((uid, seq)),
-            }
+            },
+            Applied::Foreign => foreign += 1,
+            Applied::UnknownJob => {}
         }
     }
+    if foreign > 0 {
+        let w = &batch.worker;
+        tracing::warn!(foreign, namespace = w.namespace, pool = w.pool, pod = w.pod, "dropping report events for Jobs of another pool");
+    }
+    count_rejected(rejection::FOREIGN_JOB, foreign);
     count_rejected(rejection::UNKNOWN_JOB, unknown);
     count_rejected(rejection::JOB_LOOKUP_REFUSED, refused);
     Ok(needs)

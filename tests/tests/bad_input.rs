@@ -172,6 +172,11 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
     let honest = env.create_job("honest", serde_json::json!({"poolRef": "pool", "completions": 300})).await?;
     let honest_uid = kube::ResourceExt::uid(&honest).expect("uid");
+    // A Job of a pool without workers: nothing runs its tasks, so nothing may say they succeeded.
+    env.create_pool("idle", serde_json::json!({"workers": {"handler": ["true"]}, "replicas": 0})).await?;
+    let waiting = env.create_job("waiting", serde_json::json!({"poolRef": "idle", "completions": 5})).await?;
+    let waiting_uid = kube::ResourceExt::uid(&waiting).expect("uid");
+    env.wait_job("waiting", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.enqueued == 5)).await?;
 
     let connection = lapin::Connection::connect(env.amqp_url(), Default::default()).await?;
     let channel = connection.create_channel().await?;
@@ -203,6 +208,13 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
             {"job": {"namespace": ns, "name": "honest", "uid": ghost}, "events": (0..300).map(succeeded).collect::<Vec<_>>()}]))),
         ("a Job that never existed", report(serde_json::json!([
             {"job": {"namespace": ns, "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000002"}, "events": [succeeded(0), succeeded(1)]}]))),
+        // Workers of another pool, or of a pool of the same name in another namespace, claim the
+        // idle pool's tasks: only a Job's own pool runs them.
+        ("another pool's worker", report(serde_json::json!([
+            {"job": {"namespace": ns, "name": "waiting", "uid": waiting_uid}, "events": (0..5).map(succeeded).collect::<Vec<_>>()}]))),
+        ("another namespace's worker", serde_json::to_vec(&serde_json::json!({
+            "version": 1, "worker": {"namespace": "elsewhere", "pool": "idle", "pod": "idle-0"}, "sentAtMs": 1,
+            "jobs": [{"job": {"namespace": ns, "name": "waiting", "uid": waiting_uid}, "events": (0..5).map(succeeded).collect::<Vec<_>>()}]}))?),
         ("a namespace that does not exist", report(serde_json::json!([
             {"job": {"namespace": "no-such-namespace-e2e", "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000003"}, "events": [succeeded(0)]}]))),
     ];
@@ -224,6 +236,7 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
         ("invalid_worker", 1.0),
         ("invalid_job_ref", 2_003.0),
         ("unknown_job", 303.0),
+        ("foreign_job", 10.0),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let metrics = loop {
@@ -238,6 +251,8 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let waiting = env.jobs().get("waiting").await?.status.expect("status");
+    assert_eq!((waiting.succeeded, waiting.phase), (0, JobPhase::Queued), "forged successes were not counted: {waiting:?}");
     // Dropped, not redelivered: the report consumer never reconnected, and the queue is empty.
     let reconnects = sample(&metrics, r#"warren_operator_broker_reconnects_total{connection="reports"}"#).unwrap_or(0.0);
     assert_eq!(reconnects, 0.0, "the report consumer reconnected");

@@ -174,13 +174,26 @@ fn exit_parts(status: ExitStatus) -> (Option<i32>, Option<i32>) {
     (status.code(), status.signal())
 }
 
+/// Environment variables of the worker that its handlers never see: the broker URL carries the
+/// broker credentials, with which a handler could publish reports or tasks as the worker.
+pub const WITHHELD_FROM_HANDLERS: &[&str] = &[warren_protocol::worker_env::AMQP_URL];
+
+/// The handler process of one task: the worker's environment without
+/// [`WITHHELD_FROM_HANDLERS`], plus the task's facts.
+fn handler_command(program: &str, args: &[String], envelope: &TaskEnvelope) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).envs(task_env(envelope));
+    for name in WITHHELD_FROM_HANDLERS {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Runs `command` for one task. On cancellation the command's process group gets SIGTERM,
 /// then SIGKILL after [`KILL_GRACE`]; the attempt then fails (retryable).
 pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskResult {
     let (program, args) = command.split_first().ok_or_else(|| TaskError::permanent("empty handler command"))?;
-    let mut child = Command::new(program)
-        .args(args)
-        .envs(task_env(ctx.envelope()))
+    let mut child = handler_command(program, args, ctx.envelope())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -291,6 +304,24 @@ pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskRes
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn handlers_never_get_the_broker_credentials() {
+        let envelope: TaskEnvelope = serde_json::from_value(json!({
+            "version": 1, "job": {"namespace": "ns", "name": "j", "uid": "u-1"}, "index": 0, "total": 1,
+            "attempt": 1, "priority": "normal", "payload": null, "idempotencyKey": "u-1/0",
+            "retry": {"maxAttempts": 1, "initialDelayMs": 1, "factor": 1.0, "maxDelayMs": 1, "jitter": 0.0}
+        }))
+        .unwrap();
+        let command = handler_command("sh", &[], &envelope);
+        let envs: Vec<(String, Option<String>)> = command
+            .as_std()
+            .get_envs()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned())))
+            .collect();
+        assert!(envs.contains(&("WARREN_AMQP_URL".into(), None)), "removed from the inherited environment: {envs:?}");
+        assert!(envs.contains(&("WARREN_TASK_INDEX".into(), Some("0".into()))), "{envs:?}");
+    }
 
     #[tokio::test]
     async fn output_lines_are_capped_and_tolerate_invalid_utf8() {
