@@ -138,6 +138,9 @@ pub struct Observation {
     pub service_seconds: Option<f64>,
     /// Deployment replicas now.
     pub current_replicas: u32,
+    /// Failed attempts waiting out their retry delay in the pool's retry-tier queues: not
+    /// runnable yet, but due within their tier's delay.
+    pub delayed: u64,
 }
 
 impl Observation {
@@ -216,6 +219,9 @@ pub enum Reason {
     InFlightFloor,
     /// The count matches demand.
     Steady,
+    /// Nothing to run now, but retries wait out their delay: one worker stays (or starts) so
+    /// that they run when due, whatever the activation threshold.
+    RetriesDue,
 }
 
 impl Reason {
@@ -235,6 +241,7 @@ impl Reason {
             Reason::AtMinimum => "AtMinimum",
             Reason::InFlightFloor => "InFlightFloor",
             Reason::Steady => "Steady",
+            Reason::RetriesDue => "RetriesDue",
         }
     }
 
@@ -261,8 +268,9 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
     let current = obs.current_replicas;
     let backlog = obs.backlog();
     let work = obs.work();
+    let delayed = if obs.delayed > 0 { format!(", retries waiting {}", obs.delayed) } else { String::new() };
     let facts = format!(
-        "backlog {backlog}, in flight {}, arrivals {:.1}/s, completions {:.1}/s, replicas {current}",
+        "backlog {backlog}, in flight {}{delayed}, arrivals {:.1}/s, completions {:.1}/s, replicas {current}",
         obs.in_flight, obs.arrival_rate, obs.completion_rate
     );
     if policy.paused {
@@ -286,6 +294,9 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
             let target = recommendation.clamp(1, policy.max_replicas);
             let target = policy.scale_up.max_step(0).map_or(target, |s| target.min(s.max(1)));
             decision(target, Reason::Activated, format!("{backlog} tasks waiting > activation {}", policy.activation_backlog))
+        } else if obs.delayed > 0 {
+            // Below the activation threshold the due retries would wait for ever.
+            decision(1, Reason::RetriesDue, format!("{} retries wait out their delay", obs.delayed))
         } else {
             decision(0, Reason::BelowActivation, format!("{backlog} tasks waiting <= activation {}", policy.activation_backlog))
         };
@@ -298,7 +309,11 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
     // No work at all: the last worker stays until the pool has been idle long enough.
     if recommendation == 0 && policy.min_replicas == 0 && current > 0 {
         let idle_for = history.last_active.map_or(Duration::MAX, |t| now.saturating_sub(t));
-        if work > 0 || idle_for < policy.scale_to_zero_after {
+        if obs.delayed > 0 && work == 0 {
+            desired = 1;
+            reason = Reason::RetriesDue;
+            why = format!("{} retries wait out their delay", obs.delayed);
+        } else if work > 0 || idle_for < policy.scale_to_zero_after {
             desired = 1;
             reason = Reason::IdleCooldown;
             why = format!("idle {:.0} s of {} s before scaling to zero", idle_for.min(Duration::from_secs(86_400)).as_secs_f64(), policy.scale_to_zero_after.as_secs());
@@ -363,7 +378,7 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
         reason = Reason::AtMinimum;
         why = format!("recommended {recommendation}, held at minReplicas {}", policy.min_replicas);
     }
-    if desired == current && !reason.is_limit() && !matches!(reason, Reason::Stabilizing | Reason::UpStabilizing | Reason::InFlightFloor | Reason::IdleCooldown) {
+    if desired == current && !reason.is_limit() && !matches!(reason, Reason::Stabilizing | Reason::UpStabilizing | Reason::InFlightFloor | Reason::IdleCooldown | Reason::RetriesDue) {
         reason = Reason::Steady;
     }
     decision(desired, reason, why)
@@ -481,6 +496,28 @@ mod tests {
             current_replicas: current,
             ..Observation::default()
         }
+    }
+
+    #[test]
+    fn a_pool_never_scales_to_zero_while_retries_wait_and_starts_for_them_below_activation() {
+        let p = policy(serde_json::json!({"minReplicas": 0, "maxReplicas": 5, "activationBacklog": 10, "scaleToZeroSeconds": 0,
+            "scaleDown": {"stabilizationSeconds": 0}}), 4);
+        let history = History::default();
+        let now = Duration::from_secs(1_000);
+        // Idle at 1 replica with one retry waiting: the worker stays.
+        let waiting = Observation { delayed: 1, ..obs(0, 0, 0, 1) };
+        let d = decide(&waiting, &history, &p, now);
+        assert_eq!((d.desired, d.reason), (1, Reason::RetriesDue), "{d:?}");
+        assert!(d.message.contains("retries waiting 1"), "{}", d.message);
+        // At zero, one retry is below the activation threshold of 10 but still starts a worker.
+        let d = decide(&Observation { delayed: 1, ..obs(0, 0, 0, 0) }, &history, &p, now);
+        assert_eq!((d.desired, d.reason), (1, Reason::RetriesDue), "{d:?}");
+        // Without retries the same pool goes to and stays at zero.
+        assert_eq!(decide(&obs(0, 0, 0, 1), &history, &p, now).desired, 0);
+        assert_eq!(decide(&obs(0, 0, 0, 0), &history, &p, now).reason, Reason::BelowActivation);
+        // Retries never hold more than one worker, nor less than the work needs.
+        let d = decide(&Observation { delayed: 500, ..obs(40, 0, 0, 1) }, &history, &p, now);
+        assert!(d.desired > 1 && d.reason != Reason::RetriesDue, "{d:?}");
     }
 
     /// Runs `decide` over a sequence of observations one poll apart, recording each decision

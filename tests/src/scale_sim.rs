@@ -169,6 +169,7 @@ impl Scaler for WarrenScaler {
             completion_rate: self.rates.completion_rate(),
             service_seconds: self.rates.service_seconds(),
             current_replicas: w.replicas,
+            delayed: 0,
         };
         let decision = autoscaler::decide(&observation, &self.history, &self.policy, now);
         self.history.record(now, &observation, &decision, &self.policy);

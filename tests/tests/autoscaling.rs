@@ -279,3 +279,44 @@ async fn a_work_queue_deleted_behind_the_operators_back_is_declared_again() -> a
     assert!(pool.status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "ScalingActive")));
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_waiting_in_a_delay_queue_keep_a_worker_even_below_the_activation_threshold() -> anyhow::Result<()> {
+    let env = Env::start("retries-due").await?;
+    // Task 0 fails its first attempt; its retry waits 25 s in a retry tier (longer than the 15 s
+    // rate window, so no recent arrival keeps a worker). One task is below the activation
+    // threshold of 5: without counting the delayed retry, the pool would go to zero after the
+    // other tasks and never start again for it.
+    let handler = serde_json::json!(["sh", "-c", "cat >/dev/null; case \"$WARREN_TASK_INDEX:$WARREN_ATTEMPT\" in 0:1) exit 1;; esac"]);
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": handler},
+            "concurrency": 2,
+            "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "25s", "jitter": 0}},
+            "autoscaling": {
+                "minReplicas": 0, "maxReplicas": 2, "activationBacklog": 5, "pollIntervalSeconds": 1,
+                "scaleDown": {"stabilizationSeconds": 0}, "scaleToZeroSeconds": 1
+            }
+        }),
+    )
+    .await?;
+    env.create_job("retried", serde_json::json!({"poolRef": "pool", "completions": 6})).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut held_for_retries = false;
+    let job = loop {
+        let pool = env.pools().get("pool").await?;
+        let scaling = pool.status.as_ref().and_then(|s| s.autoscaling.as_ref());
+        held_for_retries |= scaling.and_then(|a| a.message.as_deref()).is_some_and(|m| m.contains("retries wait out their delay"));
+        let job = env.jobs().get("retried").await?;
+        if job.status.as_ref().is_some_and(|s| s.phase.is_finished()) {
+            break job;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the Job did not finish: {:?}; pool {:?}", job.status, pool.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.retries), (JobPhase::Succeeded, 6, 1), "{status:?}");
+    assert!(held_for_retries, "the autoscaler said it kept a worker for the waiting retry");
+    env.cleanup().await
+}

@@ -103,7 +103,8 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
         (Some(spec), Ok(())) => {
             let existing = deployments.get_opt(&pool.deployment_name()).await?;
             let current = existing.as_ref().and_then(|d| d.spec.replicas).unwrap_or(0).max(0) as u32;
-            match ctx.autoscalers.poll(&pool, spec, current, &topology.work_queues, &ctx.broker, &ctx.workers).await {
+            let retry_queues: Vec<String> = plan::recorded_retry_queues(&pool).into_values().collect();
+            match ctx.autoscalers.poll(&pool, spec, current, &topology.work_queues, &retry_queues, &ctx.broker, &ctx.workers).await {
                 Ok(s) => {
                     if s.decision.desired < current {
                         ctx.autoscalers.mark_deletion_costs(&ctx.client, &pool, &ctx.workers).await?;
@@ -225,14 +226,25 @@ async fn declare_with(
     args: &warren_worker::topology::WorkQueueArgs,
 ) -> Result<(), Error> {
     let channel = ctx.broker.channel().await?;
-    let result =
-        warren_worker::topology::declare_pool(&channel, &pool.namespace().unwrap_or_default(), &pool.name_any(), &pool.spec.priorities, args)
-            .await;
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let result = warren_worker::topology::declare_pool(&channel, &namespace, &name, &pool.spec.priorities, args).await;
     if result.is_err() {
         // A refused declaration closes the channel.
         ctx.broker.reset().await;
+        return Ok(result?);
     }
-    Ok(result?)
+    // Every recorded retry tier too, the way workers declare theirs on demand: the autoscaler
+    // counts the retries waiting in them. Not fatal: a tier an older version declared otherwise
+    // still works for the workers, and a missing one counts 0.
+    for delay in plan::recorded_retry_queues(pool).keys().filter_map(|k| k.parse::<u64>().ok()) {
+        let channel = ctx.broker.channel().await?;
+        let queue_type = pool.spec.queue_type.as_str();
+        if let Err(error) = warren_worker::topology::declare_retry_tier(&channel, &namespace, &name, delay, queue_type).await {
+            tracing::warn!(%error, delay_ms = delay, "could not declare a retry tier of the pool");
+            ctx.broker.reset().await;
+        }
+    }
+    Ok(())
 }
 
 async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {

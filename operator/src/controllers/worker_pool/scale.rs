@@ -137,12 +137,14 @@ impl Autoscalers {
         spec: &AutoscalingSpec,
         current: u32,
         queues: &[String],
+        retry_queues: &[String],
         broker: &crate::broker::Broker,
         registry: &WorkerRegistry,
     ) -> Result<Scaled, BrokerError> {
         let namespace = pool.namespace().unwrap_or_default();
         let name = pool.name_any();
         let ready = ready_counts(broker, queues).await?;
+        let delayed = delayed_count(broker, retry_queues).await;
         let workers = registry.pool(&namespace, &name, HEARTBEAT_FRESHNESS);
         let arrived: u64 = pool
             .spec
@@ -172,6 +174,7 @@ impl Autoscalers {
             completion_rate: state.rates.completion_rate(),
             service_seconds: state.rates.service_seconds(),
             current_replicas: current,
+            delayed,
         };
         let decision = autoscaler::decide(&observation, &state.history, &policy, now);
         state.history.record(now, &observation, &decision, &policy);
@@ -269,6 +272,24 @@ impl Autoscalers {
 }
 
 /// Ready messages per work queue, by passive declare (exact, no management API).
+/// Messages in the pool's retry-tier queues. The pool controller declares every recorded tier, so
+/// they exist; one that is missing anyway (deleted by hand) counts 0 and costs a channel.
+async fn delayed_count(broker: &crate::broker::Broker, queues: &[String]) -> u64 {
+    let mut total = 0;
+    for queue in queues {
+        let Ok(channel) = broker.channel().await else { return total };
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+            Ok(q) => total += u64::from(q.message_count()),
+            Err(error) => {
+                tracing::debug!(%error, queue, "retry queue not found; counting 0");
+                broker.reset().await;
+            }
+        }
+    }
+    total
+}
+
 async fn ready_counts(broker: &crate::broker::Broker, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
     let channel = broker.channel().await?;
     let mut out = Vec::with_capacity(queues.len());
