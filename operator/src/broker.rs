@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
@@ -20,6 +23,8 @@ pub enum BrokerError {
     Amqp { what: &'static str, source: lapin::Error },
     #[error("RabbitMQ did not confirm {count} of the published messages")]
     NotConfirmed { count: usize },
+    #[error("queue {queue} does not exist")]
+    Missing { queue: String },
 }
 
 impl BrokerError {
@@ -29,6 +34,7 @@ impl BrokerError {
             BrokerError::Unreachable { .. } => "BrokerUnreachable",
             BrokerError::Amqp { .. } => "BrokerRefused",
             BrokerError::NotConfirmed { .. } => "PublishNotConfirmed",
+            BrokerError::Missing { .. } => "QueueMissing",
         }
     }
 }
@@ -63,16 +69,27 @@ pub fn reconnect_delay(attempt: u32, random: f64) -> Duration {
 }
 
 /// A shared, self-healing connection to the broker.
+///
+/// A channel error (a refused declaration, a passive declare of a missing queue) closes only its
+/// channel: the next call opens a new channel on the same connection. Only a lost connection is
+/// re-established and counted in `warren_operator_broker_reconnects_total`.
 pub struct Broker {
     url: String,
-    state: Mutex<Option<(Connection, Channel)>>,
+    state: Mutex<State>,
     /// A connection was up before: the next one is a reconnect (for the metrics).
     was_connected: std::sync::atomic::AtomicBool,
 }
 
+#[derive(Default)]
+struct State {
+    connection: Option<Connection>,
+    /// The confirm-mode publishing channel on `connection`.
+    channel: Option<Channel>,
+}
+
 impl Broker {
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), state: Mutex::new(None), was_connected: false.into() }
+        Self { url: url.into(), state: Mutex::new(State::default()), was_connected: false.into() }
     }
 
     pub fn url(&self) -> &str {
@@ -98,35 +115,82 @@ impl Broker {
         }
     }
 
-    /// The confirm-mode channel, reconnecting if the previous one died.
-    pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let mut state = self.state.lock().await;
-        if let Some((conn, channel)) = state.as_ref() {
-            if conn.status().connected() && channel.status().connected() {
-                return Ok(channel.clone());
+    /// Opens a channel on the live connection, re-establishing it (counted as a reconnect) if it
+    /// was lost. A connection that cannot open a channel is dropped.
+    async fn open_channel(&self, state: &mut State) -> Result<Channel, BrokerError> {
+        if !state.connection.as_ref().is_some_and(|c| c.status().connected()) {
+            *state = State::default();
+            let metrics = crate::metrics::global();
+            metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
+            state.connection = Some(Self::connect(&self.url, 8).await?);
+            metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(1);
+            if self.was_connected.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                metrics.broker_reconnects.get_or_create(&crate::metrics::PUBLISH_CONNECTION).inc();
             }
         }
-        *state = None;
-        let metrics = crate::metrics::global();
-        metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
-        let conn = Self::connect(&self.url, 8).await?;
-        let channel = conn.create_channel().await.map_err(|source| BrokerError::Amqp { what: "channel.open", source })?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|source| BrokerError::Amqp { what: "confirm.select", source })?;
-        *state = Some((conn, channel.clone()));
-        metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(1);
-        if self.was_connected.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            metrics.broker_reconnects.get_or_create(&crate::metrics::PUBLISH_CONNECTION).inc();
+        let conn = state.connection.as_ref().expect("connected above");
+        match conn.create_channel().await {
+            Ok(channel) => Ok(channel),
+            Err(source) => {
+                *state = State::default();
+                Err(BrokerError::Amqp { what: "channel.open", source })
+            }
         }
+    }
+
+    /// The confirm-mode channel, re-opened if the previous one was closed.
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut state = self.state.lock().await;
+        let connected = state.connection.as_ref().is_some_and(|c| c.status().connected());
+        if let Some(channel) = state.channel.as_ref().filter(|c| connected && c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        state.channel = None;
+        let channel = self.open_channel(&mut state).await?;
+        if let Err(source) = channel.confirm_select(ConfirmSelectOptions::default()).await {
+            *state = State::default();
+            return Err(BrokerError::Amqp { what: "confirm.select", source });
+        }
+        state.channel = Some(channel.clone());
         Ok(channel)
     }
 
-    /// Forgets the current channel so the next call reconnects.
+    /// A short-lived channel on the shared connection for an operation whose failure closes its
+    /// channel (a passive declare of a queue that may be missing, a declaration that may be
+    /// inequivalent): it never takes the publishing channel, or a publish in flight on it, down
+    /// with it. Closed when dropped.
+    pub async fn scratch(&self) -> Result<Scratch, BrokerError> {
+        let mut state = self.state.lock().await;
+        Ok(Scratch(self.open_channel(&mut state).await?))
+    }
+
+    /// Ready messages per queue, by passive declares on one scratch channel (a new one after each
+    /// missing queue, whose 404 closes it); `None` for a queue that does not exist.
+    pub async fn queue_depths(&self, queues: &[String]) -> Result<Vec<Option<u64>>, BrokerError> {
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let mut out = Vec::with_capacity(queues.len());
+        let mut scratch = None;
+        for queue in queues {
+            let channel = match scratch.take() {
+                Some(channel) => channel,
+                None => self.scratch().await?,
+            };
+            match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+                Ok(q) => {
+                    out.push(Some(u64::from(q.message_count())));
+                    scratch = Some(channel);
+                }
+                Err(source) if is_not_found(&source) => out.push(None),
+                Err(source) => return Err(BrokerError::Amqp { what: "queue.declare (passive)", source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets the publishing channel so that the next call opens a new one (on the same
+    /// connection while it is up).
     pub async fn reset(&self) {
-        *self.state.lock().await = None;
-        crate::metrics::global().broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
+        self.state.lock().await.channel = None;
     }
 
     /// Publishes persistent messages and waits until the broker confirmed every one of them
@@ -200,21 +264,53 @@ impl Broker {
 
     /// Deletes queues and exchanges (missing ones are fine).
     pub async fn delete(&self, queues: &[String], exchanges: &[String]) -> Result<(), BrokerError> {
+        let mut channel = self.scratch().await?;
         for queue in queues {
-            let channel = self.channel().await?;
             if let Err(source) = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await {
-                self.reset().await;
                 tracing::warn!(%queue, error = %source, "queue.delete failed");
+                channel = self.scratch().await?;
             }
         }
         for exchange in exchanges {
-            let channel = self.channel().await?;
             if let Err(source) = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await {
-                self.reset().await;
                 tracing::warn!(%exchange, error = %source, "exchange.delete failed");
+                channel = self.scratch().await?;
             }
         }
         Ok(())
+    }
+}
+
+/// A channel from [`Broker::scratch`]; closed when dropped.
+pub struct Scratch(Channel);
+
+impl std::ops::Deref for Scratch {
+    type Target = Channel;
+    fn deref(&self) -> &Channel {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let channel = self.0.clone();
+        if channel.status().connected() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = channel.close(200, "done".into()).await;
+                });
+            }
+        }
+    }
+}
+
+/// True when the broker answered 404 NOT_FOUND (a missing queue or exchange).
+pub fn is_not_found(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => {
+            matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND))
+        }
+        _ => false,
     }
 }
 

@@ -302,6 +302,20 @@ async fn record_retry_queues(ctx: &Context, pool: &WorkerPool, retry: &warren_pr
     let written = api.patch_status(&pool.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await;
     metrics::global().record_status_write(metrics::WORKER_POOL, &written);
     written.map_err(Error::RecordRetryQueues)?;
+    // Declared now, as workers would on their first retry: the autoscaler counts the retries
+    // waiting in them from the start. Not fatal: a worker declares a missing tier itself.
+    let queue_type = pool.spec.queue_type.as_str();
+    for delay in missing.keys().filter_map(|k| k.parse::<u64>().ok()) {
+        let declared = match ctx.broker.scratch().await {
+            Ok(channel) => warren_worker::topology::declare_retry_tier(&channel, &namespace, &pool.name_any(), delay, queue_type)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = declared {
+            tracing::warn!(%error, delay_ms = delay, "could not declare a retry tier of the pool");
+        }
+    }
     Ok(())
 }
 

@@ -225,23 +225,20 @@ async fn declare_with(
     ctx: &Context,
     args: &warren_worker::topology::WorkQueueArgs,
 ) -> Result<(), Error> {
-    let channel = ctx.broker.channel().await?;
+    // Scratch channels: a refused (inequivalent) declaration closes its channel, and must not
+    // close the one the Job controller publishes on.
+    let channel = ctx.broker.scratch().await?;
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
-    let result = warren_worker::topology::declare_pool(&channel, &namespace, &name, &pool.spec.priorities, args).await;
-    if result.is_err() {
-        // A refused declaration closes the channel.
-        ctx.broker.reset().await;
-        return Ok(result?);
-    }
+    warren_worker::topology::declare_pool(&channel, &namespace, &name, &pool.spec.priorities, args).await?;
     // Every recorded retry tier too, the way workers declare theirs on demand: the autoscaler
     // counts the retries waiting in them. Not fatal: a tier an older version declared otherwise
     // still works for the workers, and a missing one counts 0.
+    let mut channel = channel;
     for delay in plan::recorded_retry_queues(pool).keys().filter_map(|k| k.parse::<u64>().ok()) {
-        let channel = ctx.broker.channel().await?;
         let queue_type = pool.spec.queue_type.as_str();
         if let Err(error) = warren_worker::topology::declare_retry_tier(&channel, &namespace, &name, delay, queue_type).await {
             tracing::warn!(%error, delay_ms = delay, "could not declare a retry tier of the pool");
-            ctx.broker.reset().await;
+            channel = ctx.broker.scratch().await?;
         }
     }
     Ok(())

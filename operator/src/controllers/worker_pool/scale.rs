@@ -11,8 +11,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 
 use super::plan::POOL_LABEL;
 use crate::autoscaler::{self, Decision, History, Observation, Policy, Rates};
@@ -271,43 +269,29 @@ impl Autoscalers {
     }
 }
 
-/// Ready messages per work queue, by passive declare (exact, no management API).
-/// Messages in the pool's retry-tier queues. The pool controller declares every recorded tier, so
-/// they exist; one that is missing anyway (deleted by hand) counts 0 and costs a channel.
+/// Messages in the pool's retry-tier queues. The pool controller declares every recorded tier,
+/// but a Job records its tiers before the pool reconciles again: one not declared yet holds nothing
+/// and counts 0. Scratch channels: a missing queue must not close the publishing channel.
 async fn delayed_count(broker: &crate::broker::Broker, queues: &[String]) -> u64 {
-    let mut total = 0;
-    for queue in queues {
-        let Ok(channel) = broker.channel().await else { return total };
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
-            Ok(q) => total += u64::from(q.message_count()),
-            Err(error) => {
-                tracing::debug!(%error, queue, "retry queue not found; counting 0");
-                broker.reset().await;
-            }
+    match broker.queue_depths(queues).await {
+        Ok(depths) => depths.into_iter().flatten().sum(),
+        Err(error) => {
+            tracing::debug!(%error, "cannot count the retry queues; counting 0");
+            0
         }
     }
-    total
 }
 
+/// Ready messages per work queue, by passive declare (exact, no management API).
 async fn ready_counts(broker: &crate::broker::Broker, queues: &[String]) -> Result<Vec<u64>, BrokerError> {
-    let channel = broker.channel().await?;
-    let mut out = Vec::with_capacity(queues.len());
-    for queue in queues {
-        let declared = channel
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-            .await;
-        match declared {
-            Ok(q) => out.push(u64::from(q.message_count())),
-            Err(source) => {
-                // A failed passive declare closes the channel; a missing queue is re-declared by
-                // the next reconcile (the caller forgets the last declaration).
-                broker.reset().await;
-                return Err(BrokerError::Amqp { what: "queue.declare (passive)", source });
-            }
-        }
-    }
-    Ok(out)
+    let depths = broker.queue_depths(queues).await?;
+    queues
+        .iter()
+        .zip(depths)
+        // A missing work queue is re-declared by the next reconcile (the caller forgets the last
+        // declaration).
+        .map(|(queue, depth)| depth.ok_or_else(|| BrokerError::Missing { queue: queue.clone() }))
+        .collect()
 }
 
 #[cfg(test)]
