@@ -177,6 +177,34 @@ impl Scaler for WarrenScaler {
     }
 }
 
+/// How the HPA limits a scale-up (`pkg/controller/podautoscaler/horizontal.go`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HpaRules {
+    /// `spec.behavior` unset — what KEDA creates unless `advanced.horizontalPodAutoscalerConfig.
+    /// behavior` is given. The controller's `normalizeDesiredReplicas`: the recommendation is the
+    /// highest of the last 300 s (both directions, `stabilizeRecommendation`), a scale-up is capped
+    /// at each sync by `calculateScaleUpLimit` = max(2 × current, 4), no scale-down rate limit.
+    NoBehavior,
+    /// Any `spec.behavior` given, its unset fields filled from `pkg/apis/autoscaling/v2/
+    /// defaults.go`: scale-up stabilization 0 s, policies 4 pods and 100 % per 15 s, select Max
+    /// (from the replicas at the start of the 15 s period); scale-down: the highest
+    /// recommendation of the last 300 s, 100 % per 15 s.
+    DefaultBehavior,
+}
+
+/// HPA defaults that the model uses (kube-controller-manager flags and `defaults.go`).
+pub const HPA_SYNC_PERIOD: f64 = 15.0; // --horizontal-pod-autoscaler-sync-period
+pub const HPA_TOLERANCE: f64 = 0.1; // --horizontal-pod-autoscaler-tolerance
+pub const HPA_DOWNSCALE_STABILIZATION: f64 = 300.0; // --horizontal-pod-autoscaler-downscale-stabilization
+pub const HPA_SCALE_UP_FACTOR: u32 = 2; // scaleUpLimitFactor (no behavior) / Percent 100 (behavior)
+pub const HPA_SCALE_UP_MINIMUM: u32 = 4; // scaleUpLimitMinimum (no behavior) / Pods 4 (behavior)
+pub const HPA_SCALE_UP_PERIOD: f64 = 15.0; // defaults.go scaleUp policies' periodSeconds
+/// KEDA ScaledObject defaults (`pollingInterval`, `cooldownPeriod`) and the RabbitMQ trigger's
+/// `activationValue`.
+pub const KEDA_POLLING_INTERVAL: f64 = 30.0;
+pub const KEDA_COOLDOWN_PERIOD: f64 = 300.0;
+pub const KEDA_ACTIVATION_VALUE: f64 = 0.0;
+
 /// KEDA's RabbitMQ scaler (AMQP mode: ready messages only) driving an HPA with its defaults.
 pub struct KedaScaler {
     /// Ready messages per replica (`value`).
@@ -188,28 +216,34 @@ pub struct KedaScaler {
     pub scale_down_stabilization: f64,
     pub tolerance: f64,
     pub max_replicas: u32,
+    pub rules: HpaRules,
     next_poll: f64,
     next_sync: f64,
     last_active: f64,
-    /// HPA recommendations (time, replicas) for the scale-down window.
+    /// HPA recommendations (time, replicas) for the stabilization window.
     recommendations: VecDeque<(f64, u32)>,
-    /// Scale-ups (time, pods added) for the 60 s scale-up policy period.
+    /// Scale-ups (time, pods added) within the scale-up policy period (behavior rules).
     scale_ups: VecDeque<(f64, u32)>,
 }
 
 impl KedaScaler {
-    /// KEDA 2.x and HPA defaults: 30 s polling, 300 s cooldown, 15 s HPA sync, 300 s scale-down
-    /// stabilization, 10 % tolerance, scale-up max(4 pods, 100 %) per 60 s.
+    /// A ScaledObject with only `maxReplicaCount` and the trigger's `value` set, as KEDA
+    /// creates its HPA: no `behavior`.
     pub fn defaults(value: f64, max_replicas: u32) -> Self {
+        Self::with_rules(value, max_replicas, HpaRules::NoBehavior)
+    }
+
+    pub fn with_rules(value: f64, max_replicas: u32, rules: HpaRules) -> Self {
         Self {
             value,
-            activation_value: 0.0,
-            polling_interval: 30.0,
-            cooldown_period: 300.0,
-            hpa_sync: 15.0,
-            scale_down_stabilization: 300.0,
-            tolerance: 0.1,
+            activation_value: KEDA_ACTIVATION_VALUE,
+            polling_interval: KEDA_POLLING_INTERVAL,
+            cooldown_period: KEDA_COOLDOWN_PERIOD,
+            hpa_sync: HPA_SYNC_PERIOD,
+            scale_down_stabilization: HPA_DOWNSCALE_STABILIZATION,
+            tolerance: HPA_TOLERANCE,
             max_replicas,
+            rules,
             next_poll: 0.0,
             next_sync: 0.0,
             last_active: f64::NEG_INFINITY,
@@ -218,35 +252,44 @@ impl KedaScaler {
         }
     }
 
+    /// One HPA sync: the replica count it sets from the ready count (an `AverageValue` external
+    /// metric: `GetExternalPerPodMetricReplicas`, whose tolerance is against the current count).
     fn hpa(&mut self, w: &World) -> u32 {
         let current = w.replicas.max(1);
         let metric = w.ready as f64;
         let ratio = metric / (self.value * f64::from(current));
-        let mut recommendation =
+        let recommendation =
             if (ratio - 1.0).abs() <= self.tolerance { current } else { (metric / self.value).ceil() as u32 };
-        recommendation = recommendation.clamp(1, self.max_replicas);
         self.recommendations.push_back((w.now, recommendation));
         while self.recommendations.front().is_some_and(|(t, _)| w.now - t > self.scale_down_stabilization) {
             self.recommendations.pop_front();
         }
-        let mut desired = recommendation;
-        if desired < current {
-            // Scale-down stabilization: the highest recommendation of the window.
-            desired = self.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(desired).min(current);
-        }
-        if desired > current {
-            while self.scale_ups.front().is_some_and(|(t, _)| w.now - t >= 60.0) {
-                self.scale_ups.pop_front();
+        let window_max = self.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(recommendation);
+        match self.rules {
+            HpaRules::NoBehavior => {
+                let limit = (HPA_SCALE_UP_FACTOR * current).max(HPA_SCALE_UP_MINIMUM).min(self.max_replicas);
+                window_max.clamp(1, limit.max(1))
             }
-            let added: u32 = self.scale_ups.iter().map(|(_, n)| n).sum();
-            let period_start = current.saturating_sub(added);
-            let limit = (period_start + 4).max(period_start * 2);
-            desired = desired.min(limit).max(current);
-            if desired > current {
-                self.scale_ups.push_back((w.now, desired - current));
+            HpaRules::DefaultBehavior => {
+                let mut desired = recommendation.clamp(1, self.max_replicas);
+                if desired < current {
+                    desired = window_max.clamp(1, self.max_replicas).min(current);
+                }
+                if desired > current {
+                    while self.scale_ups.front().is_some_and(|(t, _)| w.now - t >= HPA_SCALE_UP_PERIOD) {
+                        self.scale_ups.pop_front();
+                    }
+                    let added: u32 = self.scale_ups.iter().map(|(_, n)| n).sum();
+                    let period_start = current.saturating_sub(added);
+                    let limit = (period_start + HPA_SCALE_UP_MINIMUM).max(period_start * HPA_SCALE_UP_FACTOR);
+                    desired = desired.min(limit).max(current);
+                    if desired > current {
+                        self.scale_ups.push_back((w.now, desired - current));
+                    }
+                }
+                desired
             }
         }
-        desired
     }
 }
 
@@ -289,6 +332,57 @@ impl Scaler for KedaScaler {
     }
 }
 
+/// The physical bound: a scaler that knows the future and has a pod ready the moment a task
+/// needs one, within `maxReplicas`. Simulated on a model whose pods start at once (see
+/// [`oracle`]), it runs `ceil((ready + in flight) / concurrency)` pods at every step and keeps a
+/// pod that falls idle for `keep_idle` seconds (the pod start: a pod needed again sooner is
+/// cheaper kept than restarted). Its p99 wait is what no scaler can beat with that many pods; its
+/// worker-seconds are close to the least that serves the trace (busy time plus one start per pod).
+pub struct OracleScaler {
+    concurrency: u32,
+    max_replicas: u32,
+    keep_idle: f64,
+    /// (time, pods needed) of the last `keep_idle` seconds, for the trailing maximum.
+    needed: VecDeque<(f64, u32)>,
+}
+
+impl OracleScaler {
+    pub fn new(model: &WorkerModel) -> Self {
+        Self { concurrency: model.concurrency.max(1), max_replicas: model.max_replicas, keep_idle: model.pod_start, needed: VecDeque::new() }
+    }
+}
+
+impl Scaler for OracleScaler {
+    fn name(&self) -> &'static str {
+        "oracle"
+    }
+
+    fn removes_idle_first(&self) -> bool {
+        true
+    }
+
+    fn tick(&mut self, w: &World) -> Option<u32> {
+        let demand = w.ready + w.in_flight;
+        let needed = demand.div_ceil(u64::from(self.concurrency)).min(u64::from(self.max_replicas)) as u32;
+        self.needed.push_back((w.now, needed));
+        while self.needed.front().is_some_and(|(t, _)| w.now - t > self.keep_idle) {
+            self.needed.pop_front();
+        }
+        let desired = self.needed.iter().map(|(_, n)| *n).max().unwrap_or(needed);
+        (desired != w.replicas).then_some(desired)
+    }
+}
+
+/// Runs `trace` under the oracle: pods that start at once (it asked for them `pod_start` early),
+/// each charged its start in worker-seconds.
+pub fn oracle(trace: &Trace, model: &WorkerModel, seed: u64, tail: f64) -> Outcome {
+    let instant = WorkerModel { pod_start: 0.0, ..model.clone() };
+    let mut outcome = simulate(trace, &instant, &mut OracleScaler::new(model), seed, tail);
+    outcome.worker_seconds += outcome.pods_started as f64 * model.pod_start;
+    outcome.first_reaction = outcome.first_reaction.map(|r| r - model.pod_start);
+    outcome
+}
+
 struct Pod {
     created: f64,
     ready_at: f64,
@@ -311,6 +405,8 @@ pub struct Outcome {
     pub first_reaction: Option<f64>,
     /// Running tasks on pods chosen for removal (each would be killed by a non-graceful worker).
     pub busy_on_removed: u64,
+    /// Pods created over the run.
+    pub pods_started: u64,
 }
 
 /// Runs one trace through one scaler. Ends when every task finished and no pod is left, or
@@ -381,6 +477,7 @@ pub fn simulate(trace: &Trace, model: &WorkerModel, scaler: &mut dyn Scaler, see
                 if outcome.first_reaction.is_none() && next_arrival > 0 {
                     outcome.first_reaction = Some(now - trace.arrivals[0]);
                 }
+                outcome.pods_started += u64::from(desired - replicas);
                 for _ in replicas..desired {
                     pods.push(Pod { created: now, ready_at: now + model.pod_start, running: Vec::new(), removed: false });
                 }
@@ -455,26 +552,80 @@ mod tests {
     }
 
     #[test]
-    fn hpa_scale_up_is_limited_to_four_pods_or_double_per_minute() {
-        let mut keda = KedaScaler::defaults(1.0, 100);
-        let world = |now: f64, replicas: u32| World { now, ready: 1_000, replicas, ..World::default() };
-        assert_eq!(keda.hpa(&world(0.0, 1)), 5, "max(1+4, 2*1)");
-        assert_eq!(keda.hpa(&world(15.0, 5)), 5, "still within the 60 s period that started at 1");
-        assert_eq!(keda.hpa(&world(60.0, 5)), 10, "new period from 5: max(9, 10)");
+    fn the_keda_and_hpa_defaults_are_the_documented_ones() {
+        // kube-controller-manager: --horizontal-pod-autoscaler-sync-period 15s, -tolerance 0.1,
+        // -downscale-stabilization 5m; horizontal.go scaleUpLimitFactor 2, scaleUpLimitMinimum 4;
+        // autoscaling/v2 defaults.go scale-up policies 100 % and 4 pods per 15 s.
+        assert_eq!((HPA_SYNC_PERIOD, HPA_TOLERANCE, HPA_DOWNSCALE_STABILIZATION), (15.0, 0.1, 300.0));
+        assert_eq!((HPA_SCALE_UP_FACTOR, HPA_SCALE_UP_MINIMUM, HPA_SCALE_UP_PERIOD), (2, 4, 15.0));
+        // KEDA ScaledObject: pollingInterval 30, cooldownPeriod 300; rabbitmq activationValue 0.
+        assert_eq!((KEDA_POLLING_INTERVAL, KEDA_COOLDOWN_PERIOD, KEDA_ACTIVATION_VALUE), (30.0, 300.0, 0.0));
+        let keda = KedaScaler::defaults(20.0, 20);
+        assert_eq!(keda.rules, HpaRules::NoBehavior, "KEDA sets no HPA behavior unless asked to");
+        assert_eq!((keda.polling_interval, keda.cooldown_period, keda.hpa_sync), (30.0, 300.0, 15.0));
+    }
+
+    fn flooded(now: f64, replicas: u32) -> World {
+        World { now, ready: 1_000, replicas, ..World::default() }
     }
 
     #[test]
-    fn hpa_holds_the_peak_for_the_scale_down_window() {
-        let mut keda = KedaScaler::defaults(10.0, 100);
-        let mut w = World { now: 0.0, ready: 100, replicas: 10, ..World::default() };
-        assert_eq!(keda.hpa(&w), 10);
-        w.ready = 0;
-        for t in [15.0, 150.0, 300.0] {
-            w.now = t;
-            assert_eq!(keda.hpa(&w), 10, "t={t}");
+    fn an_hpa_without_behavior_at_most_doubles_or_reaches_four_per_sync() {
+        let mut keda = KedaScaler::defaults(1.0, 100);
+        assert_eq!(keda.hpa(&flooded(0.0, 1)), 4, "max(2 x 1, 4)");
+        assert_eq!(keda.hpa(&flooded(15.0, 4)), 8, "max(2 x 4, 4)");
+        assert_eq!(keda.hpa(&flooded(30.0, 8)), 16);
+        let mut capped = KedaScaler::defaults(1.0, 10);
+        assert_eq!(capped.hpa(&flooded(0.0, 8)), 10, "maxReplicas");
+    }
+
+    #[test]
+    fn an_hpa_with_default_behavior_adds_four_pods_or_doubles_per_15_s_period() {
+        let mut keda = KedaScaler::with_rules(1.0, 100, HpaRules::DefaultBehavior);
+        assert_eq!(keda.hpa(&flooded(0.0, 1)), 5, "max(1 + 4, 2 x 1)");
+        assert_eq!(keda.hpa(&flooded(5.0, 5)), 5, "still in the 15 s period that started at 1");
+        assert_eq!(keda.hpa(&flooded(15.0, 5)), 10, "a new period from 5: max(9, 10)");
+    }
+
+    #[test]
+    fn the_hpa_holds_the_peak_for_the_scale_down_window() {
+        for rules in [HpaRules::NoBehavior, HpaRules::DefaultBehavior] {
+            let mut keda = KedaScaler::with_rules(10.0, 100, rules);
+            let mut w = World { now: 0.0, ready: 100, replicas: 10, ..World::default() };
+            assert_eq!(keda.hpa(&w), 10);
+            w.ready = 0;
+            for t in [15.0, 150.0, 300.0] {
+                w.now = t;
+                assert_eq!(keda.hpa(&w), 10, "{rules:?} t={t}");
+            }
+            w.now = 315.0;
+            assert_eq!(keda.hpa(&w), 1, "{rules:?}");
         }
-        w.now = 315.0;
-        assert_eq!(keda.hpa(&w), 1);
+    }
+
+    #[test]
+    fn without_behavior_a_capped_recommendation_keeps_pushing_up_after_the_queue_drains() {
+        // stabilizeRecommendation takes the highest recommendation of the window in both
+        // directions: 100 wanted at t=0 (capped to 4), nothing ready at t=15, still scales to 8.
+        let mut keda = KedaScaler::defaults(1.0, 100);
+        assert_eq!(keda.hpa(&World { now: 0.0, ready: 100, replicas: 1, ..World::default() }), 4);
+        assert_eq!(keda.hpa(&World { now: 15.0, ready: 0, replicas: 4, ..World::default() }), 8);
+    }
+
+    #[test]
+    fn the_oracle_starts_every_task_as_soon_as_a_slot_exists() {
+        // 80 tasks at once fit 20 pods x 4: each starts within one step; 160 wait for a slot.
+        let trace = Trace { name: "t", description: "", arrivals: vec![10.0; 80] };
+        let o = oracle(&trace, &model(), 1, 3_600.0);
+        assert_eq!(o.tasks, 80);
+        assert!(o.max_wait <= 2.0 * DT + 1e-9, "{o:?}");
+        assert_eq!(o.max_pods, 20);
+        assert!(o.worker_seconds >= 20.0 * model().pod_start, "each pod's start is charged: {o:?}");
+        let (w, k) = (
+            simulate(&trace, &model(), &mut WarrenScaler::defaults(&model()), 1, 3_600.0),
+            simulate(&trace, &model(), &mut KedaScaler::defaults(20.0, 20), 1, 3_600.0),
+        );
+        assert!(o.p99_wait < w.p99_wait && o.p99_wait < k.p99_wait, "{o:?} {w:?} {k:?}");
     }
 
     #[test]
