@@ -261,6 +261,62 @@ def test_operator_pod_is_locked_down(chart):
         assert container["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
 
 
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """Every rule of the "restricted" Pod Security Standard (baseline + restricted) the pod spec
+    breaks; the same rules as operator/src/pod_security.rs checks for the worker pods."""
+    out = []
+    psc = pod.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            out.append(f"spec.{flag}")
+    if psc.get("windowsOptions", {}).get("hostProcess"):
+        out.append("hostProcess")
+    if psc.get("runAsUser") == 0:
+        out.append("spec.securityContext.runAsUser 0")
+    if psc.get("seccompProfile", {}).get("type") == "Unconfined":
+        out.append("spec.securityContext.seccompProfile Unconfined")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            out.append(f"volume {volume['name']}: {kinds - RESTRICTED_VOLUMES}")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext", {})
+        at = f"container {c['name']}"
+        if sc.get("privileged"):
+            out.append(f"{at}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{at}: allowPrivilegeEscalation")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{at}: capabilities.drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{at}: capabilities.add")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            out.append(f"{at}: runAsNonRoot")
+        if sc.get("runAsUser") == 0:
+            out.append(f"{at}: runAsUser 0")
+        if sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{at}: seccompProfile")
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"{at}: procMount")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{at}: hostPort")
+    return out
+
+
+def test_operator_pod_meets_the_restricted_pod_security_standard(chart):
+    for case in VALUE_SETS:
+        objects = render(chart, VALUE_SETS[case])
+        pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+        assert restricted_violations(pod) == [], case
+    # The checker itself catches a broken pod.
+    broken = {"hostNetwork": True, "containers": [{"name": "c", "securityContext": {"privileged": True}}]}
+    assert len(restricted_violations(broken)) >= 5
+
+
 def test_non_default_install(chart):
     objects = render(chart, FULL)
     assert not find(objects, "Secret"), "the URIs come from the existing Secret"

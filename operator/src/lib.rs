@@ -12,6 +12,7 @@ pub mod leader;
 pub mod ledger;
 pub mod local;
 pub mod metrics;
+pub mod pod_security;
 pub mod queue_stats;
 pub mod ranges;
 pub mod replay;

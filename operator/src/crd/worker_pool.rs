@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -243,6 +243,15 @@ pub struct WorkerTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub termination_grace_period_seconds: Option<i64>,
+    /// The worker container's security context. Default: the restricted Pod Security Standard
+    /// (no privilege escalation, all capabilities dropped, read-only root filesystem with an
+    /// `emptyDir` at `/tmp`, non-root). Given, it replaces the default as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// The worker pod's security context. Default: `runAsNonRoot`, uid/gid/fsGroup 65532 (the
+    /// images' user), seccomp `RuntimeDefault`. Given, it replaces the default as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
 }
 
 /// RabbitMQ queue type.

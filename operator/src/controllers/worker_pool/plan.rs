@@ -120,6 +120,11 @@ pub fn deployment(pool: &WorkerPool, replicas: i32, worker_amqp_url: &str, repor
         args.extend(handler.iter().cloned());
         args
     });
+    // The restricted Pod Security Standard by default (crate::pod_security); workers never call
+    // the Kubernetes API, so no service-account token is mounted.
+    let (tmp_volume, tmp_mount) = crate::pod_security::tmp_volume();
+    let container_security = spec.workers.security_context.clone().unwrap_or_else(crate::pod_security::container_defaults);
+    let pod_security = spec.workers.pod_security_context.clone().unwrap_or_else(crate::pod_security::pod_defaults);
     Deployment {
         metadata: ObjectMeta {
             name: Some(pool.deployment_name()),
@@ -144,8 +149,13 @@ pub fn deployment(pool: &WorkerPool, replicas: i32, worker_amqp_url: &str, repor
                         args,
                         env: Some(env),
                         resources: spec.workers.resources.clone(),
+                        security_context: Some(container_security),
+                        volume_mounts: Some(vec![tmp_mount]),
                         ..Container::default()
                     }],
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security),
+                    volumes: Some(vec![tmp_volume]),
                     termination_grace_period_seconds: Some(
                         spec.workers.termination_grace_period_seconds.unwrap_or(30),
                     ),
@@ -245,6 +255,42 @@ mod tests {
         assert_eq!(env["WARREN_REPORTS_QUEUE"].as_deref(), Some("warren.reports"));
         assert_eq!(env["WARREN_POD_NAME"], None, "pod name comes from the downward API");
         assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn worker_pods_meet_the_restricted_pod_security_standard_and_mount_no_token() {
+        let p = pool(serde_json::json!({"workers": {"handler": ["sh", "-c", "true"]}}));
+        let mut d = deployment(&p, 1, "amqp://rabbit", "warren.reports");
+        expose_metrics(&mut d, 9465);
+        let pod = d.spec.template.spec.unwrap();
+        assert_eq!(crate::pod_security::restricted_violations(&pod), Vec::<String>::new());
+        assert_eq!(pod.automount_service_account_token, Some(false), "workers never call the API");
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!((psc.run_as_user, psc.run_as_group), (Some(65532), Some(65532)));
+        // The read-only root filesystem leaves /tmp writable, from an emptyDir.
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.mount_path, "/tmp");
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+        assert!(volume.empty_dir.is_some());
+    }
+
+    #[test]
+    fn a_pool_may_replace_the_security_contexts() {
+        let p = pool(serde_json::json!({"workers": {
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": false},
+            "podSecurityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+        }}));
+        let pod = deployment(&p, 1, "amqp://rabbit", "warren.reports").spec.template.spec.unwrap();
+        assert_eq!(pod.containers[0].security_context.as_ref().unwrap().read_only_root_filesystem, Some(false));
+        assert_eq!(pod.security_context.as_ref().unwrap().run_as_user, Some(1000));
+        assert_eq!(crate::pod_security::restricted_violations(&pod), Vec::<String>::new(), "still restricted");
+        let root = pool(serde_json::json!({"workers": {"podSecurityContext": {"runAsUser": 0}}}));
+        let pod = deployment(&root, 1, "amqp://rabbit", "warren.reports").spec.template.spec.unwrap();
+        let violations = crate::pod_security::restricted_violations(&pod);
+        assert!(violations.iter().any(|v| v.contains("runAsUser must not be 0")), "{violations:?}");
     }
 
     #[test]
