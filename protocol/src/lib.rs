@@ -73,6 +73,12 @@ pub mod names {
     pub fn dead_letter_queue(namespace: &str, pool: &str) -> String {
         format!("{}.dlq", prefix(namespace, pool))
     }
+
+    /// The suspect queue of a pool: tasks whose worker was lost while they ran, each run alone
+    /// by one worker at a time (see `warren_worker::lost`).
+    pub fn suspect_queue(namespace: &str, pool: &str) -> String {
+        format!("{}.suspect", prefix(namespace, pool))
+    }
 }
 
 /// Identifies the Job a task belongs to.

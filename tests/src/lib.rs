@@ -490,6 +490,7 @@ impl Drop for Env {
         for (pool, classes) in self.created_pools.lock().map(|p| p.clone()).unwrap_or_default() {
             queues.extend(classes.iter().map(|c| names::work_queue(&self.namespace, &pool, c)));
             queues.push(names::dead_letter_queue(&self.namespace, &pool));
+            queues.push(names::suspect_queue(&self.namespace, &pool));
             exchanges.push(names::pool_exchange(&self.namespace, &pool));
             exchanges.push(warren_worker::topology::retry_exchange(&self.namespace, &pool));
         }

@@ -232,7 +232,14 @@ async fn deleting_a_pool_removes_its_queues_only_with_deletion_policy_delete() -
         assert_eq!(env.queue_depth(queue).await?, 0, "deletionPolicy: Retain keeps {queue}");
     }
     // The retained queues are this test's to clean up.
-    for queue in kept.iter().cloned().chain([names::dead_letter_queue(&env.namespace, "kept")]) {
+    // (the pool declares the retry tiers of its default policy, 1 s and 2 s, with its topology).
+    let others = [
+        names::dead_letter_queue(&env.namespace, "kept"),
+        names::suspect_queue(&env.namespace, "kept"),
+        names::retry_queue(&env.namespace, "kept", 1000),
+        names::retry_queue(&env.namespace, "kept", 2000),
+    ];
+    for queue in kept.iter().cloned().chain(others) {
         warren_e2e::delete_queue(&queue).await?;
     }
     let exchange = names::pool_exchange(&env.namespace, "kept");

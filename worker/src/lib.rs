@@ -33,6 +33,7 @@ pub mod config;
 pub mod context;
 pub mod control;
 pub mod exec;
+pub mod lost;
 pub mod metrics;
 pub mod report;
 pub mod retry;
@@ -58,6 +59,9 @@ pub mod dead_letter_reason {
     pub const NO_HANDLER: &str = "no-handler";
     /// The handler succeeded but returned a result over `warren_protocol::MAX_RESULT_BYTES`.
     pub const RESULT_TOO_LARGE: &str = "result-too-large";
+    /// The task's worker was lost (killed, out of memory, its channel closed) during as many of
+    /// its runs as its delivery limit allows, the last ones while it ran alone (see [`crate::lost`]).
+    pub const WORKER_LOST: &str = "worker-lost";
 }
 
 /// Headers of a dead-lettered message.
@@ -67,6 +71,8 @@ pub mod dead_letter_header {
     pub const ATTEMPTS: &str = "warren-attempts";
     pub const JOB_UID: &str = "warren-job-uid";
     pub const TASK_INDEX: &str = "warren-task-index";
+    /// Runs of the task whose worker was lost (reason `worker-lost`).
+    pub const LOST_RUNS: &str = "warren-lost-runs";
 }
 
 /// Header of a message published to the retry exchange: the delay tier (milliseconds, as a

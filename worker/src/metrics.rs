@@ -63,6 +63,14 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedeliveredLabels {
+    pub pool: String,
+    pub priority: String,
+    /// `suspect` (moved to run alone) or `dead_lettered` (its delivery limit reached).
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub pool: String,
     pub priority: String,
@@ -83,6 +91,7 @@ pub struct WorkerMetrics {
     pub task_attempt: Family<TaskLabels, Histogram>,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
+    pub redelivered: Family<RedeliveredLabels, Counter>,
     pool: String,
     /// Consuming from every work queue and not draining: `/readyz` is 200.
     consuming: AtomicBool,
@@ -98,6 +107,12 @@ impl WorkerMetrics {
         let task_attempt = Family::<TaskLabels, Histogram>::new_with_constructor(|| Histogram::new(ATTEMPT_BUCKETS));
         let broker_connected = Gauge::default();
         let broker_reconnects = Counter::default();
+        let redelivered = Family::<RedeliveredLabels, Counter>::default();
+        registry.register(
+            "redelivered_tasks",
+            "Tasks redelivered after their worker was lost, by what this worker did (suspect: moved to run alone; dead_lettered: delivery limit reached)",
+            redelivered.clone(),
+        );
         registry.register("tasks", "Tasks that left this worker, by outcome", tasks.clone());
         registry.register("task_duration_seconds", "Handler run time per attempt, by result", task_duration.clone());
         registry.register("tasks_in_flight", "Tasks this worker is running now", tasks_in_flight.clone());
@@ -111,6 +126,7 @@ impl WorkerMetrics {
             task_attempt,
             broker_connected,
             broker_reconnects,
+            redelivered,
             pool: pool.to_string(),
             consuming: AtomicBool::new(false),
             registry,
@@ -142,6 +158,13 @@ impl WorkerMetrics {
         self.tasks
             .get_or_create(&OutcomeLabels { pool: self.pool.clone(), priority: priority.to_string(), outcome: outcome.as_str() })
             .inc();
+    }
+
+    /// A redelivered task was moved to the suspect queue (`dead_lettered: false`) or, at its
+    /// delivery limit, dead-lettered.
+    pub fn task_redelivered(&self, priority: &str, dead_lettered: bool) {
+        let action = if dead_lettered { "dead_lettered" } else { "suspect" };
+        self.redelivered.get_or_create(&RedeliveredLabels { pool: self.pool.clone(), priority: priority.to_string(), action }).inc();
     }
 
     /// The worker consumes from its queues (`true`) or stopped (connection lost, draining).

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use tokio::sync::{mpsc, watch};
@@ -33,7 +33,7 @@ use crate::report::{PublishError, ReportLink, Reporter, ReporterTask, Stats, pub
 use crate::retry::{FailureAction, decide_failure, reconnect_delay};
 use crate::scheduler::Buffer;
 use crate::topology::{self, TopologyError};
-use crate::{RETRY_TIER_HEADER, dead_letter_header, dead_letter_reason};
+use crate::{RETRY_TIER_HEADER, dead_letter_header, dead_letter_reason, lost};
 
 /// How long a cancelled handler gets to return before it is aborted (covers the exec mode's
 /// SIGTERM-then-SIGKILL sequence).
@@ -43,6 +43,8 @@ pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before returning a task whose outcome could not be published, so that a missing
 /// queue does not turn into a hot redelivery loop.
 pub const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+/// How often an idle or busy worker looks for suspect tasks (see [`crate::lost`]).
+pub const SUSPECT_CHECK: Duration = Duration::from_secs(1);
 
 type BoxedTask = Pin<Box<dyn Future<Output = TaskResult> + Send + 'static>>;
 /// A registered task handler.
@@ -514,6 +516,22 @@ async fn run_session(
         consumers.push((channel, tag));
     }
     drop(incoming_tx);
+    // Tasks whose worker was lost while they ran wait in the pool's suspect queue, each to be run
+    // alone (crate::lost). A refused declaration closes its channel: a throwaway one.
+    let suspect_queue = names::suspect_queue(&config.namespace, &config.pool);
+    let declare = connection.create_channel().await?;
+    match topology::declare_suspect_queue(&declare, &config.namespace, &config.pool, &config.queue_type).await {
+        Ok(()) => {
+            let _ = declare.close(200, "OK".into()).await;
+        }
+        Err(e) => tracing::warn!(error = %e, queue = %suspect_queue, "declaring the suspect queue failed; using it as is"),
+    }
+    let suspect_channel = connection.create_channel().await?;
+    let suspect_acks = session.acks.add_channel(suspect_channel.clone());
+    let mut suspect_check = tokio::time::interval(SUSPECT_CHECK);
+    suspect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // True while suspects wait: start no other task, and run them one at a time once idle.
+    let mut suspects = false;
     forwarders.spawn(session.acks.clone().run().in_current_span());
     *failures = 0;
     shared.metrics.set_consuming(true);
@@ -527,13 +545,51 @@ async fn run_session(
     let mut incoming_open = true;
     let mut grace_deadline: Option<Instant> = None;
     let end = loop {
-        if !draining {
+        if !draining && suspects {
+            if running.is_empty() {
+                let get = BasicGetOptions { no_ack: false };
+                match suspect_channel.basic_get(suspect_queue.as_str().into(), get).await {
+                    Ok(Some(message)) => {
+                        let delivery = message.delivery;
+                        let receipt = session.acks.delivered(suspect_acks, delivery.delivery_tag);
+                        match TaskEnvelope::from_json(&delivery.data) {
+                            Ok(envelope) => match shared.cancel_reason(&envelope.job.uid) {
+                                Some(reason) => {
+                                    aux.spawn(drop_cancelled(shared.clone(), session.clone(), receipt, envelope, reason));
+                                }
+                                None if delivery.redelivered => {
+                                    aux.spawn(move_redelivered(shared.clone(), session.clone(), receipt, delivery, envelope));
+                                }
+                                None => {
+                                    tracing::info!(job = %envelope.job.name, task = envelope.index, "running a suspect task alone");
+                                    shared.stats.task_started();
+                                    let ready = Ready { delivery, receipt, envelope };
+                                    running.spawn(execute(shared.clone(), session.clone(), ready, interrupt.clone()));
+                                }
+                            },
+                            Err(error) => {
+                                aux.spawn(dead_letter_malformed(shared.clone(), session.clone(), delivery, receipt, error));
+                            }
+                        }
+                        if running.is_empty() {
+                            continue;
+                        }
+                    }
+                    Ok(None) => suspects = false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "taking a suspect task failed");
+                        session.lost.cancel();
+                    }
+                }
+            }
+        }
+        if !draining && !suspects {
             while running.len() < usize::from(config.concurrency) {
                 let Some((_, ready)) = buffer.pop_next(std::time::Instant::now(), config.starvation) else { break };
                 shared.stats.task_started();
                 running.spawn(execute(shared.clone(), session.clone(), ready, interrupt.clone()));
             }
-        } else if running.is_empty() {
+        } else if draining && running.is_empty() {
             break SessionEnd::Drained;
         }
         let grace_over = async {
@@ -558,7 +614,7 @@ async fn run_session(
                 let buffered = buffer.drain();
                 tracing::info!(buffered = buffered.len(), running = running.len(), grace_s = config.grace.as_secs_f64(), "draining");
                 for ready in buffered {
-                    session.acks.requeue(ready.receipt);
+                    aux.spawn(return_unstarted(session.clone(), ready));
                 }
                 grace_deadline = Some(Instant::now() + config.grace);
                 // Send the draining heartbeat now; nobody needs to wait for it.
@@ -574,12 +630,30 @@ async fn run_session(
                 }
             }
             Some(_) = aux.join_next(), if !aux.is_empty() => {}
+            _ = suspect_check.tick(), if !draining && !suspects => {
+                let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+                match suspect_channel.queue_declare(suspect_queue.as_str().into(), passive, FieldTable::default()).await {
+                    Ok(queue) if queue.message_count() > 0 => {
+                        tracing::info!(waiting = queue.message_count(), running = running.len(), "suspect tasks wait; running them alone once idle");
+                        suspects = true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, queue = %suspect_queue, "checking the suspect queue failed");
+                        session.lost.cancel();
+                    }
+                }
+            }
             received = incoming.recv(), if incoming_open => match received {
                 Some((_, receipt, _)) if draining => session.acks.requeue(receipt),
                 Some((class, receipt, delivery)) => match TaskEnvelope::from_json(&delivery.data) {
                     Ok(envelope) => match shared.cancel_reason(&envelope.job.uid) {
                         Some(reason) => {
                             aux.spawn(drop_cancelled(shared.clone(), session.clone(), receipt, envelope, reason));
+                        }
+                        // Its previous delivery ended unsettled: the worker was lost, maybe by it.
+                        None if delivery.redelivered => {
+                            aux.spawn(move_redelivered(shared.clone(), session.clone(), receipt, delivery, envelope));
                         }
                         None => buffer.push(class, std::time::Instant::now(), Ready { delivery, receipt, envelope }),
                     },
@@ -694,8 +768,24 @@ async fn publish_dead_letter(
     last_error: &str,
     envelope: Option<&TaskEnvelope>,
 ) -> Result<(), PublishError> {
+    publish_dead_letter_with(shared, session, delivery, reason, last_error, envelope, &[]).await
+}
+
+async fn publish_dead_letter_with(
+    shared: &Shared,
+    session: &Session,
+    delivery: &Delivery,
+    reason: &str,
+    last_error: &str,
+    envelope: Option<&TaskEnvelope>,
+    extra: &[(&str, AMQPValue)],
+) -> Result<(), PublishError> {
     let dlq = names::dead_letter_queue(&shared.config.namespace, &shared.config.pool);
-    let mut properties = BasicProperties::default().with_headers(dead_letter_headers(reason, last_error, envelope));
+    let mut headers = dead_letter_headers(reason, last_error, envelope);
+    for (name, value) in extra {
+        headers.insert((*name).into(), value.clone());
+    }
+    let mut properties = BasicProperties::default().with_headers(headers);
     if let Some(content_type) = delivery.properties.content_type() {
         properties = properties.with_content_type(content_type.clone());
     }
@@ -728,6 +818,82 @@ async fn drop_cancelled(shared: Arc<Shared>, session: Arc<Session>, receipt: Rec
     }
     .instrument(span)
     .await
+}
+
+/// A redelivered task (its worker was lost during its previous delivery): moved to the suspect
+/// queue to run alone, or, at its delivery limit, dead-lettered (`worker-lost`) and reported
+/// failed. See [`crate::lost`].
+async fn move_redelivered(shared: Arc<Shared>, session: Arc<Session>, receipt: Receipt, delivery: Delivery, envelope: TaskEnvelope) {
+    let span = tracing::info_span!("task", job = %envelope.job.name, job_uid = %envelope.job.uid, task = envelope.index, attempt = envelope.attempt);
+    async {
+        let headers = delivery.properties.headers().as_ref();
+        let (was_suspect, lost_runs) = lost::read_headers(headers);
+        match lost::on_redelivery(was_suspect, lost_runs, envelope.retry.max_attempts) {
+            lost::Redelivered::Suspect { lost_runs } => {
+                tracing::warn!(lost_runs, was_suspect, "the task's worker was lost during its previous delivery; moving it to the suspect queue to run alone");
+                let queue = names::suspect_queue(&shared.config.namespace, &shared.config.pool);
+                let properties = BasicProperties::default()
+                    .with_content_type(TASK_CONTENT_TYPE.into())
+                    .with_headers(lost::suspect_headers(headers, lost_runs));
+                match publish_confirmed(&session.publish, "", &queue, &delivery.data, properties).await {
+                    Ok(()) => {
+                        shared.metrics.task_redelivered(&envelope.priority, false);
+                        session.acks.ack(receipt);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, reason = e.reason(), "moving a task to the suspect queue failed; returning it");
+                        if matches!(e, PublishError::Broker(_)) {
+                            session.lost.cancel();
+                        }
+                        tokio::time::sleep(REQUEUE_PAUSE).await;
+                        session.acks.requeue(receipt);
+                    }
+                }
+            }
+            lost::Redelivered::DeadLetter { lost_runs } => {
+                let error = format!(
+                    "the worker was lost during {lost_runs} runs of this task, the last {} of them with the task running alone \
+                     (killed, out of memory, or its channel closed, e.g. by the broker's consumer_timeout)",
+                    lost_runs - 1
+                );
+                tracing::warn!(lost_runs, "the task took its worker down at every run; dead-lettering it");
+                let reason = dead_letter_reason::WORKER_LOST;
+                let extra = [(dead_letter_header::LOST_RUNS, AMQPValue::LongLongInt(i64::from(lost_runs)))];
+                if let Err(e) = publish_dead_letter_with(&shared, &session, &delivery, reason, &error, Some(&envelope), &extra).await {
+                    tracing::warn!(error = %e, reason = e.reason(), "dead-lettering a task failed; returning it");
+                    if matches!(e, PublishError::Broker(_)) {
+                        session.lost.cancel();
+                    }
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    session.acks.requeue(receipt);
+                    return;
+                }
+                shared.metrics.task_redelivered(&envelope.priority, true);
+                let disposition = FailureDisposition::DeadLettered { reason: reason.to_string() };
+                report_then_ack(&shared, &session, receipt, &envelope, TaskEventKind::Failed { error, disposition }).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A buffered task that never started, handed back on shutdown: republished as it came (then
+/// acknowledged) rather than returned with a nack, so that its next delivery is not flagged
+/// `redelivered` and taken for a task that took its worker down.
+async fn return_unstarted(session: Arc<Session>, ready: Ready) {
+    let Ready { delivery, receipt, .. } = ready;
+    let mut properties = BasicProperties::default().with_content_type(TASK_CONTENT_TYPE.into());
+    if let Some(headers) = delivery.properties.headers() {
+        properties = properties.with_headers(headers.clone());
+    }
+    match publish_confirmed(&session.publish, delivery.exchange.as_str(), delivery.routing_key.as_str(), &delivery.data, properties).await {
+        Ok(()) => session.acks.ack(receipt),
+        Err(e) => {
+            tracing::debug!(error = %e, "republishing an unstarted task failed; returning it");
+            session.acks.requeue(receipt);
+        }
+    }
 }
 
 /// Reports an outcome and acknowledges the delivery once the report is confirmed by the broker

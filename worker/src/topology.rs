@@ -175,6 +175,20 @@ pub async fn declare_pool(
         )
         .await
         .map_err(declare_err(&dlq))?;
+    declare_suspect_queue(channel, namespace, pool, queue_type).await
+}
+
+/// Declares the pool's suspect queue (see [`crate::lost`]): durable, of the pool's queue type,
+/// published to directly (default exchange). Idempotent; workers declare it too.
+pub async fn declare_suspect_queue(channel: &Channel, namespace: &str, pool: &str, queue_type: &str) -> Result<(), TopologyError> {
+    if !QUEUE_TYPES.contains(&queue_type) {
+        return Err(TopologyError::InvalidQueueType(queue_type.to_string()));
+    }
+    let queue = names::suspect_queue(namespace, pool);
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), table(&[("x-queue-type", text(queue_type))]))
+        .await
+        .map_err(declare_err(&queue))?;
     Ok(())
 }
 

@@ -203,6 +203,7 @@ impl TestPool {
         let ch = fresh.as_ref().unwrap_or(&self.channel);
         let mut queues: Vec<String> = self.classes.iter().map(|c| self.work_queue(c)).collect();
         queues.push(self.dlq());
+        queues.push(names::suspect_queue(&self.namespace, &self.pool));
         queues.push(self.reports_queue.clone());
         queues.extend(retry_tiers.iter().map(|t| self.retry_queue(*t)));
         for q in queues {

@@ -103,7 +103,9 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
         (Some(spec), Ok(())) => {
             let existing = deployments.get_opt(&pool.deployment_name()).await?;
             let current = existing.as_ref().and_then(|d| d.spec.replicas).unwrap_or(0).max(0) as u32;
-            let retry_queues: Vec<String> = plan::recorded_retry_queues(&pool).into_values().collect();
+            // Retries due and suspects waiting to run alone both need a worker.
+            let mut retry_queues: Vec<String> = plan::recorded_retry_queues(&pool).into_values().collect();
+            retry_queues.push(topology.suspect_queue.clone());
             match ctx.autoscalers.poll(&pool, spec, current, &topology.work_queues, &retry_queues, &ctx.broker, &ctx.workers).await {
                 Ok(s) => {
                     if s.decision.desired < current {
@@ -250,6 +252,7 @@ async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> 
         let topology = plan::topology(&pool);
         let mut queues = topology.work_queues.clone();
         queues.push(topology.dead_letter_queue.clone());
+        queues.push(topology.suspect_queue.clone());
         // Workers declare retry tiers on demand; every tier a Job of this pool may use was
         // recorded in the status before its tasks were enqueued.
         queues.extend(plan::recorded_retry_queues(&pool).into_values());

@@ -19,6 +19,8 @@ pub struct Topology {
     pub exchange: String,
     pub work_queues: Vec<String>,
     pub dead_letter_queue: String,
+    /// Tasks whose worker was lost while they ran, waiting to run alone (`warren_worker::lost`).
+    pub suspect_queue: String,
 }
 
 pub fn topology(pool: &WorkerPool) -> Topology {
@@ -28,6 +30,7 @@ pub fn topology(pool: &WorkerPool) -> Topology {
         exchange: names::pool_exchange(&namespace, &name),
         work_queues: pool.spec.priorities.iter().map(|p| names::work_queue(&namespace, &name, p)).collect(),
         dead_letter_queue: names::dead_letter_queue(&namespace, &name),
+        suspect_queue: names::suspect_queue(&namespace, &name),
     }
 }
 
