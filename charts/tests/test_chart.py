@@ -524,7 +524,7 @@ def rules_file(chart, tmp_path) -> Path:
 
 def test_alert_rules_pass_promtool_check(rules_file):
     done = run([promtool(), "check", "rules", rules_file])
-    assert "SUCCESS: 12 rules found" in done.stdout, done.stdout
+    assert "SUCCESS: 13 rules found" in done.stdout, done.stdout
 
 
 def test_alert_rules_pass_their_promtool_unit_tests(rules_file):

@@ -37,12 +37,15 @@ NO_DATA_EXPECTED = {
     "sum by (connection) (rate(warren_operator_broker_reconnects_total[5m])) * 60",
     "sum by (kind, reason) (rate(warren_operator_status_write_errors_total[5m]))",
     "sum by (reason) (rate(warren_operator_reports_rejected_total[5m]))",
+    "sum by (pool, action) (rate(warren_worker_redelivered_tasks_total[5m]))",
+    "sum by (namespace, pool) (increase(warren_operator_tasks_lost_total[1h]))",
 }
 # Alerts whose expression must return data in this run (the Job dead-letters a task).
 FIRING_IN_THIS_RUN = {"WarrenDeadLetterQueueGrowing"}
 # Metrics that stay absent in a healthy run (families without a sample).
 ABSENT_IN_A_HEALTHY_RUN = {"warren_operator_reconcile_errors_total", "warren_operator_broker_reconnects_total",
-                           "warren_operator_status_write_errors_total", "warren_operator_reports_rejected_total"}
+                           "warren_operator_status_write_errors_total", "warren_operator_reports_rejected_total",
+                           "warren_worker_redelivered_tasks_total", "warren_operator_tasks_lost_total"}
 # Kinds whose status this run writes (a pool and a Job, no Workflow): a per-kind panel must show a
 # non-zero series for each, so that a query fed only by another kind than its title says fails.
 KINDS_WRITTEN_IN_THIS_RUN = {"Job", "WorkerPool"}

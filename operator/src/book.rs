@@ -282,6 +282,45 @@ impl JobBook {
         }
     }
 
+    /// The Jobs of a pool that have tasks queued (enqueued, not started, not finished, not
+    /// dropped) and are neither suspended nor ended: (uid, queued tasks).
+    pub fn queued_in_pool(&self, namespace: &str, pool: &str) -> Vec<(String, u32)> {
+        let entries = self.entries.lock().expect("book lock");
+        entries
+            .iter()
+            .filter(|(_, e)| {
+                e.job.namespace().as_deref() == Some(namespace)
+                    && e.job.spec.pool_ref == pool
+                    && !e.job.spec.suspend
+                    && e.ledger.terminated.is_none()
+                    && !e.ledger.is_complete()
+            })
+            .map(|(uid, e)| (uid.clone(), e.ledger.queued()))
+            .filter(|(_, queued)| *queued > 0)
+            .collect()
+    }
+
+    /// The broker lost `missing` queued tasks of the Job's pool: the Job re-enqueues its queued
+    /// tasks (`onLostTasks: Requeue`) or ends `Failed`, reason `TasksLost`. Returns the tasks
+    /// marked for re-enqueueing; None if the Job is not in the book.
+    pub fn tasks_lost(&self, uid: &str, missing: u64, now_ms: u64) -> Option<u32> {
+        let mut entries = self.entries.lock().expect("book lock");
+        let entry = entries.get_mut(uid)?;
+        let fail = entry.job.spec.on_lost_tasks == crate::crd::OnLostTasks::Fail;
+        let requeued = entry.ledger.tasks_lost(missing, !fail, now_ms);
+        if fail && entry.ledger.terminated.is_none() {
+            entry.ledger.terminated = Some(Termination {
+                reason: crate::controllers::job::plan::TASKS_LOST.to_string(),
+                message: format!(
+                    "{missing} of the pool's queued tasks went missing from the broker (onLostTasks: Fail); the Job's unfinished tasks were cancelled"
+                ),
+                at_ms: now_ms,
+            });
+        }
+        entry.applied = self.seq();
+        Some(requeued)
+    }
+
     /// Dropped tasks are about to be re-enqueued (see [`Ledger::begin_republish`]).
     pub fn begin_republish(&self, uid: &str, indexes: &[u32]) {
         let mut entries = self.entries.lock().expect("book lock");

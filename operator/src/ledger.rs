@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use warren_protocol::{FailureDisposition, TaskEvent, TaskEventKind};
 
-use crate::crd::{JobStatus, LedgerSnapshot, Termination};
+use crate::crd::{JobStatus, LedgerSnapshot, LostTasks, Termination};
 use crate::ranges;
 
 /// The accounting of one Job (one uid).
@@ -54,6 +54,8 @@ pub struct Ledger {
     pub active_since_ms: Option<u64>,
     /// Set when the Job ended before all its tasks finished; final.
     pub terminated: Option<Termination>,
+    /// Tasks the broker lost, noticed by [`crate::lost_tasks`].
+    pub lost: Option<LostTasks>,
 }
 
 impl Ledger {
@@ -91,6 +93,7 @@ impl Ledger {
                 .collect();
             ledger.active_since_ms = snapshot.active_since_ms;
             ledger.terminated = snapshot.terminated.clone();
+            ledger.lost = snapshot.lost.clone();
         }
         ledger.result = status.result.clone().filter(|_| total == 1);
         ledger.first_started_ms = status.start_time.as_ref().map(|t| t.0.as_millisecond() as u64);
@@ -107,6 +110,7 @@ impl Ledger {
             dropped_attempts: self.republishing.iter().chain(self.dropped.iter()).map(|(i, n)| (*i, *n)).collect(),
             active_since_ms: self.active_since_ms,
             terminated: self.terminated.clone(),
+            lost: self.lost.clone(),
         }
     }
 
@@ -258,6 +262,33 @@ impl Ledger {
     }
     pub fn is_complete(&self) -> bool {
         self.total > 0 && self.finished() >= self.total
+    }
+
+    /// The broker lost `missing` tasks of the pool this Job runs on. `requeue`: every queued task
+    /// of the Job (enqueued, neither finished nor running nor dropped) is marked for re-enqueueing
+    /// — which of them the broker lost is unknown, so a copy that was not lost runs at most once
+    /// more, and is counted once. Returns how many were marked.
+    pub fn tasks_lost(&mut self, missing: u64, requeue: bool, at_ms: u64) -> u32 {
+        let mut marked = 0;
+        if requeue {
+            for index in 0..self.enqueued.min(self.total) {
+                if self.is_finished(index)
+                    || self.running.contains_key(&index)
+                    || self.dropped.contains_key(&index)
+                    || self.republishing.contains_key(&index)
+                {
+                    continue;
+                }
+                let attempt = self.retries_so_far.get(&index).map_or(1, |failed| failed + 1);
+                self.dropped.insert(index, attempt);
+                marked += 1;
+            }
+        }
+        let lost = self.lost.get_or_insert_with(LostTasks::default);
+        lost.missing += missing;
+        lost.requeued += u64::from(marked);
+        lost.at_ms = at_ms;
+        marked
     }
 }
 

@@ -11,6 +11,7 @@ pub mod crd;
 pub mod leader;
 pub mod ledger;
 pub mod local;
+pub mod lost_tasks;
 pub mod metrics;
 pub mod pod_security;
 pub mod queue_stats;
@@ -70,6 +71,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         autoscalers: controllers::worker_pool::scale::Autoscalers::new(client.clone()),
     });
     let flusher = tokio::spawn(book.clone().run_flusher());
+    let lost_tasks = tokio::spawn(lost_tasks::run(ctx.clone()));
     let sampler = tokio::spawn(queue_stats::run(
         config.amqp_url.clone(),
         config.reports_queue.clone(),
@@ -107,6 +109,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         },
     };
     flusher.abort();
+    lost_tasks.abort();
     consumer.abort();
     sampler.abort();
     metrics::global().leader.set(0);

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub tasks_failed: Family<PoolLabels, Counter>,
     pub tasks_retried: Family<PoolLabels, Counter>,
     pub tasks_dead_lettered: Family<PoolLabels, Counter>,
+    /// Queued tasks found missing from a pool's queues ([`crate::lost_tasks`]).
+    pub tasks_lost: Family<PoolOnlyLabels, Counter>,
     pub tasks_in_flight: Family<PoolLabels, Gauge>,
     pub queue_ready: Family<PoolLabels, Gauge>,
     pub queue_consumers: Family<PoolLabels, Gauge>,
@@ -166,6 +168,7 @@ impl Metrics {
         let tasks_failed = Family::<PoolLabels, Counter>::default();
         let tasks_retried = Family::<PoolLabels, Counter>::default();
         let tasks_dead_lettered = Family::<PoolLabels, Counter>::default();
+        let tasks_lost = Family::<PoolOnlyLabels, Counter>::default();
         let tasks_in_flight = Family::<PoolLabels, Gauge>::default();
         let queue_ready = Family::<PoolLabels, Gauge>::default();
         let queue_consumers = Family::<PoolLabels, Gauge>::default();
@@ -188,6 +191,11 @@ impl Metrics {
         registry.register("tasks_failed", "Failed task attempts (retried or dead-lettered)", tasks_failed.clone());
         registry.register("tasks_retried", "Failed task attempts scheduled for a retry", tasks_retried.clone());
         registry.register("tasks_dead_lettered", "Tasks that failed for good and went to the dead-letter queue", tasks_dead_lettered.clone());
+        registry.register(
+            "tasks_lost",
+            "Queued tasks found missing from a pool's queues for longer than the lost-task check allows (purged or deleted queue, dropHead overflow, broker data loss)",
+            tasks_lost.clone(),
+        );
         registry.register("tasks_in_flight", "Tasks a worker reported started and not yet finished", tasks_in_flight.clone());
         registry.register("queue_ready_messages", "Tasks waiting in a pool's work queue (RabbitMQ ready messages)", queue_ready.clone());
         registry.register("queue_consumers", "Consumers of a pool's work queue", queue_consumers.clone());
@@ -223,6 +231,7 @@ impl Metrics {
             tasks_failed,
             tasks_retried,
             tasks_dead_lettered,
+            tasks_lost,
             tasks_in_flight,
             queue_ready,
             queue_consumers,

@@ -63,7 +63,7 @@ mod tests {
             worker: WorkerId { namespace: "ns".into(), pool: "p".into(), pod: pod.into() },
             sent_at_ms: 0,
             events: Vec::new(),
-            heartbeat: Some(Heartbeat { in_flight: 0, concurrency: 1, draining: false, idle_since_ms: None, completed_total: 0, interrupted_total: 0 }),
+            heartbeat: Some(Heartbeat { in_flight: 0, concurrency: 1, draining: false, idle_since_ms: None, completed_total: 0, interrupted_total: 0, buffered: None }),
         }
     }
 

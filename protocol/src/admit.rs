@@ -208,7 +208,7 @@ mod tests {
                     replay: 0,
                 },
             ],
-            heartbeat: Some(Heartbeat { in_flight: 1, concurrency: 4, draining: false, idle_since_ms: None, completed_total: 3, interrupted_total: 0 }),
+            heartbeat: Some(Heartbeat { in_flight: 1, concurrency: 4, draining: false, idle_since_ms: None, completed_total: 3, interrupted_total: 0, buffered: None }),
         };
         assert_eq!(report(&batch.to_json()), Ok(Admitted { batch, invalid_events: 0 }));
     }

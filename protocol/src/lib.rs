@@ -313,6 +313,10 @@ pub struct Heartbeat {
     pub completed_total: u64,
     /// Tasks interrupted by shutdown before finishing (returned to the queue).
     pub interrupted_total: u64,
+    /// Tasks delivered to this worker that it has not started (its buffer): the operator's
+    /// lost-task check counts them as held. Absent from workers older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffered: Option<u32>,
 }
 
 /// Something that happened to one attempt of one task.

@@ -108,6 +108,8 @@ pub struct Stats {
     pub completed_total: AtomicU64,
     pub interrupted_total: AtomicU64,
     pub draining: AtomicBool,
+    /// Delivered and not started (the runtime's buffer).
+    pub buffered: AtomicU32,
     idle_since_ms: AtomicU64,
 }
 
@@ -119,6 +121,7 @@ impl Stats {
             completed_total: AtomicU64::new(0),
             interrupted_total: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            buffered: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(now_ms()),
         }
     }
@@ -148,6 +151,7 @@ impl Stats {
             self.idle_since_ms.load(Ordering::SeqCst),
             self.completed_total.load(Ordering::SeqCst),
             self.interrupted_total.load(Ordering::SeqCst),
+            self.buffered.load(Ordering::SeqCst),
         )
     }
 }
@@ -160,6 +164,7 @@ pub fn heartbeat(
     idle_since_ms: u64,
     completed_total: u64,
     interrupted_total: u64,
+    buffered: u32,
 ) -> Heartbeat {
     Heartbeat {
         in_flight,
@@ -168,6 +173,7 @@ pub fn heartbeat(
         idle_since_ms: (in_flight == 0).then_some(idle_since_ms),
         completed_total,
         interrupted_total,
+        buffered: Some(buffered),
     }
 }
 

@@ -592,6 +592,7 @@ async fn run_session(
         } else if draining && running.is_empty() {
             break SessionEnd::Drained;
         }
+        shared.stats.buffered.store(buffer.len() as u32, std::sync::atomic::Ordering::Relaxed);
         let grace_over = async {
             match grace_deadline {
                 Some(at) if !interrupt.is_cancelled() => tokio::time::sleep_until(at).await,

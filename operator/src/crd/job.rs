@@ -84,6 +84,26 @@ pub struct JobSpec {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("idempotencyKey is immutable"))]
     pub idempotency_key: Option<String>,
+    /// What the operator does when it notices that the broker lost some of the Job's queued
+    /// tasks (a purged or deleted queue, `overflow: dropHead`, broker data loss): `Requeue`
+    /// (default) enqueues the Job's queued tasks again — a copy that was not lost runs at most
+    /// once more and is counted once — or `Fail` ends the Job `Failed`, reason `TasksLost`.
+    #[serde(default, skip_serializing_if = "OnLostTasks::is_default")]
+    pub on_lost_tasks: OnLostTasks,
+}
+
+/// See [`JobSpec::on_lost_tasks`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OnLostTasks {
+    #[default]
+    Requeue,
+    Fail,
+}
+
+impl OnLostTasks {
+    fn is_default(&self) -> bool {
+        *self == OnLostTasks::Requeue
+    }
 }
 
 /// When failed tasks fail the Job, like `maxFailedIndexes` of a Kubernetes Indexed Job.
@@ -261,6 +281,21 @@ pub struct LedgerSnapshot {
     /// Why the Job ended before all its tasks finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated: Option<Termination>,
+    /// Tasks of the Job the broker lost, as the operator noticed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<LostTasks>,
+}
+
+/// What the operator noticed missing from the broker, and what it did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LostTasks {
+    /// Tasks found missing from the pool's queues, summed over every time it happened.
+    pub missing: u64,
+    /// Tasks enqueued again for it (`onLostTasks: Requeue`).
+    pub requeued: u64,
+    /// Milliseconds since the epoch of the last time.
+    pub at_ms: u64,
 }
 
 /// A Job ended early (deadline, failure budget): its remaining tasks are cancelled.

@@ -10,7 +10,7 @@ mod worker_pool;
 mod workflow;
 
 pub use index_values::IndexValues;
-pub use job::{FailurePolicy, Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot, Termination};
+pub use job::{FailurePolicy, Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot, LostTasks, OnLostTasks, Termination};
 pub use retry::{BackoffSpec, RetrySpec};
 pub use worker_pool::{
     AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, PriorityBacklog, ScalingRules,

@@ -15,6 +15,9 @@ pub const MAX_FAILED_TASKS_EXCEEDED: &str = "MaxFailedTasksExceeded";
 /// Reason of a Job stopped because the API server refused its status for good (too large, or
 /// invalid): its remaining tasks are cancelled, and a compacted status is written instead.
 pub const STATUS_TOO_LARGE: &str = "StatusTooLarge";
+/// Condition and termination reason: the broker lost queued tasks of the Job
+/// (`crate::lost_tasks`).
+pub const TASKS_LOST: &str = "TasksLost";
 
 /// Largest serialized payload of one task. RabbitMQ handles more, but a task queue is no place
 /// for bulk data: pass a reference (URL, object key) instead.

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::plan::Blocker;
 use crate::conditions::{self, Desired};
-use crate::crd::{FailurePolicy, Job, JobPhase, JobProgress, JobStatus};
+use crate::crd::{FailurePolicy, Job, JobPhase, JobProgress, JobStatus, OnLostTasks};
 use crate::ledger::Ledger;
 use crate::ranges;
 
@@ -52,6 +52,7 @@ pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition>
                 // the first Job with the same idempotencyKey, is no problem.
                 ("Ready", "False") => (!matches!(c.reason.as_str(), "PoolNotReady" | "DuplicateOf"), "Block"),
                 ("Complete", "True") => (false, "Complete"),
+                ("TasksLost", "True") => (true, "DetectLostTasks"),
                 ("Suspended", "True") => (false, "Suspend"),
                 ("Suspended", "False") => (false, "Resume"),
                 _ => return None,
@@ -121,6 +122,19 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
             )),
         },
         _ => {}
+    }
+    if let Some(lost) = &ledger.lost {
+        let action = if job.spec.on_lost_tasks == OnLostTasks::Fail {
+            "the Job fails (onLostTasks: Fail)".to_string()
+        } else {
+            format!("{} queued tasks were enqueued again (onLostTasks: Requeue)", lost.requeued)
+        };
+        wanted.push(Desired::new(
+            "TasksLost",
+            true,
+            super::plan::TASKS_LOST,
+            format!("{} of the pool's queued tasks went missing from the broker (a purged or deleted queue, overflow dropHead, broker data loss); {action}", lost.missing),
+        ));
     }
     if suspended {
         wanted.push(Desired::new(
@@ -215,6 +229,7 @@ fn termination_reason(reason: &str) -> &'static str {
         super::plan::DEADLINE_EXCEEDED => super::plan::DEADLINE_EXCEEDED,
         super::plan::MAX_FAILED_TASKS_EXCEEDED => super::plan::MAX_FAILED_TASKS_EXCEEDED,
         super::plan::STATUS_TOO_LARGE => super::plan::STATUS_TOO_LARGE,
+        super::plan::TASKS_LOST => super::plan::TASKS_LOST,
         _ => "Terminated",
     }
 }

@@ -306,6 +306,7 @@ mod tests {
             idle_since_ms: None,
             completed_total: 0,
             interrupted_total: 0,
+            buffered: None,
         }
     }
 

@@ -1,0 +1,153 @@
+//! Lost-task detection: per pool, what the Jobs say is queued against what the broker and the
+//! workers hold. A purged or deleted queue, `overflow: dropHead`, or broker data loss leaves Jobs
+//! waiting for tasks that no longer exist; nothing else would ever notice.
+//!
+//! Every [`CHECK_INTERVAL`] the leader compares, per pool, the queued tasks of its running Jobs
+//! (enqueued, not started, not finished, not dropped: the ledger's `queued`) with the messages
+//! ready in the pool's work, retry-tier and suspect queues plus the tasks its workers hold unstarted
+//! (heartbeat `buffered`). Tasks in between (a report not folded in yet, a heartbeat 2 s old) make
+//! a short dip; only a shortfall that lasts [`SUSTAIN`] counts. Then, on every Job of the pool with
+//! queued tasks: condition `TasksLost`, a Warning Event, `warren_operator_tasks_lost_total`, and
+//! the Job's `onLostTasks` — `Requeue` enqueues its queued tasks again, `Fail` ends it.
+//!
+//! Inconclusive (skipped) while a worker of the pool reports no `buffered` count (an older
+//! worker). A worker's last heartbeat counts for [`WORKER_MEMORY`] after it stops, so that the
+//! deliveries of a worker that just died (unacknowledged until the broker notices) are not taken
+//! for lost ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use crate::controllers::Context;
+use crate::controllers::worker_pool::plan;
+use crate::metrics::{self, PoolOnlyLabels};
+
+/// How often each pool is checked.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a shortfall must last to count (noticed within SUSTAIN + CHECK_INTERVAL).
+pub const SUSTAIN: Duration = Duration::from_secs(30);
+/// How long a silent worker's last heartbeat still counts.
+pub const WORKER_MEMORY: Duration = Duration::from_secs(180);
+
+/// Per pool: since when its shortfall lasts, and its smallest value meanwhile.
+#[derive(Default)]
+pub struct Detector {
+    short: HashMap<String, (u64, u64)>,
+}
+
+impl Detector {
+    /// One check of a pool: `expected` queued tasks, `held` found (None: inconclusive). Returns
+    /// the tasks lost once a shortfall has lasted `sustain_ms` (the smallest shortfall seen over
+    /// that time: what was missing all along), and starts over.
+    pub fn observe(&mut self, pool: &str, expected: u64, held: Option<u64>, now_ms: u64, sustain_ms: u64) -> Option<u64> {
+        let held = held?;
+        let shortfall = expected.saturating_sub(held);
+        if shortfall == 0 {
+            self.short.remove(pool);
+            return None;
+        }
+        let (since, least) = self.short.entry(pool.to_string()).or_insert((now_ms, shortfall));
+        *least = (*least).min(shortfall);
+        if now_ms.saturating_sub(*since) < sustain_ms {
+            return None;
+        }
+        let lost = *least;
+        self.short.remove(pool);
+        Some(lost)
+    }
+
+    /// Forgets pools not in `pools`.
+    pub fn retain(&mut self, pools: &std::collections::HashSet<String>) {
+        self.short.retain(|k, _| pools.contains(k));
+    }
+}
+
+/// Runs the check forever (the leader only: it runs beside the controllers).
+pub async fn run(ctx: Arc<Context>) {
+    let mut detector = Detector::default();
+    let mut ticker = tokio::time::interval(CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let pools = ctx.pools.state();
+        let keys: std::collections::HashSet<String> =
+            pools.iter().map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())).collect();
+        detector.retain(&keys);
+        for pool in pools {
+            check(&ctx, &mut detector, &pool).await;
+        }
+    }
+}
+
+async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::WorkerPool) {
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let key = format!("{namespace}/{name}");
+    let jobs = ctx.book.queued_in_pool(&namespace, &name);
+    let expected: u64 = jobs.iter().map(|(_, queued)| u64::from(*queued)).sum();
+    let held = if expected == 0 { Some(0) } else { held(ctx, pool).await };
+    let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+    let Some(lost) = detector.observe(&key, expected, held, now_ms, SUSTAIN.as_millis() as u64) else { return };
+    tracing::warn!(namespace, pool = name, lost, expected, held = ?held, jobs = jobs.len(), "queued tasks are missing from the broker");
+    metrics::global().tasks_lost.get_or_create(&PoolOnlyLabels { namespace: namespace.clone(), pool: name.clone() }).inc_by(lost);
+    for (uid, _) in jobs {
+        if let Some(requeued) = ctx.book.tasks_lost(&uid, lost, now_ms) {
+            tracing::warn!(namespace, pool = name, job_uid = uid, requeued, "a Job's tasks were lost");
+            if let Err(error) = ctx.book.flush(&uid).await {
+                tracing::warn!(%error, job_uid = uid, "writing the status of a Job with lost tasks failed; the flusher retries");
+            }
+        }
+    }
+}
+
+/// What the broker and the pool's workers hold of its queued tasks; None when unknown.
+async fn held(ctx: &Context, pool: &crate::crd::WorkerPool) -> Option<u64> {
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let topology = plan::topology(pool);
+    let mut queues = topology.work_queues.clone();
+    queues.extend(plan::recorded_retry_queues(pool).into_values());
+    queues.push(topology.suspect_queue.clone());
+    let depths = match ctx.broker.queue_depths(&queues).await {
+        Ok(depths) => depths,
+        Err(error) => {
+            tracing::debug!(%error, namespace, pool = name, "cannot count the pool's queues; lost-task check skipped");
+            return None;
+        }
+    };
+    // A missing work queue holds nothing: that is what a deleted queue looks like.
+    let in_queues: u64 = depths.into_iter().flatten().sum();
+    let mut buffered = 0u64;
+    for (_, view) in ctx.workers.pool(&namespace, &name, WORKER_MEMORY) {
+        buffered += u64::from(view.heartbeat.buffered?);
+    }
+    Some(in_queues + buffered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shortfall_counts_only_once_it_has_lasted() {
+        let mut d = Detector::default();
+        assert_eq!(d.observe("p", 10, Some(10), 0, 30_000), None, "nothing missing");
+        assert_eq!(d.observe("p", 10, Some(4), 5_000, 30_000), None, "missing since 5 s");
+        assert_eq!(d.observe("p", 10, Some(2), 20_000, 30_000), None);
+        assert_eq!(d.observe("p", 10, Some(3), 35_000, 30_000), Some(6), "the least shortfall over 30 s");
+        assert_eq!(d.observe("p", 10, Some(3), 40_000, 30_000), None, "starts over after counting");
+    }
+
+    #[test]
+    fn a_dip_that_recovers_or_an_unknown_count_is_no_loss() {
+        let mut d = Detector::default();
+        assert_eq!(d.observe("p", 10, Some(5), 0, 30_000), None);
+        assert_eq!(d.observe("p", 10, Some(12), 10_000, 30_000), None, "more than expected: a publish in flight");
+        assert_eq!(d.observe("p", 10, Some(5), 35_000, 30_000), None, "the clock restarted at the recovery");
+        assert_eq!(d.observe("p", 10, None, 70_000, 30_000), None, "inconclusive");
+        assert_eq!(d.observe("p", 10, Some(5), 70_000, 30_000), Some(5), "the shortfall of 35 s ago lasted");
+        let mut other = Detector::default();
+        assert_eq!(other.observe("p", 0, Some(0), 0, 30_000), None);
+    }
+}
