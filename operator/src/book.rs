@@ -282,9 +282,9 @@ impl JobBook {
         }
     }
 
-    /// The Jobs of a pool that have tasks queued (enqueued, not started, not finished, not
-    /// dropped) and are neither suspended nor ended: (uid, queued tasks).
-    pub fn queued_in_pool(&self, namespace: &str, pool: &str) -> Vec<(String, u32)> {
+    /// The Jobs of a pool that are neither suspended nor ended: (uid, queued tasks — enqueued,
+    /// not started, not finished, not dropped —, finished tasks).
+    pub fn queued_in_pool(&self, namespace: &str, pool: &str) -> Vec<(String, u32, u32)> {
         let entries = self.entries.lock().expect("book lock");
         entries
             .iter()
@@ -295,8 +295,7 @@ impl JobBook {
                     && e.ledger.terminated.is_none()
                     && !e.ledger.is_complete()
             })
-            .map(|(uid, e)| (uid.clone(), e.ledger.queued()))
-            .filter(|(_, queued)| *queued > 0)
+            .map(|(uid, e)| (uid.clone(), e.ledger.queued(), e.ledger.finished()))
             .collect()
     }
 

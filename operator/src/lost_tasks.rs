@@ -5,8 +5,9 @@
 //! Every [`CHECK_INTERVAL`] the leader compares, per pool, the queued tasks of its running Jobs
 //! (enqueued, not started, not finished, not dropped: the ledger's `queued`) with the messages
 //! ready in the pool's work, retry-tier and suspect queues plus the tasks its workers hold unstarted
-//! (heartbeat `buffered`). Tasks in between (a report not folded in yet, a heartbeat 2 s old) make
-//! a short dip; only a shortfall that lasts [`SUSTAIN`] counts. Then, on every Job of the pool with
+//! (heartbeat `buffered`). Tasks in between — started on a worker but their report not folded in
+//! yet, a heartbeat 2 s old — make a dip that lasts as long as tasks flow: a shortfall counts only
+//! above [`TRANSIT`] worth of the pool's completion rate, and only once it has lasted [`SUSTAIN`]. Then, on every Job of the pool with
 //! queued tasks: condition `TasksLost`, a Warning Event, `warren_operator_tasks_lost_total`, and
 //! the Job's `onLostTasks` — `Requeue` enqueues its queued tasks again, `Fail` ends it.
 //!
@@ -29,23 +30,40 @@ use crate::metrics::{self, PoolOnlyLabels};
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a shortfall must last to count (noticed within SUSTAIN + CHECK_INTERVAL).
 pub const SUSTAIN: Duration = Duration::from_secs(30);
+/// Seconds of the pool's completion rate that may be in transit between the workers and the
+/// ledger (reports flush every 100 ms; heartbeats every 2 s).
+pub const TRANSIT: f64 = 2.0;
 /// How long a silent worker's last heartbeat still counts.
 pub const WORKER_MEMORY: Duration = Duration::from_secs(180);
 
-/// Per pool: since when its shortfall lasts, and its smallest value meanwhile.
+/// Per pool: since when its shortfall lasts, and its smallest value meanwhile; the last
+/// finished-task count, for the completion rate.
 #[derive(Default)]
 pub struct Detector {
     short: HashMap<String, (u64, u64)>,
+    finished: HashMap<String, (u64, u64)>,
 }
 
 impl Detector {
-    /// One check of a pool: `expected` queued tasks, `held` found (None: inconclusive). Returns
-    /// the tasks lost once a shortfall has lasted `sustain_ms` (the smallest shortfall seen over
-    /// that time: what was missing all along), and starts over.
-    pub fn observe(&mut self, pool: &str, expected: u64, held: Option<u64>, now_ms: u64, sustain_ms: u64) -> Option<u64> {
+    /// Tasks per second the pool's Jobs finished since the last call (None on the first: the
+    /// check waits for it).
+    pub fn completion_rate(&mut self, pool: &str, finished: u64, now_ms: u64) -> Option<f64> {
+        let rate = match self.finished.get(pool) {
+            Some(&(at, before)) if now_ms > at => Some(finished.saturating_sub(before) as f64 * 1_000.0 / (now_ms - at) as f64),
+            _ => None,
+        };
+        self.finished.insert(pool.to_string(), (now_ms, finished));
+        rate
+    }
+
+    /// One check of a pool: `expected` queued tasks, `held` found (None: inconclusive), up to
+    /// `tolerance` of them in transit. Returns the tasks lost once a shortfall above the
+    /// tolerance has lasted `sustain_ms` (the smallest shortfall seen over that time: what was
+    /// missing all along), and starts over.
+    pub fn observe(&mut self, pool: &str, expected: u64, held: Option<u64>, tolerance: u64, now_ms: u64, sustain_ms: u64) -> Option<u64> {
         let held = held?;
         let shortfall = expected.saturating_sub(held);
-        if shortfall == 0 {
+        if shortfall <= tolerance {
             self.short.remove(pool);
             return None;
         }
@@ -62,6 +80,7 @@ impl Detector {
     /// Forgets pools not in `pools`.
     pub fn retain(&mut self, pools: &std::collections::HashSet<String>) {
         self.short.retain(|k, _| pools.contains(k));
+        self.finished.retain(|k, _| pools.contains(k));
     }
 }
 
@@ -86,13 +105,20 @@ async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::Worker
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let key = format!("{namespace}/{name}");
     let jobs = ctx.book.queued_in_pool(&namespace, &name);
-    let expected: u64 = jobs.iter().map(|(_, queued)| u64::from(*queued)).sum();
-    let held = if expected == 0 { Some(0) } else { held(ctx, pool).await };
+    let expected: u64 = jobs.iter().map(|(_, queued, _)| u64::from(*queued)).sum();
+    let finished: u64 = jobs.iter().map(|(_, _, finished)| u64::from(*finished)).sum();
     let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
-    let Some(lost) = detector.observe(&key, expected, held, now_ms, SUSTAIN.as_millis() as u64) else { return };
-    tracing::warn!(namespace, pool = name, lost, expected, held = ?held, jobs = jobs.len(), "queued tasks are missing from the broker");
+    let rate = detector.completion_rate(&key, finished, now_ms);
+    let tolerance = rate.map_or(0, |r| (r * TRANSIT).ceil() as u64);
+    let held = match rate {
+        _ if expected == 0 => Some(0),
+        None => None,
+        Some(_) => held(ctx, pool).await,
+    };
+    let Some(lost) = detector.observe(&key, expected, held, tolerance, now_ms, SUSTAIN.as_millis() as u64) else { return };
+    tracing::warn!(namespace, pool = name, lost, expected, held = ?held, tolerance, "queued tasks are missing from the broker");
     metrics::global().tasks_lost.get_or_create(&PoolOnlyLabels { namespace: namespace.clone(), pool: name.clone() }).inc_by(lost);
-    for (uid, _) in jobs {
+    for (uid, _, _) in jobs.into_iter().filter(|(_, queued, _)| *queued > 0) {
         if let Some(requeued) = ctx.book.tasks_lost(&uid, lost, now_ms) {
             tracing::warn!(namespace, pool = name, job_uid = uid, requeued, "a Job's tasks were lost");
             if let Err(error) = ctx.book.flush(&uid).await {
@@ -132,22 +158,36 @@ mod tests {
     #[test]
     fn a_shortfall_counts_only_once_it_has_lasted() {
         let mut d = Detector::default();
-        assert_eq!(d.observe("p", 10, Some(10), 0, 30_000), None, "nothing missing");
-        assert_eq!(d.observe("p", 10, Some(4), 5_000, 30_000), None, "missing since 5 s");
-        assert_eq!(d.observe("p", 10, Some(2), 20_000, 30_000), None);
-        assert_eq!(d.observe("p", 10, Some(3), 35_000, 30_000), Some(6), "the least shortfall over 30 s");
-        assert_eq!(d.observe("p", 10, Some(3), 40_000, 30_000), None, "starts over after counting");
+        assert_eq!(d.observe("p", 10, Some(10), 0, 0, 30_000), None, "nothing missing");
+        assert_eq!(d.observe("p", 10, Some(4), 0, 5_000, 30_000), None, "missing since 5 s");
+        assert_eq!(d.observe("p", 10, Some(2), 0, 20_000, 30_000), None);
+        assert_eq!(d.observe("p", 10, Some(3), 0, 35_000, 30_000), Some(6), "the least shortfall over 30 s");
+        assert_eq!(d.observe("p", 10, Some(3), 0, 40_000, 30_000), None, "starts over after counting");
     }
 
     #[test]
     fn a_dip_that_recovers_or_an_unknown_count_is_no_loss() {
         let mut d = Detector::default();
-        assert_eq!(d.observe("p", 10, Some(5), 0, 30_000), None);
-        assert_eq!(d.observe("p", 10, Some(12), 10_000, 30_000), None, "more than expected: a publish in flight");
-        assert_eq!(d.observe("p", 10, Some(5), 35_000, 30_000), None, "the clock restarted at the recovery");
-        assert_eq!(d.observe("p", 10, None, 70_000, 30_000), None, "inconclusive");
-        assert_eq!(d.observe("p", 10, Some(5), 70_000, 30_000), Some(5), "the shortfall of 35 s ago lasted");
+        assert_eq!(d.observe("p", 10, Some(5), 0, 0, 30_000), None);
+        assert_eq!(d.observe("p", 10, Some(12), 0, 10_000, 30_000), None, "more than expected: a publish in flight");
+        assert_eq!(d.observe("p", 10, Some(5), 0, 35_000, 30_000), None, "the clock restarted at the recovery");
+        assert_eq!(d.observe("p", 10, None, 0, 70_000, 30_000), None, "inconclusive");
+        assert_eq!(d.observe("p", 10, Some(5), 0, 70_000, 30_000), Some(5), "the shortfall of 35 s ago lasted");
         let mut other = Detector::default();
-        assert_eq!(other.observe("p", 0, Some(0), 0, 30_000), None);
+        assert_eq!(other.observe("p", 0, Some(0), 0, 0, 30_000), None);
+    }
+
+    #[test]
+    fn tasks_in_transit_while_tasks_flow_are_no_loss() {
+        let mut d = Detector::default();
+        assert_eq!(d.completion_rate("p", 0, 0), None, "no rate before two samples");
+        assert_eq!(d.completion_rate("p", 1_000, 5_000), Some(200.0));
+        // 200 tasks/s: up to 400 may be between a worker and the ledger, for as long as they flow.
+        let tolerance = (200.0 * TRANSIT) as u64;
+        for t in [0, 10_000, 20_000, 40_000] {
+            assert_eq!(d.observe("p", 5_000, Some(4_700), tolerance, t, 30_000), None, "t={t}");
+        }
+        assert_eq!(d.observe("p", 5_000, Some(1_000), tolerance, 45_000, 30_000), None);
+        assert_eq!(d.observe("p", 5_000, Some(1_000), tolerance, 75_000, 30_000), Some(4_000), "a purge is far above it");
     }
 }

@@ -1,7 +1,8 @@
 //! Crash safety end to end: a worker SIGKILLed mid-task, a broker restart (on a private RabbitMQ
 //! node, never the shared one), and the fault test — a 5,000-task Job while a worker is killed at
-//! every tenth of its progress and the broker is restarted once. Every task ends succeeded exactly
-//! once in the status; executions are counted with a side channel (the handler appends its index
+//! every tenth of its progress, its work queue is purged, the operator is killed and the broker
+//! restarted once each, and a poison task kills its worker at every run; it prints the fault table.
+//! Every task ends succeeded exactly once in the status; executions are counted with a side channel (the handler appends its index
 //! to a file), so duplicate executions (at-least-once) are visible and printed.
 
 use std::collections::BTreeMap;
@@ -149,7 +150,7 @@ async fn operator_and_workers_reconnect_after_a_broker_restart_and_lose_nothing(
 async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> anyhow::Result<()> {
     const TASKS: u32 = 5_000;
     let mut broker = PrivateBroker::start().await?;
-    let env = Env::start_custom(
+    let mut env = Env::start_custom(
         "fault",
         EnvOptions {
             amqp_url: Some(broker.url()),
@@ -160,29 +161,51 @@ async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> an
     .await?;
     let log = env.state_dir.join("executions.log");
     // The short sleep keeps the run long enough for every fault to land while tasks are running.
-    let handler = format!("cat >/dev/null; sleep 0.02; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"");
+    // The one task of Job `poison` kills the worker running it, every time.
+    let handler = format!(
+        "cat >/dev/null; if [ \"$WARREN_JOB_NAME\" = poison ]; then kill -9 $PPID; exit 1; fi; \
+         sleep 0.02; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\""
+    );
     env.create_pool("pool", pool_spec(&handler, &log, 3, 8)).await?;
     let started = Instant::now();
     env.create_job("fault", serde_json::json!({"poolRef": "pool", "completions": TASKS})).await?;
+    env.create_job("poison", serde_json::json!({"poolRef": "pool", "retry": {"maxAttempts": 2}})).await?;
 
     // Faults follow progress, not the clock (so a fast or a slow machine sees the same run): one
-    // worker is SIGKILLed each time another KILL_STEP distinct tasks have executed, and the broker
-    // is restarted once 40 % have. Progress is read from the side channel, which is instant.
+    // worker is SIGKILLed each time another KILL_STEP distinct tasks have executed, the work queue
+    // is purged once 20 % have (the queued rest is lost, to be noticed and re-enqueued), the
+    // operator is killed and restarted at 30 % and the broker restarted at 40 %. Progress is read
+    // from the side channel, which is instant.
     const KILL_STEP: u32 = TASKS / 10;
     let mut next_kill = KILL_STEP;
     let mut kills = 0u32;
+    let mut purged: Option<(u32, u32)> = None;
     let mut restarted_at: Option<u32> = None;
+    let mut operator_killed_at: Option<u32> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let job = env.jobs().get("fault").await?;
-        if finished(&job) {
+        if finished(&job) && finished(&env.jobs().get("poison").await?) {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "not finished after 600 s: {:?}", job.status);
         let executed = count(&read_log(&log), "done").len() as u32;
+        if purged.is_none() && executed >= TASKS / 5 {
+            let queue = warren_protocol::names::work_queue(&env.namespace, "pool", "normal");
+            let connection = lapin::Connection::connect(&broker.url(), lapin::ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            let removed = channel.queue_purge(queue.as_str().into(), Default::default()).await?;
+            connection.close(200, "done".into()).await?;
+            purged = Some((executed, removed));
+        }
         if restarted_at.is_none() && executed >= TASKS * 2 / 5 {
             broker.restart().await?;
             restarted_at = Some(executed);
+        }
+        if operator_killed_at.is_none() && executed >= TASKS * 3 / 10 {
+            env.kill_operator().await?;
+            env.start_operator()?;
+            operator_killed_at = Some(executed);
         }
         if executed >= next_kill {
             let pids = env.worker_pids("pool").await?;
@@ -209,12 +232,27 @@ async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> an
     assert!(lost.is_empty(), "tasks never executed: {lost:?}");
     assert!(kills >= 3, "workers were killed during the run ({kills})");
     assert!(restarted_at.is_some(), "the broker was restarted during the run");
+    assert!(operator_killed_at.is_some(), "the operator was killed during the run");
+    let (purged_at, purged_tasks) = purged.expect("the work queue was purged");
+    let noticed = status.ledger.as_ref().and_then(|l| l.lost.clone());
+    if purged_tasks > 0 {
+        assert!(noticed.as_ref().is_some_and(|l| l.missing > 0), "the purge was noticed: {noticed:?}");
+    }
+    // The poison task: dead-lettered once its runs alone took their worker down too.
+    let poison = env.jobs().get("poison").await?.status.expect("status");
+    assert_eq!((poison.phase, poison.failed, poison.dead_lettered), (JobPhase::Failed, 1, 1), "{poison:?}");
     let total: u32 = executions.values().sum();
+    println!("fault table (executions counted on a side channel):");
+    println!("| tasks | worker SIGKILLs | operator kills | broker restarts | poison tasks | purges | lost | duplicate executions | time |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "fault test: {TASKS} tasks succeeded exactly once in the status, 0 lost, {} duplicate executions \
-         ({total} executions); {kills} worker SIGKILLs, broker restarted at {}/{TASKS} executed; {:.1} s",
-        total - TASKS,
+        "| {TASKS} | {kills} by the test (+ the poison task's own) | 1 (at {}/{TASKS}) | 1 (at {}/{TASKS}) | 1 (dead-lettered worker-lost after 2 lost runs) | 1 (at {purged_at}/{TASKS}: {purged_tasks} queued tasks; {} noticed, {} re-enqueued) | {} | {} ({total} executions) | {:.1} s |",
+        operator_killed_at.unwrap_or_default(),
         restarted_at.unwrap_or_default(),
+        noticed.as_ref().map_or(0, |l| l.missing),
+        noticed.as_ref().map_or(0, |l| l.requeued),
+        lost.len(),
+        total - TASKS,
         elapsed.as_secs_f64()
     );
     env.cleanup().await?;
