@@ -761,18 +761,8 @@ fn dead_letter_headers(reason: &str, last_error: &str, envelope: Option<&TaskEnv
     headers
 }
 
+/// Publishes a dead letter (confirmed) with the standard headers and any `extra` ones.
 async fn publish_dead_letter(
-    shared: &Shared,
-    session: &Session,
-    delivery: &Delivery,
-    reason: &str,
-    last_error: &str,
-    envelope: Option<&TaskEnvelope>,
-) -> Result<(), PublishError> {
-    publish_dead_letter_with(shared, session, delivery, reason, last_error, envelope, &[]).await
-}
-
-async fn publish_dead_letter_with(
     shared: &Shared,
     session: &Session,
     delivery: &Delivery,
@@ -793,19 +783,24 @@ async fn publish_dead_letter_with(
     publish_confirmed(&session.publish, "", &dlq, &delivery.data, properties).await
 }
 
+/// After a publish that should have settled a delivery failed: the delivery goes back to its
+/// queue after a pause (so that a missing queue is no hot loop), and a broken channel ends the
+/// session.
+async fn return_after_failed_publish(session: &Session, receipt: Receipt, e: &PublishError, what: &str) {
+    tracing::warn!(error = %e, reason = e.reason(), "{what} failed; returning the delivery");
+    if matches!(e, PublishError::Broker(_)) {
+        session.lost.cancel();
+    }
+    tokio::time::sleep(REQUEUE_PAUSE).await;
+    session.acks.requeue(receipt);
+}
+
 /// A message that is not a task goes to the dead-letter queue (reason `malformed`).
 async fn dead_letter_malformed(shared: Arc<Shared>, session: Arc<Session>, delivery: Delivery, receipt: Receipt, error: String) {
     tracing::warn!(%error, routing_key = %delivery.routing_key, "dead-lettering a malformed message");
-    match publish_dead_letter(&shared, &session, &delivery, dead_letter_reason::MALFORMED, &error, None).await {
+    match publish_dead_letter(&shared, &session, &delivery, dead_letter_reason::MALFORMED, &error, None, &[]).await {
         Ok(()) => session.acks.ack(receipt),
-        Err(e) => {
-            tracing::warn!(error = %e, reason = e.reason(), "dead-lettering a malformed message failed; returning it");
-            if matches!(e, PublishError::Broker(_)) {
-                session.lost.cancel();
-            }
-            tokio::time::sleep(REQUEUE_PAUSE).await;
-            session.acks.requeue(receipt);
-        }
+        Err(e) => return_after_failed_publish(&session, receipt, &e, "dead-lettering a malformed message").await,
     }
 }
 
@@ -841,14 +836,7 @@ async fn move_redelivered(shared: Arc<Shared>, session: Arc<Session>, receipt: R
                         shared.metrics.task_redelivered(&envelope.priority, false);
                         session.acks.ack(receipt);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, reason = e.reason(), "moving a task to the suspect queue failed; returning it");
-                        if matches!(e, PublishError::Broker(_)) {
-                            session.lost.cancel();
-                        }
-                        tokio::time::sleep(REQUEUE_PAUSE).await;
-                        session.acks.requeue(receipt);
-                    }
+                    Err(e) => return_after_failed_publish(&session, receipt, &e, "moving a task to the suspect queue").await,
                 }
             }
             lost::Redelivered::DeadLetter { lost_runs } => {
@@ -860,13 +848,8 @@ async fn move_redelivered(shared: Arc<Shared>, session: Arc<Session>, receipt: R
                 tracing::warn!(lost_runs, "the task took its worker down at every run; dead-lettering it");
                 let reason = dead_letter_reason::WORKER_LOST;
                 let extra = [(dead_letter_header::LOST_RUNS, AMQPValue::LongLongInt(i64::from(lost_runs)))];
-                if let Err(e) = publish_dead_letter_with(&shared, &session, &delivery, reason, &error, Some(&envelope), &extra).await {
-                    tracing::warn!(error = %e, reason = e.reason(), "dead-lettering a task failed; returning it");
-                    if matches!(e, PublishError::Broker(_)) {
-                        session.lost.cancel();
-                    }
-                    tokio::time::sleep(REQUEUE_PAUSE).await;
-                    session.acks.requeue(receipt);
+                if let Err(e) = publish_dead_letter(&shared, &session, &delivery, reason, &error, Some(&envelope), &extra).await {
+                    return_after_failed_publish(&session, receipt, &e, "dead-lettering a task").await;
                     return;
                 }
                 shared.metrics.task_redelivered(&envelope.priority, true);
@@ -1138,7 +1121,7 @@ async fn execute_attempt(
                 FailureAction::DeadLetter { reason } => {
                     tracing::warn!(error = %error, reason, "task failed; dead-lettering");
                     (
-                        publish_dead_letter(shared, session, delivery, reason, error.message(), Some(&envelope))
+                        publish_dead_letter(shared, session, delivery, reason, error.message(), Some(&envelope), &[])
                             .await
                             .map_err(OutcomeError::from),
                         FailureDisposition::DeadLettered { reason: reason.to_string() },
