@@ -484,6 +484,9 @@ pub mod worker_env {
     /// Queue type of the pool (`classic` or `quorum`): the type of the retry-tier queues the
     /// worker declares. Default `classic`.
     pub const QUEUE_TYPE: &str = "WARREN_QUEUE_TYPE";
+    /// `true`: every delivery on its own channel (prefetch 1), so that a channel the broker
+    /// closes (`consumer_timeout`) takes only its own task down. Default `false`.
+    pub const CHANNEL_PER_TASK: &str = "WARREN_CHANNEL_PER_TASK";
 }
 
 #[cfg(test)]

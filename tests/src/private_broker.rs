@@ -38,12 +38,21 @@ pub struct PrivateBroker {
     amqp_port: u16,
     dist_port: u16,
     pid: Option<i32>,
+    /// Extra `rabbitmq.conf` lines and the `advanced.config` term (empty: none).
+    extra_conf: String,
+    advanced: String,
 }
 
 impl PrivateBroker {
     /// Starts a fresh node and waits until it accepts AMQP connections. Fails loudly when
     /// RabbitMQ is not installed or does not start.
     pub async fn start() -> anyhow::Result<PrivateBroker> {
+        Self::start_with("", "").await
+    }
+
+    /// Starts a node with extra `rabbitmq.conf` lines (e.g. `consumer_timeout = 3000`) and an
+    /// `advanced.config` term (e.g. `[{rabbit, [{channel_tick_interval, 500}]}].`; empty: none).
+    pub async fn start_with(extra_conf: &str, advanced: &str) -> anyhow::Result<PrivateBroker> {
         let id = format!("{}-{:06x}", std::process::id(), rand::random::<u32>() & 0xff_ffff);
         let dir = std::env::temp_dir().join(format!("warren-e2e-broker-{id}"));
         std::fs::create_dir_all(&dir)?;
@@ -56,6 +65,8 @@ impl PrivateBroker {
                 amqp_port: free_port()?,
                 dist_port: free_port()?,
                 pid: None,
+                extra_conf: extra_conf.to_string(),
+                advanced: advanced.to_string(),
             };
             broker.write_files()?;
             match broker.boot().await {
@@ -101,8 +112,10 @@ impl PrivateBroker {
         std::fs::write(self.dir.join("rabbitmq-env.conf"), "")?;
         std::fs::write(
             self.dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{}\nlog.file.level = warning\n", self.amqp_port),
+            format!("listeners.tcp.1 = 127.0.0.1:{}\nlog.file.level = warning\n{}\n", self.amqp_port, self.extra_conf),
         )?;
+        let advanced = if self.advanced.is_empty() { "[].\n" } else { self.advanced.as_str() };
+        std::fs::write(self.dir.join("advanced.config"), advanced)?;
         Ok(())
     }
 
@@ -120,6 +133,7 @@ impl PrivateBroker {
             .env("RABBITMQ_PID_FILE", d.join("pid"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", d.join("advanced.config"))
             .env("RABBITMQ_CONF_ENV_FILE", d.join("rabbitmq-env.conf"))
             .env_remove("RABBITMQ_NODE_PORT")
             .env_remove("ERL_FLAGS")

@@ -33,6 +33,9 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The pool's queue type, `classic` or `quorum` (of the retry-tier queues this worker declares).
     pub queue_type: String,
+    /// Every delivery on its own channel (prefetch 1 each, `concurrency` channels per priority):
+    /// a channel the broker closes (`consumer_timeout`) interrupts only its own task.
+    pub channel_per_task: bool,
 }
 
 /// Explicit settings that win over the environment. `None` = take it from the environment.
@@ -49,6 +52,7 @@ pub struct ConfigOverrides {
     pub reports_queue: Option<String>,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub queue_type: Option<String>,
+    pub channel_per_task: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -176,9 +180,24 @@ impl WorkerConfig {
                 problem: "must be classic or quorum".into(),
             });
         }
+        let channel_per_task = match overrides.channel_per_task {
+            Some(on) => on,
+            None => match env(worker_env::CHANNEL_PER_TASK).as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        variable: worker_env::CHANNEL_PER_TASK,
+                        value: other.to_string(),
+                        problem: "must be true or false".into(),
+                    });
+                }
+            },
+        };
         Ok(WorkerConfig {
             metrics_addr,
             queue_type,
+            channel_per_task,
             amqp_url,
             namespace,
             pool,

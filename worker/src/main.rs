@@ -94,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         reports_queue: args.reports_queue,
         metrics_addr: args.metrics_addr,
         queue_type: None,
+        channel_per_task: None,
     };
     let worker = Worker::builder()
         .overrides(overrides)

@@ -482,39 +482,23 @@ async fn run_session(
             tracing::info!(exchange = %control_exchange, "no control message from the operator yet; taking tasks anyway");
         }
     }
-    for (class, priority) in config.priorities.iter().enumerate() {
-        let channel = connection.create_channel().await?;
-        channel.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
-        let queue = names::work_queue(&config.namespace, &config.pool, priority);
-        let tag = ShortString::from(format!("{}.{priority}.{:08x}", config.pod_name, rand::random::<u32>()));
-        let mut consumer =
-            channel.basic_consume(queue.as_str().into(), tag.clone(), BasicConsumeOptions::default(), FieldTable::default()).await?;
-        let (tx, lost, cancelled) = (incoming_tx.clone(), session.lost.clone(), consumers_cancelled.clone());
-        let (acks, acks_channel) = (session.acks.clone(), session.acks.add_channel(channel.clone()));
-        forwarders.spawn(
-            async move {
-                while let Some(item) = consumer.next().await {
-                    match item {
-                        Ok(delivery) => {
-                            let receipt = acks.delivered(acks_channel, delivery.delivery_tag);
-                            if tx.send((class, receipt, delivery)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "consumer failed");
-                            break;
-                        }
-                    }
-                }
-                if !cancelled.is_cancelled() {
-                    lost.cancel();
-                }
-            }
-            .in_current_span(),
-        );
-        consumers.push((channel, tag));
+    // One channel per priority with prefetch `concurrency`; or, with `channel_per_task`,
+    // `concurrency` channels of prefetch 1 per priority, so that a channel the broker closes
+    // (consumer_timeout) holds one delivery only.
+    let (closed_tx, mut closed) = mpsc::unbounded_channel::<usize>();
+    let consumer_link = ConsumerLink { incoming: incoming_tx.clone(), closed: closed_tx, cancelled: consumers_cancelled.clone() };
+    let (per_priority, prefetch) = if config.channel_per_task { (config.concurrency, 1) } else { (1, config.concurrency) };
+    // Which consumer channel (its acks index) consumes which priority class.
+    let mut channel_class: HashMap<usize, usize> = HashMap::new();
+    for (class, _) in config.priorities.iter().enumerate() {
+        for _ in 0..per_priority {
+            let (channel, tag, index) = start_consumer(&session, config, class, prefetch, &consumer_link, &mut forwarders).await?;
+            channel_class.insert(index, class);
+            consumers.push((channel, tag));
+        }
     }
+    // With `channel_per_task`, the interrupt of each running task by its delivery's channel.
+    let mut task_interrupts: HashMap<usize, CancellationToken> = HashMap::new();
     drop(incoming_tx);
     // Tasks whose worker was lost while they ran wait in the pool's suspect queue, each to be run
     // alone (crate::lost). A refused declaration closes its channel: a throwaway one.
@@ -526,8 +510,10 @@ async fn run_session(
         }
         Err(e) => tracing::warn!(error = %e, queue = %suspect_queue, "declaring the suspect queue failed; using it as is"),
     }
-    let suspect_channel = connection.create_channel().await?;
-    let suspect_acks = session.acks.add_channel(suspect_channel.clone());
+    let mut suspect_channel = connection.create_channel().await?;
+    let mut suspect_acks = session.acks.add_channel(suspect_channel.clone());
+    // The interrupt of the suspect running now (its delivery is on the suspect channel).
+    let mut suspect_interrupt: Option<CancellationToken> = None;
     let mut suspect_check = tokio::time::interval(SUSPECT_CHECK);
     suspect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // True while suspects wait: start no other task, and run them one at a time once idle.
@@ -564,7 +550,9 @@ async fn run_session(
                                     tracing::info!(job = %envelope.job.name, task = envelope.index, "running a suspect task alone");
                                     shared.stats.task_started();
                                     let ready = Ready { delivery, receipt, envelope };
-                                    running.spawn(execute(shared.clone(), session.clone(), ready, interrupt.clone()));
+                                    let token = interrupt.child_token();
+                                    suspect_interrupt = Some(token.clone());
+                                    running.spawn(execute(shared.clone(), session.clone(), ready, token));
                                 }
                             },
                             Err(error) => {
@@ -587,7 +575,14 @@ async fn run_session(
             while running.len() < usize::from(config.concurrency) {
                 let Some((_, ready)) = buffer.pop_next(std::time::Instant::now(), config.starvation) else { break };
                 shared.stats.task_started();
-                running.spawn(execute(shared.clone(), session.clone(), ready, interrupt.clone()));
+                let task_interrupt = if config.channel_per_task {
+                    let token = interrupt.child_token();
+                    task_interrupts.insert(ready.receipt.channel, token.clone());
+                    token
+                } else {
+                    interrupt.clone()
+                };
+                running.spawn(execute(shared.clone(), session.clone(), ready, task_interrupt));
             }
         } else if draining && running.is_empty() {
             break SessionEnd::Drained;
@@ -631,7 +626,57 @@ async fn run_session(
                 }
             }
             Some(_) = aux.join_next(), if !aux.is_empty() => {}
-            _ = suspect_check.tick(), if !draining && !suspects => {
+            Some(index) = closed.recv() => {
+                if !config.channel_per_task || !session.connection.status().connected() {
+                    session.lost.cancel();
+                } else {
+                    // The broker closed one delivery's channel (e.g. consumer_timeout): it took
+                    // that delivery back (redelivered, it runs alone next time); stop only its
+                    // task and consume on a new channel.
+                    if let Some(token) = task_interrupts.remove(&index) {
+                        tracing::warn!(channel = index, "the broker closed a task's channel; interrupting only that task");
+                        token.cancel();
+                    }
+                    let class = channel_class.remove(&index).unwrap_or(0);
+                    match start_consumer(&session, config, class, 1, &consumer_link, &mut forwarders).await {
+                        Ok((channel, tag, new_index)) => {
+                            channel_class.insert(new_index, class);
+                            consumers.push((channel, tag));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-opening a consumer channel failed");
+                            session.lost.cancel();
+                        }
+                    }
+                }
+            }
+            _ = suspect_check.tick(), if !draining => {
+                if !suspect_channel.status().connected() {
+                    // The broker closed it (e.g. the running suspect outlived consumer_timeout):
+                    // it took that delivery back. Stop the suspect and take a new channel.
+                    if !config.channel_per_task || !session.connection.status().connected() {
+                        session.lost.cancel();
+                        continue;
+                    }
+                    if let Some(token) = suspect_interrupt.take() {
+                        tracing::warn!("the broker closed the suspect channel; interrupting the suspect task");
+                        token.cancel();
+                    }
+                    match session.connection.create_channel().await {
+                        Ok(channel) => {
+                            suspect_acks = session.acks.add_channel(channel.clone());
+                            suspect_channel = channel;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-opening the suspect channel failed");
+                            session.lost.cancel();
+                        }
+                    }
+                    continue;
+                }
+                if suspects {
+                    continue;
+                }
                 let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
                 match suspect_channel.queue_declare(suspect_queue.as_str().into(), passive, FieldTable::default()).await {
                     Ok(queue) if queue.message_count() > 0 => {
@@ -688,6 +733,57 @@ async fn run_session(
     }
     forwarders.abort_all();
     Ok(end)
+}
+
+/// Where a consumer forwards its deliveries, and says that its channel closed.
+struct ConsumerLink {
+    incoming: mpsc::UnboundedSender<(usize, Receipt, Delivery)>,
+    /// The acks index of a consumer channel whose stream ended without us cancelling it.
+    closed: mpsc::UnboundedSender<usize>,
+    cancelled: CancellationToken,
+}
+
+/// Opens a channel of prefetch `prefetch` consuming the work queue of priority `class`.
+async fn start_consumer(
+    session: &Arc<Session>,
+    config: &WorkerConfig,
+    class: usize,
+    prefetch: u16,
+    link: &ConsumerLink,
+    forwarders: &mut JoinSet<()>,
+) -> Result<(Channel, ShortString, usize), lapin::Error> {
+    let priority = &config.priorities[class];
+    let channel = session.connection.create_channel().await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let queue = names::work_queue(&config.namespace, &config.pool, priority);
+    let tag = ShortString::from(format!("{}.{priority}.{:08x}", config.pod_name, rand::random::<u32>()));
+    let mut consumer =
+        channel.basic_consume(queue.as_str().into(), tag.clone(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let (tx, closed, cancelled) = (link.incoming.clone(), link.closed.clone(), link.cancelled.clone());
+    let (acks, acks_channel) = (session.acks.clone(), session.acks.add_channel(channel.clone()));
+    forwarders.spawn(
+        async move {
+            while let Some(item) = consumer.next().await {
+                match item {
+                    Ok(delivery) => {
+                        let receipt = acks.delivered(acks_channel, delivery.delivery_tag);
+                        if tx.send((class, receipt, delivery)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer failed");
+                        break;
+                    }
+                }
+            }
+            if !cancelled.is_cancelled() {
+                let _ = closed.send(acks_channel);
+            }
+        }
+        .in_current_span(),
+    );
+    Ok((channel, tag, acks_channel))
 }
 
 /// Binds this connection's control queue and forwards control messages into the cancel set.

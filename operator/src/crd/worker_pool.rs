@@ -65,6 +65,13 @@ pub struct WorkerPoolSpec {
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 1000))]
     pub concurrency: u32,
+    /// Every task's delivery on its own AMQP channel (prefetch 1, `concurrency` channels per
+    /// priority) instead of one channel per priority: a task that outlives the broker's
+    /// `consumer_timeout` then takes only itself down (the broker closes that channel), not the
+    /// worker's other tasks. Costs a channel per slot and one acknowledgement per task. For pools
+    /// whose tasks may run longer than `consumer_timeout`. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub channel_per_task: bool,
     /// Number of worker processes (Deployment replicas). Default 1. Ignored when `autoscaling` is
     /// set: the autoscaler owns the replica count then.
     #[serde(default = "default_replicas")]

@@ -107,6 +107,7 @@ pub fn deployment(pool: &WorkerPool, replicas: i32, worker_amqp_url: &str, repor
         plain(worker_env::CONCURRENCY, spec.concurrency.to_string()),
         plain(worker_env::STARVATION_SECONDS, spec.starvation_seconds.to_string()),
         plain(worker_env::QUEUE_TYPE, spec.queue_type.as_str().to_string()),
+        plain(worker_env::CHANNEL_PER_TASK, spec.channel_per_task.to_string()),
         plain(warren_worker::REPORTS_QUEUE_ENV, reports_queue.to_string()),
         EnvVar {
             name: worker_env::POD_NAME.to_string(),
