@@ -207,7 +207,7 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
     let again = replay::replay(&url, &namespace, "pool", &Filter::default()).await?;
     assert_eq!(again.replayed, 0);
 
-    for queue in [work_queue, dlq] {
+    for queue in [work_queue, dlq, names::suspect_queue(&namespace, "pool")] {
         channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
     }
     for exchange in [names::pool_exchange(&namespace, "pool"), warren_worker::topology::retry_exchange(&namespace, "pool")] {
