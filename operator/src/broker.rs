@@ -68,11 +68,15 @@ pub fn reconnect_delay(attempt: u32, random: f64) -> Duration {
     Duration::from_millis((base * (1.0 - 0.3 * random.clamp(0.0, 1.0))) as u64)
 }
 
+/// How long opening a channel may take before the connection is given up on.
+pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A shared, self-healing connection to the broker.
 ///
-/// A channel error (a refused declaration, a passive declare of a missing queue) closes only its
-/// channel: the next call opens a new channel on the same connection. Only a lost connection is
-/// re-established and counted in `warren_operator_broker_reconnects_total`.
+/// Operations that may be refused (passive declares of queues that may be missing, declarations,
+/// deletes) run on scratch channels ([`Broker::scratch`]): a refusal closes only that channel,
+/// never the publishing one. A failed publish drops the connection ([`Broker::reset`]); the next
+/// one is counted in `warren_operator_broker_reconnects_total`.
 pub struct Broker {
     url: String,
     state: Mutex<State>,
@@ -129,11 +133,19 @@ impl Broker {
             }
         }
         let conn = state.connection.as_ref().expect("connected above");
-        match conn.create_channel().await {
-            Ok(channel) => Ok(channel),
-            Err(source) => {
+        match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, conn.create_channel()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(source)) => {
                 *state = State::default();
                 Err(BrokerError::Amqp { what: "channel.open", source })
+            }
+            Err(_) => {
+                // A connection that cannot open a channel in time is not one to keep.
+                *state = State::default();
+                Err(BrokerError::Unreachable {
+                    url: redact(&self.url),
+                    source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)),
+                })
             }
         }
     }
@@ -187,10 +199,11 @@ impl Broker {
         Ok(out)
     }
 
-    /// Forgets the publishing channel so that the next call opens a new one (on the same
-    /// connection while it is up).
+    /// After a failed publish: forgets the connection and its channel, so that the next call
+    /// connects afresh (a connection that looks up but no longer answers is not kept).
     pub async fn reset(&self) {
-        self.state.lock().await.channel = None;
+        *self.state.lock().await = State::default();
+        crate::metrics::global().broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
     }
 
     /// Publishes persistent messages and waits until the broker confirmed every one of them
