@@ -32,13 +32,20 @@ FULL = {
     "replicaCount": 2,
     "watchNamespace": "media",
     "maxJobBytes": 5000000000,
-    "rabbitmq": {"existingSecret": "rabbitmq-credentials", "secretKey": "amqp-uri", "workerSecretKey": "worker-uri"},
+    "notify": {"allowedHosts": ["hooks.example.com", "*.corp.example", "10.20.0.0/16", "fd00::/8"], "maxAttempts": 5, "exchange": "warren.events"},
+    "rabbitmq": {
+        "existingSecret": "rabbitmq-credentials",
+        "secretKey": "amqp-uri",
+        "workerSecretKey": "worker-uri",
+        "reportsQueueType": "quorum",
+    },
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "prometheusRule": {"enabled": True, "alertLabels": {"team": "jobs"}},
     },
     "grafana": {"dashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "Warren"}}},
     "image": {"repository": "registry.example/warren-operator", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
+    "workerImage": {"repository": "registry.example/warren-worker", "tag": "0.1.0-rc1"},
     "logFormat": "text",
     "extraEnv": [{"name": "EXTRA", "value": "1"}],
     "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
@@ -51,7 +58,18 @@ VALUE_SETS = {
     "existing-secret-worker-url": {"rabbitmq": {"existingSecret": "creds", "workerUrl": "amqp://w:pw@rabbit:5672/%2f"}},
     "leader-election-one-replica": {"rabbitmq": {"url": URL}, "leaderElection": {"enabled": True}},
     "external-service-account": {"rabbitmq": {"url": URL}, "serviceAccount": {"create": False, "name": "ops"}},
+    "broker-tls": {"rabbitmq": {"url": "amqps://warren:s3cret@rabbitmq.rabbitmq.svc:5671/%2f", "tls": {"secretName": "rabbitmq-tls"}}},
+    "broker-mutual-tls": {
+        "rabbitmq": {
+            "url": "amqps://warren:s3cret@rabbitmq.rabbitmq.svc:5671/%2f",
+            "tls": {"secretName": "warren-operator-tls", "clientCertificate": True, "workerSecretName": "warren-worker-tls"},
+        }
+    },
 }
+# The chart-testing values files (`ct lint` lints the chart once per file, as
+# `helm lint charts/warren -f <file>`): every rendering test below covers them too.
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+VALUE_SETS.update({f"ci/{path.name}": helm.values_from_yaml(path.read_text()) for path in CI_VALUES})
 
 # Monitoring CRDs that kubernetes-validate has no schema for: checked by structure instead.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -215,6 +233,41 @@ def test_helm_lint_passes(case):
     assert report["errors"] == [] and problems == [], report
 
 
+def test_ci_values_files_cover_the_default_and_a_full_install():
+    names = [path.name for path in CI_VALUES]
+    assert {"default-values.yaml", "full-values.yaml"} <= set(names), f"charts/warren/ci has {names}"
+
+
+@pytest.mark.parametrize("path", CI_VALUES, ids=[path.name for path in CI_VALUES])
+def test_helm_lint_passes_with_each_ci_values_file(path):
+    # As `helm lint --strict charts/warren -f <path>`: the file is parsed as Helm parses -f.
+    report = helm.lint(CHART, helm.values_from_yaml(path.read_text()), strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_the_broker_stays_required_and_is_named_when_missing(chart):
+    # Plain `helm lint charts/warren` fails on purpose: no broker address is a safe default.
+    report = helm.lint(CHART, None, strict=True, namespace=NAMESPACE)
+    text = json.dumps(report)
+    assert report["errors"], report
+    assert "at '/rabbitmq'" in text and "missing property 'url'" in text and "missing property 'existingSecret'" in text, report
+    with pytest.raises(helm.HelmError) as raised:
+        render(chart, {})
+    message = str(raised.value)
+    assert "missing property 'url'" in message and "missing property 'existingSecret'" in message, message
+
+
+def test_chart_description_names_every_crd_it_ships(chart):
+    kinds = sorted(yaml.safe_load(c["data"])["spec"]["names"]["kind"] for c in chart.crds)
+    assert kinds == ["Job", "Schedule", "WorkerPool", "Workflow"], kinds
+    description = " ".join(chart.metadata["description"].split())
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    for kind in kinds:
+        assert re.search(rf"\b{kind}\b", description), f"Chart.yaml's description does not name the {kind} CRD: {description!r}"
+        assert re.search(rf"\b{kind}\b", notes.split("\n", 1)[0]), f"NOTES.txt's first line does not name the {kind} CRD"
+
+
 def test_default_install(chart):
     objects = render(chart, DEFAULT)
     kinds = sorted(o["kind"] for o in objects)
@@ -234,6 +287,11 @@ def test_default_install(chart):
     assert "WARREN_WORKER_AMQP_URL" not in env, "workers default to the operator's URI"
     assert "WARREN_LEADER_ELECTION" not in env and "WARREN_WATCH_NAMESPACE" not in env
     assert env["WARREN_MAX_JOB_BYTES"]["value"] == "1073741824", "1 GiB of task payload per Job"
+    assert env["WARREN_NOTIFY_ALLOWED_HOSTS"]["value"] == "", "any host, never a cluster-internal address"
+    assert env["WARREN_NOTIFY_MAX_ATTEMPTS"]["value"] == "12"
+    assert "WARREN_NOTIFY_EXCHANGE" not in env, "no exchange unless one is named"
+    assert env["WARREN_REPORTS_QUEUE_TYPE"]["value"] == "classic", "what every Warren before the setting declared"
+    assert env["WARREN_WORKER_IMAGE"]["value"] == "warren-worker:0.1.0", "workers of the operator's version, never untagged"
     assert not find(objects, "Role") and not find(objects, "PodDisruptionBudget")
     service = one(objects, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}]
@@ -326,6 +384,11 @@ def test_non_default_install(chart):
     assert env["WARREN_WORKER_AMQP_URL"]["valueFrom"]["secretKeyRef"] == {"name": "rabbitmq-credentials", "key": "worker-uri"}
     assert env["WARREN_WATCH_NAMESPACE"]["value"] == "media"
     assert env["WARREN_MAX_JOB_BYTES"]["value"] == "5000000000"
+    assert env["WARREN_NOTIFY_ALLOWED_HOSTS"]["value"] == "hooks.example.com,*.corp.example,10.20.0.0/16,fd00::/8"
+    assert env["WARREN_NOTIFY_MAX_ATTEMPTS"]["value"] == "5"
+    assert env["WARREN_NOTIFY_EXCHANGE"]["value"] == "warren.events"
+    assert env["WARREN_REPORTS_QUEUE_TYPE"]["value"] == "quorum", "a cluster's reports queue is replicated"
+    assert env["WARREN_WORKER_IMAGE"]["value"] == "registry.example/warren-worker:0.1.0-rc1"
     assert env["WARREN_LEASE_NAME"]["value"] == "warren-operator"
     assert env["WARREN_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["EXTRA"]["value"] == "1"
@@ -400,12 +463,16 @@ def test_cluster_rbac_is_least_privilege(chart):
         "warren.dev/workerpools/finalizers": {"update"},
         "warren.dev/jobs": {"get", "list", "watch", "create", "delete"},
         "warren.dev/jobs/status": {"patch"},
-        "warren.dev/workflows": {"get", "list", "watch", "delete"},
+        "warren.dev/workflows": {"get", "list", "watch", "create", "delete"},
         "warren.dev/workflows/status": {"patch"},
         "warren.dev/workflows/finalizers": {"update"},
+        "warren.dev/schedules": {"get", "list", "watch"},
+        "warren.dev/schedules/status": {"patch"},
+        "warren.dev/schedules/finalizers": {"update"},
         "apps/deployments": {"get", "list", "watch", "create", "patch"},
         "events.k8s.io/events": {"create", "patch"},
         "pods": {"get", "list", "patch"},
+        "secrets": {"get", "create", "patch"},
     }
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -429,10 +496,33 @@ def test_every_rbac_rule_says_why_and_workers_get_none(chart, case):
     for role in find(objects, "ClusterRole") + find(objects, "Role"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-            assert not {"secrets", "pods/exec", "customresourcedefinitions"} & set(rule["resources"])
+            assert not {"pods/exec", "customresourcedefinitions"} & set(rule["resources"])
+            if "secrets" in rule["resources"]:
+                # Only the pools' broker Secrets, by name: never list, watch, update or delete.
+                assert set(rule["verbs"]) == {"get", "create", "patch"}, rule
             if "pods" in rule["resources"]:
                 # Only the autoscaler's pod-deletion-cost annotation: never create or delete.
                 assert set(rule["verbs"]) == {"get", "list", "patch"}, rule
+
+
+def test_the_rbac_table_of_docs_helm_md_lists_every_rule(chart):
+    """docs/helm.md's RBAC table says, per resource, the verbs the chart's roles grant: all of
+    them, and no others."""
+    granted = rules_by_resource(one(render(chart, DEFAULT), "ClusterRole"))
+    (lease_role,) = [r for r in find(render(chart, VALUE_SETS["leader-election-one-replica"]), "Role")
+                     if r["metadata"]["name"].endswith("-leader-election")]
+    granted.update(rules_by_resource(lease_role))
+    verbs = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+    table = (ROOT / "docs" / "helm.md").read_text().split("| Resource | Verbs | Why |", 1)[1].split("\n\n", 1)[0]
+    documented: dict[str, set[str]] = {}
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        resource = re.match(r"`([^`]+)`", cells[0]).group(1)
+        if resource.split("/")[0] in {"workerpools", "jobs", "workflows", "schedules"}:
+            resource = f"warren.dev/{resource}"
+        assert cells[2], f"docs/helm.md RBAC row {resource} does not say why"
+        documented.setdefault(resource, set()).update(w for w in re.findall(r"[a-z]+", re.sub(r"`[^`]*`", "", cells[1])) if w in verbs)
+    assert documented == granted
 
 
 def test_watch_namespace_uses_a_namespaced_role(chart):
@@ -468,6 +558,37 @@ def test_external_service_account(chart):
     assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
 
 
+def test_broker_tls_mounts_the_secret_into_the_operator_and_names_it_for_the_workers(chart):
+    for case in ("default", "full"):
+        container = operator_container(render(chart, VALUE_SETS[case]))
+        env = env_of(container)
+        assert not {"WARREN_AMQP_CA_FILE", "WARREN_AMQP_CLIENT_CERT_FILE", "WARREN_WORKER_TLS_SECRET"} & env.keys(), case
+        assert [m["name"] for m in container["volumeMounts"]] == ["tmp"], case
+
+    objects = render(chart, VALUE_SETS["broker-tls"])
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "broker-tls"]
+    assert volume["secret"] == {"secretName": "rabbitmq-tls"}, "all its keys; files readable by the operator's user"
+    container = operator_container(objects)
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "broker-tls"]
+    assert mount == {"name": "broker-tls", "mountPath": "/etc/warren/broker-tls", "readOnly": True}
+    env = env_of(container)
+    assert env["WARREN_AMQP_CA_FILE"]["value"] == "/etc/warren/broker-tls/ca.crt"
+    assert "WARREN_AMQP_CLIENT_CERT_FILE" not in env and "WARREN_AMQP_CLIENT_KEY_FILE" not in env, "no mutual TLS unless asked"
+    assert env["WARREN_WORKER_TLS_SECRET"]["value"] == "rabbitmq-tls", "workers get the same Secret by default"
+
+    objects = render(chart, VALUE_SETS["broker-mutual-tls"])
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "broker-tls"] == ["warren-operator-tls"]
+    env = env_of(operator_container(objects))
+    assert env["WARREN_AMQP_CLIENT_CERT_FILE"]["value"] == "/etc/warren/broker-tls/tls.crt"
+    assert env["WARREN_AMQP_CLIENT_KEY_FILE"]["value"] == "/etc/warren/broker-tls/tls.key"
+    assert env["WARREN_WORKER_TLS_SECRET"]["value"] == "warren-worker-tls"
+
+    with pytest.raises(helm.HelmError, match="rabbitmq.tls.clientCertificate needs rabbitmq.tls.secretName"):
+        render(chart, {"rabbitmq": {"url": URL, "tls": {"clientCertificate": True}}})
+
+
 # --- bad values ----------------------------------------------------------------------------------
 
 BAD_VALUES = [
@@ -478,6 +599,8 @@ BAD_VALUES = [
     ("rabbitmq url not amqp", {"rabbitmq": {"url": "http://rabbit:15672"}}, ["at '/rabbitmq/url'", "does not match pattern '^amqps?://'"]),
     ("rabbitmq url empty", {"rabbitmq": {"url": ""}}, ["at '/rabbitmq/url'", "minLength"]),
     ("rabbitmq typo", {"rabbitmq": {"url": URL, "user": "x"}}, ["additional properties 'user' not allowed"]),
+    ("worker image latest", {"rabbitmq": {"url": URL}, "workerImage": {"tag": "latest"}}, ["at '/workerImage/tag'"]),
+    ("reports queue type", {"rabbitmq": {"url": URL, "reportsQueueType": "stream"}}, ["at '/rabbitmq/reportsQueueType': value must be one of 'classic', 'quorum'"]),
     ("log format", {"rabbitmq": {"url": URL}, "logFormat": "xml"}, ["at '/logFormat': value must be one of 'json', 'text'"]),
     ("pull policy", {"rabbitmq": {"url": URL}, "image": {"pullPolicy": "Sometimes"}}, ["at '/image/pullPolicy': value must be one of"]),
     ("cpu quantity", {"rabbitmq": {"url": URL}, "resources": {"requests": {"cpu": "lots"}}}, ["at '/resources/requests/cpu'", "does not match pattern"]),
@@ -486,6 +609,11 @@ BAD_VALUES = [
     ("boolean flag", {"rabbitmq": {"url": URL}, "metrics": {"serviceMonitor": {"enabled": "yes"}}}, ["at '/metrics/serviceMonitor/enabled': got string, want boolean"]),
     ("watch namespace", {"rabbitmq": {"url": URL}, "watchNamespace": "Not_A_Namespace"}, ["at '/watchNamespace'"]),
     ("unknown key", {"rabbitmq": {"url": URL}, "replicas": 3}, ["additional properties 'replicas' not allowed"]),
+    ("tls typo", {"rabbitmq": {"url": URL, "tls": {"secret": "x"}}}, ["at '/rabbitmq/tls'", "additional properties 'secret' not allowed"]),
+    ("tls secret name", {"rabbitmq": {"url": URL, "tls": {"secretName": "Not_A_Name"}}}, ["at '/rabbitmq/tls/secretName'"]),
+    ("notify host", {"rabbitmq": {"url": URL}, "notify": {"allowedHosts": ["http://hooks.example.com/x"]}}, ["at '/notify/allowedHosts/0'", "does not match pattern"]),
+    ("notify attempts", {"rabbitmq": {"url": URL}, "notify": {"maxAttempts": 0}}, ["at '/notify/maxAttempts': minimum: got 0, want 1"]),
+    ("notify exchange", {"rabbitmq": {"url": URL}, "notify": {"exchange": "warren events"}}, ["at '/notify/exchange'", "does not match pattern"]),
 ]
 
 
@@ -524,7 +652,7 @@ def rules_file(chart, tmp_path) -> Path:
 
 def test_alert_rules_pass_promtool_check(rules_file):
     done = run([promtool(), "check", "rules", rules_file])
-    assert "SUCCESS: 13 rules found" in done.stdout, done.stdout
+    assert "SUCCESS: 15 rules found" in done.stdout, done.stdout
 
 
 def test_alert_rules_pass_their_promtool_unit_tests(rules_file):
@@ -594,9 +722,9 @@ GRAFANA = TESTS / "grafana"
 def grafana_check_tools() -> str:
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
-        pytest.fail("node/npm not found: apt-get install -y nodejs npm (scripts/setup.sh does it)")
+        pytest.fail("node/npm not found: apt-get install -y nodejs npm (scripts/setup-test.sh does it)")
     if not (GRAFANA / "node_modules" / "@grafana" / "schema").is_dir() or not (GRAFANA / "node_modules" / "typescript").is_dir():
-        pytest.fail("the Grafana schema check is not installed: npm ci --prefix charts/tests/grafana (scripts/setup.sh does it)")
+        pytest.fail("the Grafana schema check is not installed: npm ci --prefix charts/tests/grafana (scripts/setup-test.sh does it)")
     return npm
 
 

@@ -7,7 +7,7 @@ retried and a dead-lettered task, so that every counter moves. Prometheus (Debia
 `prometheus`) runs on a free 127.0.0.1 port with a temporary config and data directory, scrapes
 the operator and the worker every second and evaluates the chart's alert rules.
 
-Needs: `cargo build --bins`, RabbitMQ, kubectl, prometheus (scripts/setup.sh installs them).
+Needs: `cargo build --bins`, RabbitMQ, kubectl, prometheus (scripts/setup.sh and scripts/setup-test.sh install them).
 """
 
 from __future__ import annotations
@@ -39,13 +39,22 @@ NO_DATA_EXPECTED = {
     "sum by (reason) (rate(warren_operator_reports_rejected_total[5m]))",
     "sum by (pool, action) (rate(warren_worker_redelivered_tasks_total[5m]))",
     "sum by (namespace, pool) (increase(warren_operator_tasks_lost_total[1h]))",
+    # The run has no Schedule.
+    "sum by (namespace, reason) (increase(warren_operator_schedule_runs_created_total[1h]))",
+    "sum by (namespace, reason) (increase(warren_operator_schedule_slots_missed_total[1h]))",
+    "sum by (namespace, reason) (increase(warren_operator_schedule_slots_skipped_total[1h]))",
+    "sum by (namespace) (increase(warren_operator_schedule_runs_cancelled_total[1h]))",
+    # The run's Job has no spec.notify.
+    "sum by (kind, outcome) (increase(warren_operator_notification_deliveries_total[1h]))",
 }
 # Alerts whose expression must return data in this run (the Job dead-letters a task).
 FIRING_IN_THIS_RUN = {"WarrenDeadLetterQueueGrowing"}
 # Metrics that stay absent in a healthy run (families without a sample).
 ABSENT_IN_A_HEALTHY_RUN = {"warren_operator_reconcile_errors_total", "warren_operator_broker_reconnects_total",
                            "warren_operator_status_write_errors_total", "warren_operator_reports_rejected_total",
-                           "warren_worker_redelivered_tasks_total", "warren_operator_tasks_lost_total"}
+                           "warren_worker_redelivered_tasks_total", "warren_operator_tasks_lost_total",
+                           # The run's Job has no spec.notify.
+                           "warren_operator_notification_deliveries_total"}
 # Kinds whose status this run writes (a pool and a Job, no Workflow): a per-kind panel must show a
 # non-zero series for each, so that a query fed only by another kind than its title says fails.
 KINDS_WRITTEN_IN_THIS_RUN = {"Job", "WorkerPool"}
@@ -71,7 +80,7 @@ def binary(name: str) -> Path:
 def tool(name: str, install: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} not found: {install} (scripts/setup.sh does it)")
+        pytest.fail(f"{name} not found: {install} (scripts/setup.sh or scripts/setup-test.sh does it)")
     return path
 
 

@@ -282,12 +282,8 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
         };
     }
     let recommendation = recommend(obs, policy);
-    let decision = |desired: u32, reason: Reason, why: String| Decision {
-        desired,
-        recommendation,
-        reason,
-        message: format!("{why}; {facts}"),
-    };
+    let decision =
+        |desired: u32, reason: Reason, why: String| Decision { desired, recommendation, reason, message: format!("{why}; {facts}") };
 
     if current == 0 && obs.in_flight == 0 && policy.min_replicas == 0 {
         return if backlog > policy.activation_backlog {
@@ -316,7 +312,11 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
         } else if work > 0 || idle_for < policy.scale_to_zero_after {
             desired = 1;
             reason = Reason::IdleCooldown;
-            why = format!("idle {:.0} s of {} s before scaling to zero", idle_for.min(Duration::from_secs(86_400)).as_secs_f64(), policy.scale_to_zero_after.as_secs());
+            why = format!(
+                "idle {:.0} s of {} s before scaling to zero",
+                idle_for.min(Duration::from_secs(86_400)).as_secs_f64(),
+                policy.scale_to_zero_after.as_secs()
+            );
         } else {
             reason = Reason::Idle;
             why = format!("idle {} s", policy.scale_to_zero_after.as_secs());
@@ -342,21 +342,20 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
 
     // Step limits.
     if desired > current {
-        if let Some(step) = policy.scale_up.max_step(current) {
-            if desired - current > step {
-                desired = current + step;
-                reason = Reason::StepLimited;
-                why = format!("recommended {recommendation}, scale-up step limited to {step}");
-            }
+        if let Some(step) = policy.scale_up.max_step(current)
+            && desired - current > step
+        {
+            desired = current + step;
+            reason = Reason::StepLimited;
+            why = format!("recommended {recommendation}, scale-up step limited to {step}");
         }
-    } else if desired < current {
-        if let Some(step) = policy.scale_down.max_step(current) {
-            if current - desired > step {
-                desired = current - step;
-                reason = Reason::StepLimited;
-                why = format!("recommended {recommendation}, scale-down step limited to {step}");
-            }
-        }
+    } else if desired < current
+        && let Some(step) = policy.scale_down.max_step(current)
+        && current - desired > step
+    {
+        desired = current - step;
+        reason = Reason::StepLimited;
+        why = format!("recommended {recommendation}, scale-down step limited to {step}");
     }
 
     // Never remove a busy worker: idle ones go first (pod deletion cost), so keeping at least
@@ -378,7 +377,13 @@ pub fn decide(obs: &Observation, history: &History, policy: &Policy, now: Durati
         reason = Reason::AtMinimum;
         why = format!("recommended {recommendation}, held at minReplicas {}", policy.min_replicas);
     }
-    if desired == current && !reason.is_limit() && !matches!(reason, Reason::Stabilizing | Reason::UpStabilizing | Reason::InFlightFloor | Reason::IdleCooldown | Reason::RetriesDue) {
+    if desired == current
+        && !reason.is_limit()
+        && !matches!(
+            reason,
+            Reason::Stabilizing | Reason::UpStabilizing | Reason::InFlightFloor | Reason::IdleCooldown | Reason::RetriesDue
+        )
+    {
         reason = Reason::Steady;
     }
     decision(desired, reason, why)
@@ -500,8 +505,11 @@ mod tests {
 
     #[test]
     fn a_pool_never_scales_to_zero_while_retries_wait_and_starts_for_them_below_activation() {
-        let p = policy(serde_json::json!({"minReplicas": 0, "maxReplicas": 5, "activationBacklog": 10, "scaleToZeroSeconds": 0,
-            "scaleDown": {"stabilizationSeconds": 0}}), 4);
+        let p = policy(
+            serde_json::json!({"minReplicas": 0, "maxReplicas": 5, "activationBacklog": 10, "scaleToZeroSeconds": 0,
+            "scaleDown": {"stabilizationSeconds": 0}}),
+            4,
+        );
         let history = History::default();
         let now = Duration::from_secs(1_000);
         // Idle at 1 replica with one retry waiting: the worker stays.
@@ -563,15 +571,71 @@ mod tests {
             ("in flight counts as work", base.clone(), 2, obs(0, 6, 3, 1), 3, Reason::Backlog),
             ("exactly enough is steady", base.clone(), 4, obs(4, 8, 2, 3), 3, Reason::Steady),
             ("rounding up: 9 tasks on 4 slots", base.clone(), 4, obs(9, 0, 0, 1), 3, Reason::Backlog),
-            ("target tasks per replica", serde_json::json!({"targetTasksPerReplica": 50, "maxReplicas": 100}), 4, obs(1000, 0, 0, 1), 20, Reason::Backlog),
-            ("min replicas held", serde_json::json!({"minReplicas": 2, "scaleDown": {"stabilizationSeconds": 0}}), 1, obs(0, 0, 0, 3), 2, Reason::AtMinimum),
+            (
+                "target tasks per replica",
+                serde_json::json!({"targetTasksPerReplica": 50, "maxReplicas": 100}),
+                4,
+                obs(1000, 0, 0, 1),
+                20,
+                Reason::Backlog,
+            ),
+            (
+                "min replicas held",
+                serde_json::json!({"minReplicas": 2, "scaleDown": {"stabilizationSeconds": 0}}),
+                1,
+                obs(0, 0, 0, 3),
+                2,
+                Reason::AtMinimum,
+            ),
             ("min replicas lift a pool at zero", serde_json::json!({"minReplicas": 2}), 1, obs(0, 0, 0, 0), 2, Reason::AtMinimum),
-            ("scale-up step in pods", serde_json::json!({"maxReplicas": 50, "scaleUp": {"maxStepPods": 4}}), 1, obs(100, 2, 2, 2), 6, Reason::StepLimited),
-            ("scale-up step in percent", serde_json::json!({"maxReplicas": 50, "scaleUp": {"maxStepPercent": 100}}), 1, obs(100, 3, 3, 3), 6, Reason::StepLimited),
-            ("larger of pods and percent", serde_json::json!({"maxReplicas": 50, "scaleUp": {"maxStepPods": 4, "maxStepPercent": 100}}), 1, obs(100, 10, 10, 10), 20, Reason::StepLimited),
-            ("scale-down step", serde_json::json!({"scaleDown": {"stabilizationSeconds": 0, "maxStepPods": 2}}), 1, obs(1, 0, 0, 8), 6, Reason::StepLimited),
-            ("never below the busy workers", serde_json::json!({"scaleDown": {"stabilizationSeconds": 0}}), 4, obs(0, 5, 5, 6), 5, Reason::InFlightFloor),
-            ("never below the in-flight slots", serde_json::json!({"scaleDown": {"stabilizationSeconds": 0}, "targetTasksPerReplica": 100}), 2, obs(0, 8, 3, 6), 4, Reason::InFlightFloor),
+            (
+                "scale-up step in pods",
+                serde_json::json!({"maxReplicas": 50, "scaleUp": {"maxStepPods": 4}}),
+                1,
+                obs(100, 2, 2, 2),
+                6,
+                Reason::StepLimited,
+            ),
+            (
+                "scale-up step in percent",
+                serde_json::json!({"maxReplicas": 50, "scaleUp": {"maxStepPercent": 100}}),
+                1,
+                obs(100, 3, 3, 3),
+                6,
+                Reason::StepLimited,
+            ),
+            (
+                "larger of pods and percent",
+                serde_json::json!({"maxReplicas": 50, "scaleUp": {"maxStepPods": 4, "maxStepPercent": 100}}),
+                1,
+                obs(100, 10, 10, 10),
+                20,
+                Reason::StepLimited,
+            ),
+            (
+                "scale-down step",
+                serde_json::json!({"scaleDown": {"stabilizationSeconds": 0, "maxStepPods": 2}}),
+                1,
+                obs(1, 0, 0, 8),
+                6,
+                Reason::StepLimited,
+            ),
+            (
+                "never below the busy workers",
+                serde_json::json!({"scaleDown": {"stabilizationSeconds": 0}}),
+                4,
+                obs(0, 5, 5, 6),
+                5,
+                Reason::InFlightFloor,
+            ),
+            (
+                "never below the in-flight slots",
+                serde_json::json!({"scaleDown": {"stabilizationSeconds": 0}, "targetTasksPerReplica": 100}),
+                2,
+                obs(0, 8, 3, 6),
+                4,
+                Reason::InFlightFloor,
+            ),
             ("max caps a large recommendation", serde_json::json!({"maxReplicas": 3}), 1, obs(50, 3, 3, 3), 3, Reason::AtMaximum),
         ];
         for (name, spec, concurrency, o, want, reason) in cases {
@@ -597,18 +661,18 @@ mod tests {
         // poll 2 s, down window 10 s, zero after 6 s of idleness, concurrency 4, max 6.
         let p = policy(serde_json::json!({"maxReplicas": 6, "scaleDown": {"stabilizationSeconds": 10}, "scaleToZeroSeconds": 6}), 4);
         let steps = [
-            (0, 0, 0),      // t0: idle at zero
-            (2000, 0, 0),   // t2: burst arrives
-            (1990, 4, 1),   // t4: one worker running
-            (1500, 24, 6),  // t6
-            (100, 24, 6),   // t8
-            (0, 8, 2),      // t10: tail: two busy
-            (0, 0, 0),      // t12: all done
-            (0, 0, 0),      // t14
-            (0, 0, 0),      // t16
-            (0, 0, 0),      // t18
-            (0, 0, 0),      // t20
-            (0, 0, 0),      // t22
+            (0, 0, 0),     // t0: idle at zero
+            (2000, 0, 0),  // t2: burst arrives
+            (1990, 4, 1),  // t4: one worker running
+            (1500, 24, 6), // t6
+            (100, 24, 6),  // t8
+            (0, 8, 2),     // t10: tail: two busy
+            (0, 0, 0),     // t12: all done
+            (0, 0, 0),     // t14
+            (0, 0, 0),     // t16
+            (0, 0, 0),     // t18
+            (0, 0, 0),     // t20
+            (0, 0, 0),     // t22
         ];
         let got: Vec<(u32, Reason)> = run(&p, &steps, 0).iter().map(|d| (d.desired, d.reason)).collect();
         use Reason::*;
@@ -742,9 +806,20 @@ mod tests {
     #[test]
     fn every_reason_has_a_stable_name() {
         let all = [
-            Reason::Paused, Reason::BelowActivation, Reason::Activated, Reason::Backlog, Reason::LowerDemand,
-            Reason::Idle, Reason::IdleCooldown, Reason::Stabilizing, Reason::UpStabilizing, Reason::StepLimited,
-            Reason::AtMaximum, Reason::AtMinimum, Reason::InFlightFloor, Reason::Steady,
+            Reason::Paused,
+            Reason::BelowActivation,
+            Reason::Activated,
+            Reason::Backlog,
+            Reason::LowerDemand,
+            Reason::Idle,
+            Reason::IdleCooldown,
+            Reason::Stabilizing,
+            Reason::UpStabilizing,
+            Reason::StepLimited,
+            Reason::AtMaximum,
+            Reason::AtMinimum,
+            Reason::InFlightFloor,
+            Reason::Steady,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), all.len());

@@ -4,14 +4,13 @@
 //! (bounded retries, exponential backoff with jitter). Must not decide anything: callers say what
 //! to declare and publish.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 
 /// Errors talking to RabbitMQ.
@@ -23,8 +22,18 @@ pub enum BrokerError {
     Amqp { what: &'static str, source: lapin::Error },
     #[error("RabbitMQ did not confirm {count} of the published messages")]
     NotConfirmed { count: usize },
+    #[error(
+        "RabbitMQ confirmed none of {count} published messages within {timeout:?} (a blocked publisher, a memory or disk alarm, or a connection that no longer answers)"
+    )]
+    ConfirmTimeout { count: usize, timeout: Duration },
     #[error("queue {queue} does not exist")]
     Missing { queue: String },
+    #[error("queue {queue} is unavailable: {message}")]
+    Unavailable { queue: String, message: String },
+    #[error("RabbitMQ did not answer {what} within {timeout:?}; the connection is dropped")]
+    NoAnswer { what: &'static str, timeout: Duration },
+    #[error("invalid broker address: {0}")]
+    InvalidAddress(#[from] warren_protocol::addresses::AddressError),
 }
 
 impl BrokerError {
@@ -34,7 +43,11 @@ impl BrokerError {
             BrokerError::Unreachable { .. } => "BrokerUnreachable",
             BrokerError::Amqp { .. } => "BrokerRefused",
             BrokerError::NotConfirmed { .. } => "PublishNotConfirmed",
+            BrokerError::ConfirmTimeout { .. } => "PublishConfirmTimeout",
             BrokerError::Missing { .. } => "QueueMissing",
+            BrokerError::Unavailable { .. } => "QueueUnavailable",
+            BrokerError::NoAnswer { .. } => "BrokerNoAnswer",
+            BrokerError::InvalidAddress(_) => "InvalidBrokerAddress",
         }
     }
 }
@@ -42,10 +55,20 @@ impl BrokerError {
 /// Publisher confirmations still to come for one published batch.
 pub struct Confirms(Vec<lapin::PublisherConfirm>);
 
+/// How long the confirmations of one published batch may take. A confirm that never comes (the
+/// broker blocks publishers during a memory or disk alarm; a connection that looks up but no
+/// longer answers) must not hold a Job's reconcile forever: it fails, the connection is dropped,
+/// and the reconcile retries from the Job's confirmed watermark (a re-sent task is counted once).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Confirms {
     async fn wait(self) -> Result<(), BrokerError> {
+        let count = self.0.len();
+        let Ok(confirms) = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(self.0)).await else {
+            return Err(BrokerError::ConfirmTimeout { count, timeout: CONFIRM_TIMEOUT });
+        };
         let mut refused = 0;
-        for confirm in futures::future::join_all(self.0).await {
+        for confirm in confirms {
             match confirm {
                 Ok(c) => {
                     if !c.is_ack() || c.take_message().is_some() {
@@ -62,14 +85,16 @@ impl Confirms {
     }
 }
 
-/// Delay before reconnect attempt `n` (0-based): 100 ms doubling to 5 s, minus up to 30 % jitter.
-pub fn reconnect_delay(attempt: u32, random: f64) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(16)).min(5_000) as f64;
-    Duration::from_millis((base * (1.0 - 0.3 * random.clamp(0.0, 1.0))) as u64)
-}
+/// The one reconnect policy of every Warren connection (100 ms doubling to 10 s, equal jitter).
+pub use warren_protocol::retry::reconnect_delay;
 
 /// How long opening a channel may take before the connection is given up on.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one request on a scratch channel (a passive declare) may wait for its answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub use warren_protocol::addresses::HANDSHAKE_TIMEOUT;
 
 /// A shared, self-healing connection to the broker.
 ///
@@ -77,71 +102,132 @@ pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// deletes) run on scratch channels ([`Broker::scratch`]): a refusal closes only that channel,
 /// never the publishing one. A failed publish drops the connection ([`Broker::reset`]); the next
 /// one is counted in `warren_operator_broker_reconnects_total`.
+///
+/// No lock is held while talking to the broker: the state lock only guards a swap of handles.
+/// Connecting is single-flight (one caller connects, the others wait for its result), and callers
+/// with a live connection never wait behind a reconnect or a slow channel open.
 pub struct Broker {
     url: String,
-    state: Mutex<State>,
+    tls: warren_protocol::amqp::Tls,
+    state: std::sync::Mutex<State>,
+    /// Held by the one caller establishing a connection.
+    connecting: Mutex<()>,
+    /// Held by the one caller opening the publishing channel.
+    opening_publisher: Mutex<()>,
     /// A connection was up before: the next one is a reconnect (for the metrics).
     was_connected: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct State {
-    connection: Option<Connection>,
+    connection: Option<Arc<Connection>>,
     /// The confirm-mode publishing channel on `connection`.
     channel: Option<Channel>,
 }
 
 impl Broker {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), state: Mutex::new(State::default()), was_connected: false.into() }
+    pub fn new(url: impl Into<String>, tls: warren_protocol::amqp::Tls) -> Self {
+        Self {
+            url: url.into(),
+            tls,
+            state: std::sync::Mutex::new(State::default()),
+            connecting: Mutex::new(()),
+            opening_publisher: Mutex::new(()),
+            was_connected: false.into(),
+        }
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// Opens a connection, retrying with backoff up to `attempts` times.
-    pub async fn connect(url: &str, attempts: u32) -> Result<Connection, BrokerError> {
+    /// Opens a connection to one of the addresses in `url` (one URI, or several separated by
+    /// commas: see [`warren_protocol::addresses`]), retrying with backoff up to `attempts`
+    /// times. One attempt tries every address once, from a random one; each try is bounded by
+    /// [`HANDSHAKE_TIMEOUT`]. `amqps://` addresses use `tls`.
+    pub async fn connect(url: &str, tls: &warren_protocol::amqp::Tls, attempts: u32) -> Result<Connection, BrokerError> {
+        let addresses = warren_protocol::addresses::parse(url)?;
         let mut attempt = 0;
         loop {
-            let props = ConnectionProperties::default().with_connection_name("warren-operator".into());
-            match Connection::connect(url, props).await {
-                Ok(conn) => return Ok(conn),
-                Err(source) if attempt + 1 >= attempts => {
-                    return Err(BrokerError::Unreachable { url: redact(url), source });
-                }
+            let last = match warren_protocol::amqp::connect_any(&addresses, rand::random::<u32>() as usize, "warren-operator", tls).await {
+                Ok((conn, _)) => return Ok(conn),
                 Err(error) => {
-                    tracing::warn!(%error, attempt, "RabbitMQ connection failed; retrying");
-                    tokio::time::sleep(reconnect_delay(attempt, rand::random())).await;
-                    attempt += 1;
+                    tracing::warn!(%error, attempt, "no broker address answered");
+                    error
                 }
+            };
+            let source = last;
+            if attempt + 1 >= attempts {
+                return Err(BrokerError::Unreachable { url: redact(url), source });
+            }
+            tokio::time::sleep(reconnect_delay(attempt + 1, rand::random())).await;
+            attempt += 1;
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn live(&self) -> Option<Arc<Connection>> {
+        self.state().connection.clone().filter(|c| c.status().connected())
+    }
+
+    /// The live connection, re-established (counted as a reconnect) if it was lost.
+    async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        let _turn = self.connecting.lock().await;
+        // Whoever held the turn before may have connected already.
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        self.forget(None);
+        let conn = Arc::new(Self::connect(&self.url, &self.tls, 8).await?);
+        self.state().connection = Some(conn.clone());
+        let metrics = crate::metrics::global();
+        metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(1);
+        if self.was_connected.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            metrics.broker_reconnects.get_or_create(&crate::metrics::PUBLISH_CONNECTION).inc();
+        }
+        Ok(conn)
+    }
+
+    /// Drops the connection (only if it is still `which`, when given: a caller that saw an old
+    /// connection fail must not drop the new one another caller just made) and closes it.
+    fn forget(&self, which: Option<&Arc<Connection>>) {
+        let old = {
+            let mut state = self.state();
+            if which.is_some_and(|w| !state.connection.as_ref().is_some_and(|c| Arc::ptr_eq(c, w))) {
+                return;
+            }
+            std::mem::take(&mut *state).connection
+        };
+        crate::metrics::global().broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
+        if let Some(old) = old.filter(|c| c.status().connected()) {
+            // A connection that looks up but failed us: close it rather than leak its socket.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, old.close(200, "reconnecting".into())).await;
+                });
             }
         }
     }
 
-    /// Opens a channel on the live connection, re-establishing it (counted as a reconnect) if it
-    /// was lost. A connection that cannot open a channel is dropped.
-    async fn open_channel(&self, state: &mut State) -> Result<Channel, BrokerError> {
-        if !state.connection.as_ref().is_some_and(|c| c.status().connected()) {
-            *state = State::default();
-            let metrics = crate::metrics::global();
-            metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
-            state.connection = Some(Self::connect(&self.url, 8).await?);
-            metrics.broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(1);
-            if self.was_connected.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                metrics.broker_reconnects.get_or_create(&crate::metrics::PUBLISH_CONNECTION).inc();
-            }
-        }
-        let conn = state.connection.as_ref().expect("connected above");
+    /// Opens a channel on the live connection. A connection that cannot open a channel (in
+    /// time) is dropped.
+    async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        let conn = self.connection().await?;
         match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, conn.create_channel()).await {
             Ok(Ok(channel)) => Ok(channel),
             Ok(Err(source)) => {
-                *state = State::default();
+                self.forget(Some(&conn));
                 Err(BrokerError::Amqp { what: "channel.open", source })
             }
             Err(_) => {
                 // A connection that cannot open a channel in time is not one to keep.
-                *state = State::default();
+                self.forget(Some(&conn));
                 Err(BrokerError::Unreachable {
                     url: redact(&self.url),
                     source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)),
@@ -150,20 +236,27 @@ impl Broker {
         }
     }
 
+    fn publisher(&self) -> Option<Channel> {
+        let state = self.state();
+        let connected = state.connection.as_ref().is_some_and(|c| c.status().connected());
+        state.channel.clone().filter(|c| connected && c.status().connected())
+    }
+
     /// The confirm-mode channel, re-opened if the previous one was closed.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let mut state = self.state.lock().await;
-        let connected = state.connection.as_ref().is_some_and(|c| c.status().connected());
-        if let Some(channel) = state.channel.as_ref().filter(|c| connected && c.status().connected()) {
-            return Ok(channel.clone());
+        if let Some(channel) = self.publisher() {
+            return Ok(channel);
         }
-        state.channel = None;
-        let channel = self.open_channel(&mut state).await?;
+        let _turn = self.opening_publisher.lock().await;
+        if let Some(channel) = self.publisher() {
+            return Ok(channel);
+        }
+        let channel = self.open_channel().await?;
         if let Err(source) = channel.confirm_select(ConfirmSelectOptions::default()).await {
-            *state = State::default();
+            self.forget(None);
             return Err(BrokerError::Amqp { what: "confirm.select", source });
         }
-        state.channel = Some(channel.clone());
+        self.state().channel = Some(channel.clone());
         Ok(channel)
     }
 
@@ -172,8 +265,7 @@ impl Broker {
     /// inequivalent): it never takes the publishing channel, or a publish in flight on it, down
     /// with it. Closed when dropped.
     pub async fn scratch(&self) -> Result<Scratch, BrokerError> {
-        let mut state = self.state.lock().await;
-        Ok(Scratch(self.open_channel(&mut state).await?))
+        Ok(Scratch(self.open_channel().await?))
     }
 
     /// Ready messages per queue, by passive declares on one scratch channel (a new one after each
@@ -187,10 +279,23 @@ impl Broker {
                 Some(channel) => channel,
                 None => self.scratch().await?,
             };
-            match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+            // Bounded: a broker that stops answering (a node shutting down under the call) must not
+            // hold the caller — the lost-task check, the autoscaler — forever.
+            let Ok(answer) =
+                tokio::time::timeout(REQUEST_TIMEOUT, channel.queue_declare(queue.as_str().into(), passive, FieldTable::default())).await
+            else {
+                self.forget(None);
+                return Err(BrokerError::NoAnswer { what: "queue.declare (passive)", timeout: REQUEST_TIMEOUT });
+            };
+            match answer {
                 Ok(q) => {
                     out.push(Some(u64::from(q.message_count())));
                     scratch = Some(channel);
+                }
+                // A queue whose node is down answers 404 too; it is not missing (it comes back
+                // with its messages): what it holds is unknown, so the whole count is.
+                Err(source) if is_unavailable(&source) => {
+                    return Err(BrokerError::Unavailable { queue: queue.clone(), message: reply_text(&source).unwrap_or_default() });
                 }
                 Err(source) if is_not_found(&source) => out.push(None),
                 Err(source) => return Err(BrokerError::Amqp { what: "queue.declare (passive)", source }),
@@ -202,8 +307,7 @@ impl Broker {
     /// After a failed publish: forgets the connection and its channel, so that the next call
     /// connects afresh (a connection that looks up but no longer answers is not kept).
     pub async fn reset(&self) {
-        *self.state.lock().await = State::default();
-        crate::metrics::global().broker_connected.get_or_create(&crate::metrics::PUBLISH_CONNECTION).set(0);
+        self.forget(None);
     }
 
     /// Publishes persistent messages and waits until the broker confirmed every one of them
@@ -255,9 +359,7 @@ impl Broker {
         bodies: &[Vec<u8>],
     ) -> Result<Confirms, BrokerError> {
         let channel = self.channel().await?;
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(ShortString::from(content_type));
+        let properties = BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from(content_type));
         let mut confirms = Vec::with_capacity(bodies.len());
         for body in bodies {
             let confirm = channel
@@ -307,12 +409,12 @@ impl std::ops::Deref for Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let channel = self.0.clone();
-        if channel.status().connected() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = channel.close(200, "done".into()).await;
-                });
-            }
+        if channel.status().connected()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = channel.close(200, "done".into()).await;
+            });
         }
     }
 }
@@ -327,16 +429,28 @@ pub fn is_not_found(error: &lapin::Error) -> bool {
     }
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
+/// The broker's reply text of a channel-level error.
+fn reply_text(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_message().to_string()),
+        _ => None,
     }
+}
+
+/// True when the broker answered that a queue exists but its node is down: a durable classic
+/// queue whose one node is stopped ("home node ... is down or inaccessible"), or a quorum queue
+/// without a quorum of its members.
+pub fn is_unavailable(error: &lapin::Error) -> bool {
+    is_not_found(error) && reply_text(error).is_some_and(|t| is_unavailable_text(&t))
+}
+
+fn is_unavailable_text(text: &str) -> bool {
+    text.contains("down or inaccessible")
+}
+
+/// The URL (or list of URLs) without its passwords, for messages.
+pub fn redact(url: &str) -> String {
+    warren_protocol::addresses::redact(url)
 }
 
 #[cfg(test)]
@@ -344,11 +458,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconnect_delay_grows_and_is_bounded() {
-        assert_eq!(reconnect_delay(0, 0.0), Duration::from_millis(100));
-        assert_eq!(reconnect_delay(3, 0.0), Duration::from_millis(800));
-        assert_eq!(reconnect_delay(30, 0.0), Duration::from_millis(5_000));
-        assert_eq!(reconnect_delay(30, 1.0), Duration::from_millis(3_500));
+    fn a_queue_on_a_stopped_node_is_unavailable_not_missing() {
+        // RabbitMQ 3.10's reply for a durable classic queue whose node is stopped.
+        assert!(is_unavailable_text(
+            "NOT_FOUND - home node 'rabbit@n2' of durable queue 'warren.a.p.q.normal' in vhost '/' is down or inaccessible"
+        ));
+        assert!(!is_unavailable_text("NOT_FOUND - no queue 'warren.a.p.q.normal' in vhost '/'"));
     }
 
     #[test]

@@ -88,10 +88,7 @@ impl Record {
         let Some(spec) = spec else { return Self::default() };
         Self {
             holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
-            lease_duration: spec
-                .lease_duration_seconds
-                .filter(|s| *s > 0)
-                .map(|s| Duration::from_secs(s as u64)),
+            lease_duration: spec.lease_duration_seconds.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
             transitions: spec.lease_transitions.unwrap_or(0),
         }
     }
@@ -318,11 +315,7 @@ impl Elector {
             match self.round().await {
                 Ok(RoundOutcome::Leading) => last_renewed = Instant::now(),
                 Ok(RoundOutcome::Following { holder: Some(holder), .. }) => {
-                    return LeaderError::Taken {
-                        namespace: self.settings.namespace.clone(),
-                        name: self.settings.name.clone(),
-                        holder,
-                    };
+                    return LeaderError::Taken { namespace: self.settings.namespace.clone(), name: self.settings.name.clone(), holder };
                 }
                 // A conflict: read again at once, within the deadline.
                 Ok(RoundOutcome::Following { holder: None, .. }) => {}
@@ -395,11 +388,7 @@ mod tests {
     fn observed(holder: Option<&str>, duration_s: Option<u64>, age: Duration, now: Instant) -> Observed {
         Observed {
             resource_version: "7".into(),
-            record: Record {
-                holder: holder.map(String::from),
-                lease_duration: duration_s.map(Duration::from_secs),
-                transitions: 3,
-            },
+            record: Record { holder: holder.map(String::from), lease_duration: duration_s.map(Duration::from_secs), transitions: 3 },
             since: now - age,
         }
     }

@@ -1,23 +1,22 @@
-//! The Warren operator: controllers for WorkerPool, Job and Workflow, the report consumer that keeps Job
-//! status true, and the `warren` CLI's building blocks.
+//! The Warren operator: controllers for WorkerPool, Job, Workflow and Schedule, the report
+//! consumer that keeps Job status true, and the `warren` CLI's building blocks.
 
 pub mod autoscaler;
-pub mod book;
 pub mod broker;
 pub mod conditions;
-pub mod control;
 pub mod controllers;
 pub mod crd;
+pub mod events;
 pub mod leader;
-pub mod ledger;
-pub mod local;
 pub mod lost_tasks;
 pub mod metrics;
+pub mod notify;
 pub mod pod_security;
+pub mod queue_health;
 pub mod queue_stats;
 pub mod ranges;
 pub mod replay;
-pub mod reports;
+pub mod report_keys;
 pub mod server;
 pub mod workers;
 
@@ -57,15 +56,27 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     }
     metrics::global().leader.set(1);
 
-    let book = Arc::new(book::JobBook::new(client.clone(), config.status_interval));
+    let pool_watch = controllers::PoolWatch::new(client.clone(), &config);
+    let (queue_health, health_triggers) = queue_health::QueueHealth::new();
+    let queue_health = Arc::new(queue_health);
+    let book = Arc::new(controllers::job::book::JobBook::new(
+        client.clone(),
+        config.status_interval,
+        pool_watch.store.clone(),
+        queue_health.clone(),
+    ));
     let workers = Arc::new(workers::WorkerRegistry::default());
-    let pool_controller = controllers::worker_pool::controller(client.clone(), &config);
+    let pool_changes = pool_watch.subscribe();
+    let pool_controller = controllers::worker_pool::controller(client.clone(), &config, &pool_watch);
+    let report_keys = Arc::new(report_keys::ReportKeys::new(client.clone()));
     let ctx = Arc::new(Context {
+        queue_health,
+        report_keys: report_keys.clone(),
         client: client.clone(),
-        broker: broker::Broker::new(config.amqp_url.clone()),
+        broker: broker::Broker::new(config.amqp_url.clone(), config.amqp_tls.clone()),
         book: book.clone(),
         workers: workers.clone(),
-        pools: pool_controller.store(),
+        pools: pool_watch.store.clone(),
         config: config.clone(),
         backoff: ErrorBackoff::default(),
         autoscalers: controllers::worker_pool::scale::Autoscalers::new(client.clone()),
@@ -74,6 +85,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     let lost_tasks = tokio::spawn(lost_tasks::run(ctx.clone()));
     let sampler = tokio::spawn(queue_stats::run(
         config.amqp_url.clone(),
+        config.amqp_tls.clone(),
         config.reports_queue.clone(),
         ctx.pools.clone(),
         config.queue_stats_interval,
@@ -82,20 +94,39 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         let book = book.clone();
         move |m| book.export_gauges(m)
     });
-    let consumer = tokio::spawn(reports::run(config.amqp_url.clone(), config.reports_queue.clone(), book, workers));
+    let consumer = tokio::spawn(controllers::job::reports::run(
+        controllers::job::reports::Wiring {
+            url: config.amqp_url.clone(),
+            tls: config.amqp_tls.clone(),
+            queue: config.reports_queue.clone(),
+            queue_type: config.reports_queue_type.clone(),
+            signatures: config.report_signatures,
+        },
+        book,
+        workers,
+        report_keys,
+        ctx.pools.clone(),
+    ));
     tracing::info!(amqp = %broker::redact(&config.amqp_url), watch_namespace = config.watch_namespace.as_deref().unwrap_or("(all)"), "Warren operator started");
     let job_watch = controllers::JobWatch::new(client.clone(), &config);
     let (jobs, job_events, child_events) = (job_watch.store.clone(), job_watch.subscribe(), job_watch.subscribe());
+    let notify_broker = config.notify.exchange.as_ref().map(|_| broker::Broker::new(config.amqp_url.clone(), config.amqp_tls.clone()));
+    let notifier = Arc::new(notify::Notifier::new(client.clone(), config.notify.clone(), ctx.book.clone(), notify_broker));
+    let notifier_jobs = jobs.clone();
     let controllers = async {
         tokio::select! {
             _ = async {
                 tokio::join!(
-                    controllers::worker_pool::run(pool_controller, ctx.clone()),
-                    controllers::job::run(ctx.clone(), jobs.clone(), job_events),
+                    controllers::worker_pool::run(pool_controller, ctx.clone(), health_triggers.pools),
+                    controllers::job::run(ctx.clone(), jobs.clone(), job_events, pool_changes, health_triggers.jobs_of_pools),
                     controllers::workflow::run(client.clone(), config.clone(), jobs, child_events),
+                    controllers::schedule::run(client.clone(), config.clone()),
                 )
             } => {}
+            // Completion events: only while leading, stopped with the controllers.
+            _ = notify::run(notifier, notifier_jobs, config.clone(), client.clone()) => tracing::error!("the notifier ended"),
             _ = job_watch.run() => tracing::error!("the Job watch ended"),
+            _ = pool_watch.run() => tracing::error!("the WorkerPool watch ended"),
         }
     };
     let lost = match elector.as_mut() {
@@ -144,7 +175,9 @@ async fn shutdown_signal() {
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,lapin=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a log file or a log collector gets plain text it can grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         builder.json().init();
     } else {

@@ -87,6 +87,7 @@ impl Detector {
 /// Runs the check forever (the leader only: it runs beside the controllers).
 pub async fn run(ctx: Arc<Context>) {
     let mut detector = Detector::default();
+    let mut checked: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -95,6 +96,16 @@ pub async fn run(ctx: Arc<Context>) {
         let keys: std::collections::HashSet<String> =
             pools.iter().map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())).collect();
         detector.retain(&keys);
+        ctx.queue_health.retain(&keys);
+        ctx.report_keys.retain(&keys);
+        // A deleted pool's series go with it (a gauge stuck at 1 would keep its alert firing).
+        for gone in checked.difference(&keys) {
+            if let Some((namespace, pool)) = gone.split_once('/') {
+                let labels = PoolOnlyLabels { namespace: namespace.to_string(), pool: pool.to_string() };
+                metrics::global().queues_unavailable.remove(&labels);
+            }
+        }
+        checked = keys;
         for pool in pools {
             check(&ctx, &mut detector, &pool).await;
         }
@@ -107,13 +118,39 @@ async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::Worker
     let jobs = ctx.book.queued_in_pool(&namespace, &name);
     let expected: u64 = jobs.iter().map(|(_, queued, _)| u64::from(*queued)).sum();
     let finished: u64 = jobs.iter().map(|(_, _, finished)| u64::from(*finished)).sum();
-    let now_ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+    let now_ms = warren_protocol::now_ms();
     let rate = detector.completion_rate(&key, finished, now_ms);
     let tolerance = rate.map_or(0, |r| (r * TRANSIT).ceil() as u64);
-    let held = match rate {
-        _ if expected == 0 => Some(0),
-        None => None,
-        Some(_) => held(ctx, pool).await,
+    // The queues are looked at even when no task is expected (or no rate is known yet): whether
+    // they are available is said in the pool's condition whatever its Jobs hold.
+    let held = match held(ctx, pool).await {
+        Ok(_) if expected == 0 => Ok(Some(0)),
+        Ok(_) if rate.is_none() => Ok(None),
+        other => other,
+    };
+    let unavailable =
+        metrics::global().queues_unavailable.get_or_create(&PoolOnlyLabels { namespace: namespace.clone(), pool: name.clone() }).clone();
+    let held = match held {
+        Err(Unknown::Unavailable(error)) => {
+            // Not lost: the queue comes back with its node. Say so once (log, metric, the
+            // pool's Ready condition), and wait.
+            unavailable.set(1);
+            if ctx.queue_health.observe(&namespace, &name, Some(error.to_string())) {
+                ctx.book.touch_pool(&namespace, &name);
+                tracing::warn!(namespace, pool = name, %error, "a queue of the pool is on a broker node that is down; its Jobs wait for it");
+            }
+            return;
+        }
+        // Unknown for another reason: what was recorded stays.
+        Err(Unknown::Other) => None,
+        Ok(held) => {
+            unavailable.set(0);
+            if ctx.queue_health.observe(&namespace, &name, None) {
+                ctx.book.touch_pool(&namespace, &name);
+                tracing::info!(namespace, pool = name, "the pool's queues are available again");
+            }
+            held
+        }
     };
     let Some(lost) = detector.observe(&key, expected, held, tolerance, now_ms, SUSTAIN.as_millis() as u64) else { return };
     tracing::warn!(namespace, pool = name, lost, expected, held = ?held, tolerance, "queued tasks are missing from the broker");
@@ -128,8 +165,15 @@ async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::Worker
     }
 }
 
+/// Why what a pool's queues hold is unknown.
+enum Unknown {
+    /// A queue is on a broker node that is down.
+    Unavailable(crate::broker::BrokerError),
+    Other,
+}
+
 /// What the broker and the pool's workers hold of its queued tasks; None when unknown.
-async fn held(ctx: &Context, pool: &crate::crd::WorkerPool) -> Option<u64> {
+async fn held(ctx: &Context, pool: &crate::crd::WorkerPool) -> Result<Option<u64>, Unknown> {
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let topology = plan::topology(pool);
     let mut queues = topology.work_queues.clone();
@@ -137,18 +181,20 @@ async fn held(ctx: &Context, pool: &crate::crd::WorkerPool) -> Option<u64> {
     queues.push(topology.suspect_queue.clone());
     let depths = match ctx.broker.queue_depths(&queues).await {
         Ok(depths) => depths,
+        Err(error @ crate::broker::BrokerError::Unavailable { .. }) => return Err(Unknown::Unavailable(error)),
         Err(error) => {
             tracing::debug!(%error, namespace, pool = name, "cannot count the pool's queues; lost-task check skipped");
-            return None;
+            return Err(Unknown::Other);
         }
     };
     // A missing work queue holds nothing: that is what a deleted queue looks like.
     let in_queues: u64 = depths.into_iter().flatten().sum();
     let mut buffered = 0u64;
     for (_, view) in ctx.workers.pool(&namespace, &name, WORKER_MEMORY) {
-        buffered += u64::from(view.heartbeat.buffered?);
+        let Some(held) = view.heartbeat.buffered else { return Ok(None) };
+        buffered += u64::from(held);
     }
-    Some(in_queues + buffered)
+    Ok(Some(in_queues + buffered))
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub struct PhaseLabels {
 /// The kind of object whose status the operator wrote.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    /// `Job`, `Workflow` or `WorkerPool`.
+    /// `Job`, `Workflow`, `WorkerPool` or `Schedule`.
     pub kind: &'static str,
 }
 
@@ -60,9 +60,30 @@ pub struct StatusWriteErrorLabels {
     pub reason: &'static str,
 }
 
+/// A completion-event delivery (`crate::notify`), by kind and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// `Job` or `Workflow`.
+    pub kind: &'static str,
+    /// `delivered`, `failed` (retried), `exhausted` (the last attempt failed), `refused` (the
+    /// destination is not allowed).
+    pub outcome: &'static str,
+}
+
+/// A Schedule's slots and runs, by namespace and why (never by Schedule).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScheduleLabels {
+    pub namespace: String,
+    /// Runs created: the run's kind (`Job`, `Workflow`). Missed slots: `Suspended`,
+    /// `StartingDeadline`, `CatchupLatest`, `CatchupNone`, `CatchupMaxRuns`. Skipped slots:
+    /// `Forbid`, `Superseded`. Cancelled runs: `Replace`.
+    pub reason: &'static str,
+}
+
 pub const JOB: &str = "Job";
 pub const WORKFLOW: &str = "Workflow";
 pub const WORKER_POOL: &str = "WorkerPool";
+pub const SCHEDULE: &str = "Schedule";
 
 /// The label of a refused status write: the Kubernetes `reason` that belongs to the HTTP code
 /// (`None`: no answer from the API server). Mapped from the code, not copied from the answer, so
@@ -133,6 +154,8 @@ pub struct Metrics {
     pub tasks_dead_lettered: Family<PoolLabels, Counter>,
     /// Queued tasks found missing from a pool's queues ([`crate::lost_tasks`]).
     pub tasks_lost: Family<PoolOnlyLabels, Counter>,
+    /// 1 while a queue of a pool with queued tasks is on a broker node that is down.
+    pub queues_unavailable: Family<PoolOnlyLabels, Gauge>,
     pub tasks_in_flight: Family<PoolLabels, Gauge>,
     pub queue_ready: Family<PoolLabels, Gauge>,
     pub queue_consumers: Family<PoolLabels, Gauge>,
@@ -152,6 +175,15 @@ pub struct Metrics {
     pub autoscaler_backlog: Family<PoolOnlyLabels, Gauge>,
     pub autoscaler_max_replicas: Family<PoolOnlyLabels, Gauge>,
     pub autoscaler_scales: Family<ScaleLabels, Counter>,
+    pub notification_deliveries: Family<NotificationLabels, Counter>,
+    /// Runs a Schedule created (one per fired slot), by namespace and run kind.
+    pub schedule_runs_created: Family<ScheduleLabels, Counter>,
+    /// Due slots that did not run (catch-up policy, starting deadline, suspend), by why.
+    pub schedule_slots_missed: Family<ScheduleLabels, Counter>,
+    /// Slots skipped by the concurrency policy, by why.
+    pub schedule_slots_skipped: Family<ScheduleLabels, Counter>,
+    /// Active runs cancelled by `concurrencyPolicy: Replace`.
+    pub schedule_runs_cancelled: Family<ScheduleLabels, Counter>,
     registry: Registry,
 }
 
@@ -160,15 +192,15 @@ impl Metrics {
         let mut registry = Registry::with_prefix("warren_operator");
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 16))
-        });
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
         let tasks_published = Family::<PoolLabels, Counter>::default();
         let tasks_succeeded = Family::<PoolLabels, Counter>::default();
         let tasks_failed = Family::<PoolLabels, Counter>::default();
         let tasks_retried = Family::<PoolLabels, Counter>::default();
         let tasks_dead_lettered = Family::<PoolLabels, Counter>::default();
         let tasks_lost = Family::<PoolOnlyLabels, Counter>::default();
+        let queues_unavailable = Family::<PoolOnlyLabels, Gauge>::default();
         let tasks_in_flight = Family::<PoolLabels, Gauge>::default();
         let queue_ready = Family::<PoolLabels, Gauge>::default();
         let queue_consumers = Family::<PoolLabels, Gauge>::default();
@@ -183,6 +215,12 @@ impl Metrics {
         let broker_connected = Family::<ConnectionLabels, Gauge>::default();
         let broker_reconnects = Family::<ConnectionLabels, Counter>::default();
         let leader = Gauge::default();
+        let notification_deliveries = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notification_deliveries",
+            "Completion-event deliveries (spec.notify) by kind and outcome",
+            notification_deliveries.clone(),
+        );
         registry.register("reconcile", "Reconcile runs per controller", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles per controller and reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration per controller", reconcile_duration.clone());
@@ -190,27 +228,52 @@ impl Metrics {
         registry.register("tasks_succeeded", "Tasks that succeeded, as reported by the workers", tasks_succeeded.clone());
         registry.register("tasks_failed", "Failed task attempts (retried or dead-lettered)", tasks_failed.clone());
         registry.register("tasks_retried", "Failed task attempts scheduled for a retry", tasks_retried.clone());
-        registry.register("tasks_dead_lettered", "Tasks that failed for good and went to the dead-letter queue", tasks_dead_lettered.clone());
+        registry.register(
+            "tasks_dead_lettered",
+            "Tasks that failed for good and went to the dead-letter queue",
+            tasks_dead_lettered.clone(),
+        );
         registry.register(
             "tasks_lost",
             "Queued tasks found missing from a pool's queues for longer than the lost-task check allows (purged or deleted queue, dropHead overflow, broker data loss)",
             tasks_lost.clone(),
+        );
+        registry.register(
+            "queues_unavailable",
+            "1 while a queue of a pool with queued tasks is on a stopped broker node (a classic queue's node, or a quorum queue without a quorum): its Jobs wait",
+            queues_unavailable.clone(),
         );
         registry.register("tasks_in_flight", "Tasks a worker reported started and not yet finished", tasks_in_flight.clone());
         registry.register("queue_ready_messages", "Tasks waiting in a pool's work queue (RabbitMQ ready messages)", queue_ready.clone());
         registry.register("queue_consumers", "Consumers of a pool's work queue", queue_consumers.clone());
         registry.register("dead_letter_messages", "Messages in a pool's dead-letter queue", dead_letter_messages.clone());
         registry.register("reports_queue_messages", "Worker reports waiting in the reports queue", reports_queue_messages.clone());
-        registry.register("report_messages", "Report messages received from workers (each a batch of task events)", report_messages.clone());
-        registry.register("report_events", "Task events received in worker reports; divided by report_messages, the batching factor", report_events.clone());
+        registry.register(
+            "report_messages",
+            "Report messages received from workers (each a batch of task events)",
+            report_messages.clone(),
+        );
+        registry.register(
+            "report_events",
+            "Task events received in worker reports; divided by report_messages, the batching factor",
+            report_events.clone(),
+        );
         registry.register(
             "reports_rejected",
             "Worker reports dropped unapplied, by reason: whole messages (too_large, malformed, unknown_version, too_many_events, invalid_worker) or single events (invalid_job_ref, unknown_job, job_lookup_refused, foreign_job)",
             reports_rejected.clone(),
         );
         registry.register("jobs", "Jobs by phase", jobs.clone());
-        registry.register("status_writes", "Status writes the API server accepted, per kind (Job, Workflow, WorkerPool)", status_writes.clone());
-        registry.register("status_write_errors", "Status writes the API server refused or that got no answer, per kind and reason", status_write_errors.clone());
+        registry.register(
+            "status_writes",
+            "Status patches the API server accepted, per kind: one per Job flush, Workflow or WorkerPool reconcile whose status changed (unchanged statuses are not sent; refused ones count in warren_operator_status_write_errors_total)",
+            status_writes.clone(),
+        );
+        registry.register(
+            "status_write_errors",
+            "Status writes the API server refused or that got no answer, per kind and reason",
+            status_write_errors.clone(),
+        );
         registry.register("broker_connected", "1 while the connection to RabbitMQ is up", broker_connected.clone());
         registry.register("broker_reconnects", "Reconnects to RabbitMQ after a failure", broker_reconnects.clone());
         registry.register("leader", "1 while this operator leads (runs the controllers), 0 while it stands by", leader.clone());
@@ -218,10 +281,42 @@ impl Metrics {
         let autoscaler_backlog = Family::<PoolOnlyLabels, Gauge>::default();
         let autoscaler_max_replicas = Family::<PoolOnlyLabels, Gauge>::default();
         let autoscaler_scales = Family::<ScaleLabels, Counter>::default();
-        registry.register("autoscaler_desired_replicas", "Worker replicas the autoscaler last decided per pool", autoscaler_desired_replicas.clone());
-        registry.register("autoscaler_backlog", "Ready tasks in a pool's work queues at the last autoscaler poll", autoscaler_backlog.clone());
+        registry.register(
+            "autoscaler_desired_replicas",
+            "Worker replicas the autoscaler last decided per pool",
+            autoscaler_desired_replicas.clone(),
+        );
+        registry.register(
+            "autoscaler_backlog",
+            "Ready tasks in a pool's work queues at the last autoscaler poll",
+            autoscaler_backlog.clone(),
+        );
         registry.register("autoscaler_max_replicas", "The autoscaling policy's maxReplicas per pool", autoscaler_max_replicas.clone());
-        registry.register("autoscaler_scales", "Replica changes by the autoscaler per pool, direction and reason", autoscaler_scales.clone());
+        registry.register(
+            "autoscaler_scales",
+            "Replica changes by the autoscaler per pool, direction and reason",
+            autoscaler_scales.clone(),
+        );
+        let schedule_runs_created = Family::<ScheduleLabels, Counter>::default();
+        let schedule_slots_missed = Family::<ScheduleLabels, Counter>::default();
+        let schedule_slots_skipped = Family::<ScheduleLabels, Counter>::default();
+        let schedule_runs_cancelled = Family::<ScheduleLabels, Counter>::default();
+        registry.register(
+            "schedule_runs_created",
+            "Runs (Jobs, Workflows) Schedules created, one per fired slot",
+            schedule_runs_created.clone(),
+        );
+        registry.register(
+            "schedule_slots_missed",
+            "Due Schedule slots that did not run, by reason (catch-up policy, starting deadline, suspend)",
+            schedule_slots_missed.clone(),
+        );
+        registry.register(
+            "schedule_slots_skipped",
+            "Schedule slots skipped by the concurrency policy, by reason (Forbid: a run was active; Superseded: Replace kept a later slot)",
+            schedule_slots_skipped.clone(),
+        );
+        registry.register("schedule_runs_cancelled", "Active runs cancelled by concurrencyPolicy Replace", schedule_runs_cancelled.clone());
         Self {
             reconciles,
             reconcile_errors,
@@ -232,6 +327,7 @@ impl Metrics {
             tasks_retried,
             tasks_dead_lettered,
             tasks_lost,
+            queues_unavailable,
             tasks_in_flight,
             queue_ready,
             queue_consumers,
@@ -251,6 +347,11 @@ impl Metrics {
             autoscaler_backlog,
             autoscaler_max_replicas,
             autoscaler_scales,
+            notification_deliveries,
+            schedule_runs_created,
+            schedule_slots_missed,
+            schedule_slots_skipped,
+            schedule_runs_cancelled,
             registry,
         }
     }
@@ -284,6 +385,11 @@ impl Metrics {
                 self.status_write_errors.get_or_create(&StatusWriteErrorLabels { kind, reason }).inc()
             }
         };
+    }
+
+    /// Counts one completion-event delivery attempt of `kind` by its outcome.
+    pub fn record_notification(&self, kind: &'static str, outcome: &'static str) {
+        self.notification_deliveries.get_or_create(&NotificationLabels { kind, outcome }).inc();
     }
 
     /// Runs `hook` before every scrape, to set the gauges that mirror in-memory state.

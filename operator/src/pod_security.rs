@@ -8,8 +8,7 @@
 //! running as non-root, non-root user, seccomp RuntimeDefault/Localhost, dropping ALL capabilities.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 
 /// The uid and gid Warren's images run as (the Dockerfile's `USER 65532:65532`).
@@ -99,12 +98,8 @@ pub fn restricted_violations(pod: &PodSpec) -> Vec<String> {
             out.push(format!("spec.volumes[{}]: volume type {kind} is not allowed", volume.name));
         }
     }
-    let containers = pod
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| ("initContainers", c))
-        .chain(pod.containers.iter().map(|c| ("containers", c)));
+    let containers =
+        pod.init_containers.iter().flatten().map(|c| ("initContainers", c)).chain(pod.containers.iter().map(|c| ("containers", c)));
     for (list, c) in containers {
         check_container(list, c, &psc, &mut out);
     }
@@ -165,10 +160,10 @@ fn check_container(list: &str, c: &Container, psc: &PodSecurityContext, out: &mu
 }
 
 fn check_selinux(type_: Option<&str>, at: &str, out: &mut Vec<String>) {
-    if let Some(t) = type_ {
-        if !matches!(t, "" | "container_t" | "container_init_t" | "container_kvm_t" | "container_engine_t") {
-            out.push(format!("{at}.seLinuxOptions.type {t} is not allowed"));
-        }
+    if let Some(t) = type_
+        && !matches!(t, "" | "container_t" | "container_init_t" | "container_kvm_t" | "container_engine_t")
+    {
+        out.push(format!("{at}.seLinuxOptions.type {t} is not allowed"));
     }
 }
 
@@ -225,7 +220,10 @@ mod tests {
         let cases: Vec<(Box<dyn Fn(&mut PodSpec)>, &str)> = vec![
             (Box::new(|p| p.host_network = Some(true)), "hostNetwork"),
             (Box::new(|p| p.containers[0].security_context.as_mut().unwrap().privileged = Some(true)), "privileged"),
-            (Box::new(|p| p.containers[0].security_context.as_mut().unwrap().allow_privilege_escalation = None), "allowPrivilegeEscalation"),
+            (
+                Box::new(|p| p.containers[0].security_context.as_mut().unwrap().allow_privilege_escalation = None),
+                "allowPrivilegeEscalation",
+            ),
             (Box::new(|p| p.containers[0].security_context.as_mut().unwrap().capabilities = None), "drop must include ALL"),
             (
                 Box::new(|p| {
@@ -255,8 +253,11 @@ mod tests {
             ),
             (
                 Box::new(|p| {
-                    p.containers[0].ports =
-                        Some(vec![k8s_openapi::api::core::v1::ContainerPort { container_port: 80, host_port: Some(80), ..Default::default() }])
+                    p.containers[0].ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                        container_port: 80,
+                        host_port: Some(80),
+                        ..Default::default()
+                    }])
                 }),
                 "hostPort",
             ),

@@ -15,7 +15,7 @@ use warren_protocol::names;
 
 use crate::broker::{Broker, reconnect_delay};
 use crate::crd::WorkerPool;
-use crate::metrics::{self, PoolOnlyLabels, PoolLabels};
+use crate::metrics::{self, PoolLabels, PoolOnlyLabels};
 
 /// One queue to sample and where its numbers go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +60,12 @@ async fn inspect(connection: &lapin::Connection, channel: &mut lapin::Channel, q
     }
 }
 
-async fn sample_once(connection: &lapin::Connection, channel: &mut lapin::Channel, pools: &Store<WorkerPool>, reports_queue: &str) -> Result<(), lapin::Error> {
+async fn sample_once(
+    connection: &lapin::Connection,
+    channel: &mut lapin::Channel,
+    pools: &Store<WorkerPool>,
+    reports_queue: &str,
+) -> Result<(), lapin::Error> {
     let state = pools.state();
     let queues = queues_of(state.iter().map(|p| p.as_ref()).filter(|p| p.metadata.deletion_timestamp.is_none()));
     let mut work = Vec::new();
@@ -98,10 +103,10 @@ async fn sample_once(connection: &lapin::Connection, channel: &mut lapin::Channe
 }
 
 /// Samples every `interval` forever, reconnecting with backoff.
-pub async fn run(url: String, reports_queue: String, pools: Store<WorkerPool>, interval: Duration) {
+pub async fn run(url: String, tls: warren_protocol::amqp::Tls, reports_queue: String, pools: Store<WorkerPool>, interval: Duration) {
     let mut attempt = 0u32;
     loop {
-        match Broker::connect(&url, 1).await {
+        match Broker::connect(&url, &tls, 1).await {
             Ok(connection) => match connection.create_channel().await {
                 Ok(mut channel) => {
                     attempt = 0;

@@ -71,13 +71,7 @@ mod tests {
 
     #[test]
     fn formats_like_kubernetes_indexed_jobs() {
-        let cases: &[(&[u32], &str)] = &[
-            (&[], ""),
-            (&[0], "0"),
-            (&[0, 1, 2], "0-2"),
-            (&[0, 2], "0,2"),
-            (&[1, 2, 3, 5, 7, 8], "1-3,5,7-8"),
-        ];
+        let cases: &[(&[u32], &str)] = &[(&[], ""), (&[0], "0"), (&[0, 1, 2], "0-2"), (&[0, 2], "0,2"), (&[1, 2, 3, 5, 7, 8], "1-3,5,7-8")];
         for (input, want) in cases {
             assert_eq!(format(&set(input)), *want, "{input:?}");
             assert_eq!(parse(want).unwrap(), set(input));

@@ -13,11 +13,11 @@
 //! ledger takes the first report of that run as the sign that the task left the dead letters (see
 //! `ledger`). [`decide`] and [`replayed_body`] are pure; [`replay`] and [`list`] do the I/O.
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
+use warren_protocol::headers::dead_letter_header;
 use warren_protocol::{TASK_CONTENT_TYPE, TaskEnvelope, names};
-use warren_worker::dead_letter_header;
 
 /// Which dead letters to replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -167,8 +167,8 @@ pub struct Summary {
 /// Errors of a replay or a listing.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot reach RabbitMQ at {url}: {source}")]
-    Unreachable { url: String, source: lapin::Error },
+    #[error("{0}")]
+    Broker(crate::broker::BrokerError),
     #[error("the dead-letter queue {queue} does not exist (wrong pool or namespace?)")]
     NoDeadLetterQueue { queue: String },
     #[error("RabbitMQ refused {what}: {source}")]
@@ -181,7 +181,7 @@ impl ReplayError {
     /// Stable reason for events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            ReplayError::Unreachable { .. } => "BrokerUnreachable",
+            ReplayError::Broker(e) => e.reason(),
             ReplayError::NoDeadLetterQueue { .. } => "NoDeadLetterQueue",
             ReplayError::Amqp { .. } => "BrokerRefused",
             ReplayError::Busy { .. } => "ReplayBusy",
@@ -195,20 +195,21 @@ fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> ReplayError {
 
 /// Opens a confirm-mode channel holding the pool's replay lock, and returns the number of
 /// messages ready in the DLQ.
-async fn open(url: &str, namespace: &str, pool: &str, dlq: &str) -> Result<(Connection, Channel, u32), ReplayError> {
-    let props = ConnectionProperties::default().with_connection_name("warren-dlq".into());
-    let connection = Connection::connect(url, props)
-        .await
-        .map_err(|source| ReplayError::Unreachable { url: crate::broker::redact(url), source })?;
+async fn open(
+    url: &str,
+    tls: &warren_protocol::amqp::Tls,
+    namespace: &str,
+    pool: &str,
+    dlq: &str,
+) -> Result<(Connection, Channel, u32), ReplayError> {
+    let connection = crate::broker::Broker::connect(url, tls, 1).await.map_err(ReplayError::Broker)?;
     // A passive declare of a missing queue closes the channel: check on a throwaway one.
     let probe = connection.create_channel().await.map_err(amqp("channel.open"))?;
-    let depth = match probe
-        .queue_declare(dlq.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-    {
-        Ok(queue) => queue.message_count(),
-        Err(_) => return Err(ReplayError::NoDeadLetterQueue { queue: dlq.to_string() }),
-    };
+    let depth =
+        match probe.queue_declare(dlq.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await {
+            Ok(queue) => queue.message_count(),
+            Err(_) => return Err(ReplayError::NoDeadLetterQueue { queue: dlq.to_string() }),
+        };
     let _ = probe.close(200, "OK".into()).await;
     // A queue another connection declared exclusive answers RESOURCE_LOCKED and closes the
     // channel: a throwaway one again.
@@ -223,113 +224,116 @@ async fn open(url: &str, namespace: &str, pool: &str, dlq: &str) -> Result<(Conn
     Ok((connection, channel, depth))
 }
 
+/// A replayed task goes back persistent and mandatory, and counts only once the broker confirmed
+/// and routed it.
 async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &str, body: &[u8]) -> Result<(), String> {
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(ShortString::from(TASK_CONTENT_TYPE));
-    let confirm = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            body,
-            properties,
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    if !confirm.is_ack() {
-        return Err("the broker refused (nacked) the replayed task".into());
-    }
-    if confirm.take_message().is_some() {
-        return Err(format!("no queue of exchange {exchange} is bound to priority {routing_key:?}"));
-    }
-    Ok(())
+    let properties = BasicProperties::default().with_content_type(ShortString::from(TASK_CONTENT_TYPE));
+    warren_protocol::amqp::publish_confirmed(channel, exchange, routing_key, body, properties).await.map_err(|e| match e {
+        warren_protocol::amqp::PublishError::Nacked => "the broker refused (nacked) the replayed task".to_string(),
+        warren_protocol::amqp::PublishError::Unroutable { .. } => {
+            format!("no queue of exchange {exchange} is bound to priority {routing_key:?}")
+        }
+        other => other.to_string(),
+    })
 }
 
-/// Replays the dead letters of pool `pool` in `namespace` that `filter` selects.
-pub async fn replay(url: &str, namespace: &str, pool: &str, filter: &Filter) -> Result<Summary, ReplayError> {
-    let dlq = names::dead_letter_queue(namespace, pool);
+/// One pass over the pool's dead-letter queue, in order, up to its depth at the start. Each
+/// message is settled by the caller (acked on `channel`) or kept ([`Walk::keep`]); the kept ones
+/// go back to their positions at [`Walk::finish`], with one `nack` of every delivery up to the
+/// last kept.
+struct Walk {
+    connection: lapin::Connection,
+    channel: Channel,
+    dlq: String,
+    left: u32,
+    last_kept: Option<u64>,
+}
+
+impl Walk {
+    async fn start(url: &str, tls: &warren_protocol::amqp::Tls, namespace: &str, pool: &str) -> Result<Self, ReplayError> {
+        let dlq = names::dead_letter_queue(namespace, pool);
+        let (connection, channel, depth) = open(url, tls, namespace, pool, &dlq).await?;
+        Ok(Self { connection, channel, dlq, left: depth, last_kept: None })
+    }
+
+    async fn next(&mut self) -> Result<Option<lapin::message::BasicGetMessage>, ReplayError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.channel.basic_get(self.dlq.as_str().into(), BasicGetOptions { no_ack: false }).await.map_err(amqp("basic.get"))
+    }
+
+    fn keep(&mut self, tag: u64) {
+        self.last_kept = Some(tag);
+    }
+
+    async fn finish(self) -> Result<(), ReplayError> {
+        if let Some(tag) = self.last_kept {
+            self.channel.basic_nack(tag, BasicNackOptions { multiple: true, requeue: true }).await.map_err(amqp("basic.nack"))?;
+        }
+        let _ = self.channel.close(200, "OK".into()).await;
+        let _ = self.connection.close(200, "OK".into()).await;
+        Ok(())
+    }
+}
+
+/// Replays the dead letters of pool `pool` in `namespace` that `filter` selects; `tls` for an
+/// `amqps://` broker.
+pub async fn replay(
+    url: &str,
+    tls: &warren_protocol::amqp::Tls,
+    namespace: &str,
+    pool: &str,
+    filter: &Filter,
+) -> Result<Summary, ReplayError> {
     let exchange = names::pool_exchange(namespace, pool);
-    let (connection, channel, depth) = open(url, namespace, pool, &dlq).await?;
+    let mut walk = Walk::start(url, tls, namespace, pool).await?;
     let mut summary = Summary::default();
-    let mut last_kept = None;
     let start = tokio::time::Instant::now();
-    for _ in 0..depth {
-        let Some(message) = channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(amqp("basic.get"))?
-        else {
-            break;
-        };
+    while let Some(message) = walk.next().await? {
         let tag = message.delivery.delivery_tag;
         match decide(&message.delivery.data, filter, summary.replayed) {
             Decision::Replay { body, priority } => {
                 let due = paced(std::time::Duration::ZERO, summary.replayed + summary.failed, filter.rate);
                 tokio::time::sleep_until(start + due).await;
-                match publish_confirmed(&channel, &exchange, &priority, &body).await {
-                Ok(()) => {
-                    channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(amqp("basic.ack"))?;
-                    summary.replayed += 1;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "replaying a dead letter failed; it stays in the dead-letter queue");
-                    summary.failed += 1;
-                    summary.first_error.get_or_insert(error);
-                    last_kept = Some(tag);
-                }
+                match publish_confirmed(&walk.channel, &exchange, &priority, &body).await {
+                    Ok(()) => {
+                        walk.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(amqp("basic.ack"))?;
+                        summary.replayed += 1;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "replaying a dead letter failed; it stays in the dead-letter queue");
+                        summary.failed += 1;
+                        summary.first_error.get_or_insert(error);
+                        walk.keep(tag);
+                    }
                 }
             }
             Decision::Keep(KeepReason::NotATask(_)) => {
                 summary.not_tasks += 1;
-                last_kept = Some(tag);
+                walk.keep(tag);
             }
             Decision::Keep(_) => {
                 summary.kept += 1;
-                last_kept = Some(tag);
+                walk.keep(tag);
             }
         }
     }
-    if let Some(tag) = last_kept {
-        // Every unacknowledged delivery up to `tag` is one we keep: back to their positions.
-        channel
-            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
-            .await
-            .map_err(amqp("basic.nack"))?;
-    }
-    let _ = channel.close(200, "OK".into()).await;
-    let _ = connection.close(200, "OK".into()).await;
+    walk.finish().await?;
     tracing::info!(namespace, pool, replayed = summary.replayed, kept = summary.kept, "dead letters replayed");
     Ok(summary)
 }
 
 /// Lists the messages of the pool's dead-letter queue (they all stay there, in order).
-pub async fn list(url: &str, namespace: &str, pool: &str) -> Result<Vec<DeadLetter>, ReplayError> {
-    let dlq = names::dead_letter_queue(namespace, pool);
-    let (connection, channel, depth) = open(url, namespace, pool, &dlq).await?;
+pub async fn list(url: &str, tls: &warren_protocol::amqp::Tls, namespace: &str, pool: &str) -> Result<Vec<DeadLetter>, ReplayError> {
+    let mut walk = Walk::start(url, tls, namespace, pool).await?;
     let mut letters = Vec::new();
-    let mut last = None;
-    for _ in 0..depth {
-        let Some(message) = channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(amqp("basic.get"))?
-        else {
-            break;
-        };
+    while let Some(message) = walk.next().await? {
         letters.push(DeadLetter::of(&message.delivery.data, &message.delivery.properties));
-        last = Some(message.delivery.delivery_tag);
+        walk.keep(message.delivery.delivery_tag);
     }
-    if let Some(tag) = last {
-        channel
-            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
-            .await
-            .map_err(amqp("basic.nack"))?;
-    }
-    let _ = channel.close(200, "OK".into()).await;
-    let _ = connection.close(200, "OK".into()).await;
+    walk.finish().await?;
     Ok(letters)
 }
 

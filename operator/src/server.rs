@@ -10,10 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        crate::metrics::global().encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], crate::metrics::global().encode())
 }
 
 async fn readyz() -> &'static str {
@@ -21,10 +18,7 @@ async fn readyz() -> &'static str {
 }
 
 pub fn router() -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
 }
 
 pub async fn serve(listener: tokio::net::TcpListener) {

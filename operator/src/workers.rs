@@ -31,10 +31,11 @@ impl WorkerRegistry {
         if let Some(heartbeat) = &batch.heartbeat {
             let view = WorkerView { heartbeat: heartbeat.clone(), seen: Instant::now() };
             let mut workers = self.workers.lock().expect("registry lock");
-            if workers.len() >= MAX_WORKERS && !workers.contains_key(&batch.worker) {
-                if let Some(oldest) = workers.iter().min_by_key(|(_, v)| v.seen).map(|(id, _)| id.clone()) {
-                    workers.remove(&oldest);
-                }
+            if workers.len() >= MAX_WORKERS
+                && !workers.contains_key(&batch.worker)
+                && let Some(oldest) = workers.iter().min_by_key(|(_, v)| v.seen).map(|(id, _)| id.clone())
+            {
+                workers.remove(&oldest);
             }
             workers.insert(batch.worker.clone(), view);
         }
@@ -63,7 +64,15 @@ mod tests {
             worker: WorkerId { namespace: "ns".into(), pool: "p".into(), pod: pod.into() },
             sent_at_ms: 0,
             events: Vec::new(),
-            heartbeat: Some(Heartbeat { in_flight: 0, concurrency: 1, draining: false, idle_since_ms: None, completed_total: 0, interrupted_total: 0, buffered: None }),
+            heartbeat: Some(Heartbeat {
+                in_flight: 0,
+                concurrency: 1,
+                draining: false,
+                idle_since_ms: None,
+                completed_total: 0,
+                interrupted_total: 0,
+                buffered: None,
+            }),
         }
     }
 

@@ -22,6 +22,10 @@ pub const MAX_REPORT_EVENTS: usize = 10_000;
 /// status, which must stay small.
 pub const MAX_PROGRESS_BYTES: usize = 1024;
 
+/// Longest output tail of an attempt kept (2 KiB, its end, cut at a character boundary): the
+/// operator keeps the last attempts' output in the Job status, which must stay small.
+pub const MAX_OUTPUT_BYTES: usize = 2048;
+
 /// Why a whole report message was dropped.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -63,7 +67,8 @@ pub struct Admitted {
 
 /// Admits one report message body, or says why the whole message is dropped. Events whose Job
 /// reference is invalid are dropped one by one (the rest of the batch is another Job's and
-/// must not suffer for it); progress messages are cut to [`MAX_PROGRESS_BYTES`].
+/// must not suffer for it); progress messages are cut to [`MAX_PROGRESS_BYTES`], output tails to
+/// their last [`MAX_OUTPUT_BYTES`].
 pub fn report(body: &[u8]) -> Result<Admitted, Rejection> {
     if body.len() > MAX_REPORT_BYTES {
         return Err(Rejection::TooLarge(body.len()));
@@ -99,14 +104,11 @@ pub fn report(body: &[u8]) -> Result<Admitted, Rejection> {
         if let TaskEventKind::Progress { message, .. } = &mut event.kind {
             truncate_at_char_boundary(message, MAX_PROGRESS_BYTES);
         }
+        if let Some(output) = &mut event.output {
+            keep_tail_at_char_boundary(output, MAX_OUTPUT_BYTES);
+        }
     }
-    let batch = ReportBatch {
-        version: wire.version,
-        worker: wire.worker,
-        sent_at_ms: wire.sent_at_ms,
-        events,
-        heartbeat: wire.heartbeat,
-    };
+    let batch = ReportBatch { version: wire.version, worker: wire.worker, sent_at_ms: wire.sent_at_ms, events, heartbeat: wire.heartbeat };
     Ok(Admitted { batch, invalid_events })
 }
 
@@ -115,6 +117,15 @@ pub fn truncate_at_char_boundary(text: &mut String, max: usize) {
     if text.len() > max {
         let cut = (0..=max).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
         text.truncate(cut);
+    }
+}
+
+/// Keeps the last `max` bytes of `text` at most, without splitting a character (the end of an
+/// output is what explains how it ended).
+pub fn keep_tail_at_char_boundary(text: &mut String, max: usize) {
+    if text.len() > max {
+        let start = (text.len() - max..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+        text.drain(..start);
     }
 }
 
@@ -198,7 +209,7 @@ mod tests {
             worker: WorkerId { namespace: "ns".into(), pool: "pool".into(), pod: "pool-0".into() },
             sent_at_ms: 9,
             events: vec![
-                TaskEvent { job: job("a"), index: 0, attempt: 1, at_ms: 1, kind: TaskEventKind::Started, replay: 0 },
+                TaskEvent { job: job("a"), index: 0, attempt: 1, at_ms: 1, kind: TaskEventKind::Started, replay: 0, output: None },
                 TaskEvent {
                     job: job("b.with.dots"),
                     index: 3,
@@ -206,9 +217,18 @@ mod tests {
                     at_ms: 2,
                     kind: TaskEventKind::Failed { error: "x".into(), disposition: FailureDisposition::Retrying { delay_ms: 100 } },
                     replay: 0,
+                    output: Some("reading item 3\nconnection refused".into()),
                 },
             ],
-            heartbeat: Some(Heartbeat { in_flight: 1, concurrency: 4, draining: false, idle_since_ms: None, completed_total: 3, interrupted_total: 0, buffered: None }),
+            heartbeat: Some(Heartbeat {
+                in_flight: 1,
+                concurrency: 4,
+                draining: false,
+                idle_since_ms: None,
+                completed_total: 3,
+                interrupted_total: 0,
+                buffered: None,
+            }),
         };
         assert_eq!(report(&batch.to_json()), Ok(Admitted { batch, invalid_events: 0 }));
     }
@@ -279,6 +299,24 @@ mod tests {
         let mut odd = "aé".to_string();
         truncate_at_char_boundary(&mut odd, 2);
         assert_eq!(odd, "a");
+    }
+
+    #[test]
+    fn output_tails_keep_their_end_within_the_limit() {
+        let output = format!("{}the last line", "é".repeat(MAX_OUTPUT_BYTES));
+        let body = grouped(serde_json::json!([{"job": job("a"), "events": [
+            {"index": 0, "attempt": 1, "atMs": 5, "kind": {"type": "succeeded"}, "output": output}
+        ]}]));
+        let admitted = report(&body).unwrap();
+        let kept = admitted.batch.events[0].output.as_deref().unwrap();
+        assert!(kept.len() <= MAX_OUTPUT_BYTES && kept.len() > MAX_OUTPUT_BYTES - 2, "{}", kept.len());
+        assert!(kept.ends_with("the last line"), "{kept}");
+        let mut odd = "éa".to_string();
+        keep_tail_at_char_boundary(&mut odd, 2);
+        assert_eq!(odd, "a");
+        let mut short = "ok".to_string();
+        keep_tail_at_char_boundary(&mut short, 2);
+        assert_eq!(short, "ok");
     }
 
     #[test]

@@ -7,7 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod addresses;
 pub mod admit;
+#[cfg(feature = "amqp")]
+pub mod amqp;
+pub mod headers;
+pub mod retry;
+pub mod signature;
+#[cfg(feature = "amqp")]
+pub mod topology;
 
 /// Version of the task envelope and report format. Bumped on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -37,6 +45,12 @@ pub const CONTROL_CONTENT_TYPE: &str = "application/vnd.warren.control+json";
 /// - one dead-letter queue, [`dead_letter_queue`](names::dead_letter_queue).
 ///
 /// Operator-wide: the [`REPORTS_QUEUE`](names::REPORTS_QUEUE) workers publish their reports to.
+/// Milliseconds since the Unix epoch, the unit of every timestamp on the wire (0 if the clock is
+/// before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 pub mod names {
     /// Queue every worker publishes its report batches to (default exchange).
     pub const REPORTS_QUEUE: &str = "warren.reports";
@@ -142,13 +156,9 @@ impl TaskEnvelope {
     /// Parses a message body. Anything that is not a Warren envelope of a known version is an
     /// error (the worker dead-letters it with the reason).
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
-        let envelope: Self =
-            serde_json::from_slice(body).map_err(|e| format!("not a Warren task envelope: {e}"))?;
+        let envelope: Self = serde_json::from_slice(body).map_err(|e| format!("not a Warren task envelope: {e}"))?;
         if envelope.version != PROTOCOL_VERSION {
-            return Err(format!(
-                "unsupported envelope version {} (this worker speaks {PROTOCOL_VERSION})",
-                envelope.version
-            ));
+            return Err(format!("unsupported envelope version {} (this worker speaks {PROTOCOL_VERSION})", envelope.version));
         }
         // Its Job reference goes into every report about it: a task that names no Job
         // Kubernetes could hold is dead-lettered here, not echoed to the operator.
@@ -210,54 +220,69 @@ mod wire {
         version: u32,
         worker: &'a WorkerId,
         sent_at_ms: u64,
-        jobs: Vec<JobEvents<&'a JobRef, &'a TaskEventKind>>,
+        jobs: Vec<JobEvents<&'a JobRef, &'a TaskEventKind, &'a String>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         heartbeat: Option<&'a Heartbeat>,
     }
 
     /// One Job and a run of its events: borrowed when written, owned when read.
     #[derive(Serialize, Deserialize)]
-    pub(crate) struct JobEvents<J, K> {
+    pub(crate) struct JobEvents<J, K, O> {
         pub(crate) job: J,
-        pub(crate) events: Vec<JobEvent<K>>,
+        pub(crate) events: Vec<JobEvent<K, O>>,
     }
 
     /// A [`TaskEvent`] without its Job.
     #[derive(Serialize, Deserialize)]
     #[serde(rename_all = "camelCase")]
-    pub(crate) struct JobEvent<K> {
+    pub(crate) struct JobEvent<K, O> {
         pub(crate) index: u32,
         pub(crate) attempt: u32,
         pub(crate) at_ms: u64,
         pub(crate) kind: K,
         #[serde(default, skip_serializing_if = "is_zero")]
         pub(crate) replay: u32,
+        #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+        pub(crate) output: Option<O>,
     }
 
-    impl JobEvent<TaskEventKind> {
+    fn none<O>() -> Option<O> {
+        None
+    }
+
+    impl JobEvent<TaskEventKind, String> {
         pub(crate) fn with_job(self, job: JobRef) -> TaskEvent {
-            TaskEvent { job, index: self.index, attempt: self.attempt, at_ms: self.at_ms, kind: self.kind, replay: self.replay }
+            TaskEvent {
+                job,
+                index: self.index,
+                attempt: self.attempt,
+                at_ms: self.at_ms,
+                kind: self.kind,
+                replay: self.replay,
+                output: self.output,
+            }
         }
     }
 
     impl Serialize for ReportBatch {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut jobs: Vec<JobEvents<&JobRef, &TaskEventKind>> = Vec::new();
+            let mut jobs: Vec<JobEvents<&JobRef, &TaskEventKind, &String>> = Vec::new();
             for e in &self.events {
-                let event = JobEvent { index: e.index, attempt: e.attempt, at_ms: e.at_ms, kind: &e.kind, replay: e.replay };
+                let event = JobEvent {
+                    index: e.index,
+                    attempt: e.attempt,
+                    at_ms: e.at_ms,
+                    kind: &e.kind,
+                    replay: e.replay,
+                    output: e.output.as_ref(),
+                };
                 match jobs.last_mut() {
                     Some(group) if *group.job == e.job => group.events.push(event),
                     _ => jobs.push(JobEvents { job: &e.job, events: vec![event] }),
                 }
             }
-            ReportOut {
-                version: self.version,
-                worker: &self.worker,
-                sent_at_ms: self.sent_at_ms,
-                jobs,
-                heartbeat: self.heartbeat.as_ref(),
-            }
-            .serialize(serializer)
+            ReportOut { version: self.version, worker: &self.worker, sent_at_ms: self.sent_at_ms, jobs, heartbeat: self.heartbeat.as_ref() }
+                .serialize(serializer)
         }
     }
 
@@ -271,7 +296,7 @@ mod wire {
         #[serde(default)]
         pub(crate) events: Vec<TaskEvent>,
         #[serde(default)]
-        pub(crate) jobs: Vec<JobEvents<JobRef, TaskEventKind>>,
+        pub(crate) jobs: Vec<JobEvents<JobRef, TaskEventKind, String>>,
         #[serde(default)]
         pub(crate) heartbeat: Option<Heartbeat>,
     }
@@ -332,6 +357,11 @@ pub struct TaskEvent {
     /// The task's [`TaskEnvelope::replay`] count.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replay: u32,
+    /// The end of what the attempt printed (its handler's log lines: a command's stdout lines
+    /// that are not protocol lines, and its stderr), at most [`admit::MAX_OUTPUT_BYTES`]; only
+    /// on the event that ends an attempt (`Succeeded`, `Failed`), and only when it printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// What happened. Only `Succeeded` and a `Failed` with a final disposition end a task.
@@ -420,11 +450,7 @@ pub enum FailureDisposition {
 impl TaskEventKind {
     /// True when the event ends the task (no further attempt will run).
     pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            TaskEventKind::Succeeded { .. }
-                | TaskEventKind::Failed { disposition: FailureDisposition::DeadLettered { .. }, .. }
-        )
+        matches!(self, TaskEventKind::Succeeded { .. } | TaskEventKind::Failed { disposition: FailureDisposition::DeadLettered { .. }, .. })
     }
 }
 
@@ -487,6 +513,29 @@ pub mod worker_env {
     /// `true`: every delivery on its own channel (prefetch 1), so that a channel the broker
     /// closes (`consumer_timeout`) takes only its own task down. Default `false`.
     pub const CHANNEL_PER_TASK: &str = "WARREN_CHANNEL_PER_TASK";
+    /// Queue type of the installation's reports queue (`classic` or `quorum`), as the operator
+    /// declares it. Default `classic`.
+    pub const REPORTS_QUEUE_TYPE: &str = "WARREN_REPORTS_QUEUE_TYPE";
+    /// The queue reports are published to (default [`crate::names::REPORTS_QUEUE`]); one per
+    /// Warren installation on a broker.
+    pub const REPORTS_QUEUE: &str = "WARREN_REPORTS_QUEUE";
+    /// Address of the worker's `/metrics`, `/healthz`, `/readyz` (e.g. `0.0.0.0:9465`); unset:
+    /// no HTTP endpoints.
+    pub const METRICS_ADDR: &str = "WARREN_METRICS_ADDR";
+    /// The exec-mode command, as a JSON array of strings.
+    pub const HANDLER_COMMAND: &str = "WARREN_HANDLER_COMMAND";
+    /// Broker TLS (`amqps://` addresses only; [`crate::amqp::Tls`]): a PEM file of CA
+    /// certificates trusted besides the system's.
+    pub const AMQP_CA_FILE: &str = "WARREN_AMQP_CA_FILE";
+    /// Broker TLS: the PEM client certificate (chain) for mutual TLS; with [`AMQP_CLIENT_KEY_FILE`].
+    pub const AMQP_CLIENT_CERT_FILE: &str = "WARREN_AMQP_CLIENT_CERT_FILE";
+    /// Broker TLS: the PEM private key of the client certificate (PKCS#8, PKCS#1 or SEC1, not
+    /// encrypted).
+    pub const AMQP_CLIENT_KEY_FILE: &str = "WARREN_AMQP_CLIENT_KEY_FILE";
+    /// The pool's report key (hex; [`crate::signature`]), from the Secret the operator writes
+    /// for the pool. Unset: reports go out unsigned (an operator that requires signatures drops
+    /// them).
+    pub const REPORT_KEY: &str = "WARREN_REPORT_KEY";
 }
 
 #[cfg(test)]
@@ -539,10 +588,7 @@ mod tests {
 
     #[test]
     fn report_events_serialize_with_tags() {
-        let kind = TaskEventKind::Failed {
-            error: "boom".into(),
-            disposition: FailureDisposition::Retrying { delay_ms: 500 },
-        };
+        let kind = TaskEventKind::Failed { error: "boom".into(), disposition: FailureDisposition::Retrying { delay_ms: 500 } };
         let json = serde_json::to_value(&kind).unwrap();
         assert_eq!(json["type"], "failed");
         assert_eq!(json["disposition"]["action"], "retrying");
@@ -552,7 +598,7 @@ mod tests {
     }
 
     fn event(job: &JobRef, index: u32, kind: TaskEventKind) -> TaskEvent {
-        TaskEvent { job: job.clone(), index, attempt: 1, at_ms: 5, kind, replay: 0 }
+        TaskEvent { job: job.clone(), index, attempt: 1, at_ms: 5, kind, replay: 0, output: None }
     }
 
     #[test]

@@ -32,14 +32,7 @@ fn api_error(e: kube::Error) -> Box<kube::core::Status> {
 async fn default_namespaces_exist_at_start() {
     let s = server().await;
     let ns: Api<Namespace> = Api::all(s.client());
-    let names: Vec<String> = ns
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|n| n.metadata.name.unwrap())
-        .collect();
+    let names: Vec<String> = ns.list(&ListParams::default()).await.unwrap().items.into_iter().map(|n| n.metadata.name.unwrap()).collect();
     assert_eq!(names, vec!["default", "kube-system"]);
     s.shutdown().await;
 }
@@ -59,11 +52,7 @@ async fn create_fills_server_metadata_and_rejects_duplicates() {
     assert_eq!(created.metadata.generation, Some(1));
     assert!(created.metadata.resource_version.is_some());
     api.create(&PostParams::default(), &cm("a", json!({}))).await.unwrap();
-    let err = api_error(
-        api.create(&PostParams::default(), &cm("a", json!({})))
-            .await
-            .unwrap_err(),
-    );
+    let err = api_error(api.create(&PostParams::default(), &cm("a", json!({}))).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (409, "AlreadyExists"));
     assert_eq!(err.message, "configmaps \"a\" already exists");
     s.shutdown().await;
@@ -73,19 +62,9 @@ async fn create_fills_server_metadata_and_rejects_duplicates() {
 async fn list_filters_by_label_and_field_selectors_and_reports_resource_version() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    api.create(
-        &PostParams::default(),
-        &cm("web", json!({"app": "web", "tier": "front"})),
-    )
-    .await
-    .unwrap();
-    api.create(&PostParams::default(), &cm("api", json!({"app": "api"})))
-        .await
-        .unwrap();
-    let last = api
-        .create(&PostParams::default(), &cm("db", json!({"app": "db", "tier": "back"})))
-        .await
-        .unwrap();
+    api.create(&PostParams::default(), &cm("web", json!({"app": "web", "tier": "front"}))).await.unwrap();
+    api.create(&PostParams::default(), &cm("api", json!({"app": "api"}))).await.unwrap();
+    let last = api.create(&PostParams::default(), &cm("db", json!({"app": "db", "tier": "back"}))).await.unwrap();
     let names = |sel: &str, field: &str| {
         let api = api.clone();
         let mut lp = ListParams::default();
@@ -95,15 +74,7 @@ async fn list_filters_by_label_and_field_selectors_and_reports_resource_version(
         if !field.is_empty() {
             lp = lp.fields(field);
         }
-        async move {
-            api.list(&lp)
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .map(|c| c.metadata.name.unwrap())
-                .collect::<Vec<_>>()
-        }
+        async move { api.list(&lp).await.unwrap().items.into_iter().map(|c| c.metadata.name.unwrap()).collect::<Vec<_>>() }
     };
     assert_eq!(names("app in (web,db)", "").await, vec!["db", "web"]);
     assert_eq!(names("app notin (web,db)", "").await, vec!["api"]);
@@ -111,10 +82,7 @@ async fn list_filters_by_label_and_field_selectors_and_reports_resource_version(
     assert_eq!(names("!tier", "").await, vec!["api"]);
     assert_eq!(names("app=web,tier=front", "").await, vec!["web"]);
     assert_eq!(names("", "metadata.name=api").await, vec!["api"]);
-    assert_eq!(
-        names("", "metadata.namespace=default,metadata.name!=api").await,
-        vec!["db", "web"]
-    );
+    assert_eq!(names("", "metadata.namespace=default,metadata.name!=api").await, vec!["db", "web"]);
     let list = api.list(&ListParams::default()).await.unwrap();
     assert_eq!(list.metadata.resource_version, last.metadata.resource_version);
     let other: Api<ConfigMap> = Api::namespaced(s.client(), "kube-system");
@@ -145,23 +113,9 @@ async fn generation_bumps_only_on_spec_changes() {
     let s = server().await;
     let api: Api<Deployment> = Api::default_namespaced(s.client());
     api.create(&PostParams::default(), &deployment("web")).await.unwrap();
-    let labelled = api
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
-        )
-        .await
-        .unwrap();
+    let labelled = api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}))).await.unwrap();
     assert_eq!(labelled.metadata.generation, Some(1));
-    let scaled = api
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 3}})),
-        )
-        .await
-        .unwrap();
+    let scaled = api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
     assert_eq!(scaled.metadata.generation, Some(2));
     s.shutdown().await;
 }
@@ -171,22 +125,13 @@ async fn status_subresource_separates_status_from_the_main_resource() {
     let s = server().await;
     let api: Api<Deployment> = Api::default_namespaced(s.client());
     api.create(&PostParams::default(), &deployment("web")).await.unwrap();
-    let main = api
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"replicas": 5}})),
-        )
-        .await
-        .unwrap();
+    let main = api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"status": {"replicas": 5}}))).await.unwrap();
     assert!(main.status.is_none(), "status written through the main resource");
     let st = api
         .patch_status(
             "web",
             &PatchParams::default(),
-            &Patch::Merge(
-                json!({"spec": {"replicas": 9}, "metadata": {"labels": {"a": "b"}}, "status": {"replicas": 5}}),
-            ),
+            &Patch::Merge(json!({"spec": {"replicas": 9}, "metadata": {"labels": {"a": "b"}}, "status": {"replicas": 5}})),
         )
         .await
         .unwrap();
@@ -205,13 +150,7 @@ async fn scale_subresource_reads_and_writes_replicas() {
     let scale = api.get_scale("web").await.unwrap();
     assert_eq!(scale.spec.unwrap().replicas, Some(1));
     assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=web"));
-    api.patch_scale(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": 4}})),
-    )
-    .await
-    .unwrap();
+    api.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 4}}))).await.unwrap();
     assert_eq!(api.get("web").await.unwrap().spec.replicas, Some(4));
     s.shutdown().await;
 }
@@ -236,23 +175,10 @@ async fn delete_returns_the_object_and_missing_is_not_found() {
 async fn delete_collection_removes_matching_objects() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    api.create(&PostParams::default(), &cm("a", json!({"x": "1"})))
-        .await
-        .unwrap();
-    api.create(&PostParams::default(), &cm("b", json!({"x": "2"})))
-        .await
-        .unwrap();
-    api.delete_collection(&DeleteParams::default(), &ListParams::default().labels("x=1"))
-        .await
-        .unwrap();
-    let left: Vec<String> = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|c| c.metadata.name.unwrap())
-        .collect();
+    api.create(&PostParams::default(), &cm("a", json!({"x": "1"}))).await.unwrap();
+    api.create(&PostParams::default(), &cm("b", json!({"x": "2"}))).await.unwrap();
+    api.delete_collection(&DeleteParams::default(), &ListParams::default().labels("x=1")).await.unwrap();
+    let left: Vec<String> = api.list(&ListParams::default()).await.unwrap().items.into_iter().map(|c| c.metadata.name.unwrap()).collect();
     assert_eq!(left, vec!["b"]);
     s.shutdown().await;
 }

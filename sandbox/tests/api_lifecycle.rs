@@ -20,13 +20,8 @@ fn owner_ref(owner: &ConfigMap) -> serde_json::Value {
 async fn finalizers_delay_removal_until_emptied() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    let created = api
-        .create(
-            &PostParams::default(),
-            &cm(json!({"metadata": {"name": "f", "finalizers": ["example.dev/cleanup"]}})),
-        )
-        .await
-        .unwrap();
+    let created =
+        api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "f", "finalizers": ["example.dev/cleanup"]}}))).await.unwrap();
     let rv = created.metadata.resource_version.clone().unwrap();
     let mut events = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
 
@@ -40,13 +35,7 @@ async fn finalizers_delay_removal_until_emptied() {
         other => panic!("expected MODIFIED, got {other:?}"),
     }
 
-    api.patch(
-        "f",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    api.patch("f", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
     match events.next().await.unwrap().unwrap() {
         WatchEvent::Deleted(o) => assert_eq!(o.metadata.name.as_deref(), Some("f")),
         other => panic!("expected DELETED, got {other:?}"),
@@ -59,43 +48,24 @@ async fn finalizers_delay_removal_until_emptied() {
 async fn deleting_an_owner_collects_dependents_without_another_live_owner() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    let owner = api
-        .create(&PostParams::default(), &cm(json!({"metadata": {"name": "owner"}})))
-        .await
-        .unwrap();
-    let other = api
-        .create(&PostParams::default(), &cm(json!({"metadata": {"name": "other"}})))
-        .await
-        .unwrap();
-    api.create(
-        &PostParams::default(),
-        &cm(json!({"metadata": {"name": "child", "ownerReferences": owner_ref(&owner)}})),
-    )
-    .await
-    .unwrap();
+    let owner = api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "owner"}}))).await.unwrap();
+    let other = api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "other"}}))).await.unwrap();
+    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "child", "ownerReferences": owner_ref(&owner)}}))).await.unwrap();
     let mut two = owner_ref(&owner);
-    two.as_array_mut()
-        .unwrap()
-        .extend(owner_ref(&other).as_array().unwrap().clone());
+    two.as_array_mut().unwrap().extend(owner_ref(&other).as_array().unwrap().clone());
+    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "shared", "ownerReferences": two}}))).await.unwrap();
     api.create(
         &PostParams::default(),
-        &cm(json!({"metadata": {"name": "shared", "ownerReferences": two}})),
+        &cm(json!({"metadata": {"name": "guarded", "ownerReferences": owner_ref(&owner), "finalizers": ["example.dev/x"]}})),
     )
     .await
     .unwrap();
-    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "guarded", "ownerReferences": owner_ref(&owner), "finalizers": ["example.dev/x"]}}))).await.unwrap();
 
     api.delete("owner", &DeleteParams::background()).await.unwrap();
     assert_eq!(api.get_opt("child").await.unwrap(), None);
-    assert!(
-        api.get_opt("shared").await.unwrap().is_some(),
-        "a dependent with another live owner stays"
-    );
+    assert!(api.get_opt("shared").await.unwrap().is_some(), "a dependent with another live owner stays");
     let guarded = api.get("guarded").await.unwrap();
-    assert!(
-        guarded.metadata.deletion_timestamp.is_some(),
-        "finalizers of dependents are honoured"
-    );
+    assert!(guarded.metadata.deletion_timestamp.is_some(), "finalizers of dependents are honoured");
     s.shutdown().await;
 }
 
@@ -103,20 +73,9 @@ async fn deleting_an_owner_collects_dependents_without_another_live_owner() {
 async fn orphan_propagation_removes_owner_references_instead() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    let owner = api
-        .create(&PostParams::default(), &cm(json!({"metadata": {"name": "owner"}})))
-        .await
-        .unwrap();
-    api.create(
-        &PostParams::default(),
-        &cm(json!({"metadata": {"name": "child", "ownerReferences": owner_ref(&owner)}})),
-    )
-    .await
-    .unwrap();
-    let dp = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Orphan),
-        ..Default::default()
-    };
+    let owner = api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "owner"}}))).await.unwrap();
+    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "child", "ownerReferences": owner_ref(&owner)}}))).await.unwrap();
+    let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..Default::default() };
     api.delete("owner", &dp).await.unwrap();
     let child = api.get("child").await.unwrap();
     assert!(child.metadata.owner_references.is_none());
@@ -127,14 +86,9 @@ async fn orphan_propagation_removes_owner_references_instead() {
 async fn delete_preconditions_are_checked() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "p"}})))
-        .await
-        .unwrap();
+    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "p"}}))).await.unwrap();
     let dp = DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: Some("not-the-uid".into()),
-            resource_version: None,
-        }),
+        preconditions: Some(kube::api::Preconditions { uid: Some("not-the-uid".into()), resource_version: None }),
         ..Default::default()
     };
     match api.delete("p", &dp).await.unwrap_err() {
@@ -149,16 +103,9 @@ async fn delete_preconditions_are_checked() {
 async fn deleting_a_namespace_deletes_its_objects() {
     let s = server().await;
     let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(s.client());
-    ns.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "tmp"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "tmp"}})).unwrap()).await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(s.client(), "tmp");
-    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "c"}})))
-        .await
-        .unwrap();
+    api.create(&PostParams::default(), &cm(json!({"metadata": {"name": "c"}}))).await.unwrap();
     ns.delete("tmp", &DeleteParams::default()).await.unwrap();
     let all: Api<ConfigMap> = Api::all(s.client());
     assert!(all.list(&Default::default()).await.unwrap().items.is_empty());

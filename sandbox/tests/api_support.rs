@@ -20,21 +20,10 @@ pub async fn raw(server: &ApiServer, method: &str, path: &str, content_type: &st
     (code, value)
 }
 
-pub async fn raw_text(
-    server: &ApiServer,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
+pub async fn raw_text(server: &ApiServer, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let addr = server.url().trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect to the API server");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect to the API server");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -45,16 +34,8 @@ pub async fn raw_text(
     stream.read_to_end(&mut buf).await.expect("read response");
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let code: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     (code, body)
 }
 
@@ -111,13 +92,7 @@ pub fn widget_crd() -> Value {
 }
 
 pub async fn create_widget_crd(server: &ApiServer) {
-    let (code, body) = raw(
-        server,
-        "POST",
-        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-        "application/json",
-        &widget_crd().to_string(),
-    )
-    .await;
+    let (code, body) =
+        raw(server, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "application/json", &widget_crd().to_string()).await;
     assert_eq!(code, 201, "{body}");
 }

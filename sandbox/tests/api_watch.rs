@@ -31,57 +31,26 @@ async fn watch_from_a_resource_version_receives_exactly_the_later_events() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
     api.create(&PostParams::default(), &cm("before")).await.unwrap();
-    let mark = api
-        .create(&PostParams::default(), &cm("mark"))
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let mark = api.create(&PostParams::default(), &cm("mark")).await.unwrap().metadata.resource_version.unwrap();
     api.create(&PostParams::default(), &cm("after")).await.unwrap();
-    api.patch(
-        "after",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"k": "v"}})),
-    )
-    .await
-    .unwrap();
+    api.patch("after", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}}))).await.unwrap();
     api.delete("before", &DeleteParams::default()).await.unwrap();
     // A different kind's events must not leak into this watch.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::default_namespaced(s.client());
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    secrets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap()).await.unwrap();
     api.create(&PostParams::default(), &cm("last")).await.unwrap();
 
     let stream = api.watch(&WatchParams::default(), &mark).await.unwrap().boxed();
     let got: Vec<String> = stream.take(4).map(|e| describe(&e.unwrap())).collect().await;
-    assert_eq!(
-        got,
-        vec!["ADDED after", "MODIFIED after", "DELETED before", "ADDED last"]
-    );
+    assert_eq!(got, vec!["ADDED after", "MODIFIED after", "DELETED before", "ADDED last"]);
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn watch_from_an_expired_resource_version_gets_410_expired() {
-    let s = server_with(ServerOptions {
-        watch_history: 3,
-        ..Default::default()
-    })
-    .await;
+    let s = server_with(ServerOptions { watch_history: 3, ..Default::default() }).await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    let first = api
-        .create(&PostParams::default(), &cm("c0"))
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let first = api.create(&PostParams::default(), &cm("c0")).await.unwrap().metadata.resource_version.unwrap();
     for i in 1..6 {
         api.create(&PostParams::default(), &cm(&format!("c{i}"))).await.unwrap();
     }
@@ -99,29 +68,11 @@ async fn watch_from_an_expired_resource_version_gets_410_expired() {
 
 #[tokio::test]
 async fn bookmarks_carry_the_latest_resource_version() {
-    let s = server_with(ServerOptions {
-        bookmark_interval: Duration::from_millis(50),
-        ..Default::default()
-    })
-    .await;
+    let s = server_with(ServerOptions { bookmark_interval: Duration::from_millis(50), ..Default::default() }).await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    let start = api
-        .create(&PostParams::default(), &cm("a"))
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let start = api.create(&PostParams::default(), &cm("a")).await.unwrap().metadata.resource_version.unwrap();
     let mut stream = api.watch(&WatchParams::default(), &start).await.unwrap().boxed();
-    let latest: u64 = api
-        .create(&PostParams::default(), &cm("b"))
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap()
-        .parse()
-        .unwrap();
+    let latest: u64 = api.create(&PostParams::default(), &cm("b")).await.unwrap().metadata.resource_version.unwrap().parse().unwrap();
     let mut saw_added = false;
     loop {
         match stream.next().await.unwrap().unwrap() {
@@ -156,13 +107,7 @@ async fn send_initial_events_ends_with_an_annotated_bookmark() {
         match stream.next().await.unwrap().unwrap() {
             WatchEvent::Added(o) => names.push(o.metadata.name.unwrap()),
             WatchEvent::Bookmark(b) => {
-                assert_eq!(
-                    b.metadata
-                        .annotations
-                        .get("k8s.io/initial-events-end")
-                        .map(String::as_str),
-                    Some("true")
-                );
+                assert_eq!(b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str), Some("true"));
                 break;
             }
             other => panic!("unexpected {}", describe(&other)),
@@ -176,19 +121,10 @@ async fn send_initial_events_ends_with_an_annotated_bookmark() {
 async fn watch_ends_after_timeout_seconds() {
     let s = server().await;
     let api: Api<ConfigMap> = Api::default_namespaced(s.client());
-    let rv = api
-        .create(&PostParams::default(), &cm("t"))
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = api.create(&PostParams::default(), &cm("t")).await.unwrap().metadata.resource_version.unwrap();
     let stream = api.watch(&WatchParams::default().timeout(1), &rv).await.unwrap();
     let events: Vec<_> = stream.collect().await;
-    assert!(
-        events.is_empty(),
-        "no changes happened, so the timed-out watch carries no events"
-    );
+    assert!(events.is_empty(), "no changes happened, so the timed-out watch carries no events");
     s.shutdown().await;
 }
 

@@ -34,8 +34,7 @@ where
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("warren-runner-pods-{}-{name}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("warren-runner-pods-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -45,9 +44,7 @@ fn config(dir: &std::path::Path) -> RunnerConfig {
     let mut config = RunnerConfig::new(dir.join("logs")).image("shell", "/bin/sh");
     config.crash_backoff = Duration::from_millis(200);
     config.max_crash_backoff = Duration::from_secs(1);
-    config
-        .extra_env
-        .push(("DIR".into(), dir.display().to_string()));
+    config.extra_env.push(("DIR".into(), dir.display().to_string()));
     config
 }
 
@@ -64,38 +61,19 @@ fn bare_pod(name: &str, restart_policy: &str, container: serde_json::Value) -> P
 async fn container_status(pods: &Api<Pod>, name: &str) -> Option<(String, ContainerStatus)> {
     let pod = pods.get(name).await.ok()?;
     let status = pod.status?;
-    Some((
-        status.phase?,
-        status.container_statuses?.into_iter().next()?,
-    ))
+    Some((status.phase?, status.container_statuses?.into_iter().next()?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_pods_follow_restart_policy_and_report_start_errors() {
     let dir = scratch("policy");
-    let server = ApiServer::start(ServerOptions::default())
-        .await
-        .expect("API server must start");
-    let runner = Runner::start(server.client(), config(&dir))
-        .await
-        .expect("runner must start");
+    let server = ApiServer::start(ServerOptions::default()).await.expect("API server must start");
+    let runner = Runner::start(server.client(), config(&dir)).await.expect("runner must start");
     let pods: Api<Pod> = Api::namespaced(server.client(), "default");
 
     let cases = [
-        (
-            "succeeds",
-            "Never",
-            json!({"name": "c", "image": "shell", "args": ["-c", "exit 0"]}),
-            "Succeeded",
-            0,
-        ),
-        (
-            "fails",
-            "Never",
-            json!({"name": "c", "image": "shell", "args": ["-c", "exit 4"]}),
-            "Failed",
-            4,
-        ),
+        ("succeeds", "Never", json!({"name": "c", "image": "shell", "args": ["-c", "exit 0"]}), "Succeeded", 0),
+        ("fails", "Never", json!({"name": "c", "image": "shell", "args": ["-c", "exit 4"]}), "Failed", 4),
         (
             "retries-once",
             "OnFailure",
@@ -106,12 +84,7 @@ async fn bare_pods_follow_restart_policy_and_report_start_errors() {
         ),
     ];
     for (name, policy, container, _, _) in &cases {
-        pods.create(
-            &PostParams::default(),
-            &bare_pod(name, policy, container.clone()),
-        )
-        .await
-        .expect("create pod");
+        pods.create(&PostParams::default(), &bare_pod(name, policy, container.clone())).await.expect("create pod");
     }
     for (name, _, _, phase, code) in &cases {
         let (got_phase, cs) = eventually(&format!("{name} finished"), || async {
@@ -120,40 +93,18 @@ async fn bare_pods_follow_restart_policy_and_report_start_errors() {
         })
         .await;
         assert_eq!(&got_phase, phase, "{name}");
-        let terminated = cs
-            .state
-            .and_then(|s| s.terminated)
-            .expect("terminated state");
+        let terminated = cs.state.and_then(|s| s.terminated).expect("terminated state");
         assert_eq!(terminated.exit_code, *code, "{name}");
         assert!(!cs.ready);
     }
     let (_, cs) = container_status(&pods, "retries-once").await.unwrap();
-    assert_eq!(
-        cs.restart_count, 1,
-        "OnFailure restarted the failed run once"
-    );
+    assert_eq!(cs.restart_count, 1, "OnFailure restarted the failed run once");
 
     // A command resolved through PATH, and an image nobody mapped.
-    pods.create(
-        &PostParams::default(),
-        &bare_pod(
-            "sleeper",
-            "Always",
-            json!({"name": "c", "image": "any", "command": ["sleep", "600"]}),
-        ),
-    )
-    .await
-    .unwrap();
-    pods.create(
-        &PostParams::default(),
-        &bare_pod(
-            "unmapped",
-            "Always",
-            json!({"name": "c", "image": "docker.io/nginx:1"}),
-        ),
-    )
-    .await
-    .unwrap();
+    pods.create(&PostParams::default(), &bare_pod("sleeper", "Always", json!({"name": "c", "image": "any", "command": ["sleep", "600"]})))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &bare_pod("unmapped", "Always", json!({"name": "c", "image": "docker.io/nginx:1"}))).await.unwrap();
     let (phase, cs) = eventually("sleeper running", || async {
         let (phase, cs) = container_status(&pods, "sleeper").await?;
         cs.ready.then_some((phase, cs))
@@ -164,24 +115,15 @@ async fn bare_pods_follow_restart_policy_and_report_start_errors() {
     let waiting = eventually("unmapped image reported", || async {
         let (phase, cs) = container_status(&pods, "unmapped").await?;
         let waiting = cs.state?.waiting?;
-        (phase == "Pending" && waiting.reason.as_deref() == Some("ErrImageNeverPull"))
-            .then_some(waiting)
+        (phase == "Pending" && waiting.reason.as_deref() == Some("ErrImageNeverPull")).then_some(waiting)
     })
     .await;
-    assert!(
-        waiting
-            .message
-            .unwrap_or_default()
-            .contains("docker.io/nginx:1")
-    );
+    assert!(waiting.message.unwrap_or_default().contains("docker.io/nginx:1"));
     assert_eq!(runner.process_count(), 1, "only the sleeper runs");
 
     runner.shutdown().await;
     let left = pods.list(&ListParams::default()).await.unwrap();
-    assert!(
-        left.items.is_empty(),
-        "drain removed every pod it ran or tried to run"
-    );
+    assert!(left.items.is_empty(), "drain removed every pod it ran or tried to run");
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -189,12 +131,8 @@ async fn bare_pods_follow_restart_policy_and_report_start_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_gate_readiness_and_restart_unhealthy_containers() {
     let dir = scratch("probes");
-    let server = ApiServer::start(ServerOptions::default())
-        .await
-        .expect("API server must start");
-    let runner = Runner::start(server.client(), config(&dir))
-        .await
-        .expect("runner must start");
+    let server = ApiServer::start(ServerOptions::default()).await.expect("API server must start");
+    let runner = Runner::start(server.client(), config(&dir)).await.expect("runner must start");
     let pods: Api<Pod> = Api::namespaced(server.client(), "default");
     let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
     let deployment: Deployment = serde_json::from_value(json!({
@@ -211,50 +149,23 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
         },
     }))
     .unwrap();
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .unwrap();
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
     let name = eventually("gated pod running", || async {
-        let list = pods
-            .list(&ListParams::default().labels("app=gated"))
-            .await
-            .ok()?;
+        let list = pods.list(&ListParams::default().labels("app=gated")).await.ok()?;
         let pod = list.items.into_iter().next()?;
-        let cs = pod
-            .status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .first()?
-            .clone();
-        cs.state?
-            .running
-            .map(|_| pod.metadata.name.clone().unwrap())
+        let cs = pod.status.as_ref()?.container_statuses.as_ref()?.first()?.clone();
+        cs.state?.running.map(|_| pod.metadata.name.clone().unwrap())
     })
     .await;
     let (_, cs) = container_status(&pods, &name).await.unwrap();
     assert!(!cs.ready, "not ready before the probe passes");
-    let status = eventually("deployment status seen", || async {
-        deployments.get("gated").await.ok()?.status
-    })
-    .await;
+    let status = eventually("deployment status seen", || async { deployments.get("gated").await.ok()?.status }).await;
     assert_eq!(status.available_replicas, Some(0));
 
     std::fs::write(dir.join("open"), "").unwrap();
-    eventually("probe makes the pod ready", || async {
-        container_status(&pods, &name).await?.1.ready.then_some(())
-    })
-    .await;
+    eventually("probe makes the pod ready", || async { container_status(&pods, &name).await?.1.ready.then_some(()) }).await;
     eventually("deployment available", || async {
-        (deployments
-            .get("gated")
-            .await
-            .ok()?
-            .status?
-            .available_replicas
-            == Some(1))
-        .then_some(())
+        (deployments.get("gated").await.ok()?.status?.available_replicas == Some(1)).then_some(())
     })
     .await;
 
@@ -267,14 +178,7 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
                                  "periodSeconds": 1, "failureThreshold": 1}}),
     );
     pods.create(&PostParams::default(), &live).await.unwrap();
-    eventually("watched pod ready", || async {
-        container_status(&pods, "watched")
-            .await?
-            .1
-            .ready
-            .then_some(())
-    })
-    .await;
+    eventually("watched pod ready", || async { container_status(&pods, "watched").await?.1.ready.then_some(()) }).await;
     std::fs::write(dir.join("dead"), "").unwrap();
     let cs = eventually("liveness restart", || async {
         let (_, cs) = container_status(&pods, "watched").await?;
@@ -282,13 +186,7 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
     })
     .await;
     assert!(cs.last_state.and_then(|s| s.terminated).is_some());
-    assert_eq!(
-        pods.list(&ListParams::default().fields("metadata.name=watched"))
-            .await
-            .map(|l| l.items.len())
-            .unwrap_or(1),
-        1
-    );
+    assert_eq!(pods.list(&ListParams::default().fields("metadata.name=watched")).await.map(|l| l.items.len()).unwrap_or(1), 1);
 
     runner.shutdown().await;
     server.shutdown().await;
@@ -298,12 +196,8 @@ async fn probes_gate_readiness_and_restart_unhealthy_containers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_runner_kills_its_processes() {
     let dir = scratch("drop");
-    let server = ApiServer::start(ServerOptions::default())
-        .await
-        .expect("API server must start");
-    let runner = Runner::start(server.client(), config(&dir))
-        .await
-        .expect("runner must start");
+    let server = ApiServer::start(ServerOptions::default()).await.expect("API server must start");
+    let runner = Runner::start(server.client(), config(&dir)).await.expect("runner must start");
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {
@@ -318,10 +212,7 @@ async fn dropping_the_runner_kills_its_processes() {
         },
     }))
     .unwrap();
-    Api::<Deployment>::namespaced(server.client(), "default")
-        .create(&PostParams::default(), &deployment)
-        .await
-        .unwrap();
+    Api::<Deployment>::namespaced(server.client(), "default").create(&PostParams::default(), &deployment).await.unwrap();
     let pids: Vec<i32> = eventually("two pid files", || async {
         let pids: Vec<i32> = std::fs::read_dir(&dir)
             .ok()?
@@ -333,22 +224,13 @@ async fn dropping_the_runner_kills_its_processes() {
     })
     .await;
     // The pid file may appear a moment before the runner has recorded the process.
-    eventually("one process per replica", || async {
-        (runner.process_count() == 2).then_some(())
-    })
-    .await;
+    eventually("one process per replica", || async { (runner.process_count() == 2).then_some(()) }).await;
     let pods: Api<Pod> = Api::namespaced(server.client(), "default");
-    assert_eq!(
-        pods.list(&ListParams::default()).await.unwrap().items.len(),
-        2
-    );
+    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 2);
 
     drop(runner);
     for pid in pids {
-        eventually(&format!("process {pid} killed"), || async {
-            kill(Pid::from_raw(pid), None).is_err().then_some(())
-        })
-        .await;
+        eventually(&format!("process {pid} killed"), || async { kill(Pid::from_raw(pid), None).is_err().then_some(()) }).await;
     }
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -357,18 +239,11 @@ async fn dropping_the_runner_kills_its_processes() {
 #[tokio::test]
 async fn start_fails_loudly_without_an_api_server() {
     // Bind and release a port so nothing listens on it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
     let client = Client::try_from(config).unwrap();
     let dir = scratch("unreachable");
-    let err = Runner::start(client, RunnerConfig::new(dir.join("logs")))
-        .await
-        .err()
-        .expect("start must fail");
+    let err = Runner::start(client, RunnerConfig::new(dir.join("logs"))).await.err().expect("start must fail");
     assert!(matches!(err, RunnerError::ApiUnreachable(_)), "{err}");
     assert_eq!(err.reason(), "ApiUnreachable");
     let _ = std::fs::remove_dir_all(&dir);

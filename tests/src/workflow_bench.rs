@@ -117,9 +117,10 @@ pub async fn run(count: usize, steps: usize, worker_exe: &Path) -> anyhow::Resul
     };
     let elapsed = started.elapsed().as_secs_f64();
     let failed = list.items.iter().filter(|w| w.status.as_ref().is_some_and(|s| s.phase != WorkflowPhase::Succeeded)).count();
-    let all_steps_ok = list.items.iter().all(|w| {
-        w.status.as_ref().is_some_and(|s| s.steps.len() == steps && s.steps.values().all(|st| st.phase == StepPhase::Succeeded))
-    });
+    let all_steps_ok = list
+        .items
+        .iter()
+        .all(|w| w.status.as_ref().is_some_and(|s| s.steps.len() == steps && s.steps.values().all(|st| st.phase == StepPhase::Succeeded)));
     anyhow::ensure!(failed == 0 && all_steps_ok, "{failed} Workflows did not succeed");
     // The last transitions' watch events may still be in flight.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -145,8 +145,7 @@ async fn a_burst_scales_a_pool_from_zero_up_and_back_to_zero_without_interruptin
     // One Event per scale, on the pool: the scale-up that activated it and a scale-down when
     // idle (fails with the Events seen).
     env.wait_events("burst", Duration::from_secs(30), |events| {
-        events.iter().any(|(_, a, r)| a == "ScaleUp" && r == "Activated")
-            && events.iter().any(|(_, a, r)| a == "ScaleDown" && r == "Idle")
+        events.iter().any(|(_, a, r)| a == "ScaleUp" && r == "Activated") && events.iter().any(|(_, a, r)| a == "ScaleDown" && r == "Idle")
     })
     .await?;
     env.cleanup().await
@@ -212,8 +211,7 @@ async fn scale_down_removes_the_idle_worker_and_keeps_the_busy_one() -> anyhow::
     let mut saw_two = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     let survivor = loop {
-        let live: Vec<Pod> =
-            pods.list(&selector).await?.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        let live: Vec<Pod> = pods.list(&selector).await?.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
         saw_two |= live.len() == 2;
         let pool = env.pools().get("costs").await?;
         if saw_two && live.len() == 1 && desired(&pool) == 1 {

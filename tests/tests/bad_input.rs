@@ -88,6 +88,41 @@ async fn invalid_numbers_are_rejected_by_the_api_server_with_the_field_named() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pod_template_fields_of_a_pool_are_refused_with_the_field_named() -> anyhow::Result<()> {
+    use warren_operator::crd::WorkerPool;
+    let env = Env::start("bad-pod-template").await?;
+    let resource = ApiResource::erase::<WorkerPool>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.namespace, &resource);
+    let cases = [
+        (
+            "toleration",
+            serde_json::json!({"tolerations": [{"key": "spot", "tolerationSeconds": "soon"}]}),
+            "spec.workers.tolerations[0].tolerationSeconds",
+        ),
+        ("node-selector", serde_json::json!({"nodeSelector": {"gpu": 1}}), "spec.workers.nodeSelector.gpu"),
+        ("volume", serde_json::json!({"volumes": [{"secret": {"secretName": "s"}}]}), "spec.workers.volumes[0].name"),
+        ("mount", serde_json::json!({"volumeMounts": [{"name": "creds"}]}), "spec.workers.volumeMounts[0].mountPath"),
+        ("pull-secrets", serde_json::json!({"imagePullSecrets": [{"name": 3}]}), "spec.workers.imagePullSecrets[0].name"),
+        ("env-from", serde_json::json!({"envFrom": [{"secretRef": {"name": ["x"]}}]}), "spec.workers.envFrom[0].secretRef.name"),
+    ];
+    for (name, workers, field) in cases {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": name, "namespace": env.namespace}, "spec": {"workers": workers},
+        }))?;
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => anyhow::bail!("WorkerPool {name} was accepted"),
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{name}: {}", status.message);
+                assert!(status.message.contains(field), "{name}: the message names {field}: {}", status.message);
+            }
+            Err(other) => anyhow::bail!("unexpected error: {other}"),
+        }
+    }
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payloads_and_bad_durations_fail_the_job_with_a_clear_condition() -> anyhow::Result<()> {
     let env = Env::start("bad-input").await?;
     env.create_pool("pool", serde_json::json!({"workers": {"handler": ["true"]}, "replicas": 0})).await?;
@@ -96,18 +131,12 @@ async fn oversized_payloads_and_bad_durations_fail_the_job_with_a_clear_conditio
         (
             "big-item",
             serde_json::json!({"poolRef": "pool", "items": [{"ok": true}, {"blob": big}]}),
-            format!(
-                "items[1] is {} bytes, over the limit of 262144 bytes per task; pass a reference to the data instead",
-                300 * 1024 + 11
-            ),
+            format!("items[1] is {} bytes, over the limit of 262144 bytes per task; pass a reference to the data instead", 300 * 1024 + 11),
         ),
         (
             "big-payload",
             serde_json::json!({"poolRef": "pool", "completions": 3, "payload": big}),
-            format!(
-                "payload is {} bytes, over the limit of 262144 bytes per task; pass a reference to the data instead",
-                300 * 1024 + 2
-            ),
+            format!("payload is {} bytes, over the limit of 262144 bytes per task; pass a reference to the data instead", 300 * 1024 + 2),
         ),
         (
             // 1,000,000 tasks of a 2 KiB payload: 2 GB on the broker, over the default 1 GiB.
@@ -125,13 +154,15 @@ async fn oversized_payloads_and_bad_durations_fail_the_job_with_a_clear_conditio
     ];
     for (name, spec, message) in cases {
         env.create_job(name, spec).await?;
-        let job = env
-            .wait_job(name, Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Failed))
-            .await?;
+        let job = env.wait_job(name, Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Failed)).await?;
         let status = job.status.expect("status");
         assert_eq!(status.enqueued, 0, "{name}: nothing was enqueued");
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
-        assert_eq!((ready.status.as_str(), ready.reason.as_str(), ready.message.as_str()), ("False", "InvalidSpec", message.as_str()), "{name}");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str(), ready.message.as_str()),
+            ("False", "InvalidSpec", message.as_str()),
+            "{name}"
+        );
         let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("Failed condition");
         assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "InvalidSpec"), "{name}");
     }
@@ -140,16 +171,18 @@ async fn oversized_payloads_and_bad_durations_fail_the_job_with_a_clear_conditio
 
 /// Publishes `body` to the operator's reports queue as anyone with broker access could, and
 /// waits for the broker's confirm (mandatory: the queue must exist).
-async fn publish_report(channel: &lapin::Channel, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+/// Publishes a report as a worker would, signed with `key` when given (`warren-signature`).
+async fn publish_report(channel: &lapin::Channel, queue: &str, body: &[u8], key: Option<&[u8]>) -> anyhow::Result<()> {
     use lapin::options::BasicPublishOptions;
+    let mut properties = lapin::BasicProperties::default();
+    if let Some(key) = key {
+        let mut headers = lapin::types::FieldTable::default();
+        let signature = warren_protocol::signature::sign(key, body);
+        headers.insert("warren-signature".into(), lapin::types::AMQPValue::LongString(signature.into()));
+        properties = properties.with_headers(headers);
+    }
     let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            body,
-            lapin::BasicProperties::default(),
-        )
+        .basic_publish("".into(), queue.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, body, properties)
         .await?
         .await?;
     anyhow::ensure!(confirm.is_ack() && confirm.take_message().is_none(), "the broker did not take the report");
@@ -165,9 +198,12 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
     }
     let addr = format!("127.0.0.1:{}", free_port());
     let env = Env::start_with("hostile-reports", OperatorOptions { metrics_addr: addr.clone(), ..OperatorOptions::default() }).await?;
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.02"]}, "replicas": 1, "concurrency": 4
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.02"]}, "replicas": 1, "concurrency": 4
+        }),
+    )
     .await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
     let honest = env.create_job("honest", serde_json::json!({"poolRef": "pool", "completions": 300})).await?;
@@ -193,34 +229,71 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
         ("garbage", b"\xff\x00 not json at all".to_vec()),
         ("over 1 MiB", vec![b' '; 2 * 1024 * 1024]),
         ("a future version", serde_json::to_vec(&serde_json::json!({"version": 9, "worker": worker, "sentAtMs": 1}))?),
-        ("10,001 events", report(serde_json::json!([{"job": {"namespace": ns, "name": "honest", "uid": honest_uid},
-            "events": (0..10_001).map(succeeded).collect::<Vec<_>>()}]))),
-        ("a worker that is no pod", serde_json::to_vec(&serde_json::json!({
-            "version": 1, "worker": {"namespace": "Not A Namespace", "pool": "p", "pod": "x"}, "sentAtMs": 1, "jobs": []}))?),
+        (
+            "10,001 events",
+            report(serde_json::json!([{"job": {"namespace": ns, "name": "honest", "uid": honest_uid},
+            "events": (0..10_001).map(succeeded).collect::<Vec<_>>()}])),
+        ),
+        (
+            "a worker that is no pod",
+            serde_json::to_vec(&serde_json::json!({
+            "version": 1, "worker": {"namespace": "Not A Namespace", "pool": "p", "pod": "x"}, "sentAtMs": 1, "jobs": []}))?,
+        ),
         // 2,000 events under a 50 KB uid: 100 MB once expanded, if it were.
-        ("a huge Job reference", report(serde_json::json!([
-            {"job": {"namespace": ns, "name": "honest", "uid": "u".repeat(50_000)}, "events": (0..2_000).map(succeeded).collect::<Vec<_>>()},
-            {"job": {"namespace": ns, "name": "Not_A_Name", "uid": ghost}, "events": [succeeded(0), succeeded(1), succeeded(2)]},
-        ]))),
+        (
+            "a huge Job reference",
+            report(serde_json::json!([
+                {"job": {"namespace": ns, "name": "honest", "uid": "u".repeat(50_000)}, "events": (0..2_000).map(succeeded).collect::<Vec<_>>()},
+                {"job": {"namespace": ns, "name": "Not_A_Name", "uid": ghost}, "events": [succeeded(0), succeeded(1), succeeded(2)]},
+            ])),
+        ),
         // The honest Job's name with another uid, a Job that never existed, a namespace that
         // does not exist: nothing to account, one lookup each at most.
-        ("the honest Job's name, another uid", report(serde_json::json!([
-            {"job": {"namespace": ns, "name": "honest", "uid": ghost}, "events": (0..300).map(succeeded).collect::<Vec<_>>()}]))),
-        ("a Job that never existed", report(serde_json::json!([
-            {"job": {"namespace": ns, "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000002"}, "events": [succeeded(0), succeeded(1)]}]))),
+        (
+            "the honest Job's name, another uid",
+            report(serde_json::json!([
+            {"job": {"namespace": ns, "name": "honest", "uid": ghost}, "events": (0..300).map(succeeded).collect::<Vec<_>>()}])),
+        ),
+        (
+            "a Job that never existed",
+            report(serde_json::json!([
+            {"job": {"namespace": ns, "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000002"}, "events": [succeeded(0), succeeded(1)]}])),
+        ),
         // Workers of another pool, or of a pool of the same name in another namespace, claim the
         // idle pool's tasks: only a Job's own pool runs them.
-        ("another pool's worker", report(serde_json::json!([
-            {"job": {"namespace": ns, "name": "waiting", "uid": waiting_uid}, "events": (0..5).map(succeeded).collect::<Vec<_>>()}]))),
-        ("another namespace's worker", serde_json::to_vec(&serde_json::json!({
+        (
+            "another pool's worker",
+            report(serde_json::json!([
+            {"job": {"namespace": ns, "name": "waiting", "uid": waiting_uid}, "events": (0..5).map(succeeded).collect::<Vec<_>>()}])),
+        ),
+        (
+            "another namespace's worker",
+            serde_json::to_vec(&serde_json::json!({
             "version": 1, "worker": {"namespace": "elsewhere", "pool": "idle", "pod": "idle-0"}, "sentAtMs": 1,
-            "jobs": [{"job": {"namespace": ns, "name": "waiting", "uid": waiting_uid}, "events": (0..5).map(succeeded).collect::<Vec<_>>()}]}))?),
-        ("a namespace that does not exist", report(serde_json::json!([
-            {"job": {"namespace": "no-such-namespace-e2e", "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000003"}, "events": [succeeded(0)]}]))),
+            "jobs": [{"job": {"namespace": ns, "name": "waiting", "uid": waiting_uid}, "events": (0..5).map(succeeded).collect::<Vec<_>>()}]}))?,
+        ),
+        (
+            "a namespace that does not exist",
+            report(serde_json::json!([
+            {"job": {"namespace": "no-such-namespace-e2e", "name": "ghost", "uid": "6f1c0d2e-0000-4000-8000-000000000003"}, "events": [succeeded(0)]}])),
+        ),
     ];
+    // Everything above comes from a compromised worker of pool `pool`: it holds that pool's
+    // report key (from the Secret its pods mount) and signs with it.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(env.client.clone(), &ns);
+    let secret = secrets.get("pool-warren-report-key").await?;
+    let text = String::from_utf8(secret.data.as_ref().and_then(|d| d.get("key")).expect("the pool's report key").0.clone())?;
+    let pool_key = warren_protocol::signature::parse_key(&text).map_err(anyhow::Error::msg)?;
     for (what, body) in &hostile {
-        publish_report(&channel, &queue, body).await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        publish_report(&channel, &queue, body, Some(pool_key.bytes())).await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     }
+    // The same worker speaking for the idle pool (its key is not that pool's), and anyone else
+    // who may publish to the reports queue, unsigned: neither counts for the idle pool's Job.
+    let as_idle = serde_json::to_vec(&serde_json::json!({
+        "version": 1, "worker": {"namespace": ns, "pool": "idle", "pod": "idle-0"}, "sentAtMs": 1,
+        "jobs": [{"job": {"namespace": ns, "name": "waiting", "uid": waiting_uid}, "events": (0..5).map(succeeded).collect::<Vec<_>>()}]}))?;
+    publish_report(&channel, &queue, &as_idle, Some(pool_key.bytes())).await?;
+    publish_report(&channel, &queue, &as_idle, None).await?;
 
     let job = env.wait_job("honest", Duration::from_secs(180), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");
@@ -236,7 +309,10 @@ async fn hostile_reports_are_dropped_and_counted_and_never_stop_another_jobs_acc
         ("invalid_worker", 1.0),
         ("invalid_job_ref", 2_003.0),
         ("unknown_job", 303.0),
-        ("foreign_job", 10.0),
+        ("foreign_job", 5.0),
+        ("unknown_pool", 1.0),
+        ("bad_signature", 1.0),
+        ("unsigned", 1.0),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let metrics = loop {
@@ -286,9 +362,12 @@ async fn a_job_whose_status_the_api_server_refuses_is_stopped_and_no_other_job_w
     }
     let addr = format!("127.0.0.1:{}", free_port());
     let env = Env::start_with("status-refused", OperatorOptions { metrics_addr: addr.clone(), ..OperatorOptions::default() }).await?;
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.02"]}, "replicas": 1, "concurrency": 4
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.02"]}, "replicas": 1, "concurrency": 4
+        }),
+    )
     .await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
 
@@ -309,9 +388,8 @@ async fn a_job_whose_status_the_api_server_refuses_is_stopped_and_no_other_job_w
     env.create_job("small", serde_json::json!({"poolRef": "pool", "completions": 200})).await?;
 
     // The refused Job says why, in an Event (its status cannot hold it).
-    let events = env
-        .wait_events("big-a", Duration::from_secs(120), |seen| seen.iter().any(|(_, _, reason)| reason == "StatusTooLarge"))
-        .await?;
+    let events =
+        env.wait_events("big-a", Duration::from_secs(120), |seen| seen.iter().any(|(_, _, reason)| reason == "StatusTooLarge")).await?;
     assert!(events.iter().any(|e| e == &("Warning".into(), "Fail".into(), "StatusTooLarge".into())), "{events:?}");
     // The other Job runs to the end, exact.
     let small = env.wait_job("small", Duration::from_secs(180), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;

@@ -22,11 +22,15 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// (`$$$$` because Kubernetes expands `$$` in a container command to `$`: the shell sees `$$`.)
 fn marking_handler(dir: &Path) -> serde_json::Value {
     let d = dir.display();
-    serde_json::json!(["sh", "-c", format!(
-        "cat >/dev/null; touch {d}/started.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$; \
+    serde_json::json!([
+        "sh",
+        "-c",
+        format!(
+            "cat >/dev/null; touch {d}/started.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$; \
          while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
          touch {d}/done.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$"
-    )])
+        )
+    ])
 }
 
 fn marker_dir(env: &Env) -> anyhow::Result<PathBuf> {
@@ -75,11 +79,7 @@ fn status(job: &Job) -> JobStatus {
 }
 
 fn condition<'a>(status: &'a JobStatus, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+    status.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
 }
 
 async fn set_suspend(env: &Env, job: &str, suspend: bool) -> anyhow::Result<()> {
@@ -117,8 +117,7 @@ async fn a_suspended_job_is_dropped_by_workers_that_start_later_and_runs_once_on
     let env = Env::start("suspend-queued").await?;
     let dir = marker_dir(&env)?;
     // No workers yet: the tasks wait in the queue.
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 0, "concurrency": 4}))
-        .await?;
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 0, "concurrency": 4})).await?;
     env.create_job("batch", serde_json::json!({"poolRef": "pool", "completions": 20})).await?;
     env.wait_job("batch", PATIENCE, |j| status(j).enqueued == 20).await?;
     set_suspend(&env, "batch", true).await?;
@@ -152,11 +151,8 @@ async fn a_suspended_job_is_dropped_by_workers_that_start_later_and_runs_once_on
     // the Job may first have waited for it: Block events, PoolNotFound or PoolNotReady).
     let events = env.wait_events("batch", PATIENCE, |e| e.iter().any(|(_, _, r)| r == "AllTasksSucceeded")).await?;
     let expected = [("Normal", "Suspend", "JobSuspended"), ("Normal", "Resume", "JobResumed"), ("Normal", "Complete", "AllTasksSucceeded")];
-    let seen: Vec<(&str, &str, &str)> = events
-        .iter()
-        .map(|(t, a, r)| (t.as_str(), a.as_str(), r.as_str()))
-        .filter(|(_, action, _)| *action != "Block")
-        .collect();
+    let seen: Vec<(&str, &str, &str)> =
+        events.iter().map(|(t, a, r)| (t.as_str(), a.as_str(), r.as_str())).filter(|(_, action, _)| *action != "Block").collect();
     assert_eq!(seen, expected, "{events:?}");
     env.cleanup().await
 }
@@ -166,8 +162,7 @@ async fn suspending_cancels_running_tasks_kills_their_commands_and_leaves_other_
     let env = Env::start("suspend-running").await?;
     let dir = marker_dir(&env)?;
     std::fs::write(dir.join("block-long"), "")?;
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 4}))
-        .await?;
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 4})).await?;
     env.create_job("long", serde_json::json!({"poolRef": "pool", "completions": 4})).await?;
     env.wait_job("long", PATIENCE, |j| status(j).running == 4).await?;
     let running = wait_markers(&dir, "started", "long", 4).await?;
@@ -208,8 +203,7 @@ async fn deleting_a_job_drops_its_queued_tasks_and_cancels_its_running_ones() ->
     let env = Env::start("delete-job").await?;
     let dir = marker_dir(&env)?;
     std::fs::write(dir.join("block-doomed"), "")?;
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 2}))
-        .await?;
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 2})).await?;
     env.create_job("doomed", serde_json::json!({"poolRef": "pool", "completions": 12})).await?;
     env.wait_job("doomed", PATIENCE, |j| status(j).running == 2 && status(j).enqueued == 12).await?;
     let running = wait_markers(&dir, "started", "doomed", 2).await?;
@@ -236,8 +230,7 @@ async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded_and_its_tas
     let env = Env::start("deadline").await?;
     let dir = marker_dir(&env)?;
     std::fs::write(dir.join("block-slow"), "")?;
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 2}))
-        .await?;
+    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 2})).await?;
     // A first Job shows the worker is consuming, so the deadline is spent on the second.
     env.create_job("warm-up", serde_json::json!({"poolRef": "pool"})).await?;
     env.wait_job("warm-up", PATIENCE, finished).await?;
@@ -267,17 +260,20 @@ async fn failure_policy_tolerates_failed_tasks_or_fails_fast() -> anyhow::Result
     let dir = marker_dir(&env)?;
     let d = dir.display();
     // Task 2 of every Job fails permanently; the others succeed, or wait while `block` exists.
-    let handler = serde_json::json!(["sh", "-c", format!(
-        "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" = 2 ] && exit 65; \
+    let handler = serde_json::json!([
+        "sh",
+        "-c",
+        format!(
+            "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" = 2 ] && exit 65; \
          touch {d}/started.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$; \
          while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
          touch {d}/done.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$"
-    )]);
+        )
+    ]);
     env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 3})).await?;
 
     // Tolerated: one failure allowed, the Job succeeds and says so.
-    env.create_job("tolerant", serde_json::json!({"poolRef": "pool", "completions": 5, "failurePolicy": {"maxFailedTasks": 1}}))
-        .await?;
+    env.create_job("tolerant", serde_json::json!({"poolRef": "pool", "completions": 5, "failurePolicy": {"maxFailedTasks": 1}})).await?;
     let job = env.wait_job("tolerant", PATIENCE, finished).await?;
     let s = status(&job);
     assert_eq!((s.phase, s.succeeded, s.failed, s.failed_indexes.as_str()), (JobPhase::Succeeded, 4, 1, "2"), "{s:?}");
@@ -287,9 +283,12 @@ async fn failure_policy_tolerates_failed_tasks_or_fails_fast() -> anyhow::Result
 
     // Fail fast: the first failure exceeds the budget of 0; the blocked tasks are cancelled.
     std::fs::write(dir.join("block-fast"), "")?;
-    env.create_job("fast", serde_json::json!({
-        "poolRef": "pool", "completions": 10, "failurePolicy": {"maxFailedTasks": 0, "failFast": true}
-    }))
+    env.create_job(
+        "fast",
+        serde_json::json!({
+            "poolRef": "pool", "completions": 10, "failurePolicy": {"maxFailedTasks": 0, "failFast": true}
+        }),
+    )
     .await?;
     let job = env.wait_job("fast", PATIENCE, finished).await?;
     let s = status(&job);

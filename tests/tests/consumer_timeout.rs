@@ -26,10 +26,13 @@ async fn a_task_past_consumer_timeout_takes_down_only_its_own_channel() -> anyho
         "cat >/dev/null; echo \"start $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"; \
          if [ \"$WARREN_TASK_INDEX\" = 0 ]; then sleep 20; else sleep 2; fi; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\""
     );
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": ["sh", "-c", handler], "env": [{"name": EXEC_LOG, "value": log.to_string_lossy()}]},
-        "replicas": 1, "concurrency": 3, "channelPerTask": true,
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": ["sh", "-c", handler], "env": [{"name": EXEC_LOG, "value": log.to_string_lossy()}]},
+            "replicas": 1, "concurrency": 3, "channelPerTask": true,
+        }),
+    )
     .await?;
     env.create_job("long", serde_json::json!({"poolRef": "pool", "completions": 7, "retry": {"maxAttempts": 2}})).await?;
     let job = env.wait_job("long", Duration::from_secs(240), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;

@@ -22,9 +22,12 @@ fn finished(job: &Job) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_of_1000_items_succeeds_with_exact_counts_and_indexes() -> anyhow::Result<()> {
     let env = Env::start("items").await?;
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 8
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 8
+        }),
+    )
     .await?;
     let items: Vec<serde_json::Value> = (0..1000).map(|i| serde_json::json!({"n": i})).collect();
     env.create_job("thousand", serde_json::json!({"poolRef": "pool", "items": items})).await?;
@@ -43,9 +46,8 @@ async fn a_job_of_1000_items_succeeds_with_exact_counts_and_indexes() -> anyhow:
     assert_eq!(env.queue_depth(&names::work_queue(&env.namespace, "pool", "normal")).await?, 0);
     // The pool and the Job were created together: the Job must not be reported as blocked by a
     // missing pool (the operator's pool cache may lag; it asks the API server before saying so).
-    let events = env
-        .wait_events("thousand", Duration::from_secs(30), |seen| seen.iter().any(|(_, action, _)| action == "Complete"))
-        .await?;
+    let events =
+        env.wait_events("thousand", Duration::from_secs(30), |seen| seen.iter().any(|(_, action, _)| action == "Complete")).await?;
     assert!(events.iter().all(|(type_, _, _)| type_ == "Normal"), "{events:?}");
     env.cleanup().await
 }
@@ -66,9 +68,12 @@ async fn a_10000_task_job_writes_its_status_about_once_a_second_whatever_its_tas
     let addr = format!("127.0.0.1:{}", free_port());
     let options = OperatorOptions { metrics_addr: addr.clone(), ..OperatorOptions::default() };
     let env = Env::start_with("status-writes", options).await?;
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 8
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 8
+        }),
+    )
     .await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
     assert_eq!(status_writes(&addr, "Job").await?, 0.0, "no Job exists yet");
@@ -136,17 +141,17 @@ async fn a_job_for_a_missing_pool_waits_with_a_clear_condition_then_runs() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_job_overtakes_a_low_priority_backlog() -> anyhow::Result<()> {
     let env = Env::start("priority").await?;
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 4
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 4
+        }),
+    )
     .await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
     env.create_job("backlog", serde_json::json!({"poolRef": "pool", "priority": "low", "completions": 5000})).await?;
     // The backlog is queued and being worked on before the urgent Job arrives.
-    env.wait_job("backlog", Duration::from_secs(120), |j| {
-        j.status.as_ref().is_some_and(|s| s.enqueued == 5000 && s.succeeded > 0)
-    })
-    .await?;
+    env.wait_job("backlog", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.enqueued == 5000 && s.succeeded > 0)).await?;
     env.create_job("urgent", serde_json::json!({"poolRef": "pool", "priority": "high", "completions": 20})).await?;
 
     let urgent = env.wait_job("urgent", Duration::from_secs(120), finished).await?;
@@ -177,15 +182,16 @@ async fn killing_the_operator_during_enqueue_loses_and_double_counts_nothing() -
     // Small batches and a status write per batch make the enqueue slow enough to interrupt.
     let options = OperatorOptions { publish_batch: 10, status_interval_ms: 0, ..OperatorOptions::default() };
     let mut env = Env::start_with("operator-kill", options).await?;
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 4
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": noop_handler()}, "replicas": 2, "concurrency": 4
+        }),
+    )
     .await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
     env.create_job("survivor", serde_json::json!({"poolRef": "pool", "completions": 1000})).await?;
-    let mid = env
-        .wait_job("survivor", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.enqueued > 0))
-        .await?;
+    let mid = env.wait_job("survivor", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.enqueued > 0)).await?;
     env.kill_operator().await?;
     let enqueued_at_kill = mid.status.as_ref().map_or(0, |s| s.enqueued);
     let after_kill = env.jobs().get("survivor").await?;
@@ -224,10 +230,7 @@ async fn deleting_a_pool_removes_its_queues_only_with_deletion_policy_delete() -
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let gone = env.queue_depth(&dropped).await;
-    assert!(
-        gone.as_ref().is_err_and(|e| e.to_string().contains("NOT_FOUND")),
-        "deletionPolicy: Delete removes the queues: {gone:?}"
-    );
+    assert!(gone.as_ref().is_err_and(|e| e.to_string().contains("NOT_FOUND")), "deletionPolicy: Delete removes the queues: {gone:?}");
     for queue in &kept {
         assert_eq!(env.queue_depth(queue).await?, 0, "deletionPolicy: Retain keeps {queue}");
     }

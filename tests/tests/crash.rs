@@ -54,11 +54,7 @@ fn pool_spec(handler: &str, log: &Path, replicas: u32, concurrency: u32) -> serd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_has_its_tasks_redelivered_and_counted_once() -> anyhow::Result<()> {
-    let env = Env::start_custom(
-        "sigkill",
-        EnvOptions { crash_backoff: Some(Duration::from_millis(500)), ..EnvOptions::default() },
-    )
-    .await?;
+    let env = Env::start_custom("sigkill", EnvOptions { crash_backoff: Some(Duration::from_millis(500)), ..EnvOptions::default() }).await?;
     let log = env.state_dir.join("executions.log");
     let handler = format!(
         "cat >/dev/null; echo \"start $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"; sleep 2; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\""
@@ -152,11 +148,7 @@ async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> an
     let mut broker = PrivateBroker::start().await?;
     let mut env = Env::start_custom(
         "fault",
-        EnvOptions {
-            amqp_url: Some(broker.url()),
-            crash_backoff: Some(Duration::from_millis(500)),
-            ..EnvOptions::default()
-        },
+        EnvOptions { amqp_url: Some(broker.url()), crash_backoff: Some(Duration::from_millis(500)), ..EnvOptions::default() },
     )
     .await?;
     let log = env.state_dir.join("executions.log");

@@ -13,10 +13,13 @@ async fn tasks_failing_their_first_two_attempts_succeed_on_the_third_with_exact_
     // Fails attempts 1 and 2 of every task (exit 1 = retryable), succeeds on attempt 3.
     let flaky = serde_json::json!(["sh", "-c", "cat >/dev/null; [ \"$WARREN_ATTEMPT\" -ge 3 ]"]);
     env.create_pool("pool", serde_json::json!({"workers": {"handler": flaky}, "replicas": 2, "concurrency": 4})).await?;
-    env.create_job("flaky", serde_json::json!({
-        "poolRef": "pool", "completions": 50,
-        "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "100ms", "factor": 2, "maxDelay": "1s", "jitter": 0.2}}
-    }))
+    env.create_job(
+        "flaky",
+        serde_json::json!({
+            "poolRef": "pool", "completions": 50,
+            "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "100ms", "factor": 2, "maxDelay": "1s", "jitter": 0.2}}
+        }),
+    )
     .await?;
     let job = env.wait_job("flaky", Duration::from_secs(180), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");
@@ -33,15 +36,22 @@ async fn retries_wait_in_the_broker_for_the_policys_delay() -> anyhow::Result<()
     let env = Env::start("retry-delays").await?;
     // Each attempt appends "<index> <attempt> <start ms>" to a file; attempts 1 and 2 fail.
     let log = env.state_dir.join("attempts.log");
-    let handler = serde_json::json!(["sh", "-c", format!(
-        "cat >/dev/null; echo \"$WARREN_TASK_INDEX $WARREN_ATTEMPT $(date +%s%3N)\" >> {}; [ \"$WARREN_ATTEMPT\" -ge 3 ]",
-        log.display()
-    )]);
+    let handler = serde_json::json!([
+        "sh",
+        "-c",
+        format!(
+            "cat >/dev/null; echo \"$WARREN_TASK_INDEX $WARREN_ATTEMPT $(date +%s%3N)\" >> {}; [ \"$WARREN_ATTEMPT\" -ge 3 ]",
+            log.display()
+        )
+    ]);
     env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 4})).await?;
-    env.create_job("delays", serde_json::json!({
-        "poolRef": "pool", "completions": 4,
-        "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "1s", "factor": 2, "maxDelay": "10s", "jitter": 0.2}}
-    }))
+    env.create_job(
+        "delays",
+        serde_json::json!({
+            "poolRef": "pool", "completions": 4,
+            "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "1s", "factor": 2, "maxDelay": "10s", "jitter": 0.2}}
+        }),
+    )
     .await?;
     let job = env.wait_job("delays", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");
@@ -74,13 +84,19 @@ async fn retries_wait_in_the_broker_for_the_policys_delay() -> anyhow::Result<()
 async fn poison_tasks_are_dead_lettered_after_max_attempts_and_fail_the_job() -> anyhow::Result<()> {
     let env = Env::start("poison").await?;
     // Task 3 always fails (retryable), task 5 fails permanently (exit 65); the rest succeed.
-    let handler = serde_json::json!(["sh", "-c",
-        "cat >/dev/null; case $WARREN_TASK_INDEX in 3) echo boom >&2; exit 1;; 5) echo bad input >&2; exit 65;; esac"]);
+    let handler = serde_json::json!([
+        "sh",
+        "-c",
+        "cat >/dev/null; case $WARREN_TASK_INDEX in 3) echo boom >&2; exit 1;; 5) echo bad input >&2; exit 65;; esac"
+    ]);
     env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 4})).await?;
-    env.create_job("mixed", serde_json::json!({
-        "poolRef": "pool", "completions": 8,
-        "retry": {"maxAttempts": 4, "backoff": {"initialDelay": "50ms", "factor": 2, "maxDelay": "200ms"}}
-    }))
+    env.create_job(
+        "mixed",
+        serde_json::json!({
+            "poolRef": "pool", "completions": 8,
+            "retry": {"maxAttempts": 4, "backoff": {"initialDelay": "50ms", "factor": 2, "maxDelay": "200ms"}}
+        }),
+    )
     .await?;
     let job = env.wait_job("mixed", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");

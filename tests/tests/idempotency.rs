@@ -16,11 +16,7 @@ fn status(job: &Job) -> JobStatus {
 }
 
 fn ready(job: &Job) -> Option<(String, String, String)> {
-    status(job)
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    status(job).conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 fn is_duplicate(job: &Job) -> bool {
@@ -42,10 +38,14 @@ async fn jobs_with_one_idempotency_key_run_once_across_an_operator_restart() -> 
     std::fs::create_dir_all(&dir)?;
     let d = dir.display();
     // `$$$$`: Kubernetes expands `$$` in a container command to `$`.
-    let handler = serde_json::json!(["sh", "-c", format!(
-        "cat >/dev/null; while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
+    let handler = serde_json::json!([
+        "sh",
+        "-c",
+        format!(
+            "cat >/dev/null; while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
          touch {d}/done.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$"
-    )]);
+        )
+    ]);
     env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 4})).await?;
     let spec = serde_json::json!({"poolRef": "pool", "completions": 3, "idempotencyKey": "report-2026-12-01"});
 

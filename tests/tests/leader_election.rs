@@ -81,9 +81,7 @@ async fn wait_role(port: u16, wanted: &str) -> anyhow::Result<(String, f64, f64)
 
 async fn run_job(env: &Env, name: &str) -> anyhow::Result<()> {
     env.create_job(name, serde_json::json!({"poolRef": "pool", "completions": 20})).await?;
-    let job = env
-        .wait_job(name, Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-        .await?;
+    let job = env.wait_job(name, Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");
     assert_eq!((status.phase, status.succeeded), (JobPhase::Succeeded, 20), "{status:?}");
     Ok(())
@@ -126,10 +124,7 @@ async fn exactly_one_of_two_operators_reconciles_and_a_killed_leader_hands_over(
     env.kill_operator().await?;
     wait_holder(&env, "op-b", Duration::from_secs(LEASE_DURATION_S * 5)).await?;
     let handover = killed.elapsed();
-    eprintln!(
-        "leader handover after SIGKILL: {:.2} s (lease duration {LEASE_DURATION_S} s, retry period 1 s)",
-        handover.as_secs_f64()
-    );
+    eprintln!("leader handover after SIGKILL: {:.2} s (lease duration {LEASE_DURATION_S} s, retry period 1 s)", handover.as_secs_f64());
     wait_role(port_b, "leader").await?;
     run_job(&env, "second").await?;
     let (_, leader_b, reconciles_b) = role(port_b).await?;
@@ -201,10 +196,13 @@ async fn an_operator_watching_one_namespace_leaves_the_others_alone() -> anyhow:
         }))?)
         .await?;
     other_jobs
-        .create(&Default::default(), &serde_json::from_value(serde_json::json!({
-            "apiVersion": "warren.dev/v1alpha1", "kind": "Job", "metadata": {"name": "ignored", "namespace": other},
-            "spec": {"poolRef": "pool", "completions": 3},
-        }))?)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "warren.dev/v1alpha1", "kind": "Job", "metadata": {"name": "ignored", "namespace": other},
+                "spec": {"poolRef": "pool", "completions": 3},
+            }))?,
+        )
         .await?;
 
     env.create_pool("pool", serde_json::json!({"workers": {"handler": ["sh", "-c", "cat >/dev/null"]}, "replicas": 1})).await?;

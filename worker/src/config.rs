@@ -33,9 +33,15 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The pool's queue type, `classic` or `quorum` (of the retry-tier queues this worker declares).
     pub queue_type: String,
+    /// The reports queue's type, `classic` or `quorum`: as the operator declares it.
+    pub reports_queue_type: String,
     /// Every delivery on its own channel (prefetch 1 each, `concurrency` channels per priority):
     /// a channel the broker closes (`consumer_timeout`) interrupts only its own task.
     pub channel_per_task: bool,
+    /// Broker TLS for `amqps://` addresses: a private CA, a client certificate (mutual TLS).
+    pub amqp_tls: warren_protocol::amqp::Tls,
+    /// The pool's report key: every report message is signed with it. None: unsigned.
+    pub report_key: Option<warren_protocol::signature::ReportKey>,
 }
 
 /// Explicit settings that win over the environment. `None` = take it from the environment.
@@ -52,7 +58,12 @@ pub struct ConfigOverrides {
     pub reports_queue: Option<String>,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub queue_type: Option<String>,
+    pub reports_queue_type: Option<String>,
     pub channel_per_task: Option<bool>,
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+    pub amqp_client_cert_file: Option<std::path::PathBuf>,
+    pub amqp_client_key_file: Option<std::path::PathBuf>,
+    pub report_key: Option<warren_protocol::signature::ReportKey>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -74,29 +85,34 @@ impl ConfigError {
 }
 
 impl WorkerConfig {
-    /// Reads the process environment.
+    /// Reads the process environment, and the broker TLS files it names (a file that cannot be
+    /// used is an error here, at start, not a handshake failing at every reconnect).
     pub fn from_env(overrides: &ConfigOverrides) -> Result<Self, ConfigError> {
-        Self::resolve(overrides, |name| std::env::var(name).ok())
+        let config = Self::resolve(overrides, |name| std::env::var(name).ok())?;
+        config.amqp_tls.check().map_err(tls_error)?;
+        Ok(config)
     }
 
     /// Resolves the configuration from `overrides` over `env` (a variable lookup). Pure.
-    pub fn resolve(
-        overrides: &ConfigOverrides,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn resolve(overrides: &ConfigOverrides, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let required = |value: &Option<String>, variable: &'static str| {
             value.clone().or_else(|| env(variable)).ok_or(ConfigError::Missing { variable })
         };
-        let amqp_url =
-            overrides.amqp_url.clone().or_else(|| env(worker_env::AMQP_URL)).unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+        let amqp_url = overrides.amqp_url.clone().or_else(|| env(worker_env::AMQP_URL)).unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+        if let Err(e) = warren_protocol::addresses::parse(&amqp_url) {
+            return Err(ConfigError::Invalid {
+                variable: worker_env::AMQP_URL,
+                value: warren_protocol::addresses::redact(&amqp_url),
+                problem: e.to_string(),
+            });
+        }
         let namespace = required(&overrides.namespace, worker_env::NAMESPACE)?;
         let pool = required(&overrides.pool, worker_env::POOL)?;
         let priorities = match &overrides.priorities {
             Some(p) => p.clone(),
             None => {
-                let raw = env(worker_env::PRIORITIES)
-                    .ok_or(ConfigError::Missing { variable: worker_env::PRIORITIES })?;
+                let raw = env(worker_env::PRIORITIES).ok_or(ConfigError::Missing { variable: worker_env::PRIORITIES })?;
                 raw.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
             }
         };
@@ -142,21 +158,16 @@ impl WorkerConfig {
         let starvation = match overrides.starvation {
             Some(s) => s,
             None => match env(worker_env::STARVATION_SECONDS) {
-                Some(raw) => Duration::from_secs(raw.parse::<u64>().map_err(|e| {
-                    ConfigError::Invalid {
-                        variable: worker_env::STARVATION_SECONDS,
-                        value: raw.clone(),
-                        problem: e.to_string(),
-                    }
+                Some(raw) => Duration::from_secs(raw.parse::<u64>().map_err(|e| ConfigError::Invalid {
+                    variable: worker_env::STARVATION_SECONDS,
+                    value: raw.clone(),
+                    problem: e.to_string(),
                 })?),
                 None => DEFAULT_STARVATION,
             },
         };
-        let reports_queue = overrides
-            .reports_queue
-            .clone()
-            .or_else(|| env(crate::REPORTS_QUEUE_ENV))
-            .unwrap_or_else(|| names::REPORTS_QUEUE.into());
+        let reports_queue =
+            overrides.reports_queue.clone().or_else(|| env(crate::REPORTS_QUEUE_ENV)).unwrap_or_else(|| names::REPORTS_QUEUE.into());
         let metrics_addr = match overrides.metrics_addr {
             Some(addr) => Some(addr),
             None => match env(crate::METRICS_ADDR_ENV) {
@@ -168,15 +179,20 @@ impl WorkerConfig {
                 None => None,
             },
         };
-        let queue_type = overrides
-            .queue_type
-            .clone()
-            .or_else(|| env(worker_env::QUEUE_TYPE))
-            .unwrap_or_else(|| "classic".into());
+        let queue_type = overrides.queue_type.clone().or_else(|| env(worker_env::QUEUE_TYPE)).unwrap_or_else(|| "classic".into());
         if !crate::topology::QUEUE_TYPES.contains(&queue_type.as_str()) {
             return Err(ConfigError::Invalid {
                 variable: worker_env::QUEUE_TYPE,
                 value: queue_type,
+                problem: "must be classic or quorum".into(),
+            });
+        }
+        let reports_queue_type =
+            overrides.reports_queue_type.clone().or_else(|| env(worker_env::REPORTS_QUEUE_TYPE)).unwrap_or_else(|| "classic".into());
+        if !crate::topology::QUEUE_TYPES.contains(&reports_queue_type.as_str()) {
+            return Err(ConfigError::Invalid {
+                variable: worker_env::REPORTS_QUEUE_TYPE,
+                value: reports_queue_type,
                 problem: "must be classic or quorum".into(),
             });
         }
@@ -194,9 +210,25 @@ impl WorkerConfig {
                 }
             },
         };
+        let report_key = match overrides.report_key.clone() {
+            Some(key) => Some(key),
+            None => match env(worker_env::REPORT_KEY) {
+                Some(raw) => Some(warren_protocol::signature::parse_key(&raw).map_err(|problem| ConfigError::Invalid {
+                    variable: worker_env::REPORT_KEY,
+                    // The key itself is never repeated in an error.
+                    value: format!("({} characters)", raw.len()),
+                    problem,
+                })?),
+                None => None,
+            },
+        };
+        let amqp_tls = amqp_tls(overrides, &env)?;
         Ok(WorkerConfig {
+            amqp_tls,
+            report_key,
             metrics_addr,
             queue_type,
+            reports_queue_type,
             channel_per_task,
             amqp_url,
             namespace,
@@ -211,22 +243,37 @@ impl WorkerConfig {
     }
 }
 
+/// The broker TLS paths, each from its override or its variable (not read here: pure).
+fn amqp_tls(overrides: &ConfigOverrides, env: &impl Fn(&str) -> Option<String>) -> Result<warren_protocol::amqp::Tls, ConfigError> {
+    let path = |value: &Option<std::path::PathBuf>, variable: &str| value.clone().or_else(|| env(variable).map(Into::into));
+    warren_protocol::amqp::Tls::new(
+        path(&overrides.amqp_ca_file, worker_env::AMQP_CA_FILE),
+        path(&overrides.amqp_client_cert_file, worker_env::AMQP_CLIENT_CERT_FILE),
+        path(&overrides.amqp_client_key_file, worker_env::AMQP_CLIENT_KEY_FILE),
+    )
+    .map_err(tls_error)
+}
+
+fn tls_error(error: warren_protocol::amqp::TlsError) -> ConfigError {
+    use warren_protocol::amqp::TlsError;
+    match error {
+        TlsError::File { setting, path, problem } => ConfigError::Invalid { variable: setting, value: path, problem },
+        // A certificate without its key, or a key without its certificate.
+        TlsError::HalfIdentity { missing, .. } => ConfigError::Missing { variable: missing },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
-    const BASE: &[(&str, &str)] = &[
-        ("WARREN_NAMESPACE", "ns"),
-        ("WARREN_POOL", "p"),
-        ("WARREN_PRIORITIES", "high, normal ,low"),
-    ];
+    const BASE: &[(&str, &str)] = &[("WARREN_NAMESPACE", "ns"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "high, normal ,low")];
 
     #[test]
     fn environment_fills_everything_with_defaults() {
@@ -256,6 +303,69 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_is_a_list_of_addresses_and_the_reports_queue_may_be_quorum() {
+        let mut env = BASE.to_vec();
+        env.extend([("WARREN_AMQP_URL", "amqp://u:p@n1:5672/%2f,amqp://u:p@n2:5672/%2f"), ("WARREN_REPORTS_QUEUE_TYPE", "quorum")]);
+        let c = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&env)).unwrap();
+        assert_eq!(c.amqp_url, "amqp://u:p@n1:5672/%2f,amqp://u:p@n2:5672/%2f");
+        assert_eq!(c.reports_queue_type, "quorum");
+        let mut bad = BASE.to_vec();
+        bad.push(("WARREN_AMQP_URL", "amqp://u:p@n1,redis://u:secret@n2"));
+        let err = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&bad)).unwrap_err().to_string();
+        assert!(err.contains("broker address 1") && !err.contains("secret"), "{err}");
+        let mut bad = BASE.to_vec();
+        bad.push(("WARREN_REPORTS_QUEUE_TYPE", "stream"));
+        assert!(WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&bad)).is_err());
+    }
+
+    #[test]
+    fn the_report_key_is_hex_and_never_repeated_in_an_error() {
+        let key = "ab".repeat(32);
+        let mut env = BASE.to_vec();
+        env.push(("WARREN_REPORT_KEY", key.as_str()));
+        let c = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&env)).unwrap();
+        assert_eq!(c.report_key.as_ref().map(|k| k.bytes().len()), Some(32));
+        assert_eq!(WorkerConfig::resolve(&ConfigOverrides::default(), env_of(BASE)).unwrap().report_key, None, "unsigned");
+        let mut bad = BASE.to_vec();
+        bad.push(("WARREN_REPORT_KEY", "secret-but-short"));
+        let err = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&bad)).unwrap_err().to_string();
+        assert!(err.starts_with("WARREN_REPORT_KEY=") && !err.contains("secret-but-short"), "{err}");
+    }
+
+    #[test]
+    fn broker_tls_paths_come_from_the_environment_or_overrides_and_a_certificate_needs_its_key() {
+        assert!(
+            WorkerConfig::resolve(&ConfigOverrides::default(), env_of(BASE)).unwrap().amqp_tls.is_empty(),
+            "no TLS settings by default"
+        );
+        let mut env = BASE.to_vec();
+        env.extend([
+            ("WARREN_AMQP_URL", "amqps://u:p@rabbit:5671/%2f"),
+            ("WARREN_AMQP_CA_FILE", "/etc/warren/broker-tls/ca.crt"),
+            ("WARREN_AMQP_CLIENT_CERT_FILE", "/etc/warren/broker-tls/tls.crt"),
+            ("WARREN_AMQP_CLIENT_KEY_FILE", "/etc/warren/broker-tls/tls.key"),
+        ]);
+        let o = ConfigOverrides { amqp_ca_file: Some("/other/ca.pem".into()), ..Default::default() };
+        let tls = WorkerConfig::resolve(&o, env_of(&env)).unwrap().amqp_tls;
+        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("/other/ca.pem")), "the override wins");
+        assert_eq!(tls.client_key_file.as_deref(), Some(std::path::Path::new("/etc/warren/broker-tls/tls.key")));
+        let mut half = BASE.to_vec();
+        half.push(("WARREN_AMQP_CLIENT_CERT_FILE", "/etc/warren/broker-tls/tls.crt"));
+        let err = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(&half)).unwrap_err();
+        assert_eq!(err, ConfigError::Missing { variable: "WARREN_AMQP_CLIENT_KEY_FILE" });
+        // Resolving is pure: the files are read by `from_env`, where a missing one is refused.
+        let missing = ConfigOverrides {
+            namespace: Some("ns".into()),
+            pool: Some("p".into()),
+            priorities: Some(vec!["normal".into()]),
+            amqp_ca_file: Some("/nonexistent/ca.crt".into()),
+            ..Default::default()
+        };
+        let err = WorkerConfig::from_env(&missing).unwrap_err().to_string();
+        assert!(err.starts_with("WARREN_AMQP_CA_FILE=\"/nonexistent/ca.crt\" is invalid: cannot be read"), "{err}");
+    }
+
+    #[test]
     fn overrides_win_over_environment() {
         let mut env = BASE.to_vec();
         env.extend([("WARREN_CONCURRENCY", "8"), ("WARREN_POD_NAME", "pod-a"), ("WARREN_STARVATION_SECONDS", "5")]);
@@ -281,10 +391,26 @@ mod tests {
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p")], "WARREN_PRIORITIES", "ConfigMissing"),
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", " , ")], "WARREN_PRIORITIES", "ConfigInvalid"),
             (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a,a")], "WARREN_PRIORITIES", "ConfigInvalid"),
-            (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_CONCURRENCY", "x")], "WARREN_CONCURRENCY", "ConfigInvalid"),
-            (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_CONCURRENCY", "0")], "WARREN_CONCURRENCY", "ConfigInvalid"),
-            (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_STARVATION_SECONDS", "-1")], "WARREN_STARVATION_SECONDS", "ConfigInvalid"),
-            (&[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_METRICS_ADDR", "9465")], "WARREN_METRICS_ADDR", "ConfigInvalid"),
+            (
+                &[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_CONCURRENCY", "x")],
+                "WARREN_CONCURRENCY",
+                "ConfigInvalid",
+            ),
+            (
+                &[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_CONCURRENCY", "0")],
+                "WARREN_CONCURRENCY",
+                "ConfigInvalid",
+            ),
+            (
+                &[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_STARVATION_SECONDS", "-1")],
+                "WARREN_STARVATION_SECONDS",
+                "ConfigInvalid",
+            ),
+            (
+                &[("WARREN_NAMESPACE", "n"), ("WARREN_POOL", "p"), ("WARREN_PRIORITIES", "a"), ("WARREN_METRICS_ADDR", "9465")],
+                "WARREN_METRICS_ADDR",
+                "ConfigInvalid",
+            ),
         ];
         for (env, variable, reason) in cases {
             let err = WorkerConfig::resolve(&ConfigOverrides::default(), env_of(env)).unwrap_err();

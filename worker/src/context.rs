@@ -1,6 +1,6 @@
 //! What a handler sees of its task ([`TaskContext`]) and how it fails ([`TaskError`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use warren_protocol::{JobRef, TaskEnvelope, TaskEventKind};
@@ -16,11 +16,67 @@ pub struct TaskContext {
     envelope: Arc<TaskEnvelope>,
     cancel: CancellationToken,
     reporter: Reporter,
+    output: Arc<Mutex<OutputTail>>,
+}
+
+/// The end of what one attempt printed: sent with its outcome, so that `warren logs` can show
+/// it without searching worker logs. Bounded: it keeps the last [`MAX_OUTPUT_BYTES`] at most.
+///
+/// [`MAX_OUTPUT_BYTES`]: warren_protocol::admit::MAX_OUTPUT_BYTES
+#[derive(Debug, Default)]
+pub struct OutputTail {
+    text: String,
+}
+
+impl OutputTail {
+    /// Appends one line (without its terminator).
+    pub fn push_line(&mut self, line: &str) {
+        let max = warren_protocol::admit::MAX_OUTPUT_BYTES;
+        // A line longer than the whole tail keeps only its end.
+        let line = if line.len() > max {
+            let start = (line.len() - max..=line.len()).find(|i| line.is_char_boundary(*i)).unwrap_or(line.len());
+            &line[start..]
+        } else {
+            line
+        };
+        self.text.push_str(line);
+        self.text.push('\n');
+        // Amortized: cut back to the limit only when twice over it.
+        if self.text.len() > 2 * max {
+            warren_protocol::admit::keep_tail_at_char_boundary(&mut self.text, max);
+        }
+    }
+
+    /// The tail (its last [`warren_protocol::admit::MAX_OUTPUT_BYTES`]), or None if nothing was printed.
+    pub fn take(&mut self) -> Option<String> {
+        let mut text = std::mem::take(&mut self.text);
+        warren_protocol::admit::keep_tail_at_char_boundary(&mut text, warren_protocol::admit::MAX_OUTPUT_BYTES);
+        let text = text.trim_end_matches('\n').to_string();
+        (!text.is_empty()).then_some(text)
+    }
 }
 
 impl TaskContext {
     pub(crate) fn new(envelope: Arc<TaskEnvelope>, cancel: CancellationToken, reporter: Reporter) -> Self {
-        Self { envelope, cancel, reporter }
+        Self { envelope, cancel, reporter, output: Arc::default() }
+    }
+
+    /// The attempt's output tail, which the runtime sends with its outcome.
+    pub(crate) fn output_tail(&self) -> Arc<Mutex<OutputTail>> {
+        self.output.clone()
+    }
+
+    /// Writes a line to the worker's log (in the task's span) and to the attempt's output tail,
+    /// which is reported with its outcome (`warren logs wjob/<job> --index N` shows it).
+    pub fn log(&self, line: impl AsRef<str>) {
+        let line = line.as_ref();
+        tracing::info!(%line, "handler output");
+        self.record_output(line);
+    }
+
+    /// Adds a line to the output tail only (a command's lines, logged by the caller).
+    pub(crate) fn record_output(&self, line: &str) {
+        self.output.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_line(line);
     }
 
     /// The handler's input.
@@ -147,5 +203,29 @@ impl TaskError {
 impl From<anyhow::Error> for TaskError {
     fn from(e: anyhow::Error) -> Self {
         TaskError::retryable(format!("{e:#}"))
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::OutputTail;
+    use warren_protocol::admit::MAX_OUTPUT_BYTES;
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_within_the_limit() {
+        let mut tail = OutputTail::default();
+        assert_eq!(tail.take(), None, "nothing printed, nothing sent");
+        for i in 0..10_000 {
+            tail.push_line(&format!("line {i}"));
+        }
+        let text = tail.take().unwrap();
+        assert!(text.len() <= MAX_OUTPUT_BYTES, "{}", text.len());
+        assert!(text.ends_with("line 9999"), "{text}");
+        assert!(!text.contains("line 1000\n"), "old lines are gone");
+        assert_eq!(tail.take(), None, "taken once");
+        tail.push_line(&"x".repeat(3 * MAX_OUTPUT_BYTES));
+        tail.push_line("end");
+        let text = tail.take().unwrap();
+        assert!(text.len() <= MAX_OUTPUT_BYTES && text.ends_with("x\nend"), "{}", text.len());
     }
 }

@@ -30,8 +30,7 @@ impl CancelSet {
         if message.sent_at_ms < self.sent_at_ms {
             return None;
         }
-        let jobs: HashMap<String, String> =
-            message.cancelled.iter().map(|c| (c.uid.clone(), c.reason.clone())).collect();
+        let jobs: HashMap<String, String> = message.cancelled.iter().map(|c| (c.uid.clone(), c.reason.clone())).collect();
         let mut added: Vec<String> = jobs.keys().filter(|uid| !self.jobs.contains_key(*uid)).cloned().collect();
         added.sort();
         self.jobs = jobs;

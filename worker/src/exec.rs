@@ -73,10 +73,15 @@ pub async fn read_capped_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usiz
 /// What a line on the command's stdout means.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutputLine {
-    Progress { percent: u8, message: String },
+    Progress {
+        percent: u8,
+        message: String,
+    },
     Result(serde_json::Value),
     /// A result line whose JSON does not parse (logged, ignored).
-    InvalidResult { error: String },
+    InvalidResult {
+        error: String,
+    },
     /// Anything else: logged.
     Log(String),
 }
@@ -130,11 +135,7 @@ pub fn exit_outcome(code: Option<i32>, signal: Option<i32>, stderr_tail: &[Strin
         let cut = (text.len() - MAX_ERROR_CHARS..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
         text = format!("…{}", &text[cut..]);
     }
-    if code == Some(exec::PERMANENT_FAILURE_EXIT_CODE) {
-        Err(TaskError::permanent(text))
-    } else {
-        Err(TaskError::retryable(text))
-    }
+    if code == Some(exec::PERMANENT_FAILURE_EXIT_CODE) { Err(TaskError::permanent(text)) } else { Err(TaskError::retryable(text)) }
 }
 
 /// The environment variables that describe the task to the command.
@@ -175,8 +176,9 @@ fn exit_parts(status: ExitStatus) -> (Option<i32>, Option<i32>) {
 }
 
 /// Environment variables of the worker that its handlers never see: the broker URL carries the
-/// broker credentials, with which a handler could publish reports or tasks as the worker.
-pub const WITHHELD_FROM_HANDLERS: &[&str] = &[warren_protocol::worker_env::AMQP_URL];
+/// broker credentials, with which a handler could publish reports or tasks as the worker, and
+/// the report key would let it sign reports as the pool.
+pub const WITHHELD_FROM_HANDLERS: &[&str] = &[warren_protocol::worker_env::AMQP_URL, warren_protocol::worker_env::REPORT_KEY];
 
 /// The handler process of one task: the worker's environment without
 /// [`WITHHELD_FROM_HANDLERS`], plus the task's facts.
@@ -231,7 +233,10 @@ pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskRes
                         OutputLine::InvalidResult { error } => {
                             tracing::warn!(%error, "ignoring result line that is not JSON")
                         }
-                        OutputLine::Log(line) => tracing::info!(stream = "stdout", %line),
+                        OutputLine::Log(line) => {
+                            tracing::info!(stream = "stdout", %line);
+                            ctx.record_output(&line);
+                        }
                     }
                 }
             }
@@ -241,12 +246,13 @@ pub async fn run_command(command: Arc<Vec<String>>, ctx: TaskContext) -> TaskRes
     let stderr_tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_reader = {
-        let tail = stderr_tail.clone();
+        let (tail, ctx) = (stderr_tail.clone(), ctx.clone());
         tokio::spawn(
             async move {
                 let mut stderr = BufReader::new(stderr);
                 while let Ok(Some((line, _))) = read_capped_line(&mut stderr, MAX_LINE_BYTES).await {
                     tracing::info!(stream = "stderr", %line);
+                    ctx.record_output(&line);
                     let mut tail = tail.lock().unwrap();
                     if tail.len() == STDERR_TAIL_LINES {
                         tail.pop_front();

@@ -21,10 +21,9 @@
 
 use lapin::types::{AMQPValue, FieldTable};
 
-/// Runs of the task that ended with its worker lost.
-pub const LOST_RUNS_HEADER: &str = "warren-lost-runs";
-/// Set (`"true"`) on a task moved to the suspect queue.
-pub const SUSPECT_HEADER: &str = "warren-suspect";
+/// Runs of the task that ended with its worker lost (also on its dead letter).
+pub const LOST_RUNS_HEADER: &str = warren_protocol::headers::dead_letter_header::LOST_RUNS;
+pub use warren_protocol::headers::SUSPECT_HEADER;
 /// The least delivery limit: a first loss, among other tasks, is never blamed on one of them.
 pub const MIN_LOST_RUN_LIMIT: u32 = 2;
 

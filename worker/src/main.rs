@@ -48,6 +48,16 @@ struct Args {
     /// default: not served].
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// PEM CA certificates trusted for an amqps:// broker besides the system's
+    /// [env: WARREN_AMQP_CA_FILE].
+    #[arg(long)]
+    amqp_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS with the broker [env: WARREN_AMQP_CLIENT_CERT_FILE].
+    #[arg(long)]
+    amqp_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the client certificate [env: WARREN_AMQP_CLIENT_KEY_FILE].
+    #[arg(long)]
+    amqp_client_key_file: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -75,10 +85,28 @@ fn handler_command(args: &Args) -> anyhow::Result<Vec<String>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Handlers run as this process's user: without this they could read its environment (the
+    // broker URI and the pool's report key, withheld from theirs) from /proc/<pid>/environ, or
+    // ptrace it. Not dumpable: /proc/<pid> becomes root's, and no core dump holds the secrets.
+    #[cfg(target_os = "linux")]
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("warren-worker: could not make the process non-dumpable ({error}); handlers of this user may read its secrets");
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt().json().with_current_span(true).with_span_list(false).with_env_filter(filter).with_writer(std::io::stderr).init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        // Colour only on a terminal: a log file or a log collector gets plain text it can grep.
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
     let command = Arc::new(handler_command(&args)?);
     let command_for_log = command.clone();
@@ -94,7 +122,13 @@ async fn main() -> anyhow::Result<()> {
         reports_queue: args.reports_queue,
         metrics_addr: args.metrics_addr,
         queue_type: None,
+        reports_queue_type: None,
         channel_per_task: None,
+        // From the environment only: a key on the command line would be in every `ps`.
+        report_key: None,
+        amqp_ca_file: args.amqp_ca_file,
+        amqp_client_cert_file: args.amqp_client_cert_file,
+        amqp_client_key_file: args.amqp_client_key_file,
     };
     let worker = Worker::builder()
         .overrides(overrides)

@@ -240,7 +240,9 @@ mod tests {
         has(r#"warren_worker_task_duration_seconds_bucket{le="0.05",pool="images",priority="high",result="succeeded"} 1"#);
         has(r#"warren_worker_task_duration_seconds_count{pool="images",priority="high",result="failed"} 1"#);
         has("warren_worker_broker_connected 0");
-        for outcome in [TaskOutcome::Succeeded, TaskOutcome::Retried, TaskOutcome::Cancelled, TaskOutcome::DeadLettered, TaskOutcome::Interrupted] {
+        for outcome in
+            [TaskOutcome::Succeeded, TaskOutcome::Retried, TaskOutcome::Cancelled, TaskOutcome::DeadLettered, TaskOutcome::Interrupted]
+        {
             assert!(outcome.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
     }

@@ -20,15 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use lapin::{BasicProperties, Channel, options::BasicPublishOptions};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use warren_protocol::{
-    Heartbeat, PROTOCOL_VERSION, REPORT_CONTENT_TYPE, ReportBatch, TaskEnvelope, TaskEvent, TaskEventKind, WorkerId,
-};
+use warren_protocol::headers::REPORT_SIGNATURE;
+use warren_protocol::{Heartbeat, PROTOCOL_VERSION, REPORT_CONTENT_TYPE, ReportBatch, TaskEnvelope, TaskEvent, TaskEventKind, WorkerId};
 
 use crate::now_ms;
 
@@ -197,7 +196,7 @@ impl std::fmt::Debug for Command {
     }
 }
 
-fn event_of(envelope: &TaskEnvelope, kind: TaskEventKind) -> TaskEvent {
+fn event_of(envelope: &TaskEnvelope, kind: TaskEventKind, output: Option<String>) -> TaskEvent {
     TaskEvent {
         job: envelope.job.clone(),
         index: envelope.index,
@@ -205,6 +204,7 @@ fn event_of(envelope: &TaskEnvelope, kind: TaskEventKind) -> TaskEvent {
         at_ms: now_ms(),
         kind,
         replay: envelope.replay,
+        output,
     }
 }
 
@@ -216,13 +216,18 @@ impl Reporter {
 
     /// Queues an event; nobody waits for its confirmation.
     pub fn event(&self, envelope: &TaskEnvelope, kind: TaskEventKind) {
-        let _ = self.tx.send(Command::Event(PendingEvent { event: event_of(envelope, kind), confirmed: None }));
+        let _ = self.tx.send(Command::Event(PendingEvent { event: event_of(envelope, kind, None), confirmed: None }));
     }
 
     /// Queues an event; the receiver completes once a batch containing it is confirmed.
     pub fn event_confirmed(&self, envelope: &TaskEnvelope, kind: TaskEventKind) -> oneshot::Receiver<()> {
+        self.outcome_confirmed(envelope, kind, None)
+    }
+
+    /// As [`Reporter::event_confirmed`], with the end of what the attempt printed.
+    pub fn outcome_confirmed(&self, envelope: &TaskEnvelope, kind: TaskEventKind, output: Option<String>) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::Event(PendingEvent { event: event_of(envelope, kind), confirmed: Some(tx) }));
+        let _ = self.tx.send(Command::Event(PendingEvent { event: event_of(envelope, kind, output), confirmed: Some(tx) }));
         rx
     }
 
@@ -242,72 +247,7 @@ pub(crate) struct ReportLink {
     pub lost: CancellationToken,
 }
 
-/// Why a confirmed publish did not make it.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("message to exchange {exchange:?} with routing key {routing_key:?} was unroutable")]
-    Unroutable { exchange: String, routing_key: String },
-    #[error("broker refused (nacked) the message")]
-    Nacked,
-    #[error("not connected to the broker")]
-    NotConnected,
-}
-
-impl PublishError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            PublishError::Broker(_) => "BrokerError",
-            PublishError::Unroutable { .. } => "Unroutable",
-            PublishError::Nacked => "Nacked",
-            PublishError::NotConnected => "NotConnected",
-        }
-    }
-}
-
-/// Publishes a persistent, mandatory message and waits for the broker's confirmation.
-/// The channel must be in confirm mode.
-pub(crate) async fn publish_confirmed(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<(), PublishError> {
-    publish(channel, exchange, routing_key, body, properties).await?.await
-}
-
-/// Publishes a persistent, mandatory message; the returned future completes with the broker's
-/// confirmation (acked and routed), so a caller may publish more meanwhile.
-pub(crate) async fn publish(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static, PublishError> {
-    let confirm = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            body,
-            properties.with_delivery_mode(2),
-        )
-        .await?;
-    let (exchange, routing_key) = (exchange.to_string(), routing_key.to_string());
-    Ok(async move {
-        let confirm = confirm.await?;
-        if !confirm.is_ack() {
-            return Err(PublishError::Nacked);
-        }
-        if confirm.take_message().is_some() {
-            return Err(PublishError::Unroutable { exchange, routing_key });
-        }
-        Ok(())
-    })
-}
+pub use warren_protocol::amqp::{PublishError, publish, publish_confirmed};
 
 pub(crate) struct ReporterTask {
     pub rx: mpsc::UnboundedReceiver<Command>,
@@ -315,6 +255,8 @@ pub(crate) struct ReporterTask {
     pub stats: Arc<Stats>,
     pub worker: WorkerId,
     pub queue: String,
+    /// The pool's report key; None: reports go out unsigned.
+    pub key: Option<warren_protocol::signature::ReportKey>,
     pub stop: CancellationToken,
 }
 
@@ -343,9 +285,7 @@ impl ReporterTask {
         loop {
             let coalesce_over = async {
                 match first_pending_at {
-                    Some(at) if pending.iter().any(|p| p.confirmed.is_some()) => {
-                        tokio::time::sleep_until(at + COALESCE_DELAY).await
-                    }
+                    Some(at) if pending.iter().any(|p| p.confirmed.is_some()) => tokio::time::sleep_until(at + COALESCE_DELAY).await,
                     _ => std::future::pending().await,
                 }
             };
@@ -462,8 +402,16 @@ impl ReporterTask {
                 events: pending[..take].iter().map(|p| p.event.clone()).collect(),
                 heartbeat: Some(self.stats.snapshot()),
             };
-            let properties = BasicProperties::default().with_content_type(REPORT_CONTENT_TYPE.into());
-            let confirmed = match publish(&link.channel, "", &self.queue, &batch.to_json(), properties).await {
+            let body = batch.to_json();
+            let mut properties = BasicProperties::default().with_content_type(REPORT_CONTENT_TYPE.into());
+            if let Some(key) = &self.key {
+                // Signed with the pool's key: the operator applies only what its pool's workers sent.
+                let signature = warren_protocol::signature::sign(key.bytes(), &body);
+                let mut headers = lapin::types::FieldTable::default();
+                headers.insert(REPORT_SIGNATURE.into(), lapin::types::AMQPValue::LongString(signature.into()));
+                properties = properties.with_headers(headers);
+            }
+            let confirmed = match publish(&link.channel, "", &self.queue, &body, properties).await {
                 Ok(confirmed) => confirmed,
                 Err(e) => {
                     if matches!(e, PublishError::Broker(_)) {
@@ -495,7 +443,15 @@ mod tests {
     use warren_protocol::{FailureDisposition, JobRef};
 
     fn ev(uid: &str, index: u32, attempt: u32, kind: TaskEventKind) -> TaskEvent {
-        TaskEvent { job: JobRef { namespace: "n".into(), name: "j".into(), uid: uid.into() }, index, attempt, at_ms: 0, kind, replay: 0 }
+        TaskEvent {
+            job: JobRef { namespace: "n".into(), name: "j".into(), uid: uid.into() },
+            index,
+            attempt,
+            at_ms: 0,
+            kind,
+            replay: 0,
+            output: None,
+        }
     }
 
     fn progress(p: u8) -> TaskEventKind {
@@ -511,14 +467,7 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         push_event(&mut pending, ev("a", 0, 1, TaskEventKind::Succeeded { result: None }), Some(tx));
         let kinds: Vec<_> = pending.iter().map(|p| (p.event.index, p.event.kind.clone())).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                (1, TaskEventKind::Started),
-                (0, progress(50)),
-                (0, TaskEventKind::Succeeded { result: None }),
-            ]
-        );
+        assert_eq!(kinds, vec![(1, TaskEventKind::Started), (0, progress(50)), (0, TaskEventKind::Succeeded { result: None }),]);
     }
 
     #[test]
@@ -531,7 +480,8 @@ mod tests {
         push_event(&mut pending, ev("a", 0, 2, progress(1)), None);
         push_event(&mut pending, ev("b", 0, 1, progress(7)), None);
         push_event(&mut pending, ev("a", 0, 1, progress(30)), None);
-        let kinds: Vec<_> = pending.iter().map(|p| (p.event.job.uid.as_str(), p.event.index, p.event.attempt, p.event.kind.clone())).collect();
+        let kinds: Vec<_> =
+            pending.iter().map(|p| (p.event.job.uid.as_str(), p.event.index, p.event.attempt, p.event.kind.clone())).collect();
         assert_eq!(
             kinds,
             vec![

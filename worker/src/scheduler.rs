@@ -50,13 +50,17 @@ impl<T> Buffer<T> {
 
     /// Removes the task that should start next (see [`choose_class`]).
     pub fn pop_next(&mut self, now: Instant, starvation: Duration) -> Option<(usize, T)> {
-        let waits: Vec<Option<Duration>> = self
-            .classes
-            .iter()
-            .map(|q| q.front().map(|(at, _)| now.saturating_duration_since(*at)))
-            .collect();
+        let waits: Vec<Option<Duration>> =
+            self.classes.iter().map(|q| q.front().map(|(at, _)| now.saturating_duration_since(*at))).collect();
         let class = choose_class(&waits, starvation)?;
         self.classes[class].pop_front().map(|(_, item)| (class, item))
+    }
+
+    /// Keeps only the tasks for which `keep` is true, in their order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        for class in &mut self.classes {
+            class.retain(|(_, item)| keep(item));
+        }
     }
 
     /// Empties the buffer (shutdown: everything goes back to the broker).
@@ -119,5 +123,17 @@ mod tests {
         b.push(0, later, "new-high");
         assert_eq!(b.pop_next(later, Duration::from_secs(60)), Some((1, "old-low")));
         assert_eq!(b.drain(), vec!["new-high"]);
+    }
+
+    #[test]
+    fn retain_drops_only_what_it_is_told_and_keeps_the_order() {
+        let now = Instant::now();
+        let mut b = Buffer::new(2);
+        for (class, item) in [(0, 1), (1, 2), (0, 3), (1, 4), (0, 5)] {
+            b.push(class, now, item);
+        }
+        b.retain(|item| item % 2 == 1);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.drain(), vec![1, 3, 5]);
     }
 }

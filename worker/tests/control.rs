@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
 use tokio_util::sync::CancellationToken;
 use warren_protocol::{CONTROL_CONTENT_TYPE, CancelledJob, ControlMessage, PROTOCOL_VERSION, TaskEventKind, names};
 use warren_worker::{TaskError, topology};
@@ -34,7 +34,8 @@ async fn broadcast(pool: &TestPool, cancelled: Vec<String>) -> CancellationToken
                 cancelled: cancelled.iter().map(|uid| CancelledJob { uid: uid.clone(), reason: "suspended".into() }).collect(),
             };
             let props = BasicProperties::default().with_content_type(CONTROL_CONTENT_TYPE.into());
-            let _ = channel.basic_publish(exchange.as_str().into(), "".into(), BasicPublishOptions::default(), &message.to_json(), props).await;
+            let _ =
+                channel.basic_publish(exchange.as_str().into(), "".into(), BasicPublishOptions::default(), &message.to_json(), props).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -114,9 +115,7 @@ async fn running_tasks_of_a_job_cancelled_later_see_their_token_fire() {
         .build()
         .unwrap();
     let (shutdown, handle) = spawn_worker(worker);
-    reports
-        .until("both started", |events| events.iter().filter(|e| matches!(e.kind, TaskEventKind::Started)).count() == 2)
-        .await;
+    reports.until("both started", |events| events.iter().filter(|e| matches!(e.kind, TaskEventKind::Started)).count() == 2).await;
     let stop = broadcast(&pool, vec![pool.job_uid.clone()]).await;
     reports.until("both cancelled", |events| events.iter().filter(|e| cancelled(&e.kind)).count() == 2).await;
     let mut fired = fired.lock().unwrap().clone();

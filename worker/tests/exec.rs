@@ -65,9 +65,7 @@ async fn exec_mode_follows_the_contract() {
     let expected_env = format!("{}|job|{}|0|3|1|3|normal|{}/0|thumbnail", pool.namespace, pool.job_uid, pool.job_uid);
     assert_eq!(
         finals[&0],
-        vec![TaskEventKind::Succeeded {
-            result: Some(serde_json::json!({ "payload": { "mode": "ok" }, "env": expected_env }))
-        }]
+        vec![TaskEventKind::Succeeded { result: Some(serde_json::json!({ "payload": { "mode": "ok" }, "env": expected_env })) }]
     );
     assert_eq!(
         finals[&1],
@@ -84,8 +82,7 @@ async fn exec_mode_follows_the_contract() {
         }]
     );
     assert!(
-        reports.events.iter().any(|e| e.index == 0
-            && e.kind == TaskEventKind::Progress { percent: 40, message: "reading".into() }),
+        reports.events.iter().any(|e| e.index == 0 && e.kind == TaskEventKind::Progress { percent: 40, message: "reading".into() }),
         "progress line became a Progress event"
     );
     let mut dead = pool.drain_dlq().await;
@@ -107,7 +104,8 @@ async fn sigterm_lets_the_running_command_finish_and_requeues_buffered_tasks() {
     let gate_str = gate.to_str().unwrap().to_string();
     // The command is given as WARREN_HANDLER_COMMAND this time.
     let command = serde_json::json!([
-        "sh", "-c",
+        "sh",
+        "-c",
         "while [ ! -f \"$GATE\" ]; do sleep 0.05; done; echo \"warren:result \\\"done $WARREN_TASK_INDEX\\\"\""
     ])
     .to_string();
@@ -132,10 +130,7 @@ async fn sigterm_lets_the_running_command_finish_and_requeues_buffered_tasks() {
     let status = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     reports.until("running task final", |events| final_count(events) >= 1).await;
-    assert_eq!(
-        reports.finals()[&running],
-        vec![TaskEventKind::Succeeded { result: Some(serde_json::json!(format!("done {running}"))) }]
-    );
+    assert_eq!(reports.finals()[&running], vec![TaskEventKind::Succeeded { result: Some(serde_json::json!(format!("done {running}"))) }]);
     assert_eq!(final_count(&reports.events), 1);
     assert_eq!(pool.work_depth().await, 2);
     let _ = std::fs::remove_file(&gate);

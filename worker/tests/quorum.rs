@@ -28,12 +28,8 @@ async fn a_quorum_pool_retries_with_at_least_once_dead_lettering_and_dead_letter
     shutdown.cancel();
     handle.await.unwrap();
 
-    let outcomes: Vec<(u32, TaskEventKind)> = reports
-        .events
-        .iter()
-        .filter(|e| matches!(e.kind, TaskEventKind::Failed { .. }))
-        .map(|e| (e.attempt, e.kind.clone()))
-        .collect();
+    let outcomes: Vec<(u32, TaskEventKind)> =
+        reports.events.iter().filter(|e| matches!(e.kind, TaskEventKind::Failed { .. })).map(|e| (e.attempt, e.kind.clone())).collect();
     let failed = |n: u32, disposition| TaskEventKind::Failed { error: format!("down on attempt {n}"), disposition };
     assert_eq!(
         outcomes,

@@ -38,11 +38,7 @@ async fn every_task_succeeds_exactly_once_and_queues_end_empty() {
     let finals = reports.finals();
     assert_eq!(finals.len(), total as usize);
     for i in 0..total {
-        assert_eq!(
-            finals[&i],
-            vec![TaskEventKind::Succeeded { result: Some(serde_json::json!({ "double": i * 2 })) }],
-            "task {i}"
-        );
+        assert_eq!(finals[&i], vec![TaskEventKind::Succeeded { result: Some(serde_json::json!({ "double": i * 2 })) }], "task {i}");
     }
     // A start reported in the same batch as its outcome is left out (the outcome says it all).
     assert!(reports.count(|e| matches!(e.kind, TaskEventKind::Started)) <= total as usize);
@@ -91,8 +87,7 @@ async fn buffered_high_priority_tasks_run_before_the_remaining_low_ones() {
 
     let order = order.lock().unwrap().clone();
     assert_eq!(order.len(), 55);
-    let high_positions: Vec<usize> =
-        order.iter().enumerate().filter(|(_, (p, _))| p == "high").map(|(i, _)| i).collect();
+    let high_positions: Vec<usize> = order.iter().enumerate().filter(|(_, (p, _))| p == "high").map(|(i, _)| i).collect();
     assert_eq!(high_positions.len(), 5);
     // With prefetch 1 per class the worker sees one task of each class at a time; whenever
     // both are buffered the high one starts, so no more than one low task slips in before each
@@ -282,10 +277,7 @@ async fn a_panicking_handler_is_a_retryable_failure_and_the_worker_survives() {
     assert_eq!(failures.len(), 1);
     assert_eq!(
         failures[0].kind,
-        TaskEventKind::Failed {
-            error: "handler panicked: kaboom".into(),
-            disposition: FailureDisposition::Retrying { delay_ms: 50 }
-        }
+        TaskEventKind::Failed { error: "handler panicked: kaboom".into(), disposition: FailureDisposition::Retrying { delay_ms: 50 } }
     );
     let finals = reports.finals();
     assert!(succeeded(&finals[&0][0]) && succeeded(&finals[&1][0]));
@@ -475,11 +467,7 @@ async fn close_connections_of(pod: &str) -> usize {
         .await
         .expect("this test needs rabbitmqctl to close the worker's connection");
     let listing = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<String> = listing
-        .lines()
-        .filter(|l| l.contains(pod))
-        .filter_map(|l| l.split('\t').next().map(str::to_string))
-        .collect();
+    let names: Vec<String> = listing.lines().filter(|l| l.contains(pod)).filter_map(|l| l.split('\t').next().map(str::to_string)).collect();
     for name in &names {
         let out = tokio::process::Command::new("rabbitmqctl")
             .args(["close_connection", name, "test: simulated connection loss"])

@@ -93,4 +93,7 @@ cannot say well (the schema rejects the rest first).
 {{- if and $r.workerSecretKey (not $r.existingSecret) }}
 {{- fail "rabbitmq.workerSecretKey needs rabbitmq.existingSecret" }}
 {{- end }}
+{{- if and ($r.tls).clientCertificate (not ($r.tls).secretName) }}
+{{- fail "rabbitmq.tls.clientCertificate needs rabbitmq.tls.secretName (the Secret with tls.crt and tls.key)" }}
+{{- end }}
 {{- end }}

@@ -1,6 +1,7 @@
 //! The controllers and what they share.
 
 pub mod job;
+pub mod schedule;
 pub mod worker_pool;
 pub mod workflow;
 
@@ -9,20 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
-use crate::book::JobBook;
 use crate::broker::Broker;
 use crate::crd::{Job, WorkerPool};
 use crate::workers::WorkerRegistry;
-
-/// The recorder of the Events the operator emits (scaling, Job transitions).
-pub fn event_recorder(client: Client) -> kube::runtime::events::Recorder {
-    let reporter = kube::runtime::events::Reporter { controller: "warren-operator".into(), instance: None };
-    kube::runtime::events::Recorder::new(client, reporter)
-}
+use job::book::JobBook;
 
 /// Operator settings, parsed once at start.
 #[derive(Clone, Debug)]
@@ -31,12 +26,23 @@ pub struct Config {
     pub amqp_url: String,
     /// AMQP URI given to worker pods (the same broker, as seen from the pods).
     pub worker_amqp_url: String,
+    /// Broker TLS of the operator's own connections (`amqps://` addresses): `--amqp-ca-file`,
+    /// `--amqp-client-cert-file`, `--amqp-client-key-file`.
+    pub amqp_tls: warren_protocol::amqp::Tls,
+    /// Secret (in each pool's namespace) mounted into every worker pod for broker TLS
+    /// (`--worker-tls-secret`): keys `ca.crt`, and `tls.crt` with `tls.key` for mutual TLS.
+    pub worker_tls_secret: Option<String>,
     /// Tasks per confirmed publish batch, and the most bytes of payload one Job may enqueue.
     pub limits: job::plan::Limits,
     /// Minimum time between two status writes of one Job.
     pub status_interval: Duration,
     /// Queue the workers report to; one per Warren installation on a broker (vhost).
     pub reports_queue: String,
+    /// `classic` (default) or `quorum`: replicated, so that on a RabbitMQ cluster the loss of one
+    /// node does not stop every Job's accounting.
+    pub reports_queue_type: String,
+    /// Image of the workers of a pool that names none (`--worker-image`).
+    pub worker_image: String,
     /// The only namespace watched (`WARREN_WATCH_NAMESPACE`); all namespaces when unset.
     pub watch_namespace: Option<String>,
     /// How often queue depths are sampled for the metrics.
@@ -47,6 +53,10 @@ pub struct Config {
     pub worker_metrics_port: Option<u16>,
     /// Lease-based leader election (more than one operator replica); none = always lead.
     pub leader_election: Option<crate::leader::LeaseSettings>,
+    /// Which worker reports are applied, by their signature.
+    pub report_signatures: crate::report_keys::SignaturePolicy,
+    /// Completion events (`spec.notify`): allowed destinations, retries.
+    pub notify: crate::notify::Settings,
 }
 
 impl Default for Config {
@@ -55,18 +65,34 @@ impl Default for Config {
         Self {
             amqp_url: url.clone(),
             worker_amqp_url: url,
+            amqp_tls: warren_protocol::amqp::Tls::default(),
+            worker_tls_secret: None,
             limits: job::plan::Limits::default(),
             status_interval: Duration::from_secs(1),
             reports_queue: warren_protocol::names::REPORTS_QUEUE.to_string(),
+            reports_queue_type: "classic".to_string(),
+            worker_image: worker_pool::plan::default_worker_image(),
             watch_namespace: None,
             queue_stats_interval: Duration::from_secs(5),
             worker_metrics_port: None,
             leader_election: None,
+            report_signatures: crate::report_keys::SignaturePolicy::Required,
+            notify: crate::notify::Settings::default(),
         }
     }
 }
 
 impl Config {
+    /// What every worker Deployment is told about the broker and the reports queue.
+    pub fn wiring(&self) -> worker_pool::plan::Wiring<'_> {
+        worker_pool::plan::Wiring {
+            amqp_url: &self.worker_amqp_url,
+            reports_queue: &self.reports_queue,
+            reports_queue_type: &self.reports_queue_type,
+            worker_image: &self.worker_image,
+        }
+    }
+
     /// An API over the watched namespace, or over all namespaces when none is set.
     pub fn watched<K>(&self, client: Client) -> kube::Api<K>
     where
@@ -90,6 +116,10 @@ pub struct Context {
     pub backoff: ErrorBackoff,
     /// Per-pool autoscaler state (history, rates) and its Event recorder.
     pub autoscalers: worker_pool::scale::Autoscalers,
+    /// Pools with a queue on a broker node that is down.
+    pub queue_health: Arc<crate::queue_health::QueueHealth>,
+    /// The pools' report keys (written by the pool controller, read by the report consumer).
+    pub report_keys: Arc<crate::report_keys::ReportKeys>,
 }
 
 /// Per-object exponential backoff with jitter for failed reconciles.
@@ -113,44 +143,92 @@ impl ErrorBackoff {
     }
 }
 
-/// The operator's one watch of the Jobs, shared by the Job and the Workflow controllers: one
-/// cache (without `managedFields`, which nothing reads) instead of one per controller, and one
-/// stream of events each controller subscribes to. The store is updated before an event reaches
-/// a subscriber, so a reconcile never reads an older Job than its trigger. [`JobWatch::run`]
-/// must be driven for the subscribers to see anything.
-pub struct JobWatch {
-    pub store: Store<Job>,
-    writer: reflector::store::Writer<Job>,
-    api: kube::Api<Job>,
+/// One watch of a kind shared by the controllers that read it: one cache (without
+/// `managedFields`, which nothing reads) instead of one per controller, and one stream of the
+/// objects that change, each controller subscribing to it. The store is updated before an object
+/// reaches a subscriber, so a reconcile never reads an older object than its trigger — a Job
+/// triggered by its pool's change reads that change. [`SharedWatch::run`] must be driven for the
+/// subscribers to see anything.
+///
+/// The objects are broadcast by this module, not by kube's `store_shared` dispatcher: its
+/// subscriber stream (`ReflectHandle`, kube-runtime 5.0) answers `Pending` without asking to be
+/// woken when the object it was told about is gone from the store (deleted in between). Inside
+/// a controller's set of trigger streams such a subscriber is never polled again; its channel
+/// then fills and the whole watch waits on it — every controller of the kind stops seeing
+/// changes (seen as an operator that went silent right after a Job was deleted). Here a
+/// subscriber receives the object itself, so there is nothing to look up and nothing to lose.
+pub struct SharedWatch<K: Resource<DynamicType = ()> + Clone + 'static> {
+    pub store: Store<K>,
+    writer: reflector::store::Writer<K>,
+    api: kube::Api<K>,
+    changes: async_broadcast::Sender<Arc<K>>,
+    /// Keeps the channel open while no subscriber is (subscribers are made before `run`).
+    _inactive: async_broadcast::InactiveReceiver<Arc<K>>,
 }
 
-/// Events a subscriber may fall behind by before the watch waits for it.
-const JOB_EVENT_BUFFER: usize = 1024;
+/// The Jobs, for the Job and the Workflow controllers.
+pub type JobWatch = SharedWatch<Job>;
+/// The WorkerPools, for the pool controller and the Job controller (a Job waits for its pool).
+pub type PoolWatch = SharedWatch<WorkerPool>;
 
-impl JobWatch {
+/// A subscriber's stream of changed objects (see [`SharedWatch::subscribe`]).
+pub type Changes<K> = async_broadcast::Receiver<Arc<K>>;
+
+/// Objects a subscriber may fall behind by before the watch waits for it.
+const EVENT_BUFFER: usize = 1024;
+
+impl<K> SharedWatch<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     pub fn new(client: Client, config: &Config) -> Self {
-        let (store, writer) = reflector::store_shared(JOB_EVENT_BUFFER);
-        Self { store, writer, api: config.watched(client) }
+        let (store, writer) = reflector::store();
+        let (mut changes, inactive) = async_broadcast::broadcast(EVENT_BUFFER);
+        // Wait for slow subscribers rather than drop a change they must see; send even while
+        // none is subscribed (then nobody waits).
+        changes.set_overflow(false);
+        changes.set_await_active(false);
+        Self { store, writer, api: config.watched(client), changes, _inactive: inactive.deactivate() }
     }
 
-    /// A stream of the Jobs the watch sees change (subscribe before [`JobWatch::run`]).
-    pub fn subscribe(&self) -> ReflectHandle<Job> {
-        self.writer.subscribe().expect("a shared store hands out subscribers")
+    /// A stream of the objects the watch sees change (subscribe before [`SharedWatch::run`]).
+    pub fn subscribe(&self) -> Changes<K> {
+        self.changes.new_receiver()
     }
 
     /// Watches until the stream ends; watch errors are retried with backoff.
     pub async fn run(self) {
-        watcher(self.api, watcher::Config::default())
-            .default_backoff()
-            .modify(|job: &mut Job| job.managed_fields_mut().clear())
-            .reflect_shared(self.writer)
-            .for_each(|event| {
-                if let Err(error) = event {
-                    tracing::warn!(%error, "watching Jobs failed; retrying");
+        let kind = K::kind(&());
+        let changes = self.changes;
+        // A (re)list's objects are sent once the store holds all of them (at `InitDone`).
+        let mut listed: Vec<Arc<K>> = Vec::new();
+        let mut events = std::pin::pin!(
+            watcher(self.api, watcher::Config::default())
+                .default_backoff()
+                .modify(|object: &mut K| object.managed_fields_mut().clear())
+                .reflect(self.writer)
+        );
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(object)) => {
+                    let _ = changes.broadcast_direct(Arc::new(object)).await;
                 }
-                futures::future::ready(())
-            })
-            .await;
+                Ok(watcher::Event::InitApply(object)) => listed.push(Arc::new(object)),
+                Ok(watcher::Event::InitDone) => {
+                    for object in std::mem::take(&mut listed) {
+                        let _ = changes.broadcast_direct(object).await;
+                    }
+                }
+                Ok(watcher::Event::Init | watcher::Event::Delete(_)) => {}
+                Err(error) => tracing::warn!(%error, %kind, "watching failed; retrying"),
+            }
+        }
     }
 }
 

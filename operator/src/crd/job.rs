@@ -22,6 +22,7 @@ use super::{IndexValues, RetrySpec};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Done","type":"string","jsonPath":".status.completions"}"#,
     printcolumn = r#"{"name":"Retries","type":"integer","jsonPath":".status.retries"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"string","jsonPath":".status.waiting.reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!(has(self.items) && has(self.payload))").message("set either items or payload, not both"))]
@@ -38,35 +39,22 @@ pub struct JobSpec {
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("priority is immutable"))]
     pub priority: String,
-    /// The input of a single task, or the shared input of `completions` tasks. Any JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_json")]
-    pub payload: Option<serde_json::Value>,
-    /// One task per element, with the element as its payload and its position as index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_json_list")]
-    pub items: Option<Vec<serde_json::Value>>,
-    /// Number of indexed tasks sharing `payload` (index 0..completions-1 is passed to the handler).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000000))]
-    pub completions: Option<u32>,
-    /// Selects the handler in SDK workers that register several task types.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub task_type: Option<String>,
-    /// Retry policy; fields set here override the pool's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetrySpec>,
-    /// Seconds one attempt may run before the worker cancels it (it then fails and is retried).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 604800))]
-    pub timeout_seconds: Option<u64>,
+    /// The tasks: their input and how each runs (the fields a Workflow's job template shares).
+    #[serde(flatten)]
+    pub tasks: JobTasks,
     /// Stops the Job without deleting it: no further task is enqueued, workers drop its queued
     /// tasks and cancel its running ones (counted in `status.cancelled`), and the
     /// `activeDeadlineSeconds` clock stops. Setting it back to false re-enqueues every task that
     /// was dropped and not finished. Like `suspend` of a Kubernetes Job. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// When to start (RFC 3339, e.g. `2026-12-07T02:00:00Z`): nothing is enqueued before, and the
+    /// Job waits `Pending` with condition `Ready=False`, reason `DelayedUntil`. A time in the past
+    /// starts at once. Read until the Job starts; changing it later changes nothing. The
+    /// `activeDeadlineSeconds` clock starts with the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("format" = "date-time"))]
+    pub start_at: Option<String>,
     /// Seconds the Job may be active (not suspended), counted from when the operator accepted it
     /// and restarted at each resume. Past it the remaining tasks are cancelled and the Job ends
     /// `Failed` with reason `DeadlineExceeded`. Like `activeDeadlineSeconds` of a Kubernetes Job.
@@ -90,6 +78,45 @@ pub struct JobSpec {
     /// once more and is counted once — or `Fail` ends the Job `Failed`, reason `TasksLost`.
     #[serde(default, skip_serializing_if = "OnLostTasks::is_default")]
     pub on_lost_tasks: OnLostTasks,
+    /// Completion events: a signed CloudEvents 1.0 POST to each webhook when the Job ends in
+    /// one of its `on` phases, delivered at least once, recorded in `status.notifications`
+    /// (docs/notifications.md). A receiver that fails never changes the Job's phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(n, self.exists_one(m, m.webhook.url == n.webhook.url))").message("notify webhook urls must be unique"))]
+    pub notify: Vec<super::Notification>,
+}
+
+/// The task fields of a Job: what its tasks are (`payload`, `items` or `completions`) and how
+/// each runs. Flattened into [`JobSpec`] and into the Workflow's `JobTemplate`, so both carry
+/// the same fields under the same names; the template documents its own `{{...}}` templating
+/// (see `crd::workflow`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTasks {
+    /// The input of a single task, or the shared input of `completions` tasks. Any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
+    pub payload: Option<serde_json::Value>,
+    /// One task per element, with the element as its payload and its position as index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_list")]
+    pub items: Option<Vec<serde_json::Value>>,
+    /// Number of indexed tasks sharing `payload` (index 0..completions-1 is passed to the handler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub completions: Option<u32>,
+    /// Selects the handler in SDK workers that register several task types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub task_type: Option<String>,
+    /// Retry policy; fields set here override the pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Seconds one attempt may run before the worker cancels it (it then fails and is retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// See [`JobSpec::on_lost_tasks`].
@@ -182,6 +209,58 @@ pub struct JobProgress {
     pub message: Option<String>,
 }
 
+/// Why a Job's tasks wait to start (`status.waiting`): the one reason that holds them now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobWaiting {
+    /// A stable reason: `DelayedUntil`, `PoolNotFound`, `PoolNotReady`, `PriorityNotServed`
+    /// (nothing enqueued yet), `BehindHigherPriority`, `ScalingUp`, `PoolAtMaxReplicas`, `Queued`
+    /// (tasks in the queue).
+    pub reason: String,
+    /// The same in words, with the numbers.
+    pub message: String,
+    /// About how many tasks of the pool start before this Job's next one: those of higher
+    /// priority classes, and those of the same class that Jobs created earlier have queued (the
+    /// operator's own count; a queue is first-in first-out within a class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_ahead: Option<u64>,
+    /// Since when the Job waits for this reason.
+    pub since: Time,
+}
+
+/// How an attempt recorded in `status.recentAttempts` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AttemptOutcome {
+    /// The handler succeeded.
+    Succeeded,
+    /// The attempt failed and the task was scheduled for another one.
+    Retrying,
+    /// The attempt failed and the task went to the pool's dead-letter queue.
+    DeadLettered,
+}
+
+/// One finished attempt of a task: what `warren logs` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The task's index.
+    pub index: u32,
+    /// The attempt (1 for the first).
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    /// The failure's message (at most 1 KiB); for a command handler it ends with its last
+    /// stderr lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The end of what the attempt printed (at most 2 KiB): a command's stdout lines that are
+    /// not protocol lines and its stderr, or what an SDK handler wrote with `ctx.log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// When the worker reported the end of the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
 /// What is true of a Job, as far as the operator has heard from the broker and the workers.
 /// Counts of finished tasks are exact (de-duplicated by task index); `queued` and `running` are
 /// live estimates.
@@ -251,6 +330,18 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json")]
     pub result: Option<serde_json::Value>,
+    /// Why tasks of the Job wait to start, while some do; absent when none waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<JobWaiting>,
+    /// The last attempts that failed (at most 10) and that succeeded and printed output (at most
+    /// 5), oldest first: their errors and the end of their output (`warren logs`). The rest is
+    /// in the workers' logs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_attempts: Vec<AttemptRecord>,
+    /// Delivery of the completion events of `spec.notify`, per destination and phase: attempts,
+    /// when delivered, the last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<super::NotificationStatus>,
     /// Book-keeping that lets a restarted operator keep counting exactly; not for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerSnapshot>,
@@ -317,7 +408,8 @@ fn is_zero(n: &u32) -> bool {
 impl Job {
     /// Number of tasks the spec describes.
     pub fn task_count(&self) -> u32 {
-        match (&self.spec.items, self.spec.completions) {
+        let tasks = &self.spec.tasks;
+        match (&tasks.items, tasks.completions) {
             (Some(items), _) => items.len() as u32,
             (None, Some(n)) => n,
             (None, None) => 1,
@@ -326,9 +418,30 @@ impl Job {
 
     /// Payload of task `index`.
     pub fn task_payload(&self, index: u32) -> serde_json::Value {
-        match &self.spec.items {
+        let tasks = &self.spec.tasks;
+        match &tasks.items {
             Some(items) => items.get(index as usize).cloned().unwrap_or_default(),
-            None => self.spec.payload.clone().unwrap_or(serde_json::Value::Null),
+            None => tasks.payload.clone().unwrap_or(serde_json::Value::Null),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_fields_sit_at_the_top_of_the_spec() {
+        let spec = serde_json::json!({
+            "poolRef": "p", "priority": "high", "items": [1, {"a": 2}], "taskType": "t",
+            "retry": {"maxAttempts": 3}, "timeoutSeconds": 5, "suspend": true,
+        });
+        let parsed: JobSpec = serde_json::from_value(spec.clone()).unwrap();
+        assert_eq!(parsed.tasks.items, Some(vec![serde_json::json!(1), serde_json::json!({"a": 2})]));
+        assert_eq!((parsed.tasks.task_type.as_deref(), parsed.tasks.timeout_seconds), (Some("t"), Some(5)));
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), spec, "serializes back to the same shape");
+
+        let defaults: JobSpec = serde_json::from_value(serde_json::json!({"poolRef": "p"})).unwrap();
+        assert_eq!((defaults.priority.as_str(), &defaults.tasks), ("normal", &JobTasks::default()));
     }
 }

@@ -5,20 +5,30 @@
 
 mod index_values;
 mod job;
+mod notify;
 mod retry;
+mod schedule;
 mod worker_pool;
 mod workflow;
 
 pub use index_values::IndexValues;
-pub use job::{FailurePolicy, Job, JobPhase, JobProgress, JobSpec, JobStatus, LedgerSnapshot, LostTasks, OnLostTasks, Termination};
+pub use job::{
+    AttemptOutcome, AttemptRecord, FailurePolicy, Job, JobPhase, JobProgress, JobSpec, JobStatus, JobTasks, JobWaiting, LedgerSnapshot,
+    LostTasks, OnLostTasks, Termination,
+};
+pub use notify::{MAX_NOTIFICATIONS, Notification, NotificationStatus, NotifyPhase, SecretKeyRef, Webhook};
 pub use retry::{BackoffSpec, RetrySpec};
+pub use schedule::{
+    Catchup, CatchupPolicy, ConcurrencyPolicy, RunMetadata, Schedule, ScheduleSpec, ScheduleStatus, ScheduledJobTemplate,
+    ScheduledWorkflowTemplate,
+};
 pub use worker_pool::{
-    AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, PriorityBacklog, ScalingRules,
-    DeletionPolicy, Overflow, QueueType, WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
+    AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, DeletionPolicy, Overflow, PriorityBacklog, QueueType, ScalingRules,
+    WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
 };
 pub use workflow::{
-    ApprovalDecision, ApprovalSpec, CompensationStatus, WorkflowFailurePolicy, JobTemplate, RunCondition, StepKind, StepPhase,
-    StepStatus, TimeoutAction, Workflow, WorkflowPhase, WorkflowSpec, WorkflowStatus, WorkflowStep,
+    ApprovalDecision, ApprovalSpec, CompensationStatus, JobTemplate, RunCondition, StepKind, StepPhase, StepStatus, TimeoutAction,
+    Workflow, WorkflowFailurePolicy, WorkflowPhase, WorkflowSpec, WorkflowStatus, WorkflowStep,
 };
 
 use kube::CustomResourceExt;
@@ -28,7 +38,7 @@ pub const GROUP: &str = "warren.dev";
 
 /// All CRDs Warren installs, in install order.
 pub fn all() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![WorkerPool::crd(), Job::crd(), Workflow::crd()]
+    vec![WorkerPool::crd(), Job::crd(), Workflow::crd(), Schedule::crd()]
 }
 
 /// The YAML file name of a CRD in `crds/` and in the chart.

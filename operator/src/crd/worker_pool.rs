@@ -1,6 +1,9 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -225,10 +228,11 @@ pub struct PriorityBacklog {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerTemplate {
-    /// Container image. The default `warren-worker` runs `handler` once per task.
-    #[serde(default = "default_image")]
+    /// Container image. Default: the operator's worker image (the `warren-worker` image of the
+    /// operator's own version, chart value `workerImage`), which runs `handler` once per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
-    pub image: String,
+    pub image: Option<String>,
     /// Container entrypoint override, for images built on the Rust SDK. Default: the image's
     /// `warren-worker` entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,10 +243,69 @@ pub struct WorkerTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), inner(length(max = 16384)))]
     pub handler: Option<Vec<String>>,
-    /// Extra environment variables of the worker container.
+    /// Extra environment variables of the worker container (as in a PodSpec: `value` or
+    /// `valueFrom` a Secret, a ConfigMap, a field or a resource).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub env: Vec<EnvVar>,
+    /// The Secret (in the pool's namespace) holding the workers' broker URI, instead of the one
+    /// the operator writes for the pool (`<pool>-warren-broker`, from the operator's worker URI).
+    /// Workers read it through `secretKeyRef`: the URI never appears in the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_secret_ref: Option<BrokerSecretRef>,
+    /// Whole Secrets or ConfigMaps as environment variables of the worker container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub env_from: Vec<EnvFromSource>,
+    /// Volumes of the worker pod (a Secret with the handler's own credentials, a ConfigMap, a
+    /// PVC, …). A volume named `tmp` replaces the default `emptyDir` behind `/tmp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub volumes: Vec<Volume>,
+    /// Where the worker container mounts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// The worker pod's service account. Workers never call the Kubernetes API; give one for
+    /// the handler's own use (e.g. cloud workload identity), with `automountServiceAccountToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    /// Mount the service account's token. Default false: workers never call the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    /// Secrets for pulling the worker image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Node labels the worker pods must run on (a GPU or spot node pool).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the worker pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the worker pods spread over zones or nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Extra labels of the worker pods. Warren's own labels (`app.kubernetes.io/*`,
+    /// `warren.dev/pool`) win over these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Annotations of the worker pods (a service mesh, a log shipper, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_annotations: BTreeMap<String, String>,
     /// Compute resources of the worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -259,6 +322,23 @@ pub struct WorkerTemplate {
     /// images' user), seccomp `RuntimeDefault`. Given, it replaces the default as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_security_context: Option<PodSecurityContext>,
+}
+
+/// A key of a Secret in the pool's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the AMQP URI (or a cluster's comma-separated URIs). Default `url`.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "url".into()
 }
 
 /// RabbitMQ queue type.
@@ -361,9 +441,6 @@ fn default_poll_interval_seconds() -> i32 {
 }
 fn default_scale_to_zero_seconds() -> i32 {
     60
-}
-fn default_image() -> String {
-    "warren-worker".into()
 }
 
 impl WorkerPool {

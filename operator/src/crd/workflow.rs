@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::RetrySpec;
+use super::JobTasks;
 
 /// A DAG of Warren Jobs: steps run when their dependencies finished, pass small JSON results to
 /// later steps, and a failed Workflow undoes its succeeded steps with their compensations.
@@ -63,6 +63,13 @@ pub struct WorkflowSpec {
     /// annotation `warren.dev/approve-<step>: "true"` (or `"false"` to reject).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub approvals: BTreeMap<String, ApprovalDecision>,
+    /// Completion events: a signed CloudEvents 1.0 POST to each webhook when the Workflow ends in
+    /// one of its `on` phases, delivered at least once, recorded in `status.notifications`
+    /// (docs/notifications.md). A receiver that fails never changes the Workflow's phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(n, self.exists_one(m, m.webhook.url == n.webhook.url))").message("notify webhook urls must be unique"))]
+    pub notify: Vec<super::Notification>,
 }
 
 /// One node of the Workflow's graph.
@@ -103,6 +110,7 @@ pub struct WorkflowStep {
 /// What a step runs: the spec of a Warren Job, plus `itemsFrom`.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = template_task_docs)]
 #[x_kube(validation = Rule::new("[has(self.payload), has(self.items), has(self.itemsFrom)].filter(x, x).size() <= 1").message("set at most one of payload, items, itemsFrom"))]
 #[x_kube(validation = Rule::new("!(has(self.completions) && (has(self.items) || has(self.itemsFrom)))").message("completions cannot be combined with items or itemsFrom"))]
 pub struct JobTemplate {
@@ -113,36 +121,37 @@ pub struct JobTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
     pub priority: Option<String>,
-    /// The task's input. Any JSON; strings may contain `{{steps.<name>.result.<path>}}`: a string
-    /// that is only the template takes the result's JSON value (number, object, ...), a
-    /// template inside a longer string inserts it as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_json")]
-    pub payload: Option<serde_json::Value>,
-    /// One task per element (templates allowed in the elements, as in `payload`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_json_list")]
-    pub items: Option<Vec<serde_json::Value>>,
+    /// The task fields of the Job, as in its spec; strings in `payload` and `items` may hold
+    /// `{{steps.<name>.result.<path>}}` templates, rendered when the Job is created.
+    #[serde(flatten)]
+    pub tasks: JobTasks,
     /// One task per element of a list result of an earlier step, e.g.
     /// `{{steps.extract.result.rows}}`. An empty list makes the step succeed without a Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1000))]
     pub items_from: Option<String>,
-    /// Number of indexed tasks sharing `payload`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000000))]
-    pub completions: Option<u32>,
-    /// Selects the handler in SDK workers that register several task types.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub task_type: Option<String>,
-    /// Retry policy; fields set here override the pool's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetrySpec>,
-    /// Seconds one attempt may run before the worker cancels it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 604800))]
-    pub timeout_seconds: Option<u64>,
+}
+
+/// `kubectl explain` of the task fields in a template: [`JobTasks`] documents them for a Job;
+/// in a template, `payload` and `items` may also hold `{{steps...}}` templates.
+fn template_task_docs(schema: &mut schemars::Schema) {
+    const DOCS: [(&str, &str); 4] = [
+        (
+            "payload",
+            "The task's input. Any JSON; strings may contain `{{steps.<name>.result.<path>}}`: a string\n\
+             that is only the template takes the result's JSON value (number, object, ...), a\n\
+             template inside a longer string inserts it as text.",
+        ),
+        ("items", "One task per element (templates allowed in the elements, as in `payload`)."),
+        ("completions", "Number of indexed tasks sharing `payload`."),
+        ("timeoutSeconds", "Seconds one attempt may run before the worker cancels it."),
+    ];
+    let Some(properties) = schema.get_mut("properties").and_then(serde_json::Value::as_object_mut) else { return };
+    for (field, doc) in DOCS {
+        if let Some(property) = properties.get_mut(field).and_then(serde_json::Value::as_object_mut) {
+            property.insert("description".into(), doc.into());
+        }
+    }
 }
 
 /// Settings of an approval step.
@@ -215,15 +224,6 @@ fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }
 
-fn any_json_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "array",
-        "minItems": 1,
-        "maxItems": 100000,
-        "items": { "x-kubernetes-preserve-unknown-fields": true }
-    })
-}
-
 /// Lifecycle phase of a Workflow, for humans; tools should read `conditions`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum WorkflowPhase {
@@ -274,29 +274,29 @@ impl StepPhase {
     }
 }
 
-/// What happened to one step.
+/// What happened to one step (and, in a [`CompensationStatus`], to one compensation; `finally` too).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepStatus {
     pub phase: StepPhase,
-    /// Name of the step's Job, once created.
+    /// Name of its Job, once created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// When the Job was created (or the approval started waiting).
+    /// When its Job was created (or an approval started waiting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub started_at: Option<jiff::Timestamp>,
-    /// When the operator saw the step finish. Compensations run in reverse order of this.
+    /// When the operator saw it finish. Compensations run in reverse order of their steps' times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub finished_at: Option<jiff::Timestamp>,
     /// Task attempts the Job ran: finished tasks plus retries (for one task: its attempts).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u64,
-    /// Why the step is in its phase (failure, skip reason, approval decision).
+    /// Why it is in its phase (failure, skip reason, approval decision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The result of the step's Job (single-task Jobs), as later steps see it.
+    /// The result of its Job (single-task Jobs), as later steps see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json")]
     pub result: Option<serde_json::Value>,
@@ -306,27 +306,15 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Outcome of one compensation.
+/// Outcome of one compensation: the step it compensates, and the compensation's own run, told
+/// the way a step's is.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompensationStatus {
     /// The step it compensates.
     pub step: String,
-    pub phase: StepPhase,
-    /// Name of the compensation's Job, once created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
-    /// When its Job was created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub started_at: Option<jiff::Timestamp>,
-    /// When the operator saw it finish.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
-    pub finished_at: Option<jiff::Timestamp>,
-    /// Why it failed, if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    #[serde(flatten)]
+    pub run: StepStatus,
 }
 
 /// What is true of a Workflow.
@@ -364,4 +352,8 @@ pub struct WorkflowStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Delivery of the completion events of `spec.notify`, per destination and phase: attempts,
+    /// when delivered, the last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<super::NotificationStatus>,
 }

@@ -115,16 +115,8 @@ pub struct LaunchContext<'a> {
 }
 
 /// Builds the launch for the pod's first container.
-pub fn plan_launch(
-    pod: &Pod,
-    sources: &EnvSources,
-    ctx: &LaunchContext<'_>,
-) -> Result<Launch, LaunchError> {
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .ok_or(LaunchError::NoContainer)?;
+pub fn plan_launch(pod: &Pod, sources: &EnvSources, ctx: &LaunchContext<'_>) -> Result<Launch, LaunchError> {
+    let container = pod.spec.as_ref().and_then(|s| s.containers.first()).ok_or(LaunchError::NoContainer)?;
     let env = container_env(pod, container, sources, ctx.base_env)?;
     let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let path_var = lookup("PATH");
@@ -133,32 +125,21 @@ pub fn plan_launch(
     let (program, mut args) = match command.split_first() {
         Some((first, rest)) => {
             let first = expand(first, lookup);
-            (
-                resolve_command(&first, ctx.images, path_var, ctx.is_executable)?,
-                rest.to_vec(),
-            )
+            (resolve_command(&first, ctx.images, path_var, ctx.is_executable)?, rest.to_vec())
         }
         None => {
             let image = container.image.as_deref().unwrap_or_default();
             let program = ctx.images.get(image_key(image)).cloned().ok_or_else(|| {
                 let mut known: Vec<&str> = ctx.images.keys().map(String::as_str).collect();
                 known.sort_unstable();
-                LaunchError::ImageNotMapped {
-                    image: image.to_string(),
-                    known: known.join(", "),
-                }
+                LaunchError::ImageNotMapped { image: image.to_string(), known: known.join(", ") }
             })?;
             (program, vec![])
         }
     };
     args.extend(container.args.iter().flatten().cloned());
     let args = args.iter().map(|a| expand(a, lookup)).collect();
-    Ok(Launch {
-        program,
-        args,
-        working_dir: container.working_dir.as_ref().map(PathBuf::from),
-        env,
-    })
+    Ok(Launch { program, args, working_dir: container.working_dir.as_ref().map(PathBuf::from), env })
 }
 
 /// The image name a mapping key is matched against: last path segment without tag or digest
@@ -175,10 +156,7 @@ fn resolve_command(
     path_var: Option<&str>,
     is_executable: &dyn Fn(&Path) -> bool,
 ) -> Result<PathBuf, LaunchError> {
-    let file_name = Path::new(first)
-        .file_name()
-        .and_then(|f| f.to_str())
-        .unwrap_or(first);
+    let file_name = Path::new(first).file_name().and_then(|f| f.to_str()).unwrap_or(first);
     if let Some(mapped) = images.get(file_name) {
         return Ok(mapped.clone());
     }
@@ -210,14 +188,8 @@ pub fn container_env(
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or_default();
         let (source, optional) = match (&from.secret_ref, &from.config_map_ref) {
-            (Some(s), _) => (
-                SourceRef::Secret(s.name.clone()),
-                s.optional.unwrap_or(false),
-            ),
-            (None, Some(c)) => (
-                SourceRef::ConfigMap(c.name.clone()),
-                c.optional.unwrap_or(false),
-            ),
+            (Some(s), _) => (SourceRef::Secret(s.name.clone()), s.optional.unwrap_or(false)),
+            (None, Some(c)) => (SourceRef::ConfigMap(c.name.clone()), c.optional.unwrap_or(false)),
             (None, None) => continue,
         };
         match sources.found.get(&source) {
@@ -236,26 +208,15 @@ pub fn container_env(
                 if let Some(field) = &from.field_ref {
                     Some(field_value(pod, &field.field_path)?)
                 } else if let Some(sel) = &from.secret_key_ref {
-                    key_value(
-                        sources,
-                        SourceRef::Secret(sel.name.clone()),
-                        &sel.key,
-                        sel.optional.unwrap_or(false),
-                    )?
+                    key_value(sources, SourceRef::Secret(sel.name.clone()), &sel.key, sel.optional.unwrap_or(false))?
                 } else if let Some(sel) = &from.config_map_key_ref {
-                    key_value(
-                        sources,
-                        SourceRef::ConfigMap(sel.name.clone()),
-                        &sel.key,
-                        sel.optional.unwrap_or(false),
-                    )?
+                    key_value(sources, SourceRef::ConfigMap(sel.name.clone()), &sel.key, sel.optional.unwrap_or(false))?
                 } else {
                     return Err(LaunchError::UnsupportedEnvSource(var.name.clone()));
                 }
             }
             (Some(value), None) => {
-                let lookup =
-                    |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
                 Some(expand(value, lookup))
             }
             (None, None) => Some(String::new()),
@@ -283,31 +244,16 @@ fn not_found(source: &SourceRef) -> LaunchError {
 
 /// A single key of a Secret/ConfigMap; `Ok(None)` when optional and missing (the variable is
 /// then not set at all, as in kubelet).
-fn key_value(
-    sources: &EnvSources,
-    source: SourceRef,
-    key: &str,
-    optional: bool,
-) -> Result<Option<String>, LaunchError> {
+fn key_value(sources: &EnvSources, source: SourceRef, key: &str, optional: bool) -> Result<Option<String>, LaunchError> {
     let Some(data) = sources.found.get(&source) else {
-        return if optional {
-            Ok(None)
-        } else {
-            Err(not_found(&source))
-        };
+        return if optional { Ok(None) } else { Err(not_found(&source)) };
     };
     match data.get(key) {
         Some(v) => Ok(Some(v.clone())),
         None if optional => Ok(None),
         None => Err(match source {
-            SourceRef::Secret(name) => LaunchError::SecretKeyNotFound {
-                name,
-                key: key.into(),
-            },
-            SourceRef::ConfigMap(name) => LaunchError::ConfigMapKeyNotFound {
-                name,
-                key: key.into(),
-            },
+            SourceRef::Secret(name) => LaunchError::SecretKeyNotFound { name, key: key.into() },
+            SourceRef::ConfigMap(name) => LaunchError::ConfigMapKeyNotFound { name, key: key.into() },
         }),
     }
 }
@@ -325,12 +271,8 @@ pub fn field_value(pod: &Pod, path: &str) -> Result<String, LaunchError> {
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
-        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
-            LOCAL_IP.to_string()
-        }
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => LOCAL_IP.to_string(),
         _ => map_entry(meta.labels.as_ref(), "metadata.labels['")
             .or_else(|| map_entry(meta.annotations.as_ref(), "metadata.annotations['"))
             .ok_or_else(|| LaunchError::UnsupportedFieldPath(path.to_string()))?,
@@ -381,8 +323,8 @@ pub fn expand<'a>(input: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Stri
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource,
-        ObjectFieldSelector, PodSpec, SecretEnvSource, SecretKeySelector,
+        ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, SecretEnvSource,
+        SecretKeySelector,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -395,20 +337,13 @@ mod tests {
                 labels: Some([("app".to_string(), "web".to_string())].into()),
                 ..Default::default()
             },
-            spec: Some(PodSpec {
-                containers: vec![container],
-                ..Default::default()
-            }),
+            spec: Some(PodSpec { containers: vec![container], ..Default::default() }),
             status: None,
         }
     }
 
     fn literal(name: &str, value: &str) -> EnvVar {
-        EnvVar {
-            name: name.into(),
-            value: Some(value.into()),
-            value_from: None,
-        }
+        EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
     }
 
     fn field(name: &str, path: &str) -> EnvVar {
@@ -416,10 +351,7 @@ mod tests {
             name: name.into(),
             value: None,
             value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: path.into(),
-                    api_version: None,
-                }),
+                field_ref: Some(ObjectFieldSelector { field_path: path.into(), api_version: None }),
                 ..Default::default()
             }),
         }
@@ -430,11 +362,7 @@ mod tests {
             name: name.into(),
             value: None,
             value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.into(),
-                    key: key.into(),
-                    optional: Some(optional),
-                }),
+                secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(optional) }),
                 ..Default::default()
             }),
         }
@@ -442,44 +370,22 @@ mod tests {
 
     fn sources() -> EnvSources {
         let mut found = HashMap::new();
-        found.insert(
-            SourceRef::Secret("creds".into()),
-            [("password".to_string(), "hunter2".to_string())].into(),
-        );
+        found.insert(SourceRef::Secret("creds".into()), [("password".to_string(), "hunter2".to_string())].into());
         found.insert(
             SourceRef::ConfigMap("settings".into()),
-            [
-                ("LEVEL".to_string(), "debug".to_string()),
-                ("MODE".to_string(), "fast".to_string()),
-            ]
-            .into(),
+            [("LEVEL".to_string(), "debug".to_string()), ("MODE".to_string(), "fast".to_string())].into(),
         );
         EnvSources { found }
     }
 
     fn images() -> HashMap<String, PathBuf> {
-        [
-            (
-                "warren-worker".to_string(),
-                PathBuf::from("/opt/bin/warren-worker"),
-            ),
-            ("shell".to_string(), PathBuf::from("/bin/sh")),
-        ]
-        .into()
+        [("warren-worker".to_string(), PathBuf::from("/opt/bin/warren-worker")), ("shell".to_string(), PathBuf::from("/bin/sh"))].into()
     }
 
     fn launch(container: Container, base: &[(String, String)]) -> Result<Launch, LaunchError> {
         let images = images();
         let is_exec = |p: &Path| p == Path::new("/usr/bin/sleep");
-        plan_launch(
-            &pod_with(container),
-            &sources(),
-            &LaunchContext {
-                images: &images,
-                base_env: base,
-                is_executable: &is_exec,
-            },
-        )
+        plan_launch(&pod_with(container), &sources(), &LaunchContext { images: &images, base_env: base, is_executable: &is_exec })
     }
 
     #[test]
@@ -560,9 +466,7 @@ mod tests {
             let container = Container {
                 name: "main".into(),
                 image: Some(case.image.into()),
-                command: case
-                    .command
-                    .map(|c| c.into_iter().map(String::from).collect()),
+                command: case.command.map(|c| c.into_iter().map(String::from).collect()),
                 args: case.args.map(|c| c.into_iter().map(String::from).collect()),
                 env: Some(vec![literal("GREETING", "hello")]),
                 ..Default::default()
@@ -586,20 +490,14 @@ mod tests {
             image: Some("shell".into()),
             env_from: Some(vec![
                 EnvFromSource {
-                    config_map_ref: Some(ConfigMapEnvSource {
-                        name: "settings".into(),
-                        optional: None,
-                    }),
+                    config_map_ref: Some(ConfigMapEnvSource { name: "settings".into(), optional: None }),
                     prefix: Some("APP_".into()),
                     secret_ref: None,
                 },
                 EnvFromSource {
                     config_map_ref: None,
                     prefix: None,
-                    secret_ref: Some(SecretEnvSource {
-                        name: "absent".into(),
-                        optional: Some(true),
-                    }),
+                    secret_ref: Some(SecretEnvSource { name: "absent".into(), optional: Some(true) }),
                 },
             ]),
             env: Some(vec![
@@ -614,11 +512,7 @@ mod tests {
                     name: "LEVEL".into(),
                     value: None,
                     value_from: Some(EnvVarSource {
-                        config_map_key_ref: Some(ConfigMapKeySelector {
-                            name: "settings".into(),
-                            key: "LEVEL".into(),
-                            optional: None,
-                        }),
+                        config_map_key_ref: Some(ConfigMapKeySelector { name: "settings".into(), key: "LEVEL".into(), optional: None }),
                         ..Default::default()
                     }),
                 },
@@ -628,10 +522,7 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let base = vec![
-            ("PATH".to_string(), "/bin".to_string()),
-            ("RUST_LOG".to_string(), "info".to_string()),
-        ];
+        let base = vec![("PATH".to_string(), "/bin".to_string()), ("RUST_LOG".to_string(), "info".to_string())];
         let env = launch(container, &base).unwrap().env;
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("POD_NAME"), Some("web-abcde"));
@@ -640,20 +531,12 @@ mod tests {
         assert_eq!(get("POD_IP"), Some(LOCAL_IP));
         assert_eq!(get("APP"), Some("web"));
         assert_eq!(get("PASSWORD"), Some("hunter2"));
-        assert_eq!(
-            get("MAYBE"),
-            None,
-            "optional missing key leaves the variable unset"
-        );
+        assert_eq!(get("MAYBE"), None, "optional missing key leaves the variable unset");
         assert_eq!(get("LEVEL"), Some("debug"));
         assert_eq!(get("APP_LEVEL"), Some("debug"));
         assert_eq!(get("APP_MODE"), Some("slow"), "env overrides envFrom");
         assert_eq!(get("URL"), Some("http://127.0.0.1:8080/web-abcde"));
-        assert_eq!(
-            get("RUST_LOG"),
-            Some("debug"),
-            "container env overrides the runner's"
-        );
+        assert_eq!(get("RUST_LOG"), Some("debug"), "container env overrides the runner's");
         assert_eq!(get("PATH"), Some("/bin"));
         let names: BTreeSet<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names.len(), env.len(), "names are unique");
@@ -662,30 +545,11 @@ mod tests {
     #[test]
     fn missing_sources_are_config_errors() {
         for (var, expected) in [
-            (
-                secret_key("X", "nope", "k", false),
-                LaunchError::SecretNotFound {
-                    name: "nope".into(),
-                },
-            ),
-            (
-                secret_key("X", "creds", "k", false),
-                LaunchError::SecretKeyNotFound {
-                    name: "creds".into(),
-                    key: "k".into(),
-                },
-            ),
-            (
-                field("X", "spec.bogus"),
-                LaunchError::UnsupportedFieldPath("spec.bogus".into()),
-            ),
+            (secret_key("X", "nope", "k", false), LaunchError::SecretNotFound { name: "nope".into() }),
+            (secret_key("X", "creds", "k", false), LaunchError::SecretKeyNotFound { name: "creds".into(), key: "k".into() }),
+            (field("X", "spec.bogus"), LaunchError::UnsupportedFieldPath("spec.bogus".into())),
         ] {
-            let container = Container {
-                name: "main".into(),
-                image: Some("shell".into()),
-                env: Some(vec![var]),
-                ..Default::default()
-            };
+            let container = Container { name: "main".into(), image: Some("shell".into()), env: Some(vec![var]), ..Default::default() };
             let err = launch(container, &[]).unwrap_err();
             assert_eq!(err, expected);
             assert_eq!(err.reason(), "CreateContainerConfigError");
@@ -697,26 +561,14 @@ mod tests {
         let container = Container {
             name: "main".into(),
             env_from: Some(vec![EnvFromSource {
-                config_map_ref: Some(ConfigMapEnvSource {
-                    name: "a".into(),
-                    optional: None,
-                }),
+                config_map_ref: Some(ConfigMapEnvSource { name: "a".into(), optional: None }),
                 ..Default::default()
             }]),
-            env: Some(vec![
-                secret_key("X", "s", "k", false),
-                field("Y", "metadata.name"),
-            ]),
+            env: Some(vec![secret_key("X", "s", "k", false), field("Y", "metadata.name")]),
             ..Default::default()
         };
         let refs: Vec<SourceRef> = referenced_sources(&container).into_iter().collect();
-        assert_eq!(
-            refs,
-            vec![
-                SourceRef::Secret("s".into()),
-                SourceRef::ConfigMap("a".into())
-            ]
-        );
+        assert_eq!(refs, vec![SourceRef::Secret("s".into()), SourceRef::ConfigMap("a".into())]);
     }
 
     #[test]

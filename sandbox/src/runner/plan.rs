@@ -72,9 +72,7 @@ impl PodView {
             None => false,
             Some(_) if min_ready.is_zero() => true,
             Some(since) => since
-                .checked_add(
-                    jiff::SignedDuration::try_from(min_ready).unwrap_or(jiff::SignedDuration::MAX),
-                )
+                .checked_add(jiff::SignedDuration::try_from(min_ready).unwrap_or(jiff::SignedDuration::MAX))
                 .map(|t| t <= now)
                 .unwrap_or(false),
         }
@@ -88,9 +86,7 @@ impl PodView {
 /// Parses the deletion-cost annotation the way the ReplicaSet controller does: an int32,
 /// anything else counts as 0.
 pub fn parse_deletion_cost(value: Option<&str>) -> i32 {
-    value
-        .and_then(|v| v.trim().parse::<i32>().ok())
-        .unwrap_or(0)
+    value.and_then(|v| v.trim().parse::<i32>().ok()).unwrap_or(0)
 }
 
 /// Orders two pods so that the one to delete first comes first. This is the ReplicaSet
@@ -143,42 +139,27 @@ pub enum Strategy {
     Recreate,
     /// Keep at most `desired + max_surge` pods and at least `desired - max_unavailable`
     /// available ones while replacing.
-    RollingUpdate {
-        max_surge: i32,
-        max_unavailable: i32,
-    },
+    RollingUpdate { max_surge: i32, max_unavailable: i32 },
 }
 
 impl Strategy {
     /// Kubernetes' defaults: RollingUpdate with 25 % surge (rounded up) and 25 % unavailable
     /// (rounded down); if both resolve to 0, one pod may be unavailable.
-    pub fn from_spec(
-        strategy: Option<&k8s_openapi::api::apps::v1::DeploymentStrategy>,
-        desired: i32,
-    ) -> Self {
-        let ty = strategy
-            .and_then(|s| s.type_.as_deref())
-            .unwrap_or("RollingUpdate");
+    pub fn from_spec(strategy: Option<&k8s_openapi::api::apps::v1::DeploymentStrategy>, desired: i32) -> Self {
+        let ty = strategy.and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate");
         if ty == "Recreate" {
             return Self::Recreate;
         }
         let rolling = strategy.and_then(|s| s.rolling_update.as_ref());
         let default = IntOrString::String("25%".into());
-        let surge = rolling
-            .and_then(|r| r.max_surge.as_ref())
-            .unwrap_or(&default);
-        let unavailable = rolling
-            .and_then(|r| r.max_unavailable.as_ref())
-            .unwrap_or(&default);
+        let surge = rolling.and_then(|r| r.max_surge.as_ref()).unwrap_or(&default);
+        let unavailable = rolling.and_then(|r| r.max_unavailable.as_ref()).unwrap_or(&default);
         let max_surge = scaled_value(surge, desired, true);
         let mut max_unavailable = scaled_value(unavailable, desired, false);
         if max_surge == 0 && max_unavailable == 0 {
             max_unavailable = 1;
         }
-        Self::RollingUpdate {
-            max_surge,
-            max_unavailable: max_unavailable.min(desired.max(0)),
-        }
+        Self::RollingUpdate { max_surge, max_unavailable: max_unavailable.min(desired.max(0)) }
     }
 }
 
@@ -188,11 +169,7 @@ fn scaled_value(value: &IntOrString, total: i32, round_up: bool) -> i32 {
         IntOrString::String(s) => {
             let pct: f64 = s.trim_end_matches('%').trim().parse().unwrap_or(0.0);
             let scaled = pct * f64::from(total.max(0)) / 100.0;
-            let v = if round_up {
-                scaled.ceil()
-            } else {
-                scaled.floor()
-            };
+            let v = if round_up { scaled.ceil() } else { scaled.floor() };
             (v as i32).max(0)
         }
     }
@@ -229,10 +206,7 @@ pub struct ReplicaPlan {
 /// an old and a new ReplicaSet.
 pub fn plan_replicas(state: &ReplicaState<'_>, now: Timestamp) -> ReplicaPlan {
     let desired = state.desired.max(0) as usize;
-    let (new, old): (Vec<&PodView>, Vec<&PodView>) = state
-        .pods
-        .iter()
-        .partition(|p| p.is_current(state.current_hash));
+    let (new, old): (Vec<&PodView>, Vec<&PodView>) = state.pods.iter().partition(|p| p.is_current(state.current_hash));
     let plan = if old.is_empty() {
         scale(&new, desired)
     } else if state.paused {
@@ -244,23 +218,11 @@ pub fn plan_replicas(state: &ReplicaState<'_>, now: Timestamp) -> ReplicaPlan {
     plan.with_recreate_wait(state)
 }
 
-fn rollout(
-    state: &ReplicaState<'_>,
-    new: &[&PodView],
-    old: &[&PodView],
-    desired: usize,
-    now: Timestamp,
-) -> ReplicaPlan {
+fn rollout(state: &ReplicaState<'_>, new: &[&PodView], old: &[&PodView], desired: usize, now: Timestamp) -> ReplicaPlan {
     match state.strategy {
         // Old pods go first; new ones only once nothing old is left (see with_recreate_wait).
-        Strategy::Recreate => ReplicaPlan {
-            create: 0,
-            delete: rank(old),
-        },
-        Strategy::RollingUpdate {
-            max_surge,
-            max_unavailable,
-        } => {
+        Strategy::Recreate => ReplicaPlan { create: 0, delete: rank(old) },
+        Strategy::RollingUpdate { max_surge, max_unavailable } => {
             let total = state.pods.len();
             let max_total = desired + max_surge.max(0) as usize;
             let min_available = desired.saturating_sub(max_unavailable.max(0) as usize);
@@ -274,31 +236,17 @@ fn rollout(
 
             // Scale old pods down without going below min_available (as
             // scaleDownOldReplicaSetsForRollingUpdate: unhealthy old pods first).
-            let new_unavailable = new
-                .iter()
-                .filter(|p| !p.available(state.min_ready, now))
-                .count();
-            let mut budget = total
-                .saturating_sub(min_available)
-                .saturating_sub(new_unavailable);
-            let (old_unavailable, old_available): (Vec<&PodView>, Vec<&PodView>) = old
-                .iter()
-                .copied()
-                .partition(|p| !p.available(state.min_ready, now));
+            let new_unavailable = new.iter().filter(|p| !p.available(state.min_ready, now)).count();
+            let mut budget = total.saturating_sub(min_available).saturating_sub(new_unavailable);
+            let (old_unavailable, old_available): (Vec<&PodView>, Vec<&PodView>) =
+                old.iter().copied().partition(|p| !p.available(state.min_ready, now));
             let unhealthy = pick_from(&old_unavailable, budget.min(old_unavailable.len()));
             budget -= unhealthy.len();
             plan.delete.extend(unhealthy);
 
-            let available = state
-                .pods
-                .iter()
-                .filter(|p| p.available(state.min_ready, now))
-                .count();
+            let available = state.pods.iter().filter(|p| p.available(state.min_ready, now)).count();
             let healthy_budget = budget.min(available.saturating_sub(min_available));
-            plan.delete.extend(pick_from(
-                &old_available,
-                healthy_budget.min(old_available.len()),
-            ));
+            plan.delete.extend(pick_from(&old_available, healthy_budget.min(old_available.len())));
             plan
         }
     }
@@ -319,15 +267,9 @@ impl ReplicaPlan {
 
 fn scale(pods: &[&PodView], desired: usize) -> ReplicaPlan {
     match pods.len().cmp(&desired) {
-        Ordering::Less => ReplicaPlan {
-            create: desired - pods.len(),
-            delete: vec![],
-        },
+        Ordering::Less => ReplicaPlan { create: desired - pods.len(), delete: vec![] },
         Ordering::Equal => ReplicaPlan::default(),
-        Ordering::Greater => ReplicaPlan {
-            create: 0,
-            delete: pick_from(pods, pods.len() - desired),
-        },
+        Ordering::Greater => ReplicaPlan { create: 0, delete: pick_from(pods, pods.len() - desired) },
     }
 }
 
@@ -352,38 +294,22 @@ pub fn deployment_status(
 ) -> DeploymentStatus {
     let desired = state.desired.max(0);
     let replicas = state.pods.len() as i32;
-    let updated = state
-        .pods
-        .iter()
-        .filter(|p| p.is_current(state.current_hash))
-        .count() as i32;
+    let updated = state.pods.iter().filter(|p| p.is_current(state.current_hash)).count() as i32;
     let ready = state.pods.iter().filter(|p| p.ready()).count() as i32;
-    let available = state
-        .pods
-        .iter()
-        .filter(|p| p.available(state.min_ready, now))
-        .count() as i32;
+    let available = state.pods.iter().filter(|p| p.available(state.min_ready, now)).count() as i32;
     let max_unavailable = match state.strategy {
-        Strategy::RollingUpdate {
-            max_unavailable, ..
-        } if desired > 0 => max_unavailable,
+        Strategy::RollingUpdate { max_unavailable, .. } if desired > 0 => max_unavailable,
         _ => 0,
     };
     let has_minimum = available >= desired - max_unavailable;
     let complete = updated == desired && replicas == desired && available == desired;
 
-    let previous_conditions = previous
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or(&[]);
+    let previous_conditions = previous.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
     let available_condition = condition(
         previous_conditions,
         "Available",
         has_minimum,
-        if has_minimum {
-            "MinimumReplicasAvailable"
-        } else {
-            "MinimumReplicasUnavailable"
-        },
+        if has_minimum { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
         if has_minimum {
             "Deployment has minimum availability.".to_string()
         } else {
@@ -395,16 +321,8 @@ pub fn deployment_status(
         previous_conditions,
         "Progressing",
         true,
-        if complete {
-            "NewReplicaSetAvailable"
-        } else {
-            "ReplicaSetUpdated"
-        },
-        if complete {
-            format!("Deployment {name:?} has successfully progressed.")
-        } else {
-            format!("Deployment {name:?} is progressing.")
-        },
+        if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
+        if complete { format!("Deployment {name:?} has successfully progressed.") } else { format!("Deployment {name:?} is progressing.") },
         now,
     );
 
@@ -432,10 +350,8 @@ fn condition(
     let status = if status { "True" } else { "False" }.to_string();
     let before = previous.iter().find(|c| c.type_.as_deref() == Some(type_));
     let same_status = before.is_some_and(|c| c.status.as_deref() == Some(status.as_str()));
-    let unchanged = same_status
-        && before.is_some_and(|c| {
-            c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str())
-        });
+    let unchanged =
+        same_status && before.is_some_and(|c| c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str()));
     let last_transition_time = match before {
         Some(c) if same_status => c.last_transition_time.clone().or(Some(Time(now))),
         _ => Some(Time(now)),
@@ -481,12 +397,7 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
 /// Delay before restarting a crashed container, kubelet style: `initial`, doubling per crash,
 /// capped at `max`. A container that ran for at least twice the cap before crashing starts
 /// over at `initial`.
-pub fn next_crash_backoff(
-    previous: Option<Duration>,
-    initial: Duration,
-    max: Duration,
-    ran_for: Duration,
-) -> Duration {
+pub fn next_crash_backoff(previous: Option<Duration>, initial: Duration, max: Duration, ran_for: Duration) -> Duration {
     match previous {
         Some(prev) if ran_for < max.saturating_mul(2) => prev.saturating_mul(2).min(max),
         _ => initial.min(max),
@@ -556,11 +467,7 @@ mod tests {
             },
             Case {
                 name: "lower deletion cost first",
-                pods: vec![
-                    with("a", |p| p.deletion_cost = 100),
-                    with("b", |p| p.deletion_cost = -5),
-                    with("c", |p| p.deletion_cost = 10),
-                ],
+                pods: vec![with("a", |p| p.deletion_cost = 100), with("b", |p| p.deletion_cost = -5), with("c", |p| p.deletion_cost = 10)],
                 n: 2,
                 expected: vec!["b", "c"],
             },
@@ -578,39 +485,23 @@ mod tests {
             },
             Case {
                 name: "ready for less time first",
-                pods: vec![
-                    with("a", |p| p.ready_since = Some(ts(10))),
-                    with("b", |p| p.ready_since = Some(ts(50))),
-                ],
+                pods: vec![with("a", |p| p.ready_since = Some(ts(10))), with("b", |p| p.ready_since = Some(ts(50)))],
                 n: 1,
                 expected: vec!["b"],
             },
             Case {
                 name: "more restarts first",
-                pods: vec![
-                    with("a", |p| p.restarts = 1),
-                    with("b", |p| p.restarts = 4),
-                    pod("c"),
-                ],
+                pods: vec![with("a", |p| p.restarts = 1), with("b", |p| p.restarts = 4), pod("c")],
                 n: 2,
                 expected: vec!["b", "a"],
             },
             Case {
                 name: "newer first",
-                pods: vec![
-                    with("old", |p| p.created = Some(ts(-100))),
-                    with("new", |p| p.created = Some(ts(100))),
-                    pod("mid"),
-                ],
+                pods: vec![with("old", |p| p.created = Some(ts(-100))), with("new", |p| p.created = Some(ts(100))), pod("mid")],
                 n: 3,
                 expected: vec!["new", "mid", "old"],
             },
-            Case {
-                name: "unknown creation time first",
-                pods: vec![pod("a"), with("b", |p| p.created = None)],
-                n: 1,
-                expected: vec!["b"],
-            },
+            Case { name: "unknown creation time first", pods: vec![pod("a"), with("b", |p| p.created = None)], n: 1, expected: vec!["b"] },
             Case {
                 name: "cost beats restarts and age",
                 pods: vec![
@@ -624,59 +515,27 @@ mod tests {
                 n: 1,
                 expected: vec!["b"],
             },
-            Case {
-                name: "n larger than pods",
-                pods: vec![pod("a")],
-                n: 3,
-                expected: vec!["a"],
-            },
-            Case {
-                name: "zero victims",
-                pods: vec![pod("a"), pod("b")],
-                n: 0,
-                expected: vec![],
-            },
+            Case { name: "n larger than pods", pods: vec![pod("a")], n: 3, expected: vec!["a"] },
+            Case { name: "zero victims", pods: vec![pod("a"), pod("b")], n: 0, expected: vec![] },
         ];
         for case in cases {
-            assert_eq!(
-                pick_victims(&case.pods, case.n),
-                case.expected,
-                "case: {}",
-                case.name
-            );
+            assert_eq!(pick_victims(&case.pods, case.n), case.expected, "case: {}", case.name);
         }
     }
 
     #[test]
     fn deletion_cost_parsing() {
-        for (raw, expected) in [
-            (None, 0),
-            (Some("17"), 17),
-            (Some("-3"), -3),
-            (Some(" 8 "), 8),
-            (Some("abc"), 0),
-            (Some("99999999999"), 0),
-        ] {
+        for (raw, expected) in [(None, 0), (Some("17"), 17), (Some("-3"), -3), (Some(" 8 "), 8), (Some("abc"), 0), (Some("99999999999"), 0)]
+        {
             assert_eq!(parse_deletion_cost(raw), expected, "{raw:?}");
         }
     }
 
     fn state<'a>(desired: i32, pods: &'a [PodView], strategy: Strategy) -> ReplicaState<'a> {
-        ReplicaState {
-            desired,
-            current_hash: "h2",
-            strategy,
-            min_ready: Duration::ZERO,
-            pods,
-            terminating: 0,
-            paused: false,
-        }
+        ReplicaState { desired, current_hash: "h2", strategy, min_ready: Duration::ZERO, pods, terminating: 0, paused: false }
     }
 
-    const ONE_BY_ONE: Strategy = Strategy::RollingUpdate {
-        max_surge: 1,
-        max_unavailable: 0,
-    };
+    const ONE_BY_ONE: Strategy = Strategy::RollingUpdate { max_surge: 1, max_unavailable: 0 };
 
     fn current(name: &str) -> PodView {
         with(name, |p| p.template_hash = Some("h2".into()))
@@ -772,12 +631,7 @@ mod tests {
             Case {
                 name: "rollout deletes one old pod once the new one is ready",
                 desired: 3,
-                pods: vec![
-                    pod("o1"),
-                    with("o2", |p| p.created = Some(ts(5))),
-                    pod("o3"),
-                    current("n1"),
-                ],
+                pods: vec![pod("o1"), with("o2", |p| p.created = Some(ts(5))), pod("o3"), current("n1")],
                 strategy: ONE_BY_ONE,
                 terminating: 0,
                 create: 0,
@@ -795,11 +649,7 @@ mod tests {
             Case {
                 name: "rollout removes crashed old pods first",
                 desired: 2,
-                pods: vec![
-                    pod("o1"),
-                    with("o2", |p| p.ready_since = None),
-                    current("n1"),
-                ],
+                pods: vec![pod("o1"), with("o2", |p| p.ready_since = None), current("n1")],
                 strategy: ONE_BY_ONE,
                 terminating: 0,
                 create: 0,
@@ -827,10 +677,7 @@ mod tests {
                 name: "maxUnavailable lets old pods go before new ones are ready",
                 desired: 2,
                 pods: vec![pod("o1"), pod("o2")],
-                strategy: Strategy::RollingUpdate {
-                    max_surge: 0,
-                    max_unavailable: 1,
-                },
+                strategy: Strategy::RollingUpdate { max_surge: 0, max_unavailable: 1 },
                 terminating: 0,
                 create: 0,
                 delete: vec!["o1"],
@@ -864,13 +711,8 @@ mod tests {
             },
         ];
         for case in cases {
-            let plan = plan_replicas(
-                &ReplicaState {
-                    terminating: case.terminating,
-                    ..state(case.desired, &case.pods, case.strategy)
-                },
-                ts(1000),
-            );
+            let plan =
+                plan_replicas(&ReplicaState { terminating: case.terminating, ..state(case.desired, &case.pods, case.strategy) }, ts(1000));
             assert_eq!(plan.create, case.create, "create, case: {}", case.name);
             assert_eq!(plan.delete, case.delete, "delete, case: {}", case.name);
         }
@@ -879,28 +721,13 @@ mod tests {
     #[test]
     fn paused_deployments_scale_without_rolling() {
         let pods = vec![pod("o1"), with("o2", |p| p.created = Some(ts(5)))];
-        let paused = |desired| ReplicaState {
-            paused: true,
-            ..state(desired, &pods, ONE_BY_ONE)
-        };
+        let paused = |desired| ReplicaState { paused: true, ..state(desired, &pods, ONE_BY_ONE) };
         let same = plan_replicas(&paused(2), ts(1000));
         assert_eq!(same, ReplicaPlan::default(), "old pods stay while paused");
         let up = plan_replicas(&paused(3), ts(1000));
-        assert_eq!(
-            up,
-            ReplicaPlan {
-                create: 1,
-                delete: vec![]
-            }
-        );
+        assert_eq!(up, ReplicaPlan { create: 1, delete: vec![] });
         let down = plan_replicas(&paused(1), ts(1000));
-        assert_eq!(
-            down,
-            ReplicaPlan {
-                create: 0,
-                delete: vec!["o2".to_string()]
-            }
-        );
+        assert_eq!(down, ReplicaPlan { create: 0, delete: vec!["o2".to_string()] });
     }
 
     #[test]
@@ -920,46 +747,24 @@ mod tests {
                 }));
             }
             max_total = max_total.max(pods.len());
-            let status =
-                deployment_status("d", Some(2), &state(3, &pods, ONE_BY_ONE), None, ts(1000));
-            assert!(
-                status.available_replicas.unwrap() >= 3,
-                "maxUnavailable 0 holds"
-            );
+            let status = deployment_status("d", Some(2), &state(3, &pods, ONE_BY_ONE), None, ts(1000));
+            assert!(status.available_replicas.unwrap() >= 3, "maxUnavailable 0 holds");
             for p in &mut pods {
                 p.ready_since.get_or_insert(ts(999));
             }
         }
         assert_eq!(created, 3);
         assert_eq!(max_total, 4, "never more than one surge pod");
-        assert!(
-            pods.iter()
-                .all(|p| p.template_hash.as_deref() == Some("h2"))
-        );
+        assert!(pods.iter().all(|p| p.template_hash.as_deref() == Some("h2")));
         assert_eq!(pods.len(), 3);
     }
 
     #[test]
     fn strategy_defaults_and_percentages() {
         use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
-        assert_eq!(
-            Strategy::from_spec(None, 4),
-            Strategy::RollingUpdate {
-                max_surge: 1,
-                max_unavailable: 1
-            }
-        );
-        assert_eq!(
-            Strategy::from_spec(None, 1),
-            Strategy::RollingUpdate {
-                max_surge: 1,
-                max_unavailable: 0
-            }
-        );
-        let recreate = DeploymentStrategy {
-            type_: Some("Recreate".into()),
-            rolling_update: None,
-        };
+        assert_eq!(Strategy::from_spec(None, 4), Strategy::RollingUpdate { max_surge: 1, max_unavailable: 1 });
+        assert_eq!(Strategy::from_spec(None, 1), Strategy::RollingUpdate { max_surge: 1, max_unavailable: 0 });
+        let recreate = DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None };
         assert_eq!(Strategy::from_spec(Some(&recreate), 3), Strategy::Recreate);
         let zero = DeploymentStrategy {
             type_: Some("RollingUpdate".into()),
@@ -968,13 +773,7 @@ mod tests {
                 max_unavailable: Some(IntOrString::String("0%".into())),
             }),
         };
-        assert_eq!(
-            Strategy::from_spec(Some(&zero), 3),
-            Strategy::RollingUpdate {
-                max_surge: 0,
-                max_unavailable: 1
-            }
-        );
+        assert_eq!(Strategy::from_spec(Some(&zero), 3), Strategy::RollingUpdate { max_surge: 0, max_unavailable: 1 });
     }
 
     #[test]
@@ -999,30 +798,15 @@ mod tests {
         assert_eq!(available.status.as_deref(), Some("True"));
 
         // Same world later: identical status, timestamps kept, so no patch is needed.
-        let again = deployment_status(
-            "web",
-            Some(7),
-            &state(2, &pods, ONE_BY_ONE),
-            Some(&s),
-            ts(99),
-        );
+        let again = deployment_status("web", Some(7), &state(2, &pods, ONE_BY_ONE), Some(&s), ts(99));
         assert_eq!(again, s);
 
         // Losing availability flips the condition and its transition time.
         let none: Vec<PodView> = vec![];
-        let down = deployment_status(
-            "web",
-            Some(7),
-            &state(2, &none, ONE_BY_ONE),
-            Some(&s),
-            ts(200),
-        );
+        let down = deployment_status("web", Some(7), &state(2, &none, ONE_BY_ONE), Some(&s), ts(200));
         let available = &down.conditions.as_ref().unwrap()[0];
         assert_eq!(available.status.as_deref(), Some("False"));
-        assert_eq!(
-            available.reason.as_deref(),
-            Some("MinimumReplicasUnavailable")
-        );
+        assert_eq!(available.reason.as_deref(), Some("MinimumReplicasUnavailable"));
         assert_eq!(available.last_transition_time, Some(Time(ts(200))));
         assert_eq!(down.unavailable_replicas, Some(2));
     }
@@ -1042,8 +826,7 @@ mod tests {
         let h1 = template_hash(&t);
         assert_eq!(h1, template_hash(&t.clone()));
         assert!(h1.bytes().all(|b| NAME_ALPHABET.contains(&b)));
-        t.metadata.get_or_insert_default().labels =
-            Some([("app".to_string(), "x".to_string())].into());
+        t.metadata.get_or_insert_default().labels = Some([("app".to_string(), "x".to_string())].into());
         assert_ne!(template_hash(&t), h1);
     }
 
@@ -1061,9 +844,6 @@ mod tests {
         }
         assert_eq!(delays, vec![10, 20, 40, 80, 160, 300, 300, 300]);
         // A long healthy run resets the backoff.
-        assert_eq!(
-            next_crash_backoff(Some(max), initial, max, Duration::from_secs(600)),
-            initial
-        );
+        assert_eq!(next_crash_backoff(Some(max), initial, max, Duration::from_secs(600)), initial);
     }
 }

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus, Probe,
-    Secret,
+    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
+    Pod, PodCondition, PodIP, PodStatus, Probe, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
@@ -72,12 +71,7 @@ impl WorkerHandle {
             pod = pod.metadata.name.as_deref().unwrap_or_default(),
         );
         let task = tokio::spawn(run_pod(ctx, pod, rx).instrument(span));
-        Self {
-            uid,
-            grace,
-            stop: Some(tx),
-            task,
-        }
+        Self { uid, grace, stop: Some(tx), task }
     }
 
     /// A worker for a pod that has no process (already marked for deletion when first seen):
@@ -97,12 +91,7 @@ impl WorkerHandle {
             }
             .instrument(span),
         );
-        Self {
-            uid,
-            grace,
-            stop: None,
-            task,
-        }
+        Self { uid, grace, stop: None, task }
     }
 
     pub fn stopping(&self) -> bool {
@@ -127,25 +116,15 @@ impl WorkerHandle {
 
 /// `terminationGracePeriodSeconds` (default 30 s).
 pub(crate) fn grace_period(pod: &Pod) -> Duration {
-    let secs = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .unwrap_or(30);
+    let secs = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
     Duration::from_secs(secs.max(0) as u64)
 }
 
 /// State of the pod's (single) container as the worker knows it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ContainerPhase {
-    Waiting {
-        reason: String,
-        message: Option<String>,
-    },
-    Running {
-        started_at: Timestamp,
-        pid: i32,
-    },
+    Waiting { reason: String, message: Option<String> },
+    Running { started_at: Timestamp, pid: i32 },
     Terminated(Termination),
 }
 
@@ -186,14 +165,7 @@ fn termination_state(t: &Termination) -> ContainerState {
         terminated: Some(ContainerStateTerminated {
             exit_code: t.exit.code,
             signal: t.exit.signal,
-            reason: Some(
-                if t.exit.code == 0 {
-                    "Completed"
-                } else {
-                    "Error"
-                }
-                .to_string(),
-            ),
+            reason: Some(if t.exit.code == 0 { "Completed" } else { "Error" }.to_string()),
             started_at: Some(Time(t.started_at)),
             finished_at: Some(Time(t.finished_at)),
             container_id: Some(container_id(t.pid)),
@@ -212,32 +184,16 @@ pub fn pod_status(rt: &ContainerRuntime) -> PodStatus {
     let ready = rt.ready();
     let (phase, state, container_id) = match &rt.state {
         ContainerPhase::Waiting { reason, message } => {
-            let phase = if rt.restart_count > 0 || rt.last_termination.is_some() {
-                "Running"
-            } else {
-                "Pending"
-            };
+            let phase = if rt.restart_count > 0 || rt.last_termination.is_some() { "Running" } else { "Pending" };
             let state = ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some(reason.clone()),
-                    message: message.clone(),
-                }),
+                waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
                 ..Default::default()
             };
-            (
-                phase,
-                state,
-                rt.last_termination.as_ref().map(|t| container_id(t.pid)),
-            )
+            (phase, state, rt.last_termination.as_ref().map(|t| container_id(t.pid)))
         }
         ContainerPhase::Running { started_at, pid } => (
             "Running",
-            ContainerState {
-                running: Some(ContainerStateRunning {
-                    started_at: Some(Time(*started_at)),
-                }),
-                ..Default::default()
-            },
+            ContainerState { running: Some(ContainerStateRunning { started_at: Some(Time(*started_at)) }), ..Default::default() },
             Some(container_id(*pid)),
         ),
         ContainerPhase::Terminated(t) => {
@@ -251,38 +207,21 @@ pub fn pod_status(rt: &ContainerRuntime) -> PodStatus {
     };
     let flag = |b: bool| if b { "True" } else { "False" }.to_string();
     let not_ready_reason = (!ready).then(|| "ContainersNotReady".to_string());
-    let not_ready_message =
-        (!ready).then(|| format!("containers with unready status: [{}]", rt.container_name));
+    let not_ready_message = (!ready).then(|| format!("containers with unready status: [{}]", rt.container_name));
     let condition = |type_: &str, status: bool, with_reason: bool| PodCondition {
         type_: type_.to_string(),
         status: flag(status),
-        last_transition_time: Some(Time(if with_reason {
-            rt.ready_changed_at
-        } else {
-            rt.start_time
-        })),
-        reason: if with_reason {
-            not_ready_reason.clone()
-        } else {
-            None
-        },
-        message: if with_reason {
-            not_ready_message.clone()
-        } else {
-            None
-        },
+        last_transition_time: Some(Time(if with_reason { rt.ready_changed_at } else { rt.start_time })),
+        reason: if with_reason { not_ready_reason.clone() } else { None },
+        message: if with_reason { not_ready_message.clone() } else { None },
         ..Default::default()
     };
     PodStatus {
         phase: Some(phase.to_string()),
         pod_ip: Some(LOCAL_IP.to_string()),
-        pod_ips: Some(vec![PodIP {
-            ip: LOCAL_IP.to_string(),
-        }]),
+        pod_ips: Some(vec![PodIP { ip: LOCAL_IP.to_string() }]),
         host_ip: Some(LOCAL_IP.to_string()),
-        host_ips: Some(vec![HostIP {
-            ip: LOCAL_IP.to_string(),
-        }]),
+        host_ips: Some(vec![HostIP { ip: LOCAL_IP.to_string() }]),
         start_time: Some(Time(rt.start_time)),
         qos_class: Some("BestEffort".to_string()),
         conditions: Some(vec![
@@ -334,11 +273,7 @@ impl<'a> ScheduledProbe<'a> {
     fn new(spec: Option<&'a Probe>, initially_passing: bool) -> Option<Self> {
         let spec = spec?;
         let timing = ProbeTiming::of(spec);
-        Some(Self {
-            spec,
-            tracker: ProbeTracker::new(timing, initially_passing),
-            due: tokio::time::Instant::now() + timing.initial_delay,
-        })
+        Some(Self { spec, tracker: ProbeTracker::new(timing, initially_passing), due: tokio::time::Instant::now() + timing.initial_delay })
     }
 
     /// Runs the probe once; the new verdict if it flipped.
@@ -352,11 +287,7 @@ impl<'a> ScheduledProbe<'a> {
 
 /// A dropped sender means the runner itself went away: stop at once, leave the object.
 fn stop_or_abandon(r: Result<StopRequest, oneshot::error::RecvError>) -> StopRequest {
-    r.unwrap_or(StopRequest {
-        grace: Duration::ZERO,
-        delete_object: false,
-        reason: "RunnerGone",
-    })
+    r.unwrap_or(StopRequest { grace: Duration::ZERO, delete_object: false, reason: "RunnerGone" })
 }
 
 async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiver<StopRequest>) {
@@ -365,10 +296,7 @@ async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiv
     let mut rt = ContainerRuntime {
         container_name: container.map(|c| c.name.clone()).unwrap_or_default(),
         image: container.and_then(|c| c.image.clone()).unwrap_or_default(),
-        state: ContainerPhase::Waiting {
-            reason: "ContainerCreating".into(),
-            message: None,
-        },
+        state: ContainerPhase::Waiting { reason: "ContainerCreating".into(), message: None },
         last_termination: None,
         restart_count: 0,
         finished: false,
@@ -390,29 +318,16 @@ async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiv
         let started = match prepare(&ctx, &pod).await {
             Ok(launch) => process::spawn(&launch, &log_path, &ctx.groups)
                 .map(|child| (child, launch.env))
-                .map_err(|e| {
-                    (
-                        "RunContainerError",
-                        format!("starting {}: {e}", launch.program.display()),
-                    )
-                }),
+                .map_err(|e| ("RunContainerError", format!("starting {}: {e}", launch.program.display()))),
             Err(e) => Err((e.reason(), e.to_string())),
         };
         let (mut child, env): (ContainerProcess, Vec<(String, String)>) = match started {
             Ok(started) => started,
             Err((reason, message)) => {
                 warn!(reason, message, "container cannot start");
-                rt.state = ContainerPhase::Waiting {
-                    reason: reason.into(),
-                    message: Some(message),
-                };
+                rt.state = ContainerPhase::Waiting { reason: reason.into(), message: Some(message) };
                 report(&ctx, &pod, &rt).await;
-                let delay = next_crash_backoff(
-                    backoff,
-                    ctx.crash_backoff,
-                    ctx.max_crash_backoff,
-                    Duration::ZERO,
-                );
+                let delay = next_crash_backoff(backoff, ctx.crash_backoff, ctx.max_crash_backoff, Duration::ZERO);
                 backoff = Some(delay);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
@@ -421,20 +336,11 @@ async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiv
             }
         };
         let started_at = Timestamp::now();
-        info!(
-            pid = child.pid(),
-            restart_count = rt.restart_count,
-            "container started"
-        );
-        rt.state = ContainerPhase::Running {
-            started_at,
-            pid: child.pid(),
-        };
+        info!(pid = child.pid(), restart_count = rt.restart_count, "container started");
+        rt.state = ContainerPhase::Running { started_at, pid: child.pid() };
         rt.ready_changed_at = started_at;
-        let mut readiness =
-            ScheduledProbe::new(container.and_then(|c| c.readiness_probe.as_ref()), false);
-        let mut liveness =
-            ScheduledProbe::new(container.and_then(|c| c.liveness_probe.as_ref()), true);
+        let mut readiness = ScheduledProbe::new(container.and_then(|c| c.readiness_probe.as_ref()), false);
+        let mut liveness = ScheduledProbe::new(container.and_then(|c| c.liveness_probe.as_ref()), true);
         rt.probe_ready = readiness.is_none();
         report(&ctx, &pod, &rt).await;
 
@@ -464,31 +370,18 @@ async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiv
             if let Some(probe) = liveness.as_mut().filter(|p| p.due <= now)
                 && probe.attempt(container, &env).await == Some(false)
             {
-                let grace = probe
-                    .spec
-                    .termination_grace_period_seconds
-                    .map_or(grace_period(&pod), |s| Duration::from_secs(s.max(0) as u64));
+                let grace =
+                    probe.spec.termination_grace_period_seconds.map_or(grace_period(&pod), |s| Duration::from_secs(s.max(0) as u64));
                 break Outcome::LivenessFailed(grace);
             }
         };
         let exit = match outcome {
             Outcome::LivenessFailed(grace) => {
-                warn!(
-                    pid = child.pid(),
-                    "liveness probe failed; restarting container"
-                );
-                child.terminate(grace).await.unwrap_or(Exit {
-                    code: 137,
-                    signal: Some(9),
-                })
+                warn!(pid = child.pid(), "liveness probe failed; restarting container");
+                child.terminate(grace).await.unwrap_or(Exit { code: 137, signal: Some(9) })
             }
             Outcome::Stop(request) => {
-                info!(
-                    pid = child.pid(),
-                    reason = request.reason,
-                    grace_seconds = request.grace.as_secs_f64(),
-                    "stopping container"
-                );
+                info!(pid = child.pid(), reason = request.reason, grace_seconds = request.grace.as_secs_f64(), "stopping container");
                 match child.terminate(request.grace).await {
                     Ok(exit) => info!(exit_code = exit.code, "container stopped"),
                     Err(e) => warn!(error = %e, "waiting for the container failed"),
@@ -498,19 +391,11 @@ async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiv
             Outcome::Exited(Ok(exit)) => exit,
             Outcome::Exited(Err(e)) => {
                 warn!(error = %e, "waiting for the container failed");
-                Exit {
-                    code: 255,
-                    signal: None,
-                }
+                Exit { code: 255, signal: None }
             }
         };
         let finished_at = Timestamp::now();
-        let termination = Termination {
-            exit,
-            started_at,
-            finished_at,
-            pid: child.pid(),
-        };
+        let termination = Termination { exit, started_at, finished_at, pid: child.pid() };
         drop(child);
         rt.ready_changed_at = finished_at;
         if !restarts_after(policy.as_deref(), exit) {
@@ -520,12 +405,7 @@ async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiv
             report(&ctx, &pod, &rt).await;
             break stop_or_abandon((&mut stop_rx).await);
         }
-        let delay = next_crash_backoff(
-            backoff,
-            ctx.crash_backoff,
-            ctx.max_crash_backoff,
-            attempt_started.elapsed(),
-        );
+        let delay = next_crash_backoff(backoff, ctx.crash_backoff, ctx.max_crash_backoff, attempt_started.elapsed());
         backoff = Some(delay);
         rt.restart_count += 1;
         warn!(
@@ -559,11 +439,7 @@ async fn run_pod(ctx: Arc<WorkerContext>, pod: Pod, mut stop_rx: oneshot::Receiv
 
 /// Fetches the Secrets/ConfigMaps the container refers to and builds its launch.
 async fn prepare(ctx: &WorkerContext, pod: &Pod) -> Result<launch::Launch, LaunchError> {
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .ok_or(LaunchError::NoContainer)?;
+    let container = pod.spec.as_ref().and_then(|s| s.containers.first()).ok_or(LaunchError::NoContainer)?;
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut sources = EnvSources::default();
     for source in launch::referenced_sources(container) {
@@ -574,11 +450,7 @@ async fn prepare(ctx: &WorkerContext, pod: &Pod) -> Result<launch::Launch, Launc
             }
             SourceRef::ConfigMap(name) => {
                 let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-                api.get_opt(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|cm| cm.data.unwrap_or_default())
+                api.get_opt(name).await.ok().flatten().map(|cm| cm.data.unwrap_or_default())
             }
         };
         if let Some(data) = data {
@@ -587,19 +459,9 @@ async fn prepare(ctx: &WorkerContext, pod: &Pod) -> Result<launch::Launch, Launc
     }
     let is_executable = |p: &std::path::Path| {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
     };
-    launch::plan_launch(
-        pod,
-        &sources,
-        &LaunchContext {
-            images: &ctx.images,
-            base_env: &ctx.base_env,
-            is_executable: &is_executable,
-        },
-    )
+    launch::plan_launch(pod, &sources, &LaunchContext { images: &ctx.images, base_env: &ctx.base_env, is_executable: &is_executable })
 }
 
 fn secret_strings(secret: Secret) -> BTreeMap<String, String> {
@@ -613,19 +475,13 @@ fn secret_strings(secret: Secret) -> BTreeMap<String, String> {
 /// Patches the Pod status subresource; a few jittered retries, then gives up (the next
 /// state change reports again).
 async fn report(ctx: &WorkerContext, pod: &Pod, rt: &ContainerRuntime) {
-    let (Some(ns), Some(name)) = (
-        pod.metadata.namespace.as_deref(),
-        pod.metadata.name.as_deref(),
-    ) else {
+    let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
         return;
     };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let patch = serde_json::json!({ "status": pod_status(rt) });
     for attempt in 0..4u32 {
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => return,
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 debug!("pod is gone; status not reported");
@@ -648,19 +504,13 @@ pub(crate) fn retry_delay(attempt: u32) -> Duration {
 /// Deletes the Pod object right away (the process is already gone), guarded by its UID so a
 /// newer pod with the same name is never hit.
 pub(crate) async fn delete_pod_object(ctx: &WorkerContext, pod: &Pod) {
-    let (Some(ns), Some(name)) = (
-        pod.metadata.namespace.as_deref(),
-        pod.metadata.name.as_deref(),
-    ) else {
+    let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else {
         return;
     };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let params = DeleteParams {
         grace_period_seconds: Some(0),
-        preconditions: pod.metadata.uid.clone().map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
+        preconditions: pod.metadata.uid.clone().map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
         ..Default::default()
     };
     for attempt in 0..5u32 {
@@ -701,43 +551,22 @@ mod tests {
     }
 
     fn condition<'a>(s: &'a PodStatus, type_: &str) -> &'a PodCondition {
-        s.conditions
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|c| c.type_ == type_)
-            .unwrap()
+        s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == type_).unwrap()
     }
 
     #[test]
     fn pending_until_started() {
-        let s = pod_status(&runtime(ContainerPhase::Waiting {
-            reason: "ContainerCreating".into(),
-            message: None,
-        }));
+        let s = pod_status(&runtime(ContainerPhase::Waiting { reason: "ContainerCreating".into(), message: None }));
         assert_eq!(s.phase.as_deref(), Some("Pending"));
         assert_eq!(condition(&s, "Ready").status, "False");
         let cs = &s.container_statuses.as_ref().unwrap()[0];
         assert!(!cs.ready);
-        assert_eq!(
-            cs.state
-                .as_ref()
-                .unwrap()
-                .waiting
-                .as_ref()
-                .unwrap()
-                .reason
-                .as_deref(),
-            Some("ContainerCreating")
-        );
+        assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ContainerCreating"));
     }
 
     #[test]
     fn running_is_ready_with_ip_and_times() {
-        let s = pod_status(&runtime(ContainerPhase::Running {
-            started_at: ts(5),
-            pid: 42,
-        }));
+        let s = pod_status(&runtime(ContainerPhase::Running { started_at: ts(5), pid: 42 }));
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(s.pod_ip.as_deref(), Some(LOCAL_IP));
         assert_eq!(s.host_ip.as_deref(), Some(LOCAL_IP));
@@ -745,10 +574,7 @@ mod tests {
         for c in ["Ready", "ContainersReady", "PodScheduled", "Initialized"] {
             assert_eq!(condition(&s, c).status, "True", "{c}");
         }
-        assert_eq!(
-            condition(&s, "Ready").last_transition_time,
-            Some(Time(ts(5)))
-        );
+        assert_eq!(condition(&s, "Ready").last_transition_time, Some(Time(ts(5))));
         let cs = &s.container_statuses.as_ref().unwrap()[0];
         assert!(cs.ready);
         assert_eq!(cs.container_id.as_deref(), Some("warren://42"));
@@ -757,18 +583,12 @@ mod tests {
 
     #[test]
     fn running_but_failing_readiness_is_not_ready() {
-        let mut rt = runtime(ContainerPhase::Running {
-            started_at: ts(5),
-            pid: 42,
-        });
+        let mut rt = runtime(ContainerPhase::Running { started_at: ts(5), pid: 42 });
         rt.probe_ready = false;
         let s = pod_status(&rt);
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(condition(&s, "Ready").status, "False");
-        assert_eq!(
-            condition(&s, "Ready").reason.as_deref(),
-            Some("ContainersNotReady")
-        );
+        assert_eq!(condition(&s, "Ready").reason.as_deref(), Some("ContainersNotReady"));
         let cs = &s.container_statuses.as_ref().unwrap()[0];
         assert!(!cs.ready);
         assert_eq!(cs.started, Some(true));
@@ -776,36 +596,15 @@ mod tests {
 
     #[test]
     fn crash_loop_reports_waiting_with_last_state() {
-        let mut rt = runtime(ContainerPhase::Waiting {
-            reason: "CrashLoopBackOff".into(),
-            message: None,
-        });
+        let mut rt = runtime(ContainerPhase::Waiting { reason: "CrashLoopBackOff".into(), message: None });
         rt.restart_count = 2;
-        rt.last_termination = Some(Termination {
-            exit: Exit {
-                code: 1,
-                signal: None,
-            },
-            started_at: ts(1),
-            finished_at: ts(2),
-            pid: 7,
-        });
+        rt.last_termination = Some(Termination { exit: Exit { code: 1, signal: None }, started_at: ts(1), finished_at: ts(2), pid: 7 });
         let s = pod_status(&rt);
         assert_eq!(s.phase.as_deref(), Some("Running"));
         let cs = &s.container_statuses.as_ref().unwrap()[0];
         assert_eq!(cs.restart_count, 2);
         assert!(!cs.ready);
-        assert_eq!(
-            cs.state
-                .as_ref()
-                .unwrap()
-                .waiting
-                .as_ref()
-                .unwrap()
-                .reason
-                .as_deref(),
-            Some("CrashLoopBackOff")
-        );
+        assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
         let last = cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
         assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
     }
@@ -822,26 +621,15 @@ mod tests {
             rt.finished = true;
             let s = pod_status(&rt);
             assert_eq!(s.phase.as_deref(), Some(phase));
-            let t = s.container_statuses.as_ref().unwrap()[0]
-                .state
-                .clone()
-                .unwrap()
-                .terminated
-                .unwrap();
+            let t = s.container_statuses.as_ref().unwrap()[0].state.clone().unwrap().terminated.unwrap();
             assert_eq!(t.exit_code, code);
         }
     }
 
     #[test]
     fn restart_policy() {
-        let ok = Exit {
-            code: 0,
-            signal: None,
-        };
-        let bad = Exit {
-            code: 1,
-            signal: None,
-        };
+        let ok = Exit { code: 0, signal: None };
+        let bad = Exit { code: 1, signal: None };
         assert!(restarts_after(None, ok));
         assert!(restarts_after(Some("Always"), ok));
         assert!(restarts_after(Some("OnFailure"), bad));

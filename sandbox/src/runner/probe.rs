@@ -27,9 +27,7 @@ pub struct ProbeTiming {
 
 impl ProbeTiming {
     pub fn of(probe: &Probe) -> Self {
-        let secs = |v: Option<i32>, default: i32, min: i32| {
-            Duration::from_secs(v.unwrap_or(default).max(min) as u64)
-        };
+        let secs = |v: Option<i32>, default: i32, min: i32| Duration::from_secs(v.unwrap_or(default).max(min) as u64);
         Self {
             initial_delay: secs(probe.initial_delay_seconds, 0, 0),
             period: secs(probe.period_seconds, 10, 1),
@@ -52,12 +50,7 @@ pub struct ProbeTracker {
 impl ProbeTracker {
     /// `initially_passing`: liveness starts as alive, readiness as not ready.
     pub fn new(timing: ProbeTiming, initially_passing: bool) -> Self {
-        Self {
-            timing,
-            successes: 0,
-            failures: 0,
-            passing: initially_passing,
-        }
+        Self { timing, successes: 0, failures: 0, passing: initially_passing }
     }
 
     pub fn passing(&self) -> bool {
@@ -126,24 +119,15 @@ pub async fn run_probe(probe: &Probe, container: &Container, env: &[(String, Str
             return TcpStream::connect((LOCAL_IP, port)).await.is_ok();
         }
         if let Some(http) = &probe.http_get {
-            if http
-                .scheme
-                .as_deref()
-                .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
-            {
+            if http.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
                 return false;
             }
             let Some(port) = port_of(&http.port, container) else {
                 return false;
             };
-            let path = http
-                .path
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .unwrap_or("/");
-            let mut request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {LOCAL_IP}:{port}\r\nUser-Agent: kube-probe/warren\r\nConnection: close\r\n"
-            );
+            let path = http.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+            let mut request =
+                format!("GET {path} HTTP/1.1\r\nHost: {LOCAL_IP}:{port}\r\nUser-Agent: kube-probe/warren\r\nConnection: close\r\n");
             for header in http.http_headers.iter().flatten() {
                 request.push_str(&format!("{}: {}\r\n", header.name, header.value));
             }
@@ -162,9 +146,7 @@ pub async fn run_probe(probe: &Probe, container: &Container, env: &[(String, Str
         }
         false
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(false)
+    tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
 }
 
 /// Whether an HTTP response head reports 200–399.
@@ -229,8 +211,7 @@ mod tests {
         ];
         for case in cases {
             let mut tracker = ProbeTracker::new(timing(case.success, case.failure), case.initially);
-            let flips: Vec<Option<bool>> =
-                case.results.iter().map(|r| tracker.record(*r)).collect();
+            let flips: Vec<Option<bool>> = case.results.iter().map(|r| tracker.record(*r)).collect();
             assert_eq!(flips, case.flips, "case: {}", case.name);
         }
     }
@@ -273,54 +254,23 @@ mod tests {
                 let mut buf = [0u8; 512];
                 let n = socket.read(&mut buf).await.unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]).to_string();
-                let reply = if request.starts_with("GET /healthz ") {
-                    "HTTP/1.1 200 OK\r\n\r\n"
-                } else {
-                    "HTTP/1.1 503 No\r\n\r\n"
-                };
+                let reply = if request.starts_with("GET /healthz ") { "HTTP/1.1 200 OK\r\n\r\n" } else { "HTTP/1.1 503 No\r\n\r\n" };
                 let _ = socket.write_all(reply.as_bytes()).await;
             }
         });
         let container = Container {
             name: "c".into(),
-            ports: Some(vec![ContainerPort {
-                name: Some("http".into()),
-                container_port: i32::from(port),
-                ..Default::default()
-            }]),
+            ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: i32::from(port), ..Default::default() }]),
             ..Default::default()
         };
         let http = |path: &str, port: IntOrString| Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some(path.into()),
-                port,
-                ..Default::default()
-            }),
+            http_get: Some(HTTPGetAction { path: Some(path.into()), port, ..Default::default() }),
             ..Default::default()
         };
-        assert!(
-            run_probe(
-                &http("/healthz", IntOrString::String("http".into())),
-                &container,
-                &[]
-            )
-            .await
-        );
-        assert!(
-            !run_probe(
-                &http("/other", IntOrString::Int(i32::from(port))),
-                &container,
-                &[]
-            )
-            .await
-        );
-        let tcp = |port: i32| Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(port),
-                host: None,
-            }),
-            ..Default::default()
-        };
+        assert!(run_probe(&http("/healthz", IntOrString::String("http".into())), &container, &[]).await);
+        assert!(!run_probe(&http("/other", IntOrString::Int(i32::from(port))), &container, &[]).await);
+        let tcp =
+            |port: i32| Probe { tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port), host: None }), ..Default::default() };
         assert!(run_probe(&tcp(i32::from(port)), &container, &[]).await);
         server.abort();
         let _ = server.await;
@@ -329,17 +279,12 @@ mod tests {
         assert!(!run_probe(&tcp(1), &container, &[]).await);
 
         let exec = |script: &str| Probe {
-            exec: Some(ExecAction {
-                command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
-            }),
+            exec: Some(ExecAction { command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]) }),
             ..Default::default()
         };
         let env = vec![("WANT".to_string(), "yes".to_string())];
         assert!(run_probe(&exec("[ \"$WANT\" = yes ]"), &container, &env).await);
         assert!(!run_probe(&exec("exit 1"), &container, &env).await);
-        assert!(
-            !run_probe(&Probe::default(), &container, &env).await,
-            "no handler fails"
-        );
+        assert!(!run_probe(&Probe::default(), &container, &env).await, "no handler fails");
     }
 }

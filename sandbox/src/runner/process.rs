@@ -23,17 +23,7 @@ use super::launch::Launch;
 
 /// Host variables a local "container" inherits; everything else comes from the pod spec and
 /// the runner's `extra_env`, so processes don't see the test harness' environment.
-pub const INHERITED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "USER",
-    "LANG",
-    "LC_ALL",
-    "TMPDIR",
-    "TZ",
-    "LD_LIBRARY_PATH",
-    "RUST_BACKTRACE",
-];
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "TZ", "LD_LIBRARY_PATH", "RUST_BACKTRACE"];
 
 /// Process groups started by one runner and not yet reaped.
 #[derive(Clone, Debug, Default)]
@@ -41,27 +31,16 @@ pub struct ProcessGroups(Arc<Mutex<HashSet<i32>>>);
 
 impl ProcessGroups {
     fn insert(&self, pgid: i32) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(pgid);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pgid);
     }
 
     fn remove(&self, pgid: i32) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pgid);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&pgid);
     }
 
     /// SIGKILLs every recorded group (last-resort cleanup, synchronous).
     pub fn kill_all(&self) {
-        let groups: Vec<i32> = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let groups: Vec<i32> = self.0.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         for pgid in groups {
             signal_group(pgid, Signal::SIGKILL);
         }
@@ -89,14 +68,8 @@ impl From<ExitStatus> for Exit {
     fn from(status: ExitStatus) -> Self {
         match (status.code(), status.signal()) {
             (Some(code), _) => Exit { code, signal: None },
-            (None, Some(sig)) => Exit {
-                code: 128 + sig,
-                signal: Some(sig),
-            },
-            (None, None) => Exit {
-                code: 255,
-                signal: None,
-            },
+            (None, Some(sig)) => Exit { code: 128 + sig, signal: Some(sig) },
+            (None, None) => Exit { code: 255, signal: None },
         }
     }
 }
@@ -112,15 +85,8 @@ pub struct ContainerProcess {
 
 /// Starts `launch` with a clean environment, in a new process group, output appended to
 /// `log_path`.
-pub fn spawn(
-    launch: &Launch,
-    log_path: &Path,
-    groups: &ProcessGroups,
-) -> io::Result<ContainerProcess> {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)?;
+pub fn spawn(launch: &Launch, log_path: &Path, groups: &ProcessGroups) -> io::Result<ContainerProcess> {
+    let log = OpenOptions::new().create(true).append(true).open(log_path)?;
     let log_err = log.try_clone()?;
     let mut command = Command::new(&launch.program);
     command
@@ -136,17 +102,9 @@ pub fn spawn(
         command.current_dir(dir);
     }
     let child = command.spawn()?;
-    let pgid = child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .ok_or_else(|| io::Error::other("spawned process has no pid"))?;
+    let pgid = child.id().and_then(|pid| i32::try_from(pid).ok()).ok_or_else(|| io::Error::other("spawned process has no pid"))?;
     groups.insert(pgid);
-    Ok(ContainerProcess {
-        child,
-        pgid,
-        groups: groups.clone(),
-        reaped: false,
-    })
+    Ok(ContainerProcess { child, pgid, groups: groups.clone(), reaped: false })
 }
 
 fn signal_group(pgid: i32, signal: Signal) {
@@ -172,11 +130,7 @@ impl ContainerProcess {
         let status = match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => status?,
             Err(_elapsed) => {
-                tracing::info!(
-                    pid = self.pgid,
-                    grace_seconds = grace.as_secs_f64(),
-                    "grace period over, sending SIGKILL"
-                );
+                tracing::info!(pid = self.pgid, grace_seconds = grace.as_secs_f64(), "grace period over, sending SIGKILL");
                 signal_group(self.pgid, Signal::SIGKILL);
                 self.child.wait().await?
             }
@@ -217,10 +171,7 @@ mod tests {
     }
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-runner-process-{}-{name}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("warren-runner-process-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -229,11 +180,7 @@ mod tests {
     async fn wait_for_file(path: &Path) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !path.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} never appeared",
-                path.display()
-            );
+            assert!(std::time::Instant::now() < deadline, "{} never appeared", path.display());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -245,13 +192,7 @@ mod tests {
         let groups = ProcessGroups::default();
         let mut p = spawn(&sh("echo out $MARK; echo err >&2; exit 3"), &log, &groups).unwrap();
         assert_eq!(groups.len(), 1);
-        assert_eq!(
-            p.wait().await.unwrap(),
-            Exit {
-                code: 3,
-                signal: None
-            }
-        );
+        assert_eq!(p.wait().await.unwrap(), Exit { code: 3, signal: None });
         assert!(groups.is_empty());
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("out env-ok"), "{text}");
@@ -260,10 +201,7 @@ mod tests {
         let mut again = spawn(&sh("echo second"), &log, &groups).unwrap();
         again.wait().await.unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            text.contains("out env-ok") && text.contains("second"),
-            "{text}"
-        );
+        assert!(text.contains("out env-ok") && text.contains("second"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -273,11 +211,8 @@ mod tests {
         let groups = ProcessGroups::default();
         let marker = dir.join("marker");
         let ready = dir.join("ready-a");
-        let graceful = sh(&format!(
-            "trap 'echo bye > {}; exit 0' TERM; touch {}; while true; do sleep 0.05; done",
-            marker.display(),
-            ready.display()
-        ));
+        let graceful =
+            sh(&format!("trap 'echo bye > {}; exit 0' TERM; touch {}; while true; do sleep 0.05; done", marker.display(), ready.display()));
         let mut p = spawn(&graceful, &dir.join("a.log"), &groups).unwrap();
         wait_for_file(&ready).await;
         let exit = p.terminate(Duration::from_secs(20)).await.unwrap();
@@ -285,20 +220,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "bye");
 
         let ready = dir.join("ready-b");
-        let stubborn = sh(&format!(
-            "trap '' TERM; touch {}; while true; do sleep 0.05; done",
-            ready.display()
-        ));
+        let stubborn = sh(&format!("trap '' TERM; touch {}; while true; do sleep 0.05; done", ready.display()));
         let mut p = spawn(&stubborn, &dir.join("b.log"), &groups).unwrap();
         wait_for_file(&ready).await;
         let exit = p.terminate(Duration::from_millis(300)).await.unwrap();
-        assert_eq!(
-            exit,
-            Exit {
-                code: 137,
-                signal: Some(9)
-            }
-        );
+        assert_eq!(exit, Exit { code: 137, signal: Some(9) });
         assert!(groups.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -21,20 +21,12 @@ pub fn api_versions(address: &str) -> Value {
 }
 
 fn group_doc(name: &str, versions: &[String]) -> Value {
-    let gvs: Vec<Value> = versions
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
-        .collect();
+    let gvs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
     json!({"name": name, "versions": gvs, "preferredVersion": gvs.first().cloned().unwrap_or(json!({}))})
 }
 
 pub fn group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg
-        .groups()
-        .iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, vs)| group_doc(g, vs))
-        .collect();
+    let groups: Vec<Value> = reg.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_doc(g, vs)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -47,16 +39,7 @@ pub fn group(reg: &Registry, name: &str) -> Option<Value> {
     Some(doc)
 }
 
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 fn resource_entries(t: &ResourceType, version: &str) -> Vec<Value> {
     let Some(vi) = t.version(version) else { return vec![] };
@@ -71,35 +54,23 @@ fn resource_entries(t: &ResourceType, version: &str) -> Vec<Value> {
     }
     let mut out = vec![main];
     if vi.status {
-        out.push(
-            json!({"name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced,
-                        "kind": t.kind, "verbs": ["get", "patch", "update"]}),
-        );
+        out.push(json!({"name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced,
+                        "kind": t.kind, "verbs": ["get", "patch", "update"]}));
     }
     if vi.scale.is_some() {
-        out.push(
-            json!({"name": format!("{}/scale", t.plural), "singularName": "", "namespaced": t.namespaced,
-                        "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
-        );
+        out.push(json!({"name": format!("{}/scale", t.plural), "singularName": "", "namespaced": t.namespaced,
+                        "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
     }
     out
 }
 
 /// The `APIResourceList` of one group version, or None when nothing is served there.
 pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<Value> = reg
-        .all()
-        .filter(|t| t.group == group)
-        .flat_map(|t| resource_entries(t, version))
-        .collect();
+    let resources: Vec<Value> = reg.all().filter(|t| t.group == group).flat_map(|t| resource_entries(t, version)).collect();
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
@@ -109,11 +80,7 @@ pub fn openapi_root(reg: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
     for (g, vs) in reg.groups() {
         for v in vs {
-            let p = if g.is_empty() {
-                format!("api/{v}")
-            } else {
-                format!("apis/{g}/{v}")
-            };
+            let p = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
             paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}")}));
         }
     }
@@ -121,11 +88,7 @@ pub fn openapi_root(reg: &Registry) -> Value {
 }
 
 pub fn openapi_group_version(reg: &Registry, group: &str, version: &str) -> Option<Value> {
-    let prefix = if group.is_empty() {
-        format!("/api/{version}")
-    } else {
-        format!("/apis/{group}/{version}")
-    };
+    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
     let mut paths = serde_json::Map::new();
     for t in reg.all().filter(|t| t.group == group && t.version(version).is_some()) {
         let item = if t.namespaced {
@@ -164,12 +127,7 @@ mod tests {
     fn apps_lists_deployments_with_subresources() {
         let r = Registry::default();
         let l = resource_list(&r, "apps", "v1").unwrap();
-        let names: Vec<&str> = l["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> = l["resources"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["deployments", "deployments/status", "deployments/scale"]);
         assert_eq!(l["resources"][0]["shortNames"], json!(["deploy"]));
         assert!(resource_list(&r, "apps", "v9").is_none());
@@ -178,36 +136,20 @@ mod tests {
     #[test]
     fn openapi_v3_advertises_field_validation_on_patch() {
         let r = Registry::default();
-        assert_eq!(
-            openapi_root(&r)["paths"]["apis/apps/v1"]["serverRelativeURL"],
-            "/openapi/v3/apis/apps/v1"
-        );
+        assert_eq!(openapi_root(&r)["paths"]["apis/apps/v1"]["serverRelativeURL"], "/openapi/v3/apis/apps/v1");
         let doc = openapi_group_version(&r, "apps", "v1").unwrap();
         let op = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-        assert!(
-            op["parameters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["name"] == "fieldValidation")
-        );
+        assert!(op["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
     }
 
     #[test]
     fn group_list_excludes_core() {
         let r = Registry::default();
-        let names: Vec<String> = group_list(&r)["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g["name"].as_str().unwrap().to_string())
-            .collect();
+        let names: Vec<String> =
+            group_list(&r)["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap().to_string()).collect();
         assert!(names.contains(&"apps".to_string()) && !names.contains(&"".to_string()));
         assert!(group(&r, "").is_none());
-        assert_eq!(
-            group(&r, "apps").unwrap()["preferredVersion"]["groupVersion"],
-            "apps/v1"
-        );
+        assert_eq!(group(&r, "apps").unwrap()["preferredVersion"]["groupVersion"], "apps/v1");
     }
 }

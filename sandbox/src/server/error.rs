@@ -16,20 +16,12 @@ pub struct Target {
 
 impl Target {
     pub fn new(group: &str, resource: &str, name: &str) -> Self {
-        Target {
-            group: group.to_string(),
-            resource: resource.to_string(),
-            name: name.to_string(),
-        }
+        Target { group: group.to_string(), resource: resource.to_string(), name: name.to_string() }
     }
 
     /// `pods` or `deployments.apps`, as the real server names resources in messages.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.resource.clone()
-        } else {
-            format!("{}.{}", self.resource, self.group)
-        }
+        if self.group.is_empty() { self.resource.clone() } else { format!("{}.{}", self.resource, self.group) }
     }
 
     fn details(&self) -> Value {
@@ -66,18 +58,10 @@ pub enum ApiError {
     #[error("Operation cannot be fulfilled on {} \"{}\": {message}", .target.qualified(), .target.name)]
     Conflict { target: Target, message: String },
     #[error("{message}")]
-    ApplyConflict {
-        target: Target,
-        message: String,
-        causes: Vec<Cause>,
-    },
+    ApplyConflict { target: Target, message: String, causes: Vec<Cause> },
     /// `kind_group` is e.g. `Job.warren.dev`; the message lists the causes like the real server.
     #[error("{}", invalid_message(.kind_group, &.target.name, .causes))]
-    Invalid {
-        kind_group: String,
-        target: Target,
-        causes: Vec<Cause>,
-    },
+    Invalid { kind_group: String, target: Target, causes: Vec<Cause> },
     #[error("{0}")]
     BadRequest(String),
     #[error("the server does not allow this method on the requested resource")]
@@ -95,21 +79,9 @@ pub enum ApiError {
 }
 
 fn invalid_message(kind_group: &str, name: &str, causes: &[Cause]) -> String {
-    let parts: Vec<String> = causes
-        .iter()
-        .map(|c| {
-            if c.field.is_empty() {
-                c.message.clone()
-            } else {
-                format!("{}: {}", c.field, c.message)
-            }
-        })
-        .collect();
-    let list = if parts.len() == 1 {
-        parts[0].clone()
-    } else {
-        format!("[{}]", parts.join(", "))
-    };
+    let parts: Vec<String> =
+        causes.iter().map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) }).collect();
+    let list = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
     format!("{kind_group} \"{name}\" is invalid: {list}")
 }
 
@@ -145,37 +117,20 @@ impl ApiError {
     }
 
     pub fn invalid(kind_group: &str, target: Target, causes: Vec<Cause>) -> Self {
-        ApiError::Invalid {
-            kind_group: kind_group.to_string(),
-            target,
-            causes,
-        }
+        ApiError::Invalid { kind_group: kind_group.to_string(), target, causes }
     }
 
     pub fn invalid_field(kind_group: &str, target: Target, field: &str, reason: &str, message: &str) -> Self {
-        Self::invalid(
-            kind_group,
-            target,
-            vec![Cause {
-                reason: reason.into(),
-                message: message.into(),
-                field: field.into(),
-            }],
-        )
+        Self::invalid(kind_group, target, vec![Cause { reason: reason.into(), message: message.into(), field: field.into() }])
     }
 
     /// The `Status` object the API answers with.
     pub fn to_status(&self) -> Value {
         let details = match self {
-            ApiError::NotFound(t) | ApiError::AlreadyExists(t) | ApiError::Conflict { target: t, .. } => {
-                Some(t.details())
-            }
+            ApiError::NotFound(t) | ApiError::AlreadyExists(t) | ApiError::Conflict { target: t, .. } => Some(t.details()),
             ApiError::ApplyConflict { target, causes, .. } | ApiError::Invalid { target, causes, .. } => {
                 let mut d = target.details();
-                d["causes"] = causes
-                    .iter()
-                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
-                    .collect();
+                d["causes"] = causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect();
                 Some(d)
             }
             _ => None,
@@ -211,29 +166,11 @@ mod tests {
 
     #[test]
     fn invalid_lists_one_cause_without_brackets_and_many_with() {
-        let c = |f: &str| Cause {
-            reason: "FieldValueRequired".into(),
-            message: "Required value".into(),
-            field: f.into(),
-        };
-        let one = ApiError::invalid(
-            "Job.warren.dev",
-            Target::new("warren.dev", "jobs", "x"),
-            vec![c("spec.a")],
-        );
-        assert_eq!(
-            one.to_string(),
-            "Job.warren.dev \"x\" is invalid: spec.a: Required value"
-        );
-        let two = ApiError::invalid(
-            "Job.warren.dev",
-            Target::new("warren.dev", "jobs", "x"),
-            vec![c("spec.a"), c("spec.b")],
-        );
-        assert_eq!(
-            two.to_string(),
-            "Job.warren.dev \"x\" is invalid: [spec.a: Required value, spec.b: Required value]"
-        );
+        let c = |f: &str| Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: f.into() };
+        let one = ApiError::invalid("Job.warren.dev", Target::new("warren.dev", "jobs", "x"), vec![c("spec.a")]);
+        assert_eq!(one.to_string(), "Job.warren.dev \"x\" is invalid: spec.a: Required value");
+        let two = ApiError::invalid("Job.warren.dev", Target::new("warren.dev", "jobs", "x"), vec![c("spec.a"), c("spec.b")]);
+        assert_eq!(two.to_string(), "Job.warren.dev \"x\" is invalid: [spec.a: Required value, spec.b: Required value]");
         assert_eq!(two.to_status()["details"]["causes"][1]["field"], "spec.b");
     }
 }

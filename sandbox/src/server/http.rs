@@ -86,9 +86,7 @@ pub fn parse_route(path: &str) -> Route {
         })
     };
     match rest {
-        ["namespaces", ns, sub @ ("status" | "finalize")] if group.is_empty() => {
-            mk("namespaces", None, Some(ns), Some(sub))
-        }
+        ["namespaces", ns, sub @ ("status" | "finalize")] if group.is_empty() => mk("namespaces", None, Some(ns), Some(sub)),
         ["namespaces", ns, resource] => mk(resource, Some(ns), None, None),
         ["namespaces", ns, resource, name] => mk(resource, Some(ns), Some(name), None),
         ["namespaces", ns, resource, name, sub] => mk(resource, Some(ns), Some(name), Some(sub)),
@@ -101,12 +99,7 @@ pub fn parse_route(path: &str) -> Route {
 
 fn json_response(code: u16, v: &Value) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(v).unwrap_or_default(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
 }
 
 fn error_response(e: &ApiError) -> Response {
@@ -114,9 +107,7 @@ fn error_response(e: &ApiError) -> Response {
 }
 
 fn not_found_path() -> ApiError {
-    ApiError::NotFoundMessage {
-        message: "the server could not find the requested resource".into(),
-    }
+    ApiError::NotFoundMessage { message: "the server could not find the requested resource".into() }
 }
 
 struct Ctx {
@@ -135,14 +126,8 @@ impl Ctx {
     }
 
     fn table(&self) -> Option<IncludeObject> {
-        let accept = self
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        accept
-            .contains("as=Table")
-            .then(|| IncludeObject::parse(self.q("includeObject")))
+        let accept = self.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        accept.contains("as=Table").then(|| IncludeObject::parse(self.q("includeObject")))
     }
 
     /// `fieldManager`, else the User-Agent's program name, as the real server defaults it.
@@ -150,32 +135,33 @@ impl Ctx {
         if let Some(m) = self.q("fieldManager") {
             return m.to_string();
         }
-        let ua = self
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown");
+        let ua = self.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
         ua.split('/').next().unwrap_or("unknown").to_string()
     }
 
     fn content_type(&self) -> &str {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
+        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json")
+    }
+
+    /// The body of a create or replace: JSON, YAML (its superset), or protobuf for the built-in
+    /// kinds `protobuf` decodes (kubectl's `create secret|configmap|namespace` send protobuf and
+    /// client-go does not retry those as JSON on a 415). Anything else is a 415.
+    fn object_body(&self) -> Result<Value, ApiError> {
+        let ct = self.content_type();
+        let media = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        match media.as_str() {
+            "" | "application/json" | "*/*" => patch::parse_json(&self.body),
+            "application/yaml" => patch::parse(PatchType::Apply, &self.body),
+            "application/vnd.kubernetes.protobuf" => super::protobuf::decode(&self.body),
+            _ => Err(ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"
+            ))),
+        }
     }
 }
 
-pub async fn handle(
-    State(app): State<Arc<App>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let query = Query::<HashMap<String, String>>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
+pub async fn handle(State(app): State<Arc<App>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let query = Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
     let ctx = Ctx { query, headers, body };
     let route = parse_route(uri.path());
     let result = dispatch(&app, &method, route, &ctx);
@@ -203,42 +189,25 @@ fn dispatch(app: &Arc<App>, method: &Method, route: Route, ctx: &Ctx) -> Result<
         Route::Group(g) => read_only(discovery::group(&app.store.lock().registry, &g)),
         Route::GroupVersion(g, v) => read_only(discovery::resource_list(&app.store.lock().registry, &g, &v)),
         Route::OpenApiRoot => read_only(Some(discovery::openapi_root(&app.store.lock().registry))),
-        Route::OpenApiGroupVersion(g, v) => {
-            read_only(discovery::openapi_group_version(&app.store.lock().registry, &g, &v))
-        }
+        Route::OpenApiGroupVersion(g, v) => read_only(discovery::openapi_group_version(&app.store.lock().registry, &g, &v)),
         Route::Unknown => Err(not_found_path()),
         Route::Resource(p) => resource(app, method, p, ctx),
     }
 }
 
 fn delete_options(ctx: &Ctx) -> Result<DeleteOptions, ApiError> {
-    let opts = if ctx.body.is_empty() {
-        json!({})
-    } else {
-        patch::parse_json(&ctx.body)?
-    };
-    let policy = ctx
-        .q("propagationPolicy")
-        .map(String::from)
-        .or_else(|| opts.get("propagationPolicy").and_then(Value::as_str).map(String::from));
-    let orphan = opts.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-        || ctx.q("orphanDependents") == Some("true");
+    let opts = if ctx.body.is_empty() { json!({}) } else { patch::parse_json(&ctx.body)? };
+    let policy =
+        ctx.q("propagationPolicy").map(String::from).or_else(|| opts.get("propagationPolicy").and_then(Value::as_str).map(String::from));
+    let orphan = opts.get("orphanDependents").and_then(Value::as_bool) == Some(true) || ctx.q("orphanDependents") == Some("true");
     let propagation = match policy.as_deref() {
         Some("Orphan") => Propagation::Orphan,
         None if orphan => Propagation::Orphan,
         None | Some("Background") | Some("Foreground") => Propagation::Background,
         Some(other) => return Err(ApiError::BadRequest(format!("unsupported propagationPolicy {other:?}"))),
     };
-    let pre = |k: &str| {
-        opts.pointer(&format!("/preconditions/{k}"))
-            .and_then(Value::as_str)
-            .map(String::from)
-    };
-    Ok(DeleteOptions {
-        propagation,
-        uid: pre("uid"),
-        resource_version: pre("resourceVersion"),
-    })
+    let pre = |k: &str| opts.pointer(&format!("/preconditions/{k}")).and_then(Value::as_str).map(String::from);
+    Ok(DeleteOptions { propagation, uid: pre("uid"), resource_version: pre("resourceVersion") })
 }
 
 fn resource(app: &Arc<App>, method: &Method, p: ResourcePath, ctx: &Ctx) -> Result<Response, ApiError> {
@@ -251,9 +220,7 @@ fn resource(app: &Arc<App>, method: &Method, p: ResourcePath, ctx: &Ctx) -> Resu
         return Err(not_found_path());
     }
     if ctx.q("dryRun").is_some() {
-        return Err(ApiError::BadRequest(
-            "dryRun is not supported by the Warren local control plane".into(),
-        ));
+        return Err(ApiError::BadRequest("dryRun is not supported by the Warren local control plane".into()));
     }
     let ns = p.namespace.as_deref();
     let store = &app.store;
@@ -267,7 +234,7 @@ fn resource(app: &Arc<App>, method: &Method, p: ResourcePath, ctx: &Ctx) -> Resu
             }
             Method::POST if rt.namespaced && ns.is_none() => Err(ApiError::MethodNotAllowed),
             Method::POST => {
-                let body = patch::parse_json(&ctx.body)?;
+                let body = ctx.object_body()?;
                 let created = store.create(&id, ns, body, &ctx.manager())?;
                 Ok(json_response(201, &render_one(&rt, &vi, created, ctx)))
             }
@@ -277,10 +244,7 @@ fn resource(app: &Arc<App>, method: &Method, p: ResourcePath, ctx: &Ctx) -> Resu
                 let (items, _) = store.list(&id, ns, |o| labels.matches(o) && fields.matches(o))?;
                 let mut deleted = Vec::new();
                 for o in items {
-                    let ons = o
-                        .pointer("/metadata/namespace")
-                        .and_then(Value::as_str)
-                        .map(String::from);
+                    let ons = o.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from);
                     if let Ok(d) = store.delete(&id, ons.as_deref(), meta_str(&o, "name"), &opts) {
                         deleted.push(d);
                     }
@@ -301,12 +265,9 @@ fn resource(app: &Arc<App>, method: &Method, p: ResourcePath, ctx: &Ctx) -> Resu
         Some(_) => return Err(not_found_path()),
     };
     match *method {
-        Method::GET => Ok(json_response(
-            200,
-            &render_one(&rt, &vi, store.get(&id, ns, name)?, ctx),
-        )),
+        Method::GET => Ok(json_response(200, &render_one(&rt, &vi, store.get(&id, ns, name)?, ctx))),
         Method::PUT => {
-            let body = patch::parse_json(&ctx.body)?;
+            let body = ctx.object_body()?;
             let updated = store.update(&id, ns, name, sub, &ctx.manager(), |_| Ok(Change::Replace(body)))?;
             Ok(json_response(200, &render_one(&rt, &vi, updated, ctx)))
         }
@@ -325,14 +286,7 @@ fn resource(app: &Arc<App>, method: &Method, p: ResourcePath, ctx: &Ctx) -> Resu
                             "PATCH, application/apply-patch+yaml requires the fieldManager query parameter".into(),
                         ));
                     }
-                    let req = ApplyRequest {
-                        manager: &manager,
-                        force,
-                        sub,
-                        api_version: &api_version,
-                        now: &now,
-                        target,
-                    };
+                    let req = ApplyRequest { manager: &manager, force, sub, api_version: &api_version, now: &now, target };
                     managed::apply(current, &body, &req).map(Change::Applied)
                 }
                 _ => {
@@ -391,17 +345,10 @@ fn watch(
     let start = match ctx.q("resourceVersion") {
         _ if initial_events => Start::Snapshot,
         None | Some("0") => Start::Snapshot,
-        Some(v) => Start::After(
-            v.parse()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {v}")))?,
-        ),
+        Some(v) => Start::After(v.parse().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {v}")))?),
     };
     let timeout = match ctx.q("timeoutSeconds") {
-        Some(t) => {
-            Some(Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::BadRequest(format!("invalid timeoutSeconds: {t}"))
-            })?))
-        }
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds: {t}")))?)),
         None => None,
     };
     let req = WatchRequest {
@@ -418,12 +365,7 @@ fn watch(
         table: ctx.table(),
     };
     let stream = watch::start(app.store.clone(), req, app.bookmark_interval, app.cancel.clone());
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
 }
 
 fn set_path(obj: &mut Value, path: &str, v: Value) {
@@ -446,11 +388,7 @@ fn selector_string(v: Option<&Value>) -> Value {
         Some(Value::String(s)) => json!(s),
         Some(Value::Object(o)) => {
             let labels = o.get("matchLabels").and_then(Value::as_object);
-            let parts: Vec<String> = labels
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
+            let parts: Vec<String> = labels.into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
             json!(parts.join(","))
         }
         _ => Value::Null,
@@ -505,11 +443,7 @@ fn scale(
             }
             let mut next = current.clone();
             set_path(&mut next, &paths.spec_replicas, replicas);
-            if let Some(rv) = new_scale
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
+            if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
                 next["metadata"]["resourceVersion"] = json!(rv);
             }
             Ok(Change::Replace(next))
@@ -519,7 +453,7 @@ fn scale(
     match *method {
         Method::GET => Ok(json_response(200, &scale_of(&store.get(id, ns, name)?, paths))),
         Method::PUT => {
-            let body = patch::parse_json(&ctx.body)?;
+            let body = ctx.object_body()?;
             write(&|_| Ok(body.clone()))
         }
         Method::PATCH => {
@@ -555,30 +489,15 @@ mod tests {
 
     #[test]
     fn paths_route_like_kubernetes() {
-        assert_eq!(
-            parse_route("/api/v1/namespaces"),
-            res("", "namespaces", None, None, None)
-        );
-        assert_eq!(
-            parse_route("/api/v1/namespaces/foo"),
-            res("", "namespaces", None, Some("foo"), None)
-        );
-        assert_eq!(
-            parse_route("/api/v1/namespaces/foo/status"),
-            res("", "namespaces", None, Some("foo"), Some("status"))
-        );
-        assert_eq!(
-            parse_route("/api/v1/namespaces/foo/pods"),
-            res("", "pods", Some("foo"), None, None)
-        );
+        assert_eq!(parse_route("/api/v1/namespaces"), res("", "namespaces", None, None, None));
+        assert_eq!(parse_route("/api/v1/namespaces/foo"), res("", "namespaces", None, Some("foo"), None));
+        assert_eq!(parse_route("/api/v1/namespaces/foo/status"), res("", "namespaces", None, Some("foo"), Some("status")));
+        assert_eq!(parse_route("/api/v1/namespaces/foo/pods"), res("", "pods", Some("foo"), None, None));
         assert_eq!(
             parse_route("/apis/apps/v1/namespaces/d/deployments/web/scale"),
             res("apps", "deployments", Some("d"), Some("web"), Some("scale"))
         );
-        assert_eq!(
-            parse_route("/apis/warren.dev/v1/things/x"),
-            res("warren.dev", "things", None, Some("x"), None)
-        );
+        assert_eq!(parse_route("/apis/warren.dev/v1/things/x"), res("warren.dev", "things", None, Some("x"), None));
         assert_eq!(parse_route("/apis/apps"), Route::Group("apps".into()));
         assert_eq!(parse_route("/api/v1"), Route::GroupVersion("".into(), "v1".into()));
         assert_eq!(parse_route("/nope"), Route::Unknown);

@@ -86,11 +86,7 @@ pub fn encode(fields: &BTreeSet<FieldPath>) -> Value {
     for path in fields {
         let mut cur = &mut root;
         for k in path {
-            cur = cur
-                .as_object_mut()
-                .expect("fieldsV1 nodes are objects")
-                .entry(format!("f:{k}"))
-                .or_insert_with(|| json!({}));
+            cur = cur.as_object_mut().expect("fieldsV1 nodes are objects").entry(format!("f:{k}")).or_insert_with(|| json!({}));
         }
     }
     root
@@ -98,13 +94,9 @@ pub fn encode(fields: &BTreeSet<FieldPath>) -> Value {
 
 pub fn decode(v: &Value) -> BTreeSet<FieldPath> {
     fn walk(v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
-        let children: Vec<(&String, &Value)> = v
-            .as_object()
-            .map(|m| m.iter().filter(|(k, _)| k.starts_with("f:")).collect())
-            .unwrap_or_default();
-        let keyed = v
-            .as_object()
-            .is_some_and(|m| m.keys().any(|k| k.starts_with("k:") || k.starts_with("v:")));
+        let children: Vec<(&String, &Value)> =
+            v.as_object().map(|m| m.iter().filter(|(k, _)| k.starts_with("f:")).collect()).unwrap_or_default();
+        let keyed = v.as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("k:") || k.starts_with("v:")));
         if (children.is_empty() || keyed) && !path.is_empty() {
             out.insert(path.clone());
             return;
@@ -174,19 +166,9 @@ fn deep_merge(into: &mut Value, from: &Value) {
     }
 }
 
-fn entry_index(
-    entries: &mut Vec<Entry>,
-    manager: &str,
-    op: &str,
-    sub: Subresource,
-    api_version: &str,
-    now: &str,
-) -> usize {
+fn entry_index(entries: &mut Vec<Entry>, manager: &str, op: &str, sub: Subresource, api_version: &str, now: &str) -> usize {
     let sub = sub.as_str().map(String::from);
-    match entries
-        .iter()
-        .position(|e| e.manager == manager && e.operation == op && e.subresource == sub)
-    {
+    match entries.iter().position(|e| e.manager == manager && e.operation == op && e.subresource == sub) {
         Some(i) => {
             entries[i].time = now.to_string();
             entries[i].api_version = api_version.to_string();
@@ -219,9 +201,7 @@ pub struct ApplyRequest<'a> {
 /// each field another manager owns with a different value (unless `force`, which takes them).
 pub fn apply(current: Option<&Value>, applied: &Value, req: &ApplyRequest) -> Result<Value, ApiError> {
     if req.manager.is_empty() {
-        return Err(ApiError::BadRequest(
-            "PATCH, application/apply-patch+yaml requires the fieldManager query parameter".into(),
-        ));
+        return Err(ApiError::BadRequest("PATCH, application/apply-patch+yaml requires the fieldManager query parameter".into()));
     }
     let mut entries = read_entries(current);
     let applied_paths = leaf_paths(applied);
@@ -243,24 +223,13 @@ pub fn apply(current: Option<&Value>, applied: &Value, req: &ApplyRequest) -> Re
         if !req.force {
             let causes: Vec<Cause> = conflicts
                 .iter()
-                .map(|(m, p)| Cause {
-                    reason: "FieldManagerConflict".into(),
-                    message: format!("conflict with \"{m}\""),
-                    field: dotted(p),
-                })
+                .map(|(m, p)| Cause { reason: "FieldManagerConflict".into(), message: format!("conflict with \"{m}\""), field: dotted(p) })
                 .collect();
-            let lines: Vec<String> = conflicts
-                .iter()
-                .map(|(m, p)| format!("- conflict with \"{m}\": {}", dotted(p)))
-                .collect();
+            let lines: Vec<String> = conflicts.iter().map(|(m, p)| format!("- conflict with \"{m}\": {}", dotted(p))).collect();
             let noun = if conflicts.len() == 1 { "conflict" } else { "conflicts" };
             return Err(ApiError::ApplyConflict {
                 target: req.target.clone(),
-                message: format!(
-                    "Apply failed with {} {noun}: {}",
-                    conflicts.len(),
-                    lines.join("\n").trim_start_matches("- ")
-                ),
+                message: format!("Apply failed with {} {noun}: {}", conflicts.len(), lines.join("\n").trim_start_matches("- ")),
                 causes,
             });
         }
@@ -273,10 +242,7 @@ pub fn apply(current: Option<&Value>, applied: &Value, req: &ApplyRequest) -> Re
     let mut next = base.clone();
     let dropped: Vec<FieldPath> = entries[me].fields.difference(&applied_paths).cloned().collect();
     for p in dropped {
-        let owned_elsewhere = entries
-            .iter()
-            .enumerate()
-            .any(|(i, e)| i != me && e.fields.contains(&p));
+        let owned_elsewhere = entries.iter().enumerate().any(|(i, e)| i != me && e.fields.contains(&p));
         if !owned_elsewhere {
             remove_at(&mut next, &p);
         }
@@ -288,10 +254,7 @@ pub fn apply(current: Option<&Value>, applied: &Value, req: &ApplyRequest) -> Re
     }
     deep_merge(&mut next, &body);
     entries[me].fields = applied_paths;
-    if let Some(meta) = next
-        .as_object_mut()
-        .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
-    {
+    if let Some(meta) = next.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| json!({}))) {
         meta["managedFields"] = write_entries(&entries);
     }
     Ok(next)
@@ -299,23 +262,12 @@ pub fn apply(current: Option<&Value>, applied: &Value, req: &ApplyRequest) -> Re
 
 /// Records a non-apply write (create, update, patch): the writer takes ownership of the
 /// fields it changed; fields that no longer exist are owned by no one.
-pub fn record_update(
-    old: Option<&Value>,
-    new: &mut Value,
-    manager: &str,
-    sub: Subresource,
-    api_version: &str,
-    now: &str,
-) {
+pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, sub: Subresource, api_version: &str, now: &str) {
     let mut entries = read_entries(old);
     let new_paths = leaf_paths(new);
     let empty = json!({});
     let base = old.unwrap_or(&empty);
-    let changed: BTreeSet<FieldPath> = new_paths
-        .iter()
-        .filter(|p| value_at(base, p) != value_at(new, p))
-        .cloned()
-        .collect();
+    let changed: BTreeSet<FieldPath> = new_paths.iter().filter(|p| value_at(base, p) != value_at(new, p)).cloned().collect();
     for e in entries.iter_mut() {
         e.fields.retain(|p| new_paths.contains(p) && !changed.contains(p));
     }
@@ -323,9 +275,7 @@ pub fn record_update(
         let me = entry_index(&mut entries, manager, "Update", sub, api_version, now);
         entries[me].fields.extend(changed);
     }
-    let meta = new
-        .as_object_mut()
-        .map(|o| o.entry("metadata").or_insert_with(|| json!({})));
+    let meta = new.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| json!({})));
     if let Some(meta) = meta {
         let written = write_entries(&entries);
         if written.as_array().is_some_and(|a| a.is_empty()) {
@@ -358,14 +308,7 @@ mod tests {
     use super::*;
 
     fn req<'a>(manager: &'a str, force: bool) -> ApplyRequest<'a> {
-        ApplyRequest {
-            manager,
-            force,
-            sub: Subresource::Main,
-            api_version: "v1",
-            now: "t",
-            target: Target::new("", "configmaps", "c"),
-        }
+        ApplyRequest { manager, force, sub: Subresource::Main, api_version: "v1", now: "t", target: Target::new("", "configmaps", "c") }
     }
 
     #[test]
@@ -383,10 +326,7 @@ mod tests {
         assert_eq!(read_entries(Some(&same)).len(), 2);
         let err = apply(Some(&a), &json!({"data": {"k": "2"}}), &req("b", false)).unwrap_err();
         assert_eq!(err.code(), 409);
-        assert_eq!(
-            err.to_string(),
-            "Apply failed with 1 conflict: conflict with \"a\": .data.k"
-        );
+        assert_eq!(err.to_string(), "Apply failed with 1 conflict: conflict with \"a\": .data.k");
         let forced = apply(Some(&a), &json!({"data": {"k": "2"}}), &req("b", true)).unwrap();
         assert_eq!(forced["data"]["k"], "2");
         let entries = read_entries(Some(&forced));

@@ -10,6 +10,7 @@ pub mod http;
 pub mod managed;
 pub mod object;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod store;
@@ -53,11 +54,7 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions {
-            port: 0,
-            watch_history: 10_000,
-            bookmark_interval: Duration::from_secs(60),
-        }
+        ServerOptions { port: 0, watch_history: 10_000, bookmark_interval: Duration::from_secs(60) }
     }
 }
 
@@ -73,17 +70,8 @@ impl ApiServer {
     pub async fn start(opts: ServerOptions) -> Result<ApiServer, SandboxError> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
             .await
-            .map_err(|source| SandboxError::Bind {
-                port: opts.port,
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| SandboxError::Bind {
-                port: opts.port,
-                source,
-            })?
-            .port();
+            .map_err(|source| SandboxError::Bind { port: opts.port, source })?;
+        let port = listener.local_addr().map_err(|source| SandboxError::Bind { port: opts.port, source })?.port();
         let cancel = CancellationToken::new();
         let app = Arc::new(http::App {
             store: Arc::new(store::Store::new(opts.watch_history)),
@@ -94,26 +82,16 @@ impl ApiServer {
         let router = axum::Router::new().fallback(http::handle).with_state(app);
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
             if let Err(error) = served {
                 tracing::error!(%error, "API server stopped with an error");
             }
         });
         let url = format!("http://127.0.0.1:{port}");
         let uri: axum::http::Uri = url.parse().expect("a 127.0.0.1 URL with a port is a valid URI");
-        let client = kube::Client::try_from(kube::Config::new(uri)).map_err(|source| SandboxError::Client {
-            url: url.clone(),
-            source,
-        })?;
+        let client = kube::Client::try_from(kube::Config::new(uri)).map_err(|source| SandboxError::Client { url: url.clone(), source })?;
         tracing::info!(port, "API server listening");
-        Ok(ApiServer {
-            port,
-            client,
-            cancel,
-            task,
-        })
+        Ok(ApiServer { port, client, cancel, task })
     }
 
     pub fn url(&self) -> String {

@@ -29,19 +29,14 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn meta_str<'a>(obj: &'a Value, key: &str) -> &'a str {
-    obj.get("metadata")
-        .and_then(|m| m.get(key))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    obj.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or_default()
 }
 
 pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"]
-        .as_object_mut()
-        .expect("metadata was just made an object")
+    obj["metadata"].as_object_mut().expect("metadata was just made an object")
 }
 
 pub fn finalizers(obj: &Value) -> Vec<String> {
@@ -60,9 +55,7 @@ const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 pub fn generated_name(prefix: &str) -> String {
     let mut rng = rand::rng();
-    let suffix: String = (0..5)
-        .map(|_| SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())] as char)
-        .collect();
+    let suffix: String = (0..5).map(|_| SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())] as char).collect();
     format!("{prefix}{suffix}")
 }
 
@@ -78,10 +71,7 @@ fn check_type(rt: &ResourceType, version: &str, obj: &mut Value) -> Result<(), A
     }
     match obj.get("kind").and_then(Value::as_str) {
         Some(k) if k != rt.kind => {
-            return Err(ApiError::BadRequest(format!(
-                "the kind in the data ({k}) does not match the expected kind ({})",
-                rt.kind
-            )));
+            return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
         }
         _ => obj["kind"] = json!(rt.kind),
     }
@@ -108,18 +98,31 @@ fn check_namespace(rt: &ResourceType, namespace: Option<&str>, obj: &mut Value) 
 }
 
 /// Validates and completes an object about to be created. `resourceVersion` is left to the store.
-pub fn prepare_create(
-    rt: &ResourceType,
-    vi: &VersionInfo,
-    namespace: Option<&str>,
-    mut obj: Value,
-    now: &str,
-) -> Result<Value, ApiError> {
-    if !obj.is_object() {
-        return Err(ApiError::BadRequest(
-            "the body of the request must be a JSON object".into(),
-        ));
+/// A Secret's `stringData` is write-only, as on a real API server: it is merged into `data`
+/// (base64; a key in both takes the `stringData` value) and never stored.
+fn fold_string_data(rt: &ResourceType, obj: &mut Value) {
+    if !(rt.group.is_empty() && rt.plural == "secrets") {
+        return;
     }
+    let Some(map) = obj.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = map.remove("stringData") else { return };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (key, value) in strings {
+        if let Some(text) = value.as_str() {
+            let encoded = serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec())).unwrap_or_default();
+            data[key] = encoded;
+        }
+    }
+}
+
+pub fn prepare_create(rt: &ResourceType, vi: &VersionInfo, namespace: Option<&str>, mut obj: Value, now: &str) -> Result<Value, ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest("the body of the request must be a JSON object".into()));
+    }
+    fold_string_data(rt, &mut obj);
     check_type(rt, &vi.name, &mut obj)?;
     check_namespace(rt, namespace, &mut obj)?;
     let name = meta_str(&obj, "name").to_string();
@@ -140,12 +143,7 @@ pub fn prepare_create(
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now));
     meta.insert("generation".into(), json!(1));
-    for k in [
-        "resourceVersion",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "selfLink",
-    ] {
+    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
         meta.remove(k);
     }
     if vi.status
@@ -180,16 +178,15 @@ pub fn prepare_update(
     sub: Subresource,
 ) -> Result<Value, ApiError> {
     if !proposed.is_object() {
-        return Err(ApiError::BadRequest(
-            "the body of the request must be a JSON object".into(),
-        ));
+        return Err(ApiError::BadRequest("the body of the request must be a JSON object".into()));
+    }
+    if sub == Subresource::Main {
+        fold_string_data(rt, &mut proposed);
     }
     let name = meta_str(current, "name").to_string();
     let body_name = meta_str(&proposed, "name").to_string();
     if !body_name.is_empty() && body_name != name {
-        return Err(ApiError::BadRequest(format!(
-            "the name of the object ({body_name}) does not match the name on the URL ({name})"
-        )));
+        return Err(ApiError::BadRequest(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
     }
     let ns = meta_str(current, "namespace").to_string();
     check_namespace(rt, (!ns.is_empty()).then_some(ns.as_str()), &mut proposed)?;
@@ -198,8 +195,7 @@ pub fn prepare_update(
     if !wanted_rv.is_empty() && wanted_rv != meta_str(current, "resourceVersion") {
         return Err(ApiError::Conflict {
             target: rt.target(&name),
-            message: "the object has been modified; please apply your changes to the latest version and try again"
-                .into(),
+            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
         });
     }
     let mut next = match sub {
@@ -225,21 +221,10 @@ pub fn prepare_update(
             proposed
         }
     };
-    let cur_meta = current
-        .get("metadata")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let cur_meta = current.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
     let meta = meta_mut(&mut next);
     meta.insert("name".into(), json!(name));
-    for k in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "generation",
-        "managedFields",
-    ] {
+    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"] {
         match cur_meta.get(k) {
             Some(v) => meta.insert(k.into(), v.clone()),
             None => meta.remove(k),
@@ -247,11 +232,7 @@ pub fn prepare_update(
     }
     meta.remove("resourceVersion");
     if spec_changed(current, &next) {
-        let generation = current
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1)
-            + 1;
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1) + 1;
         meta_mut(&mut next).insert("generation".into(), json!(generation));
     }
     Ok(next)
@@ -284,10 +265,7 @@ mod tests {
     use crate::server::resources::Registry;
 
     fn deployments() -> (ResourceType, VersionInfo) {
-        let rt = Registry::default()
-            .resolve("apps", "v1", "deployments")
-            .unwrap()
-            .clone();
+        let rt = Registry::default().resolve("apps", "v1", "deployments").unwrap().clone();
         let vi = rt.versions[0].clone();
         (rt, vi)
     }
@@ -301,14 +279,7 @@ mod tests {
     #[test]
     fn create_fills_server_metadata_and_drops_status() {
         let (rt, vi) = deployments();
-        let o = prepare_create(
-            &rt,
-            &vi,
-            Some("default"),
-            json!({"metadata": {"generateName": "web-"}, "status": {"x": 1}}),
-            "t0",
-        )
-        .unwrap();
+        let o = prepare_create(&rt, &vi, Some("default"), json!({"metadata": {"generateName": "web-"}, "status": {"x": 1}}), "t0").unwrap();
         assert!(meta_str(&o, "name").starts_with("web-") && meta_str(&o, "name").len() == 9);
         assert_eq!(o["metadata"]["generation"], 1);
         assert_eq!(o["metadata"]["namespace"], "default");
@@ -319,23 +290,9 @@ mod tests {
     #[test]
     fn create_rejects_mismatched_namespace_and_kind() {
         let (rt, vi) = deployments();
-        let e = prepare_create(
-            &rt,
-            &vi,
-            Some("default"),
-            json!({"metadata": {"name": "a", "namespace": "other"}}),
-            "t",
-        )
-        .unwrap_err();
+        let e = prepare_create(&rt, &vi, Some("default"), json!({"metadata": {"name": "a", "namespace": "other"}}), "t").unwrap_err();
         assert_eq!(e.code(), 400);
-        let e = prepare_create(
-            &rt,
-            &vi,
-            Some("default"),
-            json!({"kind": "Pod", "metadata": {"name": "a"}}),
-            "t",
-        )
-        .unwrap_err();
+        let e = prepare_create(&rt, &vi, Some("default"), json!({"kind": "Pod", "metadata": {"name": "a"}}), "t").unwrap_err();
         assert_eq!(e.code(), 400);
     }
 
@@ -372,20 +329,12 @@ mod tests {
         let (rt, vi) = deployments();
         let mut p = current();
         p["metadata"]["resourceVersion"] = json!("4");
-        assert_eq!(
-            prepare_update(&rt, &vi, &current(), p, Subresource::Main)
-                .unwrap_err()
-                .code(),
-            409
-        );
+        assert_eq!(prepare_update(&rt, &vi, &current(), p, Subresource::Main).unwrap_err().code(), 409);
     }
 
     #[test]
     fn kinds_without_spec_bump_on_data_changes() {
         assert!(spec_changed(&json!({"data": {"a": "1"}}), &json!({"data": {"a": "2"}})));
-        assert!(!spec_changed(
-            &json!({"data": {"a": "1"}, "metadata": {"labels": {}}}),
-            &json!({"data": {"a": "1"}})
-        ));
+        assert!(!spec_changed(&json!({"data": {"a": "1"}, "metadata": {"labels": {}}}), &json!({"data": {"a": "1"}})));
     }
 }

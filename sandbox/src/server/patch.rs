@@ -32,8 +32,7 @@ impl PatchType {
 
 /// Parses a JSON request body into a value, or a 400 `BadRequest`.
 pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e}")))
 }
 
 /// Parses a patch body; apply bodies are YAML (of which JSON is a subset).
@@ -42,10 +41,8 @@ pub fn parse(pt: PatchType, body: &[u8]) -> Result<Value, ApiError> {
         PatchType::Apply => match serde_json::from_slice(body) {
             Ok(v) => Ok(v),
             Err(_) => {
-                let text = std::str::from_utf8(body)
-                    .map_err(|e| ApiError::BadRequest(format!("apply body is not UTF-8: {e}")))?;
-                serde_saphyr::from_str::<Value>(text)
-                    .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
+                let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("apply body is not UTF-8: {e}")))?;
+                serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
             }
         },
         _ => parse_json(body),
@@ -63,17 +60,15 @@ pub fn apply_patch(pt: PatchType, current: &Value, patch: &Value) -> Result<Valu
             json_patch::merge(&mut doc, &p);
         }
         PatchType::Json => {
-            let mut ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
-                ApiError::BadRequest(format!("the body of the request was not a valid JSON patch: {e}"))
-            })?;
+            let mut ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::BadRequest(format!("the body of the request was not a valid JSON patch: {e}")))?;
             // Like the API server's JSON patch library: `test` of a missing path against `null`
             // succeeds (kube-runtime's finalizer helper relies on it).
             ops.0.retain(|op| match op {
                 json_patch::PatchOperation::Test(t) => !(t.value.is_null() && doc.pointer(t.path.as_str()).is_none()),
                 _ => true,
             });
-            json_patch::patch(&mut doc, &ops)
-                .map_err(|e| ApiError::BadRequest(format!("the JSON patch could not be applied: {e}")))?;
+            json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::BadRequest(format!("the JSON patch could not be applied: {e}")))?;
         }
         PatchType::Apply => return Err(ApiError::Internal("server-side apply is not a plain patch".into())),
     }
@@ -87,14 +82,8 @@ mod tests {
 
     #[test]
     fn content_types_select_patch_kinds() {
-        assert_eq!(
-            PatchType::from_content_type("application/merge-patch+json").unwrap(),
-            PatchType::Merge
-        );
-        assert_eq!(
-            PatchType::from_content_type("application/apply-patch+yaml; charset=utf-8").unwrap(),
-            PatchType::Apply
-        );
+        assert_eq!(PatchType::from_content_type("application/merge-patch+json").unwrap(), PatchType::Merge);
+        assert_eq!(PatchType::from_content_type("application/apply-patch+yaml; charset=utf-8").unwrap(), PatchType::Apply);
         assert_eq!(PatchType::from_content_type("text/plain").unwrap_err().code(), 415);
     }
 
@@ -106,42 +95,16 @@ mod tests {
             json!({"spec": {"b": 2, "l": [1], "c": 3}})
         );
         assert_eq!(
-            apply_patch(
-                PatchType::Json,
-                &cur,
-                &json!([{"op": "add", "path": "/spec/l/-", "value": 2}])
-            )
-            .unwrap()["spec"]["l"],
+            apply_patch(PatchType::Json, &cur, &json!([{"op": "add", "path": "/spec/l/-", "value": 2}])).unwrap()["spec"]["l"],
             json!([1, 2])
         );
-        assert_eq!(
-            apply_patch(
-                PatchType::Json,
-                &cur,
-                &json!([{"op": "test", "path": "/spec/a", "value": 9}])
-            )
-            .unwrap_err()
-            .code(),
-            400
-        );
-        assert_eq!(
-            apply_patch(
-                PatchType::Strategic,
-                &cur,
-                &json!({"spec": {"$retainKeys": ["a"], "a": 5}})
-            )
-            .unwrap()["spec"]["a"],
-            5
-        );
+        assert_eq!(apply_patch(PatchType::Json, &cur, &json!([{"op": "test", "path": "/spec/a", "value": 9}])).unwrap_err().code(), 400);
+        assert_eq!(apply_patch(PatchType::Strategic, &cur, &json!({"spec": {"$retainKeys": ["a"], "a": 5}})).unwrap()["spec"]["a"], 5);
     }
 
     #[test]
     fn apply_bodies_may_be_yaml() {
-        let v = parse(
-            PatchType::Apply,
-            b"apiVersion: v1\nkind: ConfigMap\ndata:\n  a: \"1\"\n",
-        )
-        .unwrap();
+        let v = parse(PatchType::Apply, b"apiVersion: v1\nkind: ConfigMap\ndata:\n  a: \"1\"\n").unwrap();
         assert_eq!(v["data"]["a"], "1");
         assert_eq!(parse(PatchType::Merge, b"{nope").unwrap_err().code(), 400);
     }

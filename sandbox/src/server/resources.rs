@@ -16,10 +16,7 @@ pub struct GroupResource {
 
 impl GroupResource {
     pub fn new(group: &str, resource: &str) -> Self {
-        GroupResource {
-            group: group.to_string(),
-            resource: resource.to_string(),
-        }
+        GroupResource { group: group.to_string(), resource: resource.to_string() }
     }
 }
 
@@ -85,20 +82,12 @@ impl ResourceType {
     }
 
     pub fn api_version(&self, v: &str) -> String {
-        if self.group.is_empty() {
-            v.to_string()
-        } else {
-            format!("{}/{}", self.group, v)
-        }
+        if self.group.is_empty() { v.to_string() } else { format!("{}/{}", self.group, v) }
     }
 
     /// `Job.warren.dev` or `Pod`, as used in `Invalid` messages.
     pub fn kind_group(&self) -> String {
-        if self.group.is_empty() {
-            self.kind.clone()
-        } else {
-            format!("{}.{}", self.kind, self.group)
-        }
+        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
     }
 
     pub fn target(&self, name: &str) -> Target {
@@ -151,81 +140,15 @@ pub const CRD_RESOURCE: &str = "customresourcedefinitions";
 pub fn builtins() -> Vec<ResourceType> {
     use BuiltinTable::*;
     vec![
-        builtin(
-            "",
-            "v1",
-            "namespaces",
-            "Namespace",
-            false,
-            &["ns"],
-            &[],
-            true,
-            false,
-            Namespace,
-        ),
+        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], &[], true, false, Namespace),
         builtin("", "v1", "pods", "Pod", true, &["po"], &["all"], true, false, Pod),
         builtin("", "v1", "secrets", "Secret", true, &[], &[], false, false, NameAge),
-        builtin(
-            "",
-            "v1",
-            "configmaps",
-            "ConfigMap",
-            true,
-            &["cm"],
-            &[],
-            false,
-            false,
-            NameAge,
-        ),
-        builtin(
-            "",
-            "v1",
-            "services",
-            "Service",
-            true,
-            &["svc"],
-            &["all"],
-            true,
-            false,
-            NameAge,
-        ),
+        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], &[], false, false, NameAge),
+        builtin("", "v1", "services", "Service", true, &["svc"], &["all"], true, false, NameAge),
         builtin("", "v1", "events", "Event", true, &["ev"], &[], false, false, NameAge),
-        builtin(
-            "apps",
-            "v1",
-            "deployments",
-            "Deployment",
-            true,
-            &["deploy"],
-            &["all"],
-            true,
-            true,
-            Deployment,
-        ),
-        builtin(
-            "events.k8s.io",
-            "v1",
-            "events",
-            "Event",
-            true,
-            &["ev"],
-            &[],
-            false,
-            false,
-            NameAge,
-        ),
-        builtin(
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            true,
-            &[],
-            &[],
-            false,
-            false,
-            NameAge,
-        ),
+        builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], &["all"], true, true, Deployment),
+        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], &[], false, false, NameAge),
+        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], &[], false, false, NameAge),
         builtin(
             CRD_GROUP,
             "v1",
@@ -249,9 +172,7 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            types: builtins().into_iter().map(|t| (t.gr(), t)).collect(),
-        }
+        Registry { types: builtins().into_iter().map(|t| (t.gr(), t)).collect() }
     }
 }
 
@@ -262,9 +183,7 @@ impl Registry {
 
     /// The type serving `group/version` `resource`, if that version is served.
     pub fn resolve(&self, group: &str, version: &str, resource: &str) -> Option<&ResourceType> {
-        self.types
-            .get(&GroupResource::new(group, resource))
-            .filter(|t| t.version(version).is_some())
+        self.types.get(&GroupResource::new(group, resource)).filter(|t| t.version(version).is_some())
     }
 
     pub fn all(&self) -> impl Iterator<Item = &ResourceType> {
@@ -299,9 +218,7 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-        .unwrap_or_default()
+    v.and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 /// Fills the defaults the real server gives a CRD (`singular`, `listKind`).
@@ -309,11 +226,7 @@ pub fn default_crd(crd: &mut Value) {
     let Some(names) = crd.pointer_mut("/spec/names").and_then(Value::as_object_mut) else {
         return;
     };
-    let kind = names
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let kind = names.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     if !names.contains_key("singular") {
         names.insert("singular".into(), Value::String(kind.to_lowercase()));
     }
@@ -329,34 +242,20 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, ApiError> {
         ApiError::invalid(
             "CustomResourceDefinition.apiextensions.k8s.io",
             Target::new(CRD_GROUP, CRD_RESOURCE, &name),
-            vec![Cause {
-                reason: reason.into(),
-                message,
-                field: field.into(),
-            }],
+            vec![Cause { reason: reason.into(), message, field: field.into() }],
         )
     };
     let group = str_at(crd, &["spec", "group"]).unwrap_or_default().to_string();
-    let plural = str_at(crd, &["spec", "names", "plural"])
-        .unwrap_or_default()
-        .to_string();
+    let plural = str_at(crd, &["spec", "names", "plural"]).unwrap_or_default().to_string();
     let kind = str_at(crd, &["spec", "names", "kind"]).unwrap_or_default().to_string();
     if group.is_empty() {
         return Err(invalid("spec.group", "FieldValueRequired", "Required value".into()));
     }
     if plural.is_empty() {
-        return Err(invalid(
-            "spec.names.plural",
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
+        return Err(invalid("spec.names.plural", "FieldValueRequired", "Required value".into()));
     }
     if kind.is_empty() {
-        return Err(invalid(
-            "spec.names.kind",
-            "FieldValueRequired",
-            "Required value".into(),
-        ));
+        return Err(invalid("spec.names.kind", "FieldValueRequired", "Required value".into()));
     }
     if name != format!("{plural}.{group}") {
         return Err(invalid(
@@ -372,20 +271,12 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, ApiError> {
             return Err(invalid(
                 "spec.scope",
                 "FieldValueNotSupported",
-                format!(
-                    "Unsupported value: \"{}\": supported values: \"Cluster\", \"Namespaced\"",
-                    other.unwrap_or_default()
-                ),
+                format!("Unsupported value: \"{}\": supported values: \"Cluster\", \"Namespaced\"", other.unwrap_or_default()),
             ));
         }
     };
     let mut versions = Vec::new();
-    for v in crd
-        .pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for v in crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten() {
         if v.get("served").and_then(Value::as_bool) == Some(false) {
             continue;
         }
@@ -404,16 +295,8 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, ApiError> {
             })
             .collect();
         let scale = v.pointer("/subresources/scale").map(|s| ScalePaths {
-            spec_replicas: s
-                .get("specReplicasPath")
-                .and_then(Value::as_str)
-                .unwrap_or(".spec.replicas")
-                .into(),
-            status_replicas: s
-                .get("statusReplicasPath")
-                .and_then(Value::as_str)
-                .unwrap_or(".status.replicas")
-                .into(),
+            spec_replicas: s.get("specReplicasPath").and_then(Value::as_str).unwrap_or(".spec.replicas").into(),
+            status_replicas: s.get("statusReplicasPath").and_then(Value::as_str).unwrap_or(".status.replicas").into(),
             label_selector: s.get("labelSelectorPath").and_then(Value::as_str).map(String::from),
         });
         versions.push(VersionInfo {
@@ -425,22 +308,14 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, ApiError> {
         });
     }
     if versions.is_empty() {
-        return Err(invalid(
-            "spec.versions",
-            "FieldValueRequired",
-            "Required value: must have at least one served version".into(),
-        ));
+        return Err(invalid("spec.versions", "FieldValueRequired", "Required value: must have at least one served version".into()));
     }
     let names = crd.pointer("/spec/names");
     Ok(ResourceType {
         group,
         versions,
-        singular: str_at(crd, &["spec", "names", "singular"])
-            .map(String::from)
-            .unwrap_or_else(|| kind.to_lowercase()),
-        list_kind: str_at(crd, &["spec", "names", "listKind"])
-            .map(String::from)
-            .unwrap_or_else(|| format!("{kind}List")),
+        singular: str_at(crd, &["spec", "names", "singular"]).map(String::from).unwrap_or_else(|| kind.to_lowercase()),
+        list_kind: str_at(crd, &["spec", "names", "listKind"]).map(String::from).unwrap_or_else(|| format!("{kind}List")),
         plural,
         kind,
         namespaced,

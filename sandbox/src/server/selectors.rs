@@ -45,24 +45,14 @@ fn set_of(values: &str) -> Result<BTreeSet<String>, ApiError> {
         .trim()
         .strip_prefix('(')
         .and_then(|v| v.strip_suffix(')'))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "unable to parse requirement: expected a set like (a,b), found {values:?}"
-            ))
-        })?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
+        .ok_or_else(|| ApiError::BadRequest(format!("unable to parse requirement: expected a set like (a,b), found {values:?}")))?;
+    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 fn label_key(k: &str) -> Result<String, ApiError> {
     let k = k.trim();
     if k.is_empty() || k.contains(char::is_whitespace) {
-        return Err(ApiError::BadRequest(format!(
-            "unable to parse requirement: invalid label key {k:?}"
-        )));
+        return Err(ApiError::BadRequest(format!("unable to parse requirement: invalid label key {k:?}")));
     }
     Ok(k.to_string())
 }
@@ -122,9 +112,7 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid selector: '{part}'; can't understand '{part}'"
-                )));
+                return Err(ApiError::BadRequest(format!("invalid selector: '{part}'; can't understand '{part}'")));
             };
             let field = field.trim();
             if !SUPPORTED_FIELDS.contains(&field) {
@@ -191,11 +179,7 @@ mod tests {
         let o = obj(json!({}));
         assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&o));
         assert!(!FieldSelector::parse("metadata.name!=a").unwrap().matches(&o));
-        assert!(
-            FieldSelector::parse("metadata.namespace==ns1,metadata.name=a")
-                .unwrap()
-                .matches(&o)
-        );
+        assert!(FieldSelector::parse("metadata.namespace==ns1,metadata.name=a").unwrap().matches(&o));
         assert_eq!(FieldSelector::parse("spec.nodeName=x").unwrap_err().code(), 400);
     }
 }

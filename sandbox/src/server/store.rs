@@ -57,11 +57,7 @@ pub struct ResourceId {
 
 impl ResourceId {
     pub fn new(group: &str, version: &str, resource: &str) -> Self {
-        ResourceId {
-            group: group.into(),
-            version: version.into(),
-            resource: resource.into(),
-        }
+        ResourceId { group: group.into(), version: version.into(), resource: resource.into() }
     }
 }
 
@@ -89,11 +85,7 @@ pub struct DeleteOptions {
 
 impl Default for DeleteOptions {
     fn default() -> Self {
-        DeleteOptions {
-            propagation: Propagation::Background,
-            uid: None,
-            resource_version: None,
-        }
+        DeleteOptions { propagation: Propagation::Background, uid: None, resource_version: None }
     }
 }
 
@@ -134,9 +126,7 @@ fn check_stored_size(obj: &Value) -> Result<(), ApiError> {
 }
 
 fn unknown_resource() -> ApiError {
-    ApiError::NotFoundMessage {
-        message: "the server could not find the requested resource".into(),
-    }
+    ApiError::NotFoundMessage { message: "the server could not find the requested resource".into() }
 }
 
 /// Sets `apiVersion` to the version the client asked for (all served versions share storage).
@@ -161,16 +151,9 @@ impl Store {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now_rfc3339()},
                 "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-            state.insert(
-                GroupResource::new("", "namespaces"),
-                key(None, ns),
-                obj,
-                EventKind::Added,
-            );
+            state.insert(GroupResource::new("", "namespaces"), key(None, ns), obj, EventKind::Added);
         }
-        Store {
-            state: Mutex::new(state),
-        }
+        Store { state: Mutex::new(state) }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -193,12 +176,7 @@ impl Store {
     }
 
     /// Objects of a type (in one namespace, or all), with the list resource version.
-    pub fn list(
-        &self,
-        id: &ResourceId,
-        ns: Option<&str>,
-        keep: impl Fn(&Value) -> bool,
-    ) -> Result<(Vec<Value>, u64), ApiError> {
+    pub fn list(&self, id: &ResourceId, ns: Option<&str>, keep: impl Fn(&Value) -> bool) -> Result<(Vec<Value>, u64), ApiError> {
         let st = self.lock();
         let (rt, _) = st.resolve(id)?;
         let items = st
@@ -219,14 +197,7 @@ impl Store {
         let (rt, vi) = st.resolve(id)?;
         let now = now_rfc3339();
         let mut obj = object::prepare_create(&rt, &vi, ns, body, &now)?;
-        managed::record_update(
-            None,
-            &mut obj,
-            manager,
-            Subresource::Main,
-            &rt.api_version(&vi.name),
-            &now,
-        );
+        managed::record_update(None, &mut obj, manager, Subresource::Main, &rt.api_version(&vi.name), &now);
         st.create_locked(&rt, &vi, obj).map(|o| present(o, &rt, &id.version))
     }
 
@@ -299,36 +270,21 @@ impl Store {
             st.registry.insert(t);
         }
         if object::same_content(&current, &next) {
-            return Ok(Written {
-                object: present(current, &rt, &id.version),
-                created: false,
-            });
+            return Ok(Written { object: present(current, &rt, &id.version), created: false });
         }
         let k = key(ns, name);
         if is_deleting(&next) && object::finalizers(&next).is_empty() {
             // The final state is what the DELETED event carries; no separate MODIFIED.
             st.objects.entry(gr.clone()).or_default().insert(k.clone(), next);
             let gone = st.remove(&gr, &k).unwrap_or_default();
-            return Ok(Written {
-                object: present(gone, &rt, &id.version),
-                created: false,
-            });
+            return Ok(Written { object: present(gone, &rt, &id.version), created: false });
         }
         check_stored_size(&next)?;
         let stored = st.insert(gr, k, next, EventKind::Modified);
-        Ok(Written {
-            object: present(stored, &rt, &id.version),
-            created: false,
-        })
+        Ok(Written { object: present(stored, &rt, &id.version), created: false })
     }
 
-    pub fn delete(
-        &self,
-        id: &ResourceId,
-        ns: Option<&str>,
-        name: &str,
-        opts: &DeleteOptions,
-    ) -> Result<Value, ApiError> {
+    pub fn delete(&self, id: &ResourceId, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let (rt, _) = st.resolve(id)?;
         let policy = opts.propagation;
@@ -354,10 +310,7 @@ impl Store {
     pub fn watch_from(&self, from: u64) -> Result<(Vec<Arc<WatchEvent>>, Events), ApiError> {
         let st = self.lock();
         if from < st.compacted {
-            return Err(ApiError::Expired {
-                requested: from,
-                oldest: st.compacted,
-            });
+            return Err(ApiError::Expired { requested: from, oldest: st.compacted });
         }
         let replay = st.history.iter().filter(|e| e.rv > from).cloned().collect();
         Ok((replay, st.tx.subscribe()))
@@ -386,22 +339,13 @@ impl Store {
 
 impl State {
     pub fn resolve(&self, id: &ResourceId) -> Result<(ResourceType, VersionInfo), ApiError> {
-        let rt = self
-            .registry
-            .resolve(&id.group, &id.version, &id.resource)
-            .ok_or_else(unknown_resource)?;
+        let rt = self.registry.resolve(&id.group, &id.version, &id.resource).ok_or_else(unknown_resource)?;
         let vi = rt.version(&id.version).cloned().ok_or_else(unknown_resource)?;
         Ok((rt.clone(), vi))
     }
 
     fn emit(&mut self, kind: EventKind, gr: &GroupResource, namespace: &str, object: &Value) {
-        let ev = Arc::new(WatchEvent {
-            rv: self.rv,
-            kind,
-            gr: gr.clone(),
-            namespace: namespace.into(),
-            object: object.clone(),
-        });
+        let ev = Arc::new(WatchEvent { rv: self.rv, kind, gr: gr.clone(), namespace: namespace.into(), object: object.clone() });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_cap {
             if let Some(old) = self.history.pop_front() {
@@ -426,20 +370,12 @@ impl State {
     }
 
     /// Prunes, defaults and validates a custom resource against its version's schema.
-    fn check_custom(
-        &self,
-        rt: &ResourceType,
-        vi: &VersionInfo,
-        obj: &mut Value,
-        old: Option<&Value>,
-    ) -> Result<(), ApiError> {
+    fn check_custom(&self, rt: &ResourceType, vi: &VersionInfo, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
         let Some(schema) = Self::custom_schema(rt, vi) else {
             return Ok(());
         };
-        let identity: Vec<(String, Value)> = ["apiVersion", "kind", "metadata"]
-            .iter()
-            .filter_map(|k| obj.get(*k).map(|v| (k.to_string(), v.clone())))
-            .collect();
+        let identity: Vec<(String, Value)> =
+            ["apiVersion", "kind", "metadata"].iter().filter_map(|k| obj.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
         validation::prune(schema, obj);
         validation::apply_defaults(schema, obj);
         for (k, v) in identity {
@@ -449,14 +385,7 @@ impl State {
         if errors.is_empty() {
             return Ok(());
         }
-        let causes = errors
-            .into_iter()
-            .map(|e| super::error::Cause {
-                reason: e.reason,
-                message: e.message,
-                field: e.field,
-            })
-            .collect();
+        let causes = errors.into_iter().map(|e| super::error::Cause { reason: e.reason, message: e.message, field: e.field }).collect();
         Err(ApiError::invalid(&rt.kind_group(), object::target_of(rt, obj), causes))
     }
 
@@ -469,14 +398,7 @@ impl State {
         {
             return Err(ApiError::invalid_field(
                 "CustomResourceDefinition.apiextensions.k8s.io",
-                object::target_of(
-                    &self
-                        .registry
-                        .get(&GroupResource::new(CRD_GROUP, CRD_RESOURCE))
-                        .cloned()
-                        .unwrap_or(t.clone()),
-                    crd,
-                ),
+                object::target_of(&self.registry.get(&GroupResource::new(CRD_GROUP, CRD_RESOURCE)).cloned().unwrap_or(t.clone()), crd),
                 "spec.names.plural",
                 "FieldValueInvalid",
                 "Invalid value: the resource is built in",
@@ -486,10 +408,7 @@ impl State {
         let storage = crd
             .pointer("/spec/versions")
             .and_then(Value::as_array)
-            .and_then(|vs| {
-                vs.iter()
-                    .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-            })
+            .and_then(|vs| vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true)))
             .and_then(|v| v.get("name").cloned())
             .unwrap_or(json!(t.versions[0].name));
         let since = |ty: &str| {
@@ -516,10 +435,7 @@ impl State {
         let ns = meta_str(&obj, "namespace").to_string();
         let name = meta_str(&obj, "name").to_string();
         if rt.namespaced {
-            let exists = self
-                .objects
-                .get(&GroupResource::new("", "namespaces"))
-                .is_some_and(|m| m.contains_key(&key(None, &ns)));
+            let exists = self.objects.get(&GroupResource::new("", "namespaces")).is_some_and(|m| m.contains_key(&key(None, &ns)));
             if !exists {
                 return Err(ApiError::NotFound(super::error::Target::new("", "namespaces", &ns)));
             }
@@ -541,12 +457,7 @@ impl State {
     }
 
     /// Deletes honouring finalizers; returns the object (marked or removed), None when missing.
-    fn delete_locked(
-        &mut self,
-        gr: &GroupResource,
-        k: &ObjKey,
-        policy: Propagation,
-    ) -> Result<Option<Value>, ApiError> {
+    fn delete_locked(&mut self, gr: &GroupResource, k: &ObjKey, policy: Propagation) -> Result<Option<Value>, ApiError> {
         let Some(current) = self.objects.get(gr).and_then(|m| m.get(k)).cloned() else {
             return Ok(None);
         };
@@ -583,11 +494,7 @@ impl State {
     }
 
     fn live_uids(&self) -> HashSet<String> {
-        self.objects
-            .values()
-            .flat_map(|m| m.values())
-            .map(|o| meta_str(o, "uid").to_string())
-            .collect()
+        self.objects.values().flat_map(|m| m.values()).map(|o| meta_str(o, "uid").to_string()).collect()
     }
 
     /// Removes an object for good: DELETED event, then what depended on it (CRD instances,
@@ -602,11 +509,7 @@ impl State {
             && let Ok(t) = resources::from_crd(&obj)
         {
             self.registry.remove(&t.gr());
-            let keys: Vec<ObjKey> = self
-                .objects
-                .get(&t.gr())
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
+            let keys: Vec<ObjKey> = self.objects.get(&t.gr()).map(|m| m.keys().cloned().collect()).unwrap_or_default();
             for ck in keys {
                 self.remove(&t.gr(), &ck);
             }
@@ -616,11 +519,7 @@ impl State {
             let contained: Vec<(GroupResource, ObjKey)> = self
                 .objects
                 .iter()
-                .flat_map(|(g, m)| {
-                    m.keys()
-                        .filter(|(ns, _)| *ns == k.1)
-                        .map(move |ok| (g.clone(), ok.clone()))
-                })
+                .flat_map(|(g, m)| m.keys().filter(|(ns, _)| *ns == k.1).map(move |ok| (g.clone(), ok.clone())))
                 .collect();
             for (g, ok) in contained {
                 // Finalizers of namespace contents are honoured: such objects stay, marked.
@@ -634,9 +533,7 @@ impl State {
             .flat_map(|(g, m)| {
                 let live = &live;
                 let uid = &uid;
-                m.iter()
-                    .filter(move |(_, o)| gc::should_collect(o, uid, |u| live.contains(u)))
-                    .map(move |(ok, _)| (g.clone(), ok.clone()))
+                m.iter().filter(move |(_, o)| gc::should_collect(o, uid, |u| live.contains(u))).map(move |(ok, _)| (g.clone(), ok.clone()))
             })
             .collect();
         for (g, ok) in dependents {
@@ -657,9 +554,7 @@ mod tests {
     #[test]
     fn starts_with_default_and_kube_system_namespaces() {
         let s = Store::new(10);
-        let (items, rv) = s
-            .list(&ResourceId::new("", "v1", "namespaces"), None, |_| true)
-            .unwrap();
+        let (items, rv) = s.list(&ResourceId::new("", "v1", "namespaces"), None, |_| true).unwrap();
         let names: Vec<&str> = items.iter().map(|o| meta_str(o, "name")).collect();
         assert_eq!(names, vec!["default", "kube-system"]);
         assert_eq!(rv, 2);
@@ -684,9 +579,7 @@ mod tests {
     #[test]
     fn create_in_missing_namespace_is_not_found() {
         let s = Store::new(10);
-        let e = s
-            .create(&cm(), Some("nope"), json!({"metadata": {"name": "a"}}), "t")
-            .unwrap_err();
+        let e = s.create(&cm(), Some("nope"), json!({"metadata": {"name": "a"}}), "t").unwrap_err();
         assert_eq!(e.to_string(), "namespaces \"nope\" not found");
     }
 
@@ -694,13 +587,7 @@ mod tests {
     fn history_expires_old_versions() {
         let s = Store::new(2);
         for i in 0..4 {
-            s.create(
-                &cm(),
-                Some("default"),
-                json!({"metadata": {"name": format!("c{i}")}}),
-                "t",
-            )
-            .unwrap();
+            s.create(&cm(), Some("default"), json!({"metadata": {"name": format!("c{i}")}}), "t").unwrap();
         }
         assert_eq!(s.current_rv(), 6);
         assert_eq!(s.watch_from(1).unwrap_err().code(), 410);
@@ -711,27 +598,13 @@ mod tests {
     #[test]
     fn garbage_collects_dependents_without_other_live_owner() {
         let s = Store::new(100);
-        let owner = s
-            .create(&cm(), Some("default"), json!({"metadata": {"name": "owner"}}), "t")
-            .unwrap();
+        let owner = s.create(&cm(), Some("default"), json!({"metadata": {"name": "owner"}}), "t").unwrap();
         let uid = meta_str(&owner, "uid").to_string();
         let refs = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]);
-        s.create(
-            &cm(),
-            Some("default"),
-            json!({"metadata": {"name": "dep", "ownerReferences": refs}}),
-            "t",
-        )
-        .unwrap();
-        s.create(
-            &cm(),
-            Some("default"),
-            json!({"metadata": {"name": "held", "ownerReferences": refs, "finalizers": ["x/y"]}}),
-            "t",
-        )
-        .unwrap();
-        s.delete(&cm(), Some("default"), "owner", &DeleteOptions::default())
+        s.create(&cm(), Some("default"), json!({"metadata": {"name": "dep", "ownerReferences": refs}}), "t").unwrap();
+        s.create(&cm(), Some("default"), json!({"metadata": {"name": "held", "ownerReferences": refs, "finalizers": ["x/y"]}}), "t")
             .unwrap();
+        s.delete(&cm(), Some("default"), "owner", &DeleteOptions::default()).unwrap();
         assert_eq!(s.get(&cm(), Some("default"), "dep").unwrap_err().code(), 404);
         let held = s.get(&cm(), Some("default"), "held").unwrap();
         assert!(is_deleting(&held));

@@ -36,7 +36,7 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
             let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
             cur = cur.as_array()?.iter().find(|item| match item.get(key) {
                 Some(Value::String(v)) => v == want,
-                Some(other) => other.to_string() == want,
+                Some(other) => *other == want,
                 None => false,
             })?;
             rest = &after[end + 2..];
@@ -63,46 +63,27 @@ pub fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
+        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
+        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
+        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
         let y = d / 365;
-        if d % 365 == 0 {
-            format!("{y}y")
-        } else {
-            format!("{y}y{}d", d % 365)
-        }
+        if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
     } else {
         format!("{}y", d / 365)
     }
 }
 
 fn age(ts: Option<&Value>, now: jiff::Timestamp) -> Value {
-    match ts
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-    {
+    match ts.and_then(Value::as_str).and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
         Some(t) => json!(human_duration(now.as_second() - t.as_second())),
         None => json!("<unknown>"),
     }
@@ -117,13 +98,7 @@ fn name_column() -> Value {
 }
 
 fn age_column() -> Value {
-    column(
-        "Age",
-        "string",
-        "",
-        "CreationTimestamp is a timestamp representing the server time when this object was created.",
-        0,
-    )
+    column("Age", "string", "", "CreationTimestamp is a timestamp representing the server time when this object was created.", 0)
 }
 
 fn int_at(obj: &Value, ptr: &str) -> i64 {
@@ -134,14 +109,8 @@ fn builtin_cells(kind: BuiltinTable, obj: &Value) -> Vec<Value> {
     match kind {
         BuiltinTable::NameAge => vec![],
         BuiltinTable::Namespace => {
-            let phase = if obj.pointer("/metadata/deletionTimestamp").is_some() {
-                "Terminating"
-            } else {
-                "Active"
-            };
-            vec![json!(
-                obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or(phase)
-            )]
+            let phase = if obj.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { "Active" };
+            vec![json!(obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or(phase))]
         }
         BuiltinTable::Deployment => vec![
             json!(format!(
@@ -153,23 +122,10 @@ fn builtin_cells(kind: BuiltinTable, obj: &Value) -> Vec<Value> {
             json!(int_at(obj, "/status/availableReplicas")),
         ],
         BuiltinTable::Pod => {
-            let statuses = obj
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let total = obj
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            let ready = statuses
-                .iter()
-                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
-                .count();
-            let restarts: i64 = statuses
-                .iter()
-                .map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0))
-                .sum();
+            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
+            let restarts: i64 = statuses.iter().map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum();
             let status = if obj.pointer("/metadata/deletionTimestamp").is_some() {
                 "Terminating".to_string()
             } else {
@@ -206,27 +162,9 @@ fn builtin_columns(kind: BuiltinTable) -> Vec<Value> {
             ),
         ],
         BuiltinTable::Pod => vec![
-            column(
-                "Ready",
-                "string",
-                "",
-                "The aggregate readiness state of this pod for accepting traffic.",
-                0,
-            ),
-            column(
-                "Status",
-                "string",
-                "",
-                "The aggregate status of the containers in this pod.",
-                0,
-            ),
-            column(
-                "Restarts",
-                "string",
-                "",
-                "The number of times the containers in this pod have been restarted.",
-                0,
-            ),
+            column("Ready", "string", "", "The aggregate readiness state of this pod for accepting traffic.", 0),
+            column("Status", "string", "", "The aggregate status of the containers in this pod.", 0),
+            column("Restarts", "string", "", "The number of times the containers in this pod have been restarted.", 0),
         ],
     }
 }
@@ -245,11 +183,7 @@ pub fn columns(rt: &ResourceType, vi: &VersionInfo) -> Vec<Value> {
     let mut cols = vec![name_column()];
     if rt.crd.is_some() {
         let has_age = vi.columns.iter().any(|c| c.name.eq_ignore_ascii_case("age"));
-        cols.extend(
-            vi.columns
-                .iter()
-                .map(|c| column(&c.name, &c.type_, &c.format, &c.description, c.priority)),
-        );
+        cols.extend(vi.columns.iter().map(|c| column(&c.name, &c.type_, &c.format, &c.description, c.priority)));
         if !has_age {
             cols.push(age_column());
         }
@@ -261,11 +195,7 @@ pub fn columns(rt: &ResourceType, vi: &VersionInfo) -> Vec<Value> {
 }
 
 pub fn row(rt: &ResourceType, vi: &VersionInfo, obj: &Value, include: IncludeObject, now: jiff::Timestamp) -> Value {
-    let mut cells = vec![json!(
-        obj.pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    )];
+    let mut cells = vec![json!(obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default())];
     let created = obj.pointer("/metadata/creationTimestamp");
     if rt.crd.is_some() {
         cells.extend(vi.columns.iter().map(|c| custom_cell(c, obj, now)));
@@ -287,14 +217,7 @@ pub fn row(rt: &ResourceType, vi: &VersionInfo, obj: &Value, include: IncludeObj
     row
 }
 
-pub fn table(
-    rt: &ResourceType,
-    vi: &VersionInfo,
-    objs: &[Value],
-    rv: u64,
-    include: IncludeObject,
-    now: jiff::Timestamp,
-) -> Value {
+pub fn table(rt: &ResourceType, vi: &VersionInfo, objs: &[Value], rv: u64, include: IncludeObject, now: jiff::Timestamp) -> Value {
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -344,12 +267,7 @@ mod tests {
         let o = json!({"metadata": {"name": "web", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"replicas": 3}, "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
         let now: jiff::Timestamp = "2020-01-01T00:00:30Z".parse().unwrap();
         let t = table(rt, &rt.versions[0], &[o], 7, IncludeObject::Metadata, now);
-        let names: Vec<&str> = t["columnDefinitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["Name", "Ready", "Up-to-date", "Available", "Age"]);
         assert_eq!(t["rows"][0]["cells"], json!(["web", "2/3", 3, 2, "30s"]));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");

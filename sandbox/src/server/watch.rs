@@ -54,16 +54,8 @@ impl WatchRequest {
         let obj = present(obj, &self.rt, &self.id.version);
         let object = match self.table {
             Some(include) => {
-                let mut t = table::table(
-                    &self.rt,
-                    &self.vi,
-                    std::slice::from_ref(&obj),
-                    0,
-                    include,
-                    jiff::Timestamp::now(),
-                );
-                t["metadata"] =
-                    json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))});
+                let mut t = table::table(&self.rt, &self.vi, std::slice::from_ref(&obj), 0, include, jiff::Timestamp::now());
+                t["metadata"] = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))});
                 t
             }
             None => obj,
@@ -103,27 +95,14 @@ pub fn start(
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) })
 }
 
-async fn run(
-    store: Arc<Store>,
-    req: WatchRequest,
-    bookmark_interval: Duration,
-    cancel: CancellationToken,
-    tx: mpsc::Sender<Bytes>,
-) {
+async fn run(store: Arc<Store>, req: WatchRequest, bookmark_interval: Duration, cancel: CancellationToken, tx: mpsc::Sender<Bytes>) {
     let gr = req.rt.gr();
     let (initial, mut progress, mut rx): (Vec<Bytes>, u64, broadcast::Receiver<Arc<WatchEvent>>) = match req.start {
         Start::Snapshot => match store.watch_snapshot(&req.id, req.namespace.as_deref()) {
             Ok((items, rv, rx)) => {
                 let mut lines: Vec<Bytes> = items
                     .into_iter()
-                    .filter(|o| {
-                        req.matches(
-                            o,
-                            o.pointer("/metadata/namespace")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default(),
-                        )
-                    })
+                    .filter(|o| req.matches(o, o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()))
                     .map(|o| req.line(EventKind::Added.as_str(), o))
                     .collect();
                 if req.initial_events_end {

@@ -15,6 +15,14 @@
 //! 1,000 tasks (the broker, the operator, the workers, this process): wall-clock rates swing with
 //! whatever else the machine does, CPU per task much less, and it shows where the time goes. `warren-bench worker` is the no-op SDK worker the pool
 //! runs (the local runner starts it like a container entrypoint).
+//!
+//! `warren-bench big [--tasks N]` (1,000,000 by default): one very large Job: its enqueue rate
+//! against raw confirmed publishing in the same run, apply -> first task running, the operator's
+//! peak memory, the Job object's final size, status writes per second.
+//!
+//! `warren-bench latency [--jobs N]` (200 by default): single-task Jobs one at a time on a warm
+//! pool, apply -> handler start and apply -> Succeeded, p50/p99, beside a raw publish -> deliver
+//! round trip measured in the same run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
@@ -36,7 +44,9 @@ fn usage() -> ! {
         "usage: warren-bench core [--tasks N] [--concurrency C] [--rounds R]\n\
          \x20      warren-bench scale-sim [--pod-start S] [--service S] [--concurrency C] [--max-replicas N] [--keda-value V] [--hpa-behavior] [--seed N]\n\
          \x20      warren-bench workflows [--count N] [--steps S]\n\
-         \x20      warren-bench worker [--sleep-ms N]"
+         \x20      warren-bench latency [--jobs N]\n\
+         \x20      warren-bench big [--tasks N]\n\
+         \x20      warren-bench worker [--sleep-ms N | --result-start]"
     );
     std::process::exit(2)
 }
@@ -47,17 +57,20 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("worker") => {
             // `--sleep-ms N`: every task takes N ms (the autoscaling e2e test's 50 ms tasks).
-            let sleep_ms: u64 = match args.get(1).map(String::as_str) {
-                Some("--sleep-ms") => args.get(2).unwrap_or_else(|| usage()).parse()?,
-                None => 0,
+            // `--result-start`: the result says when the handler started (the latency bench).
+            let (sleep_ms, result_start): (u64, bool) = match args.get(1).map(String::as_str) {
+                Some("--sleep-ms") => (args.get(2).unwrap_or_else(|| usage()).parse()?, false),
+                Some("--result-start") => (0, true),
+                None => (0, false),
                 Some(_) => usage(),
             };
             let worker = warren_worker::Worker::builder()
                 .handler(move |_ctx| async move {
+                    let started_at_ms = warren_protocol::now_ms();
                     if sleep_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
                     }
-                    Ok(None)
+                    Ok(result_start.then(|| serde_json::json!({"startedAtMs": started_at_ms})))
                 })
                 .build()?;
             let summary = worker.run_until_signal().await?;
@@ -105,6 +118,30 @@ async fn main() -> anyhow::Result<()> {
             }
             scale_sim(&model, keda_value, rules, seed);
             Ok(())
+        }
+        Some("big") => {
+            let mut tasks = 1_000_000u32;
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().unwrap_or_else(|| usage());
+                match flag.as_str() {
+                    "--tasks" => tasks = value.parse::<u32>()?.max(1),
+                    _ => usage(),
+                }
+            }
+            big(tasks).await
+        }
+        Some("latency") => {
+            let mut jobs = 200u32;
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().unwrap_or_else(|| usage());
+                match flag.as_str() {
+                    "--jobs" => jobs = value.parse::<u32>()?.max(1),
+                    _ => usage(),
+                }
+            }
+            latency(jobs).await
         }
         Some("workflows") => {
             let (mut count, mut steps) = (500usize, 10usize);
@@ -195,9 +232,7 @@ fn scale_sim(model: &warren_e2e::scale_sim::WorkerModel, keda_value: f64, rules:
 }
 
 async fn core(tasks: u32, concurrency: u32, rounds: u32) -> anyhow::Result<()> {
-    println!(
-        "warren-bench core: {tasks} tasks, 2 consumers/workers, prefetch/concurrency {concurrency}, {rounds} round(s)"
-    );
+    println!("warren-bench core: {tasks} tasks, 2 consumers/workers, prefetch/concurrency {concurrency}, {rounds} round(s)");
     let body_size = envelope_size(tasks);
     let mut ratios = Vec::new();
     for round in 1..=rounds {
@@ -217,11 +252,8 @@ async fn core(tasks: u32, concurrency: u32, rounds: u32) -> anyhow::Result<()> {
     }
     if rounds > 1 {
         ratios.sort_by(f64::total_cmp);
-        let median = if ratios.len() % 2 == 1 {
-            ratios[ratios.len() / 2]
-        } else {
-            (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0
-        };
+        let median =
+            if ratios.len() % 2 == 1 { ratios[ratios.len() / 2] } else { (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0 };
         println!(
             "median ratio Warren/raw over {rounds} rounds: {median:.2} (min {:.2}, max {:.2}; target >= 0.80)",
             ratios[0],
@@ -405,9 +437,7 @@ async fn raw_amqp(n: u32, prefetch: u16, body_size: usize) -> anyhow::Result<f64
     let props = BasicProperties::default().with_delivery_mode(2);
     let mut confirms = futures::stream::FuturesUnordered::new();
     for _ in 0..n {
-        let confirm = pch
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
-            .await?;
+        let confirm = pch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone()).await?;
         confirms.push(confirm);
         while confirms.len() >= 1_000 {
             confirms.next().await.expect("pending confirm")?;
@@ -458,15 +488,11 @@ async fn warren(n: u32, concurrency: u32) -> anyhow::Result<(f64, CpuUsage)> {
     env.create_job("bench", serde_json::json!({"poolRef": "bench", "completions": n})).await?;
     env.wait_job("bench", Duration::from_secs(900), |j| j.status.as_ref().is_some_and(|s| s.enqueued >= n)).await?;
     println!("            all {n} tasks enqueued and confirmed after {:.2} s", started.elapsed().as_secs_f64());
-    let job = env
-        .wait_job("bench", Duration::from_secs(900), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-        .await?;
+    let job = env.wait_job("bench", Duration::from_secs(900), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = CpuSample::now().since(&cpu_before);
     let (_, metrics) = warren_e2e::http_get(&metrics_addr, "/metrics").await.context("scraping the operator")?;
-    let counter = |name: &str| -> f64 {
-        metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
-    };
+    let counter = |name: &str| -> f64 { metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0) };
     let (messages, events) = (counter("warren_operator_report_messages_total"), counter("warren_operator_report_events_total"));
     println!(
         "            worker reports: {messages:.0} messages, {events:.0} events ({:.1} events per message, {:.0} messages per 1,000 tasks)",
@@ -474,10 +500,232 @@ async fn warren(n: u32, concurrency: u32) -> anyhow::Result<(f64, CpuUsage)> {
         messages * 1_000.0 / f64::from(n)
     );
     let status = job.status.expect("status");
-    anyhow::ensure!(
-        status.phase == JobPhase::Succeeded && status.succeeded == n,
-        "the Job did not succeed fully: {status:?}"
-    );
+    anyhow::ensure!(status.phase == JobPhase::Succeeded && status.succeeded == n, "the Job did not succeed fully: {status:?}");
     env.cleanup().await?;
     Ok((elapsed, cpu))
+}
+
+/// `warren-bench latency`: single-task Jobs one after another on a warm pool (2 workers idle and
+/// consuming), apply -> handler start and apply -> status Succeeded as the client sees it (a
+/// watch), p50 and p99; beside the raw floor measured in the same run: one persistent message
+/// published with a confirm and delivered to a waiting consumer, one after another.
+async fn latency(jobs: u32) -> anyhow::Result<()> {
+    println!("warren-bench latency: {jobs} single-task Jobs, one at a time, on a warm pool of 2 workers");
+    let raw = raw_round_trips(jobs).await.context("raw AMQP baseline")?;
+    let (started, done) = warren_latency(jobs).await.context("Warren run")?;
+    let line = |name: &str, values: &[f64], target: Option<f64>| {
+        let (p50, p99) = (percentile(values, 50.0), percentile(values, 99.0));
+        let target = match target {
+            Some(t) => format!("  (target p99 < {t:.0} ms{})", if p99 < t { "" } else { ", NOT met" }),
+            None => String::new(),
+        };
+        println!("  {name:<44} p50 {p50:>7.1} ms   p99 {p99:>7.1} ms   max {:>7.1} ms{target}", percentile(values, 100.0));
+    };
+    line("raw AMQP (publish+confirm -> delivered)", &raw, None);
+    line("Warren apply -> handler start", &started, Some(250.0));
+    line("Warren apply -> status Succeeded (watch)", &done, None);
+    Ok(())
+}
+
+/// The `p`-th percentile (nearest rank) of `values`.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank - 1).copied().unwrap_or(f64::NAN)
+}
+
+/// Milliseconds from publishing one message (persistent, confirmed) to its delivery to a
+/// consumer on another connection, `n` times in a row.
+async fn raw_round_trips(n: u32) -> anyhow::Result<Vec<f64>> {
+    let url = amqp_url();
+    let queue = format!("warren-bench.latency.{:08x}", rand::random::<u32>());
+    let publisher = Connection::connect(&url, Default::default()).await?;
+    let pch = publisher.create_channel().await?;
+    pch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    pch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let consumer_conn = Connection::connect(&url, Default::default()).await?;
+    let cch = consumer_conn.create_channel().await?;
+    let mut consumer =
+        cch.basic_consume(queue.as_str().into(), "latency".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let sent = Instant::now();
+        pch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), b"{}", props.clone()).await?.await?;
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await?.context("consumer ended")??;
+        out.push(sent.elapsed().as_secs_f64() * 1_000.0);
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    Ok(out)
+}
+
+/// (apply -> handler start, apply -> Succeeded seen by a watch), in milliseconds, per Job.
+async fn warren_latency(n: u32) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let env = Env::start("latency").await?;
+    let exe = std::env::current_exe()?;
+    env.create_pool(
+        "bench",
+        serde_json::json!({"workers": {"command": [exe.display().to_string(), "worker", "--result-start"]}, "replicas": 2, "concurrency": 4}),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = env.pools().get("bench").await?;
+        let ready = pool
+            .status
+            .as_ref()
+            .is_some_and(|s| s.ready_replicas == 2 && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pool's 2 workers did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Warm: the workers consume, and a first Job has gone the whole way.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.create_job("warm-up", serde_json::json!({"poolRef": "bench", "payload": {}})).await?;
+    env.wait_job("warm-up", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let (mut started, mut done) = (Vec::with_capacity(n as usize), Vec::with_capacity(n as usize));
+    for i in 0..n {
+        let name = format!("lat-{i}");
+        let applied_ms = warren_protocol::now_ms();
+        let applied = Instant::now();
+        env.create_job(&name, serde_json::json!({"poolRef": "bench", "payload": {"i": i}})).await?;
+        let job = env.wait_job(&name, Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+        done.push(applied.elapsed().as_secs_f64() * 1_000.0);
+        let status = job.status.unwrap_or_default();
+        anyhow::ensure!(status.phase == JobPhase::Succeeded, "{name} ended {:?}", status.phase);
+        let handler_ms =
+            status.result.as_ref().and_then(|r| r.get("startedAtMs")).and_then(serde_json::Value::as_u64).context("no start time")?;
+        started.push(handler_ms.saturating_sub(applied_ms) as f64);
+    }
+    env.cleanup().await?;
+    Ok((started, done))
+}
+
+/// `warren-bench big`: one Job of `tasks` no-op tasks on a pool of 2 workers. Prints the enqueue
+/// rate (apply -> every task confirmed by the broker) against the raw confirmed-publish rate of
+/// as many messages of the same size to 2 consumers measured in the same run, the time from apply to the first
+/// task running, the operator's peak memory, the Job object's size at the end, and the status
+/// writes per second.
+async fn big(tasks: u32) -> anyhow::Result<()> {
+    println!("warren-bench big: one Job of {tasks} tasks, 2 workers (concurrency 64)");
+    let body_size = envelope_size(tasks);
+    let raw = raw_publish(tasks, body_size).await.context("raw confirmed publishing")?;
+    let raw_rate = f64::from(tasks) / raw;
+    println!("  raw AMQP confirmed publish, 2 consumers ({body_size}-byte bodies): {raw_rate:>9.0} msg/s ({raw:.1} s)");
+
+    let metrics_addr = format!("127.0.0.1:{}", warren_e2e::free_port());
+    let env = Env::start_with("big", OperatorOptions { metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() }).await?;
+    let exe = std::env::current_exe()?;
+    env.create_pool(
+        "bench",
+        serde_json::json!({"workers": {"command": [exe.display().to_string(), "worker"]}, "replicas": 2, "concurrency": 64}),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = env.pools().get("bench").await?;
+        if pool
+            .status
+            .as_ref()
+            .is_some_and(|s| s.ready_replicas == 2 && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pool's 2 workers did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let operator = env.operator_pid().context("the operator's pid")?;
+    let writes_before = status_writes(&metrics_addr).await?;
+    let applied = Instant::now();
+    env.create_job("big", serde_json::json!({"poolRef": "bench", "completions": tasks})).await?;
+    env.wait_job("big", Duration::from_secs(600), |j| j.status.as_ref().is_some_and(|s| s.running + s.succeeded > 0)).await?;
+    let first_running = applied.elapsed().as_secs_f64();
+    env.wait_job("big", Duration::from_secs(3_600), |j| j.status.as_ref().is_some_and(|s| s.enqueued >= tasks)).await?;
+    let enqueued = applied.elapsed().as_secs_f64();
+    let job = env.wait_job("big", Duration::from_secs(3_600), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let finished = applied.elapsed().as_secs_f64();
+    let writes = status_writes(&metrics_addr).await? - writes_before;
+    let peak_kib = std::fs::read_to_string(format!("/proc/{operator}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let size = serde_json::to_vec(&job)?.len();
+    let status = job.status.clone().unwrap_or_default();
+    anyhow::ensure!(status.phase == JobPhase::Succeeded && status.succeeded == tasks, "the Job did not succeed fully: {status:?}");
+    let enqueue_rate = f64::from(tasks) / enqueued;
+    println!(
+        "  Warren enqueue (apply -> all confirmed):        {enqueue_rate:>9.0} task/s ({enqueued:.1} s); ratio to raw {:.2} (target >= 0.90)",
+        enqueue_rate / raw_rate
+    );
+    println!("  apply -> first task running (status):          {:>9.0} ms", first_running * 1_000.0);
+    println!("  apply -> Succeeded:                            {finished:>9.1} s ({:.0} task/s end to end)", f64::from(tasks) / finished);
+    println!("  operator peak memory (VmHWM):                  {:>9.1} MiB", peak_kib as f64 / 1_024.0);
+    println!("  Job object at the end (JSON):                  {:>9.1} KiB", size as f64 / 1_024.0);
+    println!("  Job status writes:                             {writes:>9.0} ({:.2} per second)", writes / finished);
+    env.cleanup().await
+}
+
+/// Job status writes the operator made so far (`warren_operator_status_writes_total{kind="Job"}`).
+async fn status_writes(metrics_addr: &str) -> anyhow::Result<f64> {
+    let (_, metrics) = warren_e2e::http_get(metrics_addr, "/metrics").await.context("scraping the operator")?;
+    Ok(warren_e2e::sample(&metrics, "warren_operator_status_writes_total{kind=\"Job\"}").unwrap_or(0.0))
+}
+
+/// Seconds to publish `n` persistent messages of `body_size` bytes with confirms (pipelined, at
+/// most 1,000 unconfirmed) while 2 consumers (prefetch 64, one ack per message) take them, as
+/// Warren's 2 workers do while its operator enqueues: the same broker work on both sides.
+async fn raw_publish(n: u32, body_size: usize) -> anyhow::Result<f64> {
+    let url = amqp_url();
+    let queue = format!("warren-bench.publish.{:08x}", rand::random::<u32>());
+    let publisher = Connection::connect(&url, Default::default()).await?;
+    let pch = publisher.create_channel().await?;
+    pch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    pch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::new();
+    for i in 0..2 {
+        let conn = Connection::connect(&url, Default::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(64, BasicQosOptions::default()).await?;
+        let mut consumer = ch
+            .basic_consume(queue.as_str().into(), format!("big-{i}").into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let acked = acked.clone();
+        consumers.push(tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                tokio::spawn(async move { delivery.acker.ack(BasicAckOptions::default()).await });
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(conn);
+        }));
+    }
+    let body = vec![b'x'; body_size];
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let started = Instant::now();
+    let mut confirms = futures::stream::FuturesUnordered::new();
+    for _ in 0..n {
+        confirms.push(pch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone()).await?);
+        while confirms.len() >= 1_000 {
+            confirms.next().await.expect("pending confirm")?;
+        }
+    }
+    while let Some(c) = confirms.next().await {
+        c?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Drained before the Warren phase starts (not timed).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while acked.load(Ordering::Relaxed) < u64::from(n) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in consumers {
+        c.abort();
+    }
+    pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    Ok(elapsed)
 }

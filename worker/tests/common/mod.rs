@@ -14,8 +14,8 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 use warren_protocol::{
-    JobRef, PROTOCOL_VERSION, REPORT_CONTENT_TYPE, ReportBatch, RetryPolicy, TASK_CONTENT_TYPE, TaskEnvelope, TaskEvent,
-    TaskEventKind, names,
+    JobRef, PROTOCOL_VERSION, REPORT_CONTENT_TYPE, ReportBatch, RetryPolicy, TASK_CONTENT_TYPE, TaskEnvelope, TaskEvent, TaskEventKind,
+    names,
 };
 use warren_worker::{WorkerBuilder, WorkerSummary, topology};
 
@@ -54,7 +54,7 @@ impl TestPool {
         let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
         topology::declare_pool(&channel, &namespace, &pool, &classes, &topology::WorkQueueArgs::of_type(queue_type)).await.unwrap();
         let reports_queue = format!("warren.test-reports.{namespace}");
-        topology::declare_reports_queue(&channel, &reports_queue).await.unwrap();
+        topology::declare_reports_queue(&channel, &reports_queue, "classic").await.unwrap();
         let job_uid = format!("uid-{:08x}", rand::random::<u32>());
         TestPool { namespace, pool, classes, reports_queue, job_uid, connection, channel }
     }
@@ -144,9 +144,8 @@ impl TestPool {
     pub async fn depth(&self, queue: &str) -> Option<u32> {
         // A passive declare of a missing queue closes its channel: use a fresh one.
         let channel = self.connection.create_channel().await.unwrap();
-        let result = channel
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-            .await;
+        let result =
+            channel.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await;
         let _ = channel.close(200, "OK".into()).await;
         result.ok().map(|q| q.message_count())
     }

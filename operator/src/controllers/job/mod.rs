@@ -2,30 +2,38 @@
 //! the confirmed watermark after a restart), suspends and resumes it (re-enqueueing the tasks
 //! workers dropped), ends it at its deadline or failure budget, deduplicates it by
 //! `idempotencyKey`, and leaves the status to the [`JobBook`]. The cancelled Jobs are broadcast
-//! to the workers by [`crate::control`].
+//! to the workers by [`control`].
 
+mod apply;
+pub mod attempts;
+pub mod book;
+pub mod control;
+pub mod ledger;
 pub mod plan;
+pub mod reports;
 pub mod status;
+pub mod waiting;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
-use warren_protocol::{JobRef, TASK_CONTENT_TYPE, names};
+use warren_protocol::{JobRef, TASK_CONTENT_TYPE, names, now_ms};
 
 use super::Context;
-use crate::book::BookError;
 use crate::broker::BrokerError;
+use crate::controllers::job::book::BookError;
 use crate::crd::{Job, WorkerPool};
-use crate::metrics::{self, ControllerLabels, ErrorLabels, PoolLabels};
+use crate::metrics::{self, ControllerLabels, ErrorLabels};
 use plan::Plan;
 
 const CONTROLLER: &str = "job";
+/// How soon a blocked Job looks again at the latest (its triggers may be missed).
+const BLOCKED_RECHECK: Duration = Duration::from_secs(60);
 /// Setting (or changing) this annotation on a Job replays its dead letters once per value:
 /// `kubectl annotate wjob NAME warren.dev/replay-dead-letters=$(date +%s) --overwrite`.
 pub const REPLAY_ANNOTATION: &str = "warren.dev/replay-dead-letters";
@@ -40,7 +48,9 @@ pub enum Error {
     MissingUid,
     #[error("replaying the Job's dead letters: {0}")]
     Replay(#[from] crate::replay::ReplayError),
-    #[error("replaying the Job's dead letters: {failed} could not be sent back (first: {error}); they stay in the dead-letter queue and are tried again")]
+    #[error(
+        "replaying the Job's dead letters: {failed} could not be sent back (first: {error}); they stay in the dead-letter queue and are tried again"
+    )]
     ReplayIncomplete { failed: u32, error: String },
     #[error("recording the Job's retry queues on its WorkerPool: {0}")]
     RecordRetryQueues(#[source] kube::Error),
@@ -72,10 +82,6 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, Error> {
         .get_or_create(&ControllerLabels { controller: CONTROLLER })
         .observe(started.elapsed().as_secs_f64());
     result
-}
-
-fn now_ms() -> u64 {
-    jiff::Timestamp::now().as_millisecond() as u64
 }
 
 /// What the Job controller's reconciles share beyond the [`Context`].
@@ -118,29 +124,24 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
             .map(Arc::new),
     };
     let job_ref = JobRef { namespace: namespace.clone(), name: job.name_any(), uid: uid.clone() };
-    if let Some(token) = job.annotations().get(REPLAY_ANNOTATION) {
-        if ctx.book.replayed_token(&uid).as_ref() != Some(token) {
-            let filter = crate::replay::Filter {
-                job_uid: Some(uid.clone()),
-                rate: Some(crate::replay::ANNOTATION_REPLAY_RATE),
-                ..Default::default()
-            };
-            let summary = crate::replay::replay(&ctx.config.amqp_url, &namespace, &job.spec.pool_ref, &filter).await?;
-            tracing::info!(token, replayed = summary.replayed, failed = summary.failed, "replayed the Job's dead letters (annotation)");
-            if let Some(error) = summary.first_error {
-                // Not recorded: the next reconcile (with backoff) replays what is left.
-                return Err(Error::ReplayIncomplete { failed: summary.failed, error });
-            }
-            ctx.book.set_replayed_token(&uid, token);
-            ctx.book.flush(&uid).await?;
+    if let Some(token) = job.annotations().get(REPLAY_ANNOTATION)
+        && ctx.book.replayed_token(&uid).as_ref() != Some(token)
+    {
+        let filter =
+            crate::replay::Filter { job_uid: Some(uid.clone()), rate: Some(crate::replay::ANNOTATION_REPLAY_RATE), ..Default::default() };
+        let summary = crate::replay::replay(&ctx.config.amqp_url, &ctx.config.amqp_tls, &namespace, &job.spec.pool_ref, &filter).await?;
+        tracing::info!(token, replayed = summary.replayed, failed = summary.failed, "replayed the Job's dead letters (annotation)");
+        if let Some(error) = summary.first_error {
+            // Not recorded: the next reconcile (with backoff) replays what is left.
+            return Err(Error::ReplayIncomplete { failed: summary.failed, error });
         }
+        ctx.book.set_replayed_token(&uid, token);
+        ctx.book.flush(&uid).await?;
     }
     let same_key: Vec<Arc<Job>> = match &job.spec.idempotency_key {
-        Some(key) => jobs
-            .state()
-            .into_iter()
-            .filter(|j| j.namespace() == job.namespace() && j.spec.idempotency_key.as_ref() == Some(key))
-            .collect(),
+        Some(key) => {
+            jobs.state().into_iter().filter(|j| j.namespace() == job.namespace() && j.spec.idempotency_key.as_ref() == Some(key)).collect()
+        }
         None => Vec::new(),
     };
     let holder = job.spec.idempotency_key.as_ref().and_then(|key| {
@@ -153,9 +154,9 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     if holder.as_deref() == Some(uid.as_str()) {
         state.reconcile_mirrors(&job, &same_key);
     }
-    let earlier = holder.filter(|holder| *holder != uid).and_then(|holder| {
-        same_key.iter().find(|j| j.uid().as_deref() == Some(holder.as_str())).cloned()
-    });
+    let earlier = holder
+        .filter(|holder| *holder != uid)
+        .and_then(|holder| same_key.iter().find(|j| j.uid().as_deref() == Some(holder.as_str())).cloned());
     let earlier = earlier.as_deref();
     let mut last_write = Instant::now();
     let mut retry_queues_recorded = false;
@@ -165,44 +166,58 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     loop {
         let now = now_ms();
         let mut observed = ctx.book.observed(&uid);
+        observed.queue_unavailable = ctx.queue_health.unavailable(&namespace, &job.spec.pool_ref);
         if let Some((published, _)) = &unconfirmed {
             observed.enqueued = observed.enqueued.max(published.end);
         }
         let next = plan::plan(&job, pool.as_deref(), earlier, &observed, &ctx.config.limits, now);
-        if !matches!(next, Plan::Publish { .. }) {
-            if let Some((published, confirms)) = unconfirmed.take() {
-                // Settle the batch in flight, then decide again on the confirmed watermark.
-                confirm_batch(ctx, &job, &uid, published, confirms, &mut last_write).await?;
-                continue;
-            }
+        if !matches!(next, Plan::Publish { .. })
+            && let Some((published, confirms)) = unconfirmed.take()
+        {
+            // Settle the batch in flight, then decide again on the confirmed watermark.
+            apply::confirm_batch(ctx, &job, &uid, published, confirms, &mut last_write).await?;
+            continue;
         }
         match next {
             Plan::Blocked(blocker) => {
                 tracing::info!(reason = blocker.reason(), message = blocker.message(), "Job is blocked");
                 let permanent = blocker.is_permanent();
+                // A pool appearing or becoming ready triggers a reconcile through the shared pool
+                // watch; the deadline, if any, still applies while the Job waits. A pool being set
+                // up is also looked at again soon (1 s, doubling), not in a minute: a missed
+                // trigger (a watch restart) costs seconds, not the recheck period.
+                let setting_up = matches!(blocker, plan::Blocker::PoolNotReady(_));
+                let starts_in = match blocker {
+                    plan::Blocker::DelayedUntil(_, at_ms) => Some(Duration::from_millis(at_ms.saturating_sub(now).max(50))),
+                    _ => None,
+                };
                 ctx.book.set_blocker(&uid, Some(blocker));
                 ctx.book.flush(&uid).await?;
-                ctx.backoff.reset(&uid);
-                // A pool appearing or becoming ready triggers a reconcile through `watches`; the
-                // deadline, if any, still applies while the Job waits.
-                let wait = plan::deadline_in_ms(&job, &observed, now)
-                    .map_or(Duration::from_secs(60), |ms| Duration::from_millis(ms).min(Duration::from_secs(60)));
+                let recheck = if let Some(starts_in) = starts_in {
+                    ctx.backoff.reset(&uid);
+                    starts_in.min(BLOCKED_RECHECK)
+                } else if setting_up {
+                    ctx.backoff.next(&uid).min(BLOCKED_RECHECK)
+                } else {
+                    ctx.backoff.reset(&uid);
+                    BLOCKED_RECHECK
+                };
+                let wait = plan::deadline_in_ms(&job, &observed, now).map_or(recheck, |ms| Duration::from_millis(ms).min(recheck));
                 return Ok(if permanent { Action::await_change() } else { Action::requeue(wait) });
             }
             Plan::Publish { indexes, retry } => {
                 ctx.book.set_blocker(&uid, None);
                 if !retry_queues_recorded {
                     if let Some(pool) = pool.as_deref() {
-                        record_retry_queues(ctx, pool, &retry).await?;
+                        apply::record_retry_queues(ctx, pool, &retry).await?;
                     }
                     retry_queues_recorded = true;
                 }
-                let bodies: Vec<Vec<u8>> =
-                    indexes.clone().map(|i| plan::envelope(&job, &job_ref, i, &retry).to_json()).collect();
+                let bodies: Vec<Vec<u8>> = indexes.clone().map(|i| plan::envelope(&job, &job_ref, i, &retry).to_json()).collect();
                 let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
                 let confirms = ctx.broker.publish(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await?;
                 if let Some((published, previous)) = unconfirmed.replace((indexes, confirms)) {
-                    confirm_batch(ctx, &job, &uid, published, previous, &mut last_write).await?;
+                    apply::confirm_batch(ctx, &job, &uid, published, previous, &mut last_write).await?;
                 }
             }
             Plan::Suspended => {
@@ -225,26 +240,14 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
             Plan::Republish { tasks, retry } => {
                 if !ctx.book.workers_know_resumed(&uid) {
                     // The resume reaches the workers within a broadcast interval.
-                    return Ok(Action::requeue(crate::control::CHECK_INTERVAL));
+                    return Ok(Action::requeue(control::CHECK_INTERVAL));
                 }
-                let indexes: Vec<u32> = tasks.iter().map(|(i, _)| *i).collect();
-                ctx.book.begin_republish(&uid, &indexes);
-                let bodies: Vec<Vec<u8>> = tasks
-                    .iter()
-                    .map(|&(index, attempt)| {
-                        let envelope = plan::envelope(&job, &job_ref, index, &retry);
-                        warren_protocol::TaskEnvelope { attempt: attempt.max(1), ..envelope }.to_json()
-                    })
-                    .collect();
-                let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
-                let published = ctx.broker.publish_confirmed(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await;
-                ctx.book.end_republish(&uid, &indexes, published.is_ok());
-                published?;
-                tracing::info!(tasks = indexes.len(), "re-enqueued tasks dropped while the Job was suspended");
-                ctx.book.flush(&uid).await?;
+                apply::republish(ctx, &job, &job_ref, &uid, &tasks, &retry).await?;
             }
             Plan::Follow { wake_in_ms } => {
                 ctx.book.set_blocker(&uid, None);
+                // Triggered by its pool's change, perhaps: why its tasks wait may have changed.
+                ctx.book.touch(&uid);
                 ctx.backoff.reset(&uid);
                 let wake = wake_in_ms.map_or(Duration::from_secs(300), |ms| Duration::from_millis(ms).min(Duration::from_secs(300)));
                 return Ok(if ctx.book.is_complete(&uid) || ctx.book.observed(&uid).terminated {
@@ -257,74 +260,9 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     }
 }
 
-/// Waits for a published batch's confirms, then advances the watermark past it; the watermark
-/// is written at a bounded rate, and always once at the end.
-async fn confirm_batch(
-    ctx: &Context,
-    job: &Job,
-    uid: &str,
-    published: std::ops::Range<u32>,
-    confirms: crate::broker::Confirms,
-    last_write: &mut Instant,
-) -> Result<(), Error> {
-    ctx.broker.confirmed(confirms).await?;
-    metrics::global()
-        .tasks_published
-        .get_or_create(&PoolLabels {
-            namespace: job.namespace().unwrap_or_default(),
-            pool: job.spec.pool_ref.clone(),
-            priority: job.spec.priority.clone(),
-        })
-        .inc_by(u64::from(published.end - published.start));
-    ctx.book.set_enqueued(uid, published.end);
-    tracing::debug!(enqueued = published.end, "tasks confirmed by the broker");
-    if published.end >= job.task_count() || last_write.elapsed() >= ctx.config.status_interval {
-        ctx.book.flush(uid).await?;
-        *last_write = Instant::now();
-    }
-    Ok(())
-}
-
-/// Adds the retry-tier queues the Job's tasks may use to its pool's `status.retryQueues` before
-/// any task is enqueued, so that deleting the pool can delete them even after the Job is gone.
-/// A JSON merge patch of map keys only adds: it cannot undo what the pool controller writes.
-async fn record_retry_queues(ctx: &Context, pool: &WorkerPool, retry: &warren_protocol::RetryPolicy) -> Result<(), Error> {
-    let namespace = pool.namespace().unwrap_or_default();
-    let wanted = crate::controllers::worker_pool::plan::retry_queues(&namespace, &pool.name_any(), retry);
-    let recorded = pool.status.as_ref().map(|s| &s.retry_queues);
-    let missing: std::collections::BTreeMap<_, _> =
-        wanted.into_iter().filter(|(k, _)| recorded.is_none_or(|r| !r.contains_key(k))).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({ "status": { "retryQueues": missing } });
-    let written = api.patch_status(&pool.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await;
-    metrics::global().record_status_write(metrics::WORKER_POOL, &written);
-    written.map_err(Error::RecordRetryQueues)?;
-    // Declared now, as workers would on their first retry: the autoscaler counts the retries
-    // waiting in them from the start. Not fatal: a worker declares a missing tier itself.
-    let queue_type = pool.spec.queue_type.as_str();
-    for delay in missing.keys().filter_map(|k| k.parse::<u64>().ok()) {
-        let declared = match ctx.broker.scratch().await {
-            Ok(channel) => warren_worker::topology::declare_retry_tier(&channel, &namespace, &pool.name_any(), delay, queue_type)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(error) = declared {
-            tracing::warn!(%error, delay_ms = delay, "could not declare a retry tier of the pool");
-        }
-    }
-    Ok(())
-}
-
 fn error_policy(job: Arc<Job>, error: &Error, state: Arc<State>) -> Action {
     let ctx = &state.ctx;
-    metrics::global()
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() })
-        .inc();
+    metrics::global().reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() }).inc();
     let delay = ctx.backoff.next(&job.uid().unwrap_or_default());
     tracing::warn!(namespace = job.namespace(), name = job.name_any(), reason = error.reason(), %error, ?delay, "Job reconcile failed");
     Action::requeue(delay)
@@ -332,27 +270,44 @@ fn error_policy(job: Arc<Job>, error: &Error, state: Arc<State>) -> Action {
 
 /// Runs the Job controller until the stream ends; `jobs` and `changed` come from the operator's
 /// shared [`super::JobWatch`].
-pub async fn run(ctx: Arc<Context>, jobs: Store<Job>, changed: ReflectHandle<Job>) {
-    let pools: Api<WorkerPool> = ctx.config.watched(ctx.client.clone());
+pub async fn run(
+    ctx: Arc<Context>,
+    jobs: Store<Job>,
+    changed: super::Changes<Job>,
+    pool_changes: super::Changes<WorkerPool>,
+    queue_health_changes: futures::channel::mpsc::UnboundedReceiver<ObjectRef<WorkerPool>>,
+) {
     let control_exchange = names::control_exchange(&ctx.config.reports_queue);
-    let broadcaster =
-        tokio::spawn(crate::control::run(ctx.config.amqp_url.clone(), control_exchange, ctx.book.clone(), jobs.clone()));
+    let broadcaster = tokio::spawn(crate::controllers::job::control::run(
+        ctx.config.amqp_url.clone(),
+        ctx.config.amqp_tls.clone(),
+        control_exchange,
+        ctx.book.clone(),
+        jobs.clone(),
+    ));
     let (mirror_tx, mirror_rx) = futures::channel::mpsc::unbounded();
-    let pool_jobs = jobs.clone();
-    Controller::for_shared_stream(changed, jobs.clone())
-        .watches(pools, watcher::Config::default(), move |pool: WorkerPool| {
-            let namespace = pool.namespace();
-            let name = pool.name_any();
-            pool_jobs
-                .state()
+    let jobs_of = {
+        let jobs = jobs.clone();
+        move |namespace: Option<String>, name: &str| -> Vec<ObjectRef<Job>> {
+            jobs.state()
                 .into_iter()
                 .filter(|job| job.namespace() == namespace && job.spec.pool_ref == name)
                 .map(|job| ObjectRef::from_obj(&*job))
-                .collect::<Vec<_>>()
-        })
+                .collect()
+        }
+    };
+    let jobs_of_unhealthy = jobs_of.clone();
+    // A queue of a pool going down or coming back: its Jobs read that from `ctx.queue_health`.
+    let queue_health_changes =
+        queue_health_changes.flat_map(move |pool| futures::stream::iter(jobs_of_unhealthy(pool.namespace.clone(), &pool.name))).boxed();
+    Controller::for_shared_stream(changed, jobs.clone())
+        // The pools from the shared watch whose store `ctx.pools` is: a Job triggered by its
+        // pool's change (becoming ready, or not) reads that change, not an older copy.
+        .watches_shared_stream(pool_changes, move |pool: Arc<WorkerPool>| jobs_of(pool.namespace(), &pool.name_any()))
         // Duplicates of an idempotencyKey mirror the Job holding it: the holder's reconciles
         // send them here.
         .reconcile_on(mirror_rx)
+        .reconcile_on(queue_health_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, Arc::new(State { ctx, jobs, claims: Default::default(), mirrors: mirror_tx }))
         .for_each(|_| futures::future::ready(()))

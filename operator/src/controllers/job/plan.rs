@@ -5,8 +5,8 @@ use std::ops::Range;
 
 use warren_protocol::{JobRef, PROTOCOL_VERSION, RetryPolicy, TaskEnvelope};
 
+use crate::controllers::job::ledger::Ledger;
 use crate::crd::{FailurePolicy, Job, JobPhase, RetrySpec, Termination, WorkerPool};
-use crate::ledger::Ledger;
 
 /// Condition reason of a Job that ran past `activeDeadlineSeconds`.
 pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
@@ -57,6 +57,8 @@ pub enum Blocker {
     /// Another Job holds the same `idempotencyKey`; this one never runs and mirrors the phase
     /// of the original (the last one seen, once the original is gone).
     DuplicateOf(String, JobPhase),
+    /// `startAt` is still ahead (milliseconds since the epoch).
+    DelayedUntil(String, u64),
 }
 
 impl Blocker {
@@ -68,6 +70,7 @@ impl Blocker {
             Blocker::PoolNotReady(_) => "PoolNotReady",
             Blocker::PriorityNotServed(_) => "PriorityNotServed",
             Blocker::DuplicateOf(..) => "DuplicateOf",
+            Blocker::DelayedUntil(..) => "DelayedUntil",
         }
     }
 
@@ -77,13 +80,64 @@ impl Blocker {
             | Blocker::PoolNotFound(m)
             | Blocker::PoolNotReady(m)
             | Blocker::PriorityNotServed(m)
-            | Blocker::DuplicateOf(m, _) => m,
+            | Blocker::DuplicateOf(m, _)
+            | Blocker::DelayedUntil(m, _) => m,
         }
     }
 
     /// True when only an edit of the Job can unblock it.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Blocker::InvalidSpec(_))
+    }
+}
+
+/// Why a Job's spec can never run as written (checks the schema cannot make: sizes, times,
+/// the retry policy merged over the pool's). The message is the exact problem, shown in the
+/// `Ready=False` condition with reason `InvalidSpec` (see [`Blocker::InvalidSpec`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("startAt {text:?} is not an RFC 3339 time (e.g. 2026-12-07T02:00:00Z): {why}")]
+    BadStartAt { text: String, why: String },
+    #[error("payload is {size} bytes, over the limit of {MAX_TASK_PAYLOAD_BYTES} bytes per task; pass a reference to the data instead")]
+    PayloadTooLarge { size: usize },
+    #[error(
+        "items[{index}] is {size} bytes, over the limit of {MAX_TASK_PAYLOAD_BYTES} bytes per task; pass a reference to the data instead"
+    )]
+    ItemTooLarge { index: usize, size: usize },
+    #[error(
+        "the Job's tasks carry {total} bytes of payload in all, over the operator's limit of {limit} bytes \
+         (--max-job-bytes); split the Job or pass references to the data"
+    )]
+    JobTooLarge { total: u64, limit: u64 },
+    #[error("retry.backoff.{field}: {text:?} is not a duration such as 500ms, 1s or 2m")]
+    BadRetryDelay { field: &'static str, text: String },
+    #[error("retry.backoff.{field}: {text:?} must not be negative")]
+    NegativeRetryDelay { field: &'static str, text: String },
+    #[error("retry.maxAttempts must be at least 1")]
+    NoAttempts,
+    #[error("retry.backoff.factor must be between 1 and 100, got {0}")]
+    BackoffFactorOutOfRange(f64),
+    #[error("retry.backoff.jitter must be between 0 and 1, got {0}")]
+    JitterOutOfRange(f64),
+    #[error("retry.backoff.maxDelay ({max_delay_ms} ms) is shorter than initialDelay ({initial_delay_ms} ms)")]
+    MaxDelayBelowInitialDelay { max_delay_ms: u64, initial_delay_ms: u64 },
+}
+
+impl ValidationError {
+    /// Stable name of the problem. The Job's condition reason stays `InvalidSpec` whatever the
+    /// problem (what users and tools match on); this names the problem within it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ValidationError::BadStartAt { .. } => "InvalidStartAt",
+            ValidationError::PayloadTooLarge { .. } | ValidationError::ItemTooLarge { .. } => "PayloadTooLarge",
+            ValidationError::JobTooLarge { .. } => "JobTooLarge",
+            ValidationError::BadRetryDelay { .. }
+            | ValidationError::NegativeRetryDelay { .. }
+            | ValidationError::NoAttempts
+            | ValidationError::BackoffFactorOutOfRange(_)
+            | ValidationError::JitterOutOfRange(_)
+            | ValidationError::MaxDelayBelowInitialDelay { .. } => "InvalidRetry",
+        }
     }
 }
 
@@ -98,6 +152,10 @@ pub struct Observed {
     pub dropped: Vec<(u32, u32)>,
     pub active_since_ms: Option<u64>,
     pub terminated: bool,
+    /// The broker's message while a queue of the Job's pool is on a node that is down, as the
+    /// operator's own queue check saw it ([`crate::queue_health`]): the Job waits for the queue
+    /// without waiting for the pool's status to reach it through the watch.
+    pub queue_unavailable: Option<String>,
 }
 
 impl Observed {
@@ -109,6 +167,7 @@ impl Observed {
             dropped: ledger.dropped().collect(),
             active_since_ms: ledger.active_since_ms,
             terminated: ledger.terminated.is_some(),
+            queue_unavailable: None,
         }
     }
 }
@@ -134,17 +193,10 @@ pub enum Plan {
 
 /// Decides the next step at `now_ms`. `earlier` is the Job that holds the same
 /// `idempotencyKey`, if another one does (see [`key_holder`]).
-pub fn plan(
-    job: &Job,
-    pool: Option<&WorkerPool>,
-    earlier: Option<&Job>,
-    observed: &Observed,
-    limits: &Limits,
-    now_ms: u64,
-) -> Plan {
+pub fn plan(job: &Job, pool: Option<&WorkerPool>, earlier: Option<&Job>, observed: &Observed, limits: &Limits, now_ms: u64) -> Plan {
     let batch_size = limits.publish_batch;
-    if let Err(message) = validate(job, limits.max_job_bytes) {
-        return Plan::Blocked(Blocker::InvalidSpec(message));
+    if let Err(e) = validate(job, limits.max_job_bytes) {
+        return Plan::Blocked(Blocker::InvalidSpec(e.to_string()));
     }
     let total = job.task_count();
     if observed.terminated || observed.finished >= total {
@@ -170,6 +222,13 @@ pub fn plan(
     }
     if job.spec.suspend {
         return Plan::Suspended;
+    }
+    // Until it starts, a Job waits for its startAt (validated above); the clock starts after.
+    if observed.active_since_ms.is_none()
+        && let Some(at_ms) = start_at_ms(job).and_then(Result::ok).filter(|at| *at > now_ms)
+    {
+        let at = job.spec.start_at.as_deref().unwrap_or_default();
+        return Plan::Blocked(Blocker::DelayedUntil(format!("the Job starts at {at} (startAt)"), at_ms));
     }
     let Some(active_since_ms) = observed.active_since_ms else { return Plan::StartClock };
     let deadline_ms = job.spec.active_deadline_seconds.map(|s| active_since_ms.saturating_add(s.saturating_mul(1_000)));
@@ -212,15 +271,24 @@ pub fn plan(
             pool.spec.priorities.join(", ")
         )));
     }
-    let retry = match resolve_retry(pool.spec.retry.as_ref(), job.spec.retry.as_ref()) {
+    let retry = match resolve_retry(pool.spec.retry.as_ref(), job.spec.tasks.retry.as_ref()) {
         Ok(retry) => retry,
-        Err(message) => return Plan::Blocked(Blocker::InvalidSpec(message)),
+        Err(e) => return Plan::Blocked(Blocker::InvalidSpec(e.to_string())),
     };
+    if let Some(why) = &observed.queue_unavailable {
+        return Plan::Blocked(Blocker::PoolNotReady(queue_unavailable_message(job, why)));
+    }
     if !pool_is_ready(pool) {
-        return Plan::Blocked(Blocker::PoolNotReady(format!(
-            "WorkerPool {:?} has not declared its queues yet",
-            job.spec.pool_ref
-        )));
+        // Quote why, when the pool says (its queues unavailable, the broker unreachable, …).
+        let why = pool
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready" && c.status == "False"))
+            .map(|c| format!("{}: {}", c.reason, c.message));
+        return Plan::Blocked(Blocker::PoolNotReady(match why {
+            Some(why) => format!("WorkerPool {:?} is not ready ({why})", job.spec.pool_ref),
+            None => format!("WorkerPool {:?} has not declared its queues yet", job.spec.pool_ref),
+        }));
     }
     let enqueued = observed.enqueued;
     if enqueued < total {
@@ -272,91 +340,92 @@ pub fn is_duplicate(job: &Job) -> bool {
 }
 
 fn duplicate_condition(job: &Job) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    job.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "DuplicateOf")
+    job.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "DuplicateOf")
+}
+
+/// What a Job says while a queue of its pool is on a broker node that is down.
+pub fn queue_unavailable_message(job: &Job, why: &str) -> String {
+    format!("WorkerPool {:?} is not ready (QueueUnavailable: {why})", job.spec.pool_ref)
 }
 
 fn pool_is_ready(pool: &WorkerPool) -> bool {
-    pool.status.as_ref().is_some_and(|s| {
-        s.observed_generation.is_some()
-            && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-    })
+    pool.status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation.is_some() && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Checks what the schema cannot: payload sizes.
-pub fn validate(job: &Job, max_job_bytes: u64) -> Result<(), String> {
-    let too_big = |what: String, value: &serde_json::Value| {
-        let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
-        (size > MAX_TASK_PAYLOAD_BYTES).then(|| {
-            format!("{what} is {size} bytes, over the limit of {MAX_TASK_PAYLOAD_BYTES} bytes per task; pass a reference to the data instead")
-        })
-    };
-    if let Some(payload) = &job.spec.payload {
-        if let Some(message) = too_big("payload".into(), payload) {
-            return Err(message);
+/// `spec.startAt` in milliseconds since the epoch; `None` when unset.
+pub fn start_at_ms(job: &Job) -> Option<Result<u64, ValidationError>> {
+    let text = job.spec.start_at.as_deref()?;
+    Some(
+        text.parse::<jiff::Timestamp>()
+            .map(|t| t.as_millisecond().max(0) as u64)
+            .map_err(|e| ValidationError::BadStartAt { text: text.to_string(), why: e.to_string() }),
+    )
+}
+
+/// Checks what the schema cannot: the start time, payload sizes.
+pub fn validate(job: &Job, max_job_bytes: u64) -> Result<(), ValidationError> {
+    if let Some(Err(e)) = start_at_ms(job) {
+        return Err(e);
+    }
+    let size_of = |value: &serde_json::Value| serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+    let tasks = &job.spec.tasks;
+    if let Some(payload) = &tasks.payload {
+        let size = size_of(payload);
+        if size > MAX_TASK_PAYLOAD_BYTES {
+            return Err(ValidationError::PayloadTooLarge { size });
         }
     }
     let mut total: u64 = 0;
-    for (i, item) in job.spec.items.iter().flatten().enumerate() {
-        if let Some(message) = too_big(format!("items[{i}]"), item) {
-            return Err(message);
+    for (index, item) in tasks.items.iter().flatten().enumerate() {
+        let size = size_of(item);
+        if size > MAX_TASK_PAYLOAD_BYTES {
+            return Err(ValidationError::ItemTooLarge { index, size });
         }
-        total += serde_json::to_vec(item).map_or(u64::MAX, |v| v.len() as u64);
+        total += size as u64;
     }
-    if let (Some(payload), Some(completions)) = (&job.spec.payload, job.spec.completions) {
+    if let (Some(payload), Some(completions)) = (&tasks.payload, tasks.completions) {
         let size = serde_json::to_vec(payload).map_or(u64::MAX, |v| v.len() as u64);
         total = size.saturating_mul(u64::from(completions));
     }
     if total > max_job_bytes {
-        return Err(format!(
-            "the Job's tasks carry {total} bytes of payload in all, over the operator's limit of {max_job_bytes} bytes \
-             (--max-job-bytes); split the Job or pass references to the data"
-        ));
+        return Err(ValidationError::JobTooLarge { total, limit: max_job_bytes });
     }
     Ok(())
 }
 
 /// Merges a Job's retry spec over its pool's, over the defaults.
-pub fn resolve_retry(pool: Option<&RetrySpec>, job: Option<&RetrySpec>) -> Result<RetryPolicy, String> {
+pub fn resolve_retry(pool: Option<&RetrySpec>, job: Option<&RetrySpec>) -> Result<RetryPolicy, ValidationError> {
     let defaults = RetryPolicy::default();
     fn pick<T>(pool: Option<&RetrySpec>, job: Option<&RetrySpec>, f: impl Fn(&RetrySpec) -> Option<T>) -> Option<T> {
         job.and_then(&f).or_else(|| pool.and_then(&f))
     }
-    let duration = |field: &str, text: Option<String>, default_ms: u64| -> Result<u64, String> {
+    let duration = |field: &'static str, text: Option<String>, default_ms: u64| -> Result<u64, ValidationError> {
         let Some(text) = text else { return Ok(default_ms) };
-        let parsed: jiff::SignedDuration =
-            text.parse().map_err(|_| format!("retry.backoff.{field}: {text:?} is not a duration such as 500ms, 1s or 2m"))?;
+        let Ok(parsed) = text.parse::<jiff::SignedDuration>() else { return Err(ValidationError::BadRetryDelay { field, text }) };
         if parsed.is_negative() {
-            return Err(format!("retry.backoff.{field}: {text:?} must not be negative"));
+            return Err(ValidationError::NegativeRetryDelay { field, text });
         }
         Ok(parsed.as_millis() as u64)
     };
     let max_attempts = pick(pool, job, |r: &RetrySpec| r.max_attempts).unwrap_or(defaults.max_attempts);
-    let initial_delay_ms = duration(
-        "initialDelay",
-        pick(pool, job, |r: &RetrySpec| r.backoff.as_ref()?.initial_delay.clone()),
-        defaults.initial_delay_ms,
-    )?;
-    let max_delay_ms =
-        duration("maxDelay", pick(pool, job, |r: &RetrySpec| r.backoff.as_ref()?.max_delay.clone()), defaults.max_delay_ms)?;
+    let initial_delay_ms =
+        duration("initialDelay", pick(pool, job, |r: &RetrySpec| r.backoff.as_ref()?.initial_delay.clone()), defaults.initial_delay_ms)?;
+    let max_delay_ms = duration("maxDelay", pick(pool, job, |r: &RetrySpec| r.backoff.as_ref()?.max_delay.clone()), defaults.max_delay_ms)?;
     let factor = pick(pool, job, |r: &RetrySpec| r.backoff.as_ref()?.factor).unwrap_or(defaults.factor);
     let jitter = pick(pool, job, |r: &RetrySpec| r.backoff.as_ref()?.jitter).unwrap_or(defaults.jitter);
     if max_attempts == 0 {
-        return Err("retry.maxAttempts must be at least 1".into());
+        return Err(ValidationError::NoAttempts);
     }
     if !(1.0..=100.0).contains(&factor) {
-        return Err(format!("retry.backoff.factor must be between 1 and 100, got {factor}"));
+        return Err(ValidationError::BackoffFactorOutOfRange(factor));
     }
     if !(0.0..=1.0).contains(&jitter) {
-        return Err(format!("retry.backoff.jitter must be between 0 and 1, got {jitter}"));
+        return Err(ValidationError::JitterOutOfRange(jitter));
     }
     if max_delay_ms < initial_delay_ms {
-        return Err(format!(
-            "retry.backoff.maxDelay ({max_delay_ms} ms) is shorter than initialDelay ({initial_delay_ms} ms)"
-        ));
+        return Err(ValidationError::MaxDelayBelowInitialDelay { max_delay_ms, initial_delay_ms });
     }
     Ok(RetryPolicy { max_attempts, initial_delay_ms, factor, max_delay_ms, jitter })
 }
@@ -370,11 +439,11 @@ pub fn envelope(job: &Job, job_ref: &JobRef, index: u32, retry: &RetryPolicy) ->
         total: job.task_count(),
         attempt: 1,
         priority: job.spec.priority.clone(),
-        task_type: job.spec.task_type.clone(),
+        task_type: job.spec.tasks.task_type.clone(),
         payload: job.task_payload(index),
         idempotency_key: TaskEnvelope::idempotency_key_for(&job_ref.uid, index),
         retry: retry.clone(),
-        timeout_seconds: job.spec.timeout_seconds,
+        timeout_seconds: job.spec.tasks.timeout_seconds,
         replay: 0,
     }
 }
@@ -415,6 +484,34 @@ mod tests {
     }
 
     #[test]
+    fn a_job_waits_for_its_start_at_then_starts_its_clock() {
+        // NOW is 1,000,000 ms after the epoch: 1970-01-01T00:16:40Z.
+        let later = job(serde_json::json!({"poolRef": "p", "startAt": "1970-01-01T00:16:45Z"}));
+        let fresh = Observed::default();
+        match plan(&later, Some(&pool(true)), None, &fresh, &limits(100), NOW) {
+            Plan::Blocked(b @ Blocker::DelayedUntil(_, at)) => {
+                assert_eq!((b.reason(), at), ("DelayedUntil", 1_005_000));
+                assert_eq!(b.message(), "the Job starts at 1970-01-01T00:16:45Z (startAt)");
+                assert!(!b.is_permanent());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(plan(&later, Some(&pool(true)), None, &fresh, &limits(100), 1_005_000), Plan::StartClock), "at the time");
+        let past = job(serde_json::json!({"poolRef": "p", "startAt": "1970-01-01T00:00:01+00:00"}));
+        assert!(matches!(plan(&past, Some(&pool(true)), None, &fresh, &limits(100), NOW), Plan::StartClock), "a past time starts at once");
+        // Once started, a later startAt changes nothing.
+        assert!(matches!(plan(&later, Some(&pool(true)), None, &obs(0), &limits(100), NOW), Plan::Publish { .. }));
+        // Suspended wins; an unreadable time is a spec error.
+        let suspended = job(serde_json::json!({"poolRef": "p", "startAt": "1970-01-01T00:16:45Z", "suspend": true}));
+        assert!(matches!(plan(&suspended, Some(&pool(true)), None, &fresh, &limits(100), NOW), Plan::Suspended));
+        let bad = job(serde_json::json!({"poolRef": "p", "startAt": "tomorrow at two"}));
+        match plan(&bad, Some(&pool(true)), None, &fresh, &limits(100), NOW) {
+            Plan::Blocked(Blocker::InvalidSpec(m)) => assert!(m.starts_with("startAt \"tomorrow at two\" is not an RFC 3339 time"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn waits_for_a_missing_or_unready_pool() {
         let j = job(serde_json::json!({"poolRef": "p", "completions": 3}));
         match plan(&j, None, None, &obs(0), &limits(100), NOW) {
@@ -425,6 +522,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(plan(&j, Some(&pool(false)), None, &obs(0), &limits(100), NOW), Plan::Blocked(Blocker::PoolNotReady(_))));
+        // The Job says why its pool is not ready, when the pool says.
+        let mut down = pool(false);
+        let ready = &mut down.status.as_mut().unwrap().conditions[0];
+        (ready.reason, ready.message) = ("QueueUnavailable".into(), "queue q is unavailable: home node down".into());
+        match plan(&j, Some(&down), None, &obs(0), &limits(100), NOW) {
+            Plan::Blocked(b) => {
+                assert_eq!(b.message(), "WorkerPool \"p\" is not ready (QueueUnavailable: queue q is unavailable: home node down)")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut new = pool(false);
+        new.status = None;
+        match plan(&j, Some(&new), None, &obs(0), &limits(100), NOW) {
+            Plan::Blocked(b) => assert_eq!(b.message(), "WorkerPool \"p\" has not declared its queues yet"),
+            other => panic!("{other:?}"),
+        }
+        // The operator's own queue check says a queue is down before the pool's status does:
+        // a Job with everything enqueued (which would follow its reports) waits and says why.
+        let down = Observed { queue_unavailable: Some("home node down".into()), ..obs(3) };
+        match plan(&j, Some(&pool(true)), None, &down, &limits(100), NOW) {
+            Plan::Blocked(b) => assert_eq!(b.message(), "WorkerPool \"p\" is not ready (QueueUnavailable: home node down)"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(plan(&j, Some(&pool(true)), None, &obs(3), &limits(100), NOW), Plan::Follow { wake_in_ms: None });
     }
 
     #[test]
@@ -449,13 +570,8 @@ mod tests {
             spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             job(spec)
         };
-        let started = |enqueued, finished, failed| Observed {
-            enqueued,
-            finished,
-            failed,
-            active_since_ms: Some(NOW - 5_000),
-            ..Observed::default()
-        };
+        let started =
+            |enqueued, finished, failed| Observed { enqueued, finished, failed, active_since_ms: Some(NOW - 5_000), ..Observed::default() };
         let reason = |plan: Plan| match plan {
             Plan::Terminate(t) => format!("{}: {}", t.reason, t.message),
             other => format!("{other:?}"),
@@ -463,17 +579,56 @@ mod tests {
         let cases: Vec<(&str, Job, Observed, String)> = vec![
             ("suspended before enqueueing", with(serde_json::json!({"suspend": true})), Observed::default(), "Suspended".into()),
             ("suspended while running", with(serde_json::json!({"suspend": true})), started(10, 3, 0), "Suspended".into()),
-            ("a suspended Job's clock does not run", with(serde_json::json!({"suspend": true, "activeDeadlineSeconds": 1})), started(10, 3, 0), "Suspended".into()),
+            (
+                "a suspended Job's clock does not run",
+                with(serde_json::json!({"suspend": true, "activeDeadlineSeconds": 1})),
+                started(10, 3, 0),
+                "Suspended".into(),
+            ),
             ("the clock starts on first sight", with(serde_json::json!({})), Observed::default(), "StartClock".into()),
-            ("within the deadline", with(serde_json::json!({"activeDeadlineSeconds": 6})), started(10, 3, 0), "Follow { wake_in_ms: Some(1000) }".into()),
-            ("past the deadline", with(serde_json::json!({"activeDeadlineSeconds": 5})), started(10, 3, 0),
-                "DeadlineExceeded: the Job was active longer than activeDeadlineSeconds (5s); its 7 unfinished tasks were cancelled".into()),
-            ("a finished Job has no deadline", with(serde_json::json!({"activeDeadlineSeconds": 5})), started(10, 10, 0), "Follow { wake_in_ms: None }".into()),
-            ("failures within budget", with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2, "failFast": true}})), started(10, 4, 2), "Follow { wake_in_ms: None }".into()),
-            ("fail fast over budget", with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2, "failFast": true}})), started(10, 4, 3),
-                "MaxFailedTasksExceeded: 3 tasks failed, more than failurePolicy.maxFailedTasks (2); its 6 unfinished tasks were cancelled".into()),
-            ("no fail fast: the rest runs", with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2}})), started(10, 4, 3), "Follow { wake_in_ms: None }".into()),
-            ("terminated is final", with(serde_json::json!({"activeDeadlineSeconds": 5})), Observed { terminated: true, ..started(10, 3, 0) }, "Follow { wake_in_ms: None }".into()),
+            (
+                "within the deadline",
+                with(serde_json::json!({"activeDeadlineSeconds": 6})),
+                started(10, 3, 0),
+                "Follow { wake_in_ms: Some(1000) }".into(),
+            ),
+            (
+                "past the deadline",
+                with(serde_json::json!({"activeDeadlineSeconds": 5})),
+                started(10, 3, 0),
+                "DeadlineExceeded: the Job was active longer than activeDeadlineSeconds (5s); its 7 unfinished tasks were cancelled".into(),
+            ),
+            (
+                "a finished Job has no deadline",
+                with(serde_json::json!({"activeDeadlineSeconds": 5})),
+                started(10, 10, 0),
+                "Follow { wake_in_ms: None }".into(),
+            ),
+            (
+                "failures within budget",
+                with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2, "failFast": true}})),
+                started(10, 4, 2),
+                "Follow { wake_in_ms: None }".into(),
+            ),
+            (
+                "fail fast over budget",
+                with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2, "failFast": true}})),
+                started(10, 4, 3),
+                "MaxFailedTasksExceeded: 3 tasks failed, more than failurePolicy.maxFailedTasks (2); its 6 unfinished tasks were cancelled"
+                    .into(),
+            ),
+            (
+                "no fail fast: the rest runs",
+                with(serde_json::json!({"failurePolicy": {"maxFailedTasks": 2}})),
+                started(10, 4, 3),
+                "Follow { wake_in_ms: None }".into(),
+            ),
+            (
+                "terminated is final",
+                with(serde_json::json!({"activeDeadlineSeconds": 5})),
+                Observed { terminated: true, ..started(10, 3, 0) },
+                "Follow { wake_in_ms: None }".into(),
+            ),
         ];
         for (name, j, observed, want) in cases {
             assert_eq!(reason(plan(&j, Some(&p), None, &observed, &limits(100), NOW)), want, "{name}");
@@ -564,10 +719,9 @@ mod tests {
     fn rejects_priorities_the_pool_does_not_serve() {
         let j = job(serde_json::json!({"poolRef": "p", "priority": "urgent"}));
         match plan(&j, Some(&pool(true)), None, &obs(0), &limits(10), NOW) {
-            Plan::Blocked(b) => assert_eq!(
-                b.message(),
-                "priority \"urgent\" is not served by WorkerPool \"p\" (it serves high, normal, low)"
-            ),
+            Plan::Blocked(b) => {
+                assert_eq!(b.message(), "priority \"urgent\" is not served by WorkerPool \"p\" (it serves high, normal, low)")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -582,7 +736,10 @@ mod tests {
         let tight = Limits { publish_batch: 10, max_job_bytes: 1_000_000 };
         let cases = [
             (serde_json::json!({"poolRef": "p", "payload": payload, "completions": 989}), None),
-            (serde_json::json!({"poolRef": "p", "payload": payload, "completions": 990}), Some("the Job's tasks carry 1000890 bytes of payload in all, over the operator's limit of 1000000 bytes")),
+            (
+                serde_json::json!({"poolRef": "p", "payload": payload, "completions": 990}),
+                Some("the Job's tasks carry 1000890 bytes of payload in all, over the operator's limit of 1000000 bytes"),
+            ),
             (serde_json::json!({"poolRef": "p", "items": vec![payload.clone(); 990]}), Some("the Job's tasks carry 1000890 bytes")),
         ];
         for (spec, refused) in cases {
@@ -608,10 +765,8 @@ mod tests {
 
     #[test]
     fn job_retry_fields_override_the_pool() {
-        let pool_retry = RetrySpec {
-            max_attempts: Some(5),
-            backoff: Some(BackoffSpec { initial_delay: Some("2s".into()), ..Default::default() }),
-        };
+        let pool_retry =
+            RetrySpec { max_attempts: Some(5), backoff: Some(BackoffSpec { initial_delay: Some("2s".into()), ..Default::default() }) };
         let job_retry = RetrySpec {
             max_attempts: None,
             backoff: Some(BackoffSpec { factor: Some(3.0), max_delay: Some("1m30s".into()), ..Default::default() }),
@@ -623,11 +778,77 @@ mod tests {
 
     #[test]
     fn bad_retry_numbers_are_explained() {
-        let bad = |backoff: BackoffSpec| resolve_retry(None, Some(&RetrySpec { max_attempts: None, backoff: Some(backoff) })).unwrap_err();
-        assert!(bad(BackoffSpec { initial_delay: Some("soon".into()), ..Default::default() }).contains("\"soon\" is not a duration"));
-        assert!(bad(BackoffSpec { initial_delay: Some("-1s".into()), ..Default::default() }).contains("must not be negative"));
-        assert!(bad(BackoffSpec { initial_delay: Some("2m".into()), max_delay: Some("1m".into()), ..Default::default() })
-            .contains("shorter than initialDelay"));
+        let backoff = |initial: &str, max: Option<&str>, factor: Option<f64>, jitter: Option<f64>| BackoffSpec {
+            initial_delay: Some(initial.into()),
+            max_delay: max.map(Into::into),
+            factor,
+            jitter,
+        };
+        let cases = [
+            (
+                RetrySpec { max_attempts: None, backoff: Some(backoff("soon", None, None, None)) },
+                ValidationError::BadRetryDelay { field: "initialDelay", text: "soon".into() },
+                "retry.backoff.initialDelay: \"soon\" is not a duration such as 500ms, 1s or 2m",
+            ),
+            (
+                RetrySpec { max_attempts: None, backoff: Some(backoff("1s", Some("-1s"), None, None)) },
+                ValidationError::NegativeRetryDelay { field: "maxDelay", text: "-1s".into() },
+                "retry.backoff.maxDelay: \"-1s\" must not be negative",
+            ),
+            (RetrySpec { max_attempts: Some(0), backoff: None }, ValidationError::NoAttempts, "retry.maxAttempts must be at least 1"),
+            (
+                RetrySpec { max_attempts: None, backoff: Some(backoff("1s", None, Some(0.5), None)) },
+                ValidationError::BackoffFactorOutOfRange(0.5),
+                "retry.backoff.factor must be between 1 and 100, got 0.5",
+            ),
+            (
+                RetrySpec { max_attempts: None, backoff: Some(backoff("1s", None, None, Some(2.0))) },
+                ValidationError::JitterOutOfRange(2.0),
+                "retry.backoff.jitter must be between 0 and 1, got 2",
+            ),
+            (
+                RetrySpec { max_attempts: None, backoff: Some(backoff("2m", Some("1m"), None, None)) },
+                ValidationError::MaxDelayBelowInitialDelay { max_delay_ms: 60_000, initial_delay_ms: 120_000 },
+                "retry.backoff.maxDelay (60000 ms) is shorter than initialDelay (120000 ms)",
+            ),
+        ];
+        for (retry, error, message) in cases {
+            let got = resolve_retry(None, Some(&retry)).unwrap_err();
+            assert_eq!((&got, got.to_string().as_str(), got.reason()), (&error, message, "InvalidRetry"));
+        }
+    }
+
+    #[test]
+    fn invalid_specs_name_the_problem() {
+        let big = "x".repeat(MAX_TASK_PAYLOAD_BYTES);
+        let cases = [
+            (
+                serde_json::json!({"poolRef": "p", "startAt": "tomorrow at two"}),
+                "InvalidStartAt",
+                "startAt \"tomorrow at two\" is not an RFC 3339 time (e.g. 2026-12-07T02:00:00Z): ",
+            ),
+            (
+                serde_json::json!({"poolRef": "p", "payload": big}),
+                "PayloadTooLarge",
+                "payload is 262146 bytes, over the limit of 262144 bytes per task; pass a reference to the data instead",
+            ),
+            (
+                serde_json::json!({"poolRef": "p", "items": [1, big]}),
+                "PayloadTooLarge",
+                "items[1] is 262146 bytes, over the limit of 262144 bytes per task; pass a reference to the data instead",
+            ),
+            (
+                serde_json::json!({"poolRef": "p", "payload": "x".repeat(98), "completions": 11}),
+                "JobTooLarge",
+                "the Job's tasks carry 1100 bytes of payload in all, over the operator's limit of 1000 bytes (--max-job-bytes); \
+                 split the Job or pass references to the data",
+            ),
+        ];
+        for (spec, reason, message) in cases {
+            let e = validate(&job(spec), 1_000).unwrap_err();
+            assert_eq!(e.reason(), reason, "{e}");
+            assert!(e.to_string().starts_with(message), "{e}");
+        }
     }
 
     #[test]

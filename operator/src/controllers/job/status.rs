@@ -4,8 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::plan::Blocker;
 use crate::conditions::{self, Desired};
+use crate::controllers::job::ledger::Ledger;
 use crate::crd::{FailurePolicy, Job, JobPhase, JobProgress, JobStatus, OnLostTasks};
-use crate::ledger::Ledger;
 use crate::ranges;
 
 /// A condition change users should see in `kubectl describe` / `kubectl get events`: the
@@ -42,15 +42,14 @@ fn note_of(message: &str) -> String {
 pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<Transition> {
     after
         .iter()
-        .filter(|c| {
-            !before.iter().any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason)
-        })
+        .filter(|c| !before.iter().any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason))
         .filter_map(|c| {
             let (warning, action) = match (c.type_.as_str(), c.status.as_str()) {
                 ("Failed", "True") => (true, "Fail"),
                 // Waiting for a pool that is being set up (a Job applied with its pool), or for
                 // the first Job with the same idempotencyKey, is no problem.
-                ("Ready", "False") => (!matches!(c.reason.as_str(), "PoolNotReady" | "DuplicateOf"), "Block"),
+                // nor is waiting for its startAt.
+                ("Ready", "False") => (!matches!(c.reason.as_str(), "PoolNotReady" | "DuplicateOf" | "DelayedUntil"), "Block"),
                 ("Complete", "True") => (false, "Complete"),
                 ("TasksLost", "True") => (true, "DetectLostTasks"),
                 ("Suspended", "True") => (false, "Suspend"),
@@ -92,9 +91,7 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
 
     let mut wanted = vec![match blocker {
         Some(b) => Desired::new("Ready", false, b.reason(), b.message()),
-        None if ledger.enqueued >= total => {
-            Desired::new("Ready", true, "Enqueued", format!("all {total} tasks are in the queue or done"))
-        }
+        None if ledger.enqueued >= total => Desired::new("Ready", true, "Enqueued", format!("all {total} tasks are in the queue or done")),
         None => Desired::new("Ready", true, "Enqueuing", format!("{} of {total} tasks enqueued", ledger.enqueued)),
     }];
     match (phase, blocker) {
@@ -141,10 +138,7 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
             "Suspended",
             true,
             "JobSuspended",
-            format!(
-                "spec.suspend is true: nothing is enqueued or run; {} cancelled tasks are re-enqueued on resume",
-                ledger.cancelled()
-            ),
+            format!("spec.suspend is true: nothing is enqueued or run; {} cancelled tasks are re-enqueued on resume", ledger.cancelled()),
         ));
     } else if previous.iter().any(|c| c.type_ == "Suspended") {
         wanted.push(Desired::new("Suspended", false, "JobResumed", "spec.suspend is false"));
@@ -190,6 +184,12 @@ pub fn desired(job: &Job, ledger: &Ledger, blocker: Option<&Blocker>, now: &Time
         ledger: Some(ledger.snapshot()),
         // Kept; the book sets it when it acts on a new replay annotation value.
         replayed_token: job.status.as_ref().and_then(|s| s.replayed_token.clone()),
+        // Kept; the book sets them from the reports it folds.
+        recent_attempts: job.status.as_ref().map(|s| s.recent_attempts.clone()).unwrap_or_default(),
+        // The book sets it from its view of the pool's Jobs.
+        waiting: None,
+        // Kept; the book sets them from the notifier's deliveries (`crate::notify`).
+        notifications: job.status.as_ref().map(|s| s.notifications.clone()).unwrap_or_default(),
     }
 }
 
@@ -220,6 +220,7 @@ pub fn compacted(mut status: JobStatus) -> JobStatus {
         progress.message = None;
     }
     status.result = None;
+    status.recent_attempts.clear();
     status
 }
 
@@ -263,7 +264,11 @@ mod tests {
             ledger: Some(crate::crd::LedgerSnapshot {
                 finished_retries: 7,
                 retrying_attempts: (0..1000).map(|i| (i * 2, 2)).collect(),
-                terminated: Some(crate::crd::Termination { reason: super::super::plan::STATUS_TOO_LARGE.into(), message: "m".into(), at_ms: 1 }),
+                terminated: Some(crate::crd::Termination {
+                    reason: super::super::plan::STATUS_TOO_LARGE.into(),
+                    message: "m".into(),
+                    at_ms: 1,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -290,6 +295,7 @@ mod tests {
             at_ms: 5_000,
             kind: TaskEventKind::Succeeded { result: None },
             replay: 0,
+            output: None,
         }
     }
 
@@ -426,11 +432,7 @@ mod tests {
         let mut l = Ledger::new(3);
         l.enqueued = 3;
         l.apply(&done(0));
-        l.terminated = Some(crate::crd::Termination {
-            reason: "DeadlineExceeded".into(),
-            message: "too slow".into(),
-            at_ms: 9_000,
-        });
+        l.terminated = Some(crate::crd::Termination { reason: "DeadlineExceeded".into(), message: "too slow".into(), at_ms: 9_000 });
         let s = desired(&j, &l, None, &now());
         assert_eq!((s.phase, s.succeeded), (JobPhase::Failed, 1));
         assert_eq!(cond(&s, "Failed"), Some(("True", "DeadlineExceeded", "too slow")));
@@ -441,8 +443,18 @@ mod tests {
     fn failures_within_the_policy_still_succeed() {
         let cases = [
             (serde_json::json!({"poolRef": "p", "completions": 3}), JobPhase::Failed, "Failed", "TasksFailed"),
-            (serde_json::json!({"poolRef": "p", "completions": 3, "failurePolicy": {"maxFailedTasks": 1}}), JobPhase::Succeeded, "Complete", "FailuresWithinPolicy"),
-            (serde_json::json!({"poolRef": "p", "completions": 3, "failurePolicy": {"maxFailedTasks": 0}}), JobPhase::Failed, "Failed", "TasksFailed"),
+            (
+                serde_json::json!({"poolRef": "p", "completions": 3, "failurePolicy": {"maxFailedTasks": 1}}),
+                JobPhase::Succeeded,
+                "Complete",
+                "FailuresWithinPolicy",
+            ),
+            (
+                serde_json::json!({"poolRef": "p", "completions": 3, "failurePolicy": {"maxFailedTasks": 0}}),
+                JobPhase::Failed,
+                "Failed",
+                "TasksFailed",
+            ),
         ];
         for (spec, phase, type_, reason) in cases {
             let j = spec_job(spec.clone());
@@ -509,18 +521,43 @@ mod tests {
             (vec![], vec![condition("Ready", "True", "Enqueuing")], vec![], "a Job being enqueued"),
             (vec![condition("Ready", "True", "Enqueuing")], vec![ready.clone()], vec![], "ready reasons change quietly"),
             (vec![], vec![condition("Ready", "False", "PoolNotFound")], vec![t(true, "Block", "Ready", "PoolNotFound")], "blocked"),
-            (vec![condition("Ready", "False", "PoolNotFound")], vec![condition("Ready", "False", "PoolNotFound")], vec![], "still blocked: no repeat"),
+            (
+                vec![condition("Ready", "False", "PoolNotFound")],
+                vec![condition("Ready", "False", "PoolNotFound")],
+                vec![],
+                "still blocked: no repeat",
+            ),
             (vec![], vec![condition("Ready", "False", "DuplicateOf")], vec![t(false, "Block", "Ready", "DuplicateOf")], "a duplicate"),
-            (vec![], vec![condition("Ready", "False", "PoolNotReady")], vec![t(false, "Block", "Ready", "PoolNotReady")], "a pool being set up"),
-            (vec![ready.clone()], vec![ready.clone(), condition("Suspended", "True", "JobSuspended")], vec![t(false, "Suspend", "Suspended", "JobSuspended")], "suspended"),
+            (
+                vec![],
+                vec![condition("Ready", "False", "PoolNotReady")],
+                vec![t(false, "Block", "Ready", "PoolNotReady")],
+                "a pool being set up",
+            ),
+            (
+                vec![ready.clone()],
+                vec![ready.clone(), condition("Suspended", "True", "JobSuspended")],
+                vec![t(false, "Suspend", "Suspended", "JobSuspended")],
+                "suspended",
+            ),
             (
                 vec![ready.clone(), condition("Suspended", "True", "JobSuspended")],
                 vec![ready.clone(), condition("Suspended", "False", "JobResumed")],
                 vec![t(false, "Resume", "Suspended", "JobResumed")],
                 "resumed",
             ),
-            (vec![ready.clone()], vec![ready.clone(), condition("Complete", "True", "AllTasksSucceeded")], vec![t(false, "Complete", "Complete", "AllTasksSucceeded")], "completed"),
-            (vec![ready.clone()], vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")], vec![t(true, "Fail", "Failed", "DeadlineExceeded")], "failed"),
+            (
+                vec![ready.clone()],
+                vec![ready.clone(), condition("Complete", "True", "AllTasksSucceeded")],
+                vec![t(false, "Complete", "Complete", "AllTasksSucceeded")],
+                "completed",
+            ),
+            (
+                vec![ready.clone()],
+                vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")],
+                vec![t(true, "Fail", "Failed", "DeadlineExceeded")],
+                "failed",
+            ),
             (
                 vec![ready.clone(), condition("Failed", "True", "DeadlineExceeded")],
                 vec![ready, condition("Failed", "True", "DeadlineExceeded")],

@@ -4,24 +4,25 @@
 
 pub mod plan;
 pub mod scale;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use tracing::Instrument;
 
 use super::Context;
 use crate::broker::BrokerError;
-use crate::conditions::{self, Desired};
-use crate::autoscaler::Reason;
+use crate::conditions;
 use crate::crd::{DeletionPolicy, WorkerPool, WorkerPoolStatus};
 use crate::metrics::{self, ControllerLabels, ErrorLabels};
 
@@ -36,7 +37,7 @@ pub enum Error {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("declaring the pool's queues: {0}")]
-    Topology(#[from] warren_worker::topology::TopologyError),
+    Topology(#[from] warren_protocol::topology::TopologyError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
@@ -47,6 +48,10 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Broker(e) => e.reason(),
+            // A queue on a stopped broker node: not a refusal, and it comes back with the node.
+            Error::Topology(warren_protocol::topology::TopologyError::Declare { source, .. }) if crate::broker::is_unavailable(source) => {
+                "QueueUnavailable"
+            }
             Error::Topology(e) => e.reason(),
             Error::Kube(_) => "KubeApiError",
             Error::Finalizer(_) => "FinalizerError",
@@ -54,11 +59,13 @@ impl Error {
     }
 }
 
+/// How soon a pool whose broker Secret is missing looks again.
+const SECRET_RECHECK: Duration = Duration::from_secs(10);
+
 async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     metrics::global().reconciles.get_or_create(&ControllerLabels { controller: CONTROLLER }).inc();
-    let span =
-        tracing::info_span!("reconcile", kind = "WorkerPool", namespace = pool.namespace(), name = pool.name_any());
+    let span = tracing::info_span!("reconcile", kind = "WorkerPool", namespace = pool.namespace(), name = pool.name_any());
     let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, pool, |event| async {
         match event {
@@ -106,7 +113,7 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
             // Retries due and suspects waiting to run alone both need a worker.
             let mut retry_queues: Vec<String> = plan::recorded_retry_queues(&pool).into_values().collect();
             retry_queues.push(topology.suspect_queue.clone());
-            match ctx.autoscalers.poll(&pool, spec, current, &topology.work_queues, &retry_queues, &ctx.broker, &ctx.workers).await {
+            match ctx.autoscalers.poll(&pool, spec, current, &topology.work_queues, &retry_queues, ctx).await {
                 Ok(s) => {
                     if s.decision.desired < current {
                         ctx.autoscalers.mark_deletion_costs(&ctx.client, &pool, &ctx.workers).await?;
@@ -129,27 +136,47 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
         }
         (None, _) => pool.spec.replicas,
     };
-    let mut desired = plan::deployment(&pool, replicas, &ctx.config.worker_amqp_url, &ctx.config.reports_queue);
+    // The workers' broker URI: in the Secret the operator writes for the pool, or in the one the
+    // pool names (which must exist and hold the key).
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret_problem = match plan::broker_secret(&pool, &ctx.config.worker_amqp_url) {
+        Some(secret) => {
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            secrets.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
+            None
+        }
+        None => {
+            let (name, _) = plan::broker_secret_key(&pool);
+            plan::broker_secret_problem(&pool, secrets.get_opt(&name).await?.as_ref())
+        }
+    };
+    // The report key before the workers: a worker never runs without the key it signs with.
+    ctx.report_keys.ensure(&pool).await?;
+    let mut desired = plan::deployment(&pool, replicas, &ctx.config.wiring());
     if let Some(port) = ctx.config.worker_metrics_port {
         plan::expose_metrics(&mut desired, port);
     }
-    let applied = deployments
-        .patch(&pool.deployment_name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
-        .await?;
-    if let Some(s) = scaled.as_mut() {
-        if s.decision.desired != s.current {
-            ctx.autoscalers.scaled(&pool, s).await;
-        }
+    let tls_problem = mount_broker_tls(&mut desired, &secrets, &namespace, ctx).await?;
+    let secret_problem = secret_problem.or(tls_problem);
+    let applied = deployments.patch(&pool.deployment_name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
+    if let Some(s) = scaled.as_mut()
+        && s.decision.desired != s.current
+    {
+        ctx.autoscalers.scaled(&pool, s).await;
     }
 
     let ready = applied.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
     let replicas_now = applied.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    let mut wanted = vec![match &declared {
-        Ok(()) => Desired::new("Ready", true, "QueuesDeclared", format!("{} queues declared; {ready}/{replicas} workers ready", topology.work_queues.len())),
-        Err(e) => Desired::new("Ready", false, e.reason(), e.to_string()),
-    }];
+    let unavailable = ctx.queue_health.unavailable(&namespace, &name);
+    let mut wanted = vec![status::ready_condition(
+        declared.as_ref().err(),
+        secret_problem.as_deref(),
+        unavailable.as_deref(),
+        topology.work_queues.len(),
+        (ready, replicas),
+    )];
     if pool.spec.autoscaling.is_some() {
-        wanted.extend(scaling_conditions(scaled.as_ref(), scaling_error.as_ref(), declared.as_ref().err()));
+        wanted.extend(status::scaling_conditions(scaled.as_ref(), scaling_error.as_ref(), declared.as_ref().err()));
     }
     let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let status = WorkerPoolStatus {
@@ -175,6 +202,10 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
     }
     declared?;
     ctx.backoff.reset(&pool.uid().unwrap_or_default());
+    if secret_problem.is_some() {
+        // Nothing watches the Secret: look again soon for it to appear.
+        return Ok(Action::requeue(SECRET_RECHECK));
+    }
     Ok(match &pool.spec.autoscaling {
         Some(spec) => Action::requeue(Duration::from_secs(spec.poll_interval_seconds.clamp(1, 300) as u64)),
         None => {
@@ -184,29 +215,18 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-/// `ScalingActive` (the autoscaler sees the pool and acts) and `ScalingLimited` (it wants a count
-/// it may not have: bounds, step limits, pause).
-fn scaling_conditions(
-    scaled: Option<&scale::Scaled>,
-    scaling_error: Option<&(&'static str, String)>,
-    declare_error: Option<&Error>,
-) -> Vec<Desired> {
-    let active = match (scaled, scaling_error, declare_error) {
-        (Some(s), _, _) if s.decision.reason == Reason::Paused => {
-            Desired::new("ScalingActive", false, "Paused", s.decision.message.clone())
-        }
-        (Some(s), _, _) => Desired::new("ScalingActive", true, s.decision.reason.as_str(), s.decision.message.clone()),
-        (None, Some((reason, message)), _) => Desired::new("ScalingActive", false, reason, message.clone()),
-        (None, None, Some(e)) => Desired::new("ScalingActive", false, e.reason(), e.to_string()),
-        (None, None, None) => Desired::new("ScalingActive", false, "NotObserved", "the pool was not observed"),
-    };
-    let limited = match scaled {
-        Some(s) if s.decision.reason.is_limit() && s.decision.reason != Reason::Paused => {
-            Desired::new("ScalingLimited", true, s.decision.reason.as_str(), s.decision.message.clone())
-        }
-        _ => Desired::new("ScalingLimited", false, "WithinBounds", "the desired count is within the limits"),
-    };
-    vec![active, limited]
+/// With `--worker-tls-secret`: mounts the broker TLS Secret into the worker pods, as the Secret
+/// of that name in the pool's namespace says (CA, client certificate); what is wrong with it.
+async fn mount_broker_tls(
+    desired: &mut Deployment,
+    secrets: &Api<Secret>,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let Some(name) = &ctx.config.worker_tls_secret else { return Ok(None) };
+    let (tls, problem) = plan::broker_tls(name, namespace, secrets.get_opt(name).await?.as_ref());
+    plan::mount_broker_tls(desired, &tls);
+    Ok(problem)
 }
 
 async fn declare(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
@@ -222,23 +242,19 @@ async fn declare(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     }
 }
 
-async fn declare_with(
-    pool: &WorkerPool,
-    ctx: &Context,
-    args: &warren_worker::topology::WorkQueueArgs,
-) -> Result<(), Error> {
+async fn declare_with(pool: &WorkerPool, ctx: &Context, args: &warren_protocol::topology::WorkQueueArgs) -> Result<(), Error> {
     // Scratch channels: a refused (inequivalent) declaration closes its channel, and must not
     // close the one the Job controller publishes on.
     let channel = ctx.broker.scratch().await?;
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
-    warren_worker::topology::declare_pool(&channel, &namespace, &name, &pool.spec.priorities, args).await?;
+    warren_protocol::topology::declare_pool(&channel, &namespace, &name, &pool.spec.priorities, args).await?;
     // Every recorded retry tier too, the way workers declare theirs on demand: the autoscaler
     // counts the retries waiting in them. Not fatal: a tier an older version declared otherwise
     // still works for the workers, and a missing one counts 0.
     let mut channel = channel;
     for delay in plan::recorded_retry_queues(pool).keys().filter_map(|k| k.parse::<u64>().ok()) {
         let queue_type = pool.spec.queue_type.as_str();
-        if let Err(error) = warren_worker::topology::declare_retry_tier(&channel, &namespace, &name, delay, queue_type).await {
+        if let Err(error) = warren_protocol::topology::declare_retry_tier(&channel, &namespace, &name, delay, queue_type).await {
             tracing::warn!(%error, delay_ms = delay, "could not declare a retry tier of the pool");
             channel = ctx.broker.scratch().await?;
         }
@@ -257,7 +273,7 @@ async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> 
         // recorded in the status before its tasks were enqueued.
         queues.extend(plan::recorded_retry_queues(&pool).into_values());
         let namespace = pool.namespace().unwrap_or_default();
-        let retry_exchange = warren_worker::topology::retry_exchange(&namespace, &pool.name_any());
+        let retry_exchange = warren_protocol::topology::retry_exchange(&namespace, &pool.name_any());
         let mut exchanges = vec![topology.exchange.clone(), retry_exchange];
         for names in [&mut queues, &mut exchanges] {
             names.retain(|name| {
@@ -277,59 +293,24 @@ async fn cleanup(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> 
 }
 
 fn error_policy(pool: Arc<WorkerPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    metrics::global()
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() })
-        .inc();
+    metrics::global().reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() }).inc();
     let delay = ctx.backoff.next(&pool.uid().unwrap_or_default());
     tracing::warn!(namespace = pool.namespace(), name = pool.name_any(), reason = error.reason(), %error, ?delay, "WorkerPool reconcile failed");
     Action::requeue(delay)
 }
 
-/// The pool controller, not yet running: its store serves the Job controller.
-pub fn controller(client: kube::Client, config: &super::Config) -> Controller<WorkerPool> {
-    let pools: Api<WorkerPool> = config.watched(client.clone());
+/// The pool controller, not yet running: it reads the operator's shared pool watch.
+pub fn controller(client: kube::Client, config: &super::Config, pools: &super::PoolWatch) -> Controller<WorkerPool> {
     let deployments: Api<Deployment> = config.watched(client);
-    Controller::new(pools, watcher::Config::default()).owns(deployments, watcher::Config::default())
+    Controller::for_shared_stream(pools.subscribe(), pools.store.clone()).owns(deployments, watcher::Config::default())
 }
 
-pub async fn run(controller: Controller<WorkerPool>, ctx: Arc<Context>) {
-    controller
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::autoscaler::Decision;
-    use crate::crd::AutoscalingStatus;
-
-    fn scaled(reason: Reason) -> scale::Scaled {
-        scale::Scaled {
-            decision: Decision { desired: 3, recommendation: 9, reason, message: "m".into() },
-            current: 3,
-            status: AutoscalingStatus::default(),
-        }
-    }
-
-    #[test]
-    fn scaling_conditions_say_whether_the_autoscaler_acts_and_is_limited() {
-        let cases: Vec<(Option<scale::Scaled>, Option<(&'static str, String)>, (bool, &str), (bool, &str))> = vec![
-            (Some(scaled(Reason::Backlog)), None, (true, "Backlog"), (false, "WithinBounds")),
-            (Some(scaled(Reason::AtMaximum)), None, (true, "AtMaximum"), (true, "AtMaximum")),
-            (Some(scaled(Reason::StepLimited)), None, (true, "StepLimited"), (true, "StepLimited")),
-            (Some(scaled(Reason::Paused)), None, (false, "Paused"), (false, "WithinBounds")),
-            (None, Some(("BrokerUnreachable", "cannot reach".into())), (false, "BrokerUnreachable"), (false, "WithinBounds")),
-        ];
-        for (s, err, active, limited) in cases {
-            let got = scaling_conditions(s.as_ref(), err.as_ref(), None);
-            assert_eq!(got[0].type_, "ScalingActive");
-            assert_eq!((got[0].status, got[0].reason), active, "{got:?}");
-            assert_eq!(got[1].type_, "ScalingLimited");
-            assert_eq!((got[1].status, got[1].reason), limited, "{got:?}");
-        }
-    }
+/// Runs the controller; `triggers` asks for reconciles from outside the watches (a pool whose
+/// queues became unavailable or available again: [`crate::queue_health`]).
+pub async fn run(
+    controller: Controller<WorkerPool>,
+    ctx: Arc<Context>,
+    triggers: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<WorkerPool>>,
+) {
+    controller.reconcile_on(triggers).shutdown_on_signal().run(reconcile, error_policy, ctx).for_each(|_| futures::future::ready(())).await;
 }

@@ -16,7 +16,7 @@ use super::plan::POOL_LABEL;
 use crate::autoscaler::{self, Decision, History, Observation, Policy, Rates};
 use crate::broker::BrokerError;
 use crate::crd::{AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, PriorityBacklog, WorkerPool};
-use crate::metrics::{self, PoolLabels, ScaleLabels, PoolOnlyLabels};
+use crate::metrics::{self, PoolLabels, PoolOnlyLabels, ScaleLabels};
 use crate::workers::WorkerRegistry;
 
 /// Annotation the ReplicaSet controller (and the local runner) reads to pick which pods go first.
@@ -99,7 +99,7 @@ impl Autoscalers {
             started: Instant::now(),
             pools: Mutex::new(HashMap::new()),
             declared: Mutex::new(HashMap::new()),
-            recorder: crate::controllers::event_recorder(client),
+            recorder: crate::events::recorder(client),
         }
     }
 
@@ -110,11 +110,7 @@ impl Autoscalers {
 
     /// Whether this generation of the pool had its topology declared within [`REDECLARE_EVERY`].
     pub fn declared_recently(&self, uid: &str, generation: Option<i64>) -> bool {
-        self.declared
-            .lock()
-            .expect("autoscaler lock")
-            .get(uid)
-            .is_some_and(|(g, at)| *g == generation && at.elapsed() < REDECLARE_EVERY)
+        self.declared.lock().expect("autoscaler lock").get(uid).is_some_and(|(g, at)| *g == generation && at.elapsed() < REDECLARE_EVERY)
     }
 
     /// Records a successful declaration (`ok`) or forgets the last one.
@@ -136,9 +132,9 @@ impl Autoscalers {
         current: u32,
         queues: &[String],
         retry_queues: &[String],
-        broker: &crate::broker::Broker,
-        registry: &WorkerRegistry,
+        ctx: &crate::controllers::Context,
     ) -> Result<Scaled, BrokerError> {
+        let (broker, registry) = (&ctx.broker, &ctx.workers);
         let namespace = pool.namespace().unwrap_or_default();
         let name = pool.name_any();
         let ready = ready_counts(broker, queues).await?;
@@ -210,7 +206,12 @@ impl Autoscalers {
 
     /// Before a scale-down: annotates every pod of the pool with its deletion cost from the
     /// workers' heartbeats, so the ReplicaSet removes idle pods and keeps busy ones.
-    pub async fn mark_deletion_costs(&self, client: &kube::Client, pool: &WorkerPool, registry: &WorkerRegistry) -> Result<usize, kube::Error> {
+    pub async fn mark_deletion_costs(
+        &self,
+        client: &kube::Client,
+        pool: &WorkerPool,
+        registry: &WorkerRegistry,
+    ) -> Result<usize, kube::Error> {
         let namespace = pool.namespace().unwrap_or_default();
         let name = pool.name_any();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ReflectHandle, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tracing::Instrument;
@@ -110,8 +110,7 @@ async fn reconcile_inner(wf: Arc<Workflow>, ctx: &WorkflowContext) -> Result<Act
     let status = status::desired(&wf, &plan, &Time(now));
     if wf.status.as_ref() != Some(&status) {
         let patch: json_patch::Patch =
-            serde_json::from_value(serde_json::json!([{ "op": "add", "path": "/status", "value": status }]))
-                .expect("a JSON patch");
+            serde_json::from_value(serde_json::json!([{ "op": "add", "path": "/status", "value": status }])).expect("a JSON patch");
         let written = workflows.patch_status(&wf.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await;
         metrics::global().record_status_write(metrics::WORKFLOW, &written);
         match written {
@@ -139,10 +138,7 @@ async fn reconcile_inner(wf: Arc<Workflow>, ctx: &WorkflowContext) -> Result<Act
 }
 
 fn error_policy(wf: Arc<Workflow>, error: &Error, ctx: Arc<WorkflowContext>) -> Action {
-    metrics::global()
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() })
-        .inc();
+    metrics::global().reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, reason: error.reason() }).inc();
     let delay = ctx.backoff.next(&wf.uid().unwrap_or_default());
     tracing::warn!(namespace = wf.namespace(), name = wf.name_any(), reason = error.reason(), %error, ?delay, "Workflow reconcile failed");
     Action::requeue(delay)
@@ -150,7 +146,7 @@ fn error_policy(wf: Arc<Workflow>, error: &Error, ctx: Arc<WorkflowContext>) -> 
 
 /// Runs the Workflow controller until the stream ends (in `config`'s watch namespace, if any);
 /// `jobs` and `children` come from the operator's shared [`super::JobWatch`].
-pub async fn run(client: Client, config: super::Config, jobs: Store<Job>, children: ReflectHandle<Job>) {
+pub async fn run(client: Client, config: super::Config, jobs: Store<Job>, children: super::Changes<Job>) {
     let ctx = Arc::new(WorkflowContext { client: client.clone(), jobs, backoff: ErrorBackoff::default() });
     Controller::new(config.watched::<Workflow>(client), watcher::Config::default())
         .owns_shared_stream(children)

@@ -9,6 +9,8 @@ use crate::crd::{StepPhase, Workflow, WorkflowPhase, WorkflowStatus};
 /// Computes the full status. `now` only stamps condition transitions.
 pub fn desired(wf: &Workflow, plan: &Plan, now: &Time) -> WorkflowStatus {
     let previous = wf.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    // Kept: written by the notifier (`crate::notify`), never computed here.
+    let notifications = wf.status.as_ref().map(|s| s.notifications.clone()).unwrap_or_default();
     let total = wf.spec.steps.len();
     if let Some(invalid) = &plan.invalid {
         let wanted = [
@@ -21,6 +23,7 @@ pub fn desired(wf: &Workflow, plan: &Plan, now: &Time) -> WorkflowStatus {
             message: Some(format!("invalid spec, nothing runs: {invalid}")),
             conditions: conditions::merge(previous, &wanted, wf.metadata.generation, now),
             observed_generation: wf.metadata.generation,
+            notifications,
             ..WorkflowStatus::default()
         };
     }
@@ -47,8 +50,8 @@ pub fn desired(wf: &Workflow, plan: &Plan, now: &Time) -> WorkflowStatus {
             let mut message = failure.message.clone();
             if !compensations.is_empty() {
                 let failed: Vec<&str> =
-                    compensations.iter().filter(|c| c.phase == StepPhase::Failed).map(|c| c.step.as_str()).collect();
-                let done = compensations.iter().filter(|c| c.phase.is_finished()).count();
+                    compensations.iter().filter(|c| c.run.phase == StepPhase::Failed).map(|c| c.step.as_str()).collect();
+                let done = compensations.iter().filter(|c| c.run.phase.is_finished()).count();
                 message.push_str(&format!("; compensations {done}/{} finished", compensations.len()));
                 if !failed.is_empty() {
                     message.push_str(&format!(", failed: {}", failed.join(", ")));
@@ -73,5 +76,6 @@ pub fn desired(wf: &Workflow, plan: &Plan, now: &Time) -> WorkflowStatus {
         message,
         conditions: conditions::merge(previous, &wanted, wf.metadata.generation, now),
         observed_generation: wf.metadata.generation,
+        notifications,
     }
 }

@@ -47,12 +47,8 @@ impl TemplateError {
     /// Stable reason, for conditions and step messages.
     pub fn reason(&self) -> &'static str {
         match self {
-            TemplateError::Unclosed { .. } | TemplateError::Syntax { .. } | TemplateError::ItemsFromNotATemplate { .. } => {
-                "BadTemplate"
-            }
-            TemplateError::NoResult { .. } | TemplateError::MissingPath { .. } | TemplateError::NotAList { .. } => {
-                "TemplateUnresolved"
-            }
+            TemplateError::Unclosed { .. } | TemplateError::Syntax { .. } | TemplateError::ItemsFromNotATemplate { .. } => "BadTemplate",
+            TemplateError::NoResult { .. } | TemplateError::MissingPath { .. } | TemplateError::NotAList { .. } => "TemplateUnresolved",
         }
     }
 }
@@ -175,9 +171,9 @@ pub fn render<'a>(value: &Value, results: &impl Fn(&str) -> Option<&'a Value>) -
             }
         }
         Value::Array(items) => Value::Array(items.iter().map(|v| render(v, results)).collect::<Result<_, _>>()?),
-        Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), render(v, results)?))).collect::<Result<_, TemplateError>>()?,
-        ),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| Ok((k.clone(), render(v, results)?))).collect::<Result<_, TemplateError>>()?)
+        }
         other => other.clone(),
     })
 }
@@ -234,7 +230,10 @@ mod tests {
             (json!("{{steps.extract.result.name}}/{{steps.charge.result}}"), json!("orders/ch_123")),
             (json!("ids {{steps.extract.result.rows.0}}"), json!("ids {\"id\":7}")),
             (json!("no template here"), json!("no template here")),
-            (json!({"a": ["{{steps.charge.result}}", 1], "b": {"c": "{{steps.extract.result.count}}"}}), json!({"a": ["ch_123", 1], "b": {"c": 2}})),
+            (
+                json!({"a": ["{{steps.charge.result}}", 1], "b": {"c": "{{steps.extract.result.count}}"}}),
+                json!({"a": ["ch_123", 1], "b": {"c": 2}}),
+            ),
             (json!(42), json!(42)),
         ];
         for (template, want) in cases {
@@ -248,9 +247,15 @@ mod tests {
             (json!("{{steps.extract.result.count"), "template \"{{steps.extract.result.count\" has no closing '}}'"),
             (json!("{{extract.result}}"), "template {{extract.result}} is not of the form {{steps.<name>.result[.<path>]}}"),
             (json!("{{steps.extract.output}}"), "template {{steps.extract.output}} is not of the form {{steps.<name>.result[.<path>]}}"),
-            (json!("{{steps.extract.result..x}}"), "template {{steps.extract.result..x}} is not of the form {{steps.<name>.result[.<path>]}}"),
+            (
+                json!("{{steps.extract.result..x}}"),
+                "template {{steps.extract.result..x}} is not of the form {{steps.<name>.result[.<path>]}}",
+            ),
             (json!("{{steps.load.result}}"), "{{steps.load.result}}: step \"load\" has no result"),
-            (json!("{{steps.extract.result.rows.5.id}}"), "{{steps.extract.result.rows.5.id}}: the result of step \"extract\" has nothing at \"rows.5\""),
+            (
+                json!("{{steps.extract.result.rows.5.id}}"),
+                "{{steps.extract.result.rows.5.id}}: the result of step \"extract\" has nothing at \"rows.5\"",
+            ),
             (json!("{{steps.charge.result.id}}"), "{{steps.charge.result.id}}: the result of step \"charge\" has nothing at \"id\""),
         ];
         for (template, want) in cases {
