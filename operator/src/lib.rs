@@ -1,6 +1,7 @@
 //! The Warren operator: controllers for WorkerPool, Job, Workflow and Schedule, the report
 //! consumer that keeps Job status true, and the `warren` CLI's building blocks.
 
+pub mod admission;
 pub mod autoscaler;
 pub mod broker;
 pub mod conditions;
@@ -69,9 +70,12 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     let pool_changes = pool_watch.subscribe();
     let pool_controller = controllers::worker_pool::controller(client.clone(), &config, &pool_watch);
     let report_keys = Arc::new(report_keys::ReportKeys::new(client.clone()));
+    let (circuits, circuit_triggers) = admission::Circuits::new(client.clone());
+    let circuits = Arc::new(circuits);
     let ctx = Arc::new(Context {
         queue_health,
         report_keys: report_keys.clone(),
+        circuits: circuits.clone(),
         client: client.clone(),
         broker: broker::Broker::new(config.amqp_url.clone(), config.amqp_tls.clone()),
         book: book.clone(),
@@ -83,6 +87,8 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     });
     let flusher = tokio::spawn(book.clone().run_flusher());
     let lost_tasks = tokio::spawn(lost_tasks::run(ctx.clone()));
+    let (admitted, admitted_jobs) = futures::channel::mpsc::unbounded();
+    let admission = tokio::spawn(admission::run(ctx.clone(), admitted));
     let sampler = tokio::spawn(queue_stats::run(
         config.amqp_url.clone(),
         config.amqp_tls.clone(),
@@ -105,6 +111,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         book,
         workers,
         report_keys,
+        circuits.clone(),
         ctx.pools.clone(),
     ));
     tracing::info!(amqp = %broker::redact(&config.amqp_url), watch_namespace = config.watch_namespace.as_deref().unwrap_or("(all)"), "Warren operator started");
@@ -117,8 +124,8 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         tokio::select! {
             _ = async {
                 tokio::join!(
-                    controllers::worker_pool::run(pool_controller, ctx.clone(), health_triggers.pools),
-                    controllers::job::run(ctx.clone(), jobs.clone(), job_events, pool_changes, health_triggers.jobs_of_pools),
+                    controllers::worker_pool::run(pool_controller, ctx.clone(), health_triggers.pools, circuit_triggers),
+                    controllers::job::run(ctx.clone(), jobs.clone(), job_events, pool_changes, health_triggers.jobs_of_pools, admitted_jobs),
                     controllers::workflow::run(client.clone(), config.clone(), jobs, child_events),
                     controllers::schedule::run(client.clone(), config.clone()),
                 )
@@ -141,6 +148,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     };
     flusher.abort();
     lost_tasks.abort();
+    admission.abort();
     consumer.abort();
     sampler.abort();
     metrics::global().leader.set(0);

@@ -33,6 +33,9 @@ pub const SUSTAIN: Duration = Duration::from_secs(30);
 /// Seconds of the pool's completion rate that may be in transit between the workers and the
 /// ledger (reports flush every 100 ms; heartbeats every 2 s).
 pub const TRANSIT: f64 = 2.0;
+/// Jobs of a pool whose queues' health changed that the check writes at once (each write is
+/// bounded by the book's status-write timeout); the others follow through the flusher.
+pub const FLUSH_AT_ONCE: usize = 32;
 /// How long a silent worker's last heartbeat still counts.
 pub const WORKER_MEMORY: Duration = Duration::from_secs(180);
 
@@ -136,8 +139,9 @@ async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::Worker
             // pool's Ready condition), and wait.
             unavailable.set(1);
             if ctx.queue_health.observe(&namespace, &name, Some(error.to_string())) {
-                ctx.book.touch_pool(&namespace, &name);
                 tracing::warn!(namespace, pool = name, %error, "a queue of the pool is on a broker node that is down; its Jobs wait for it");
+                ctx.book.touch_pool(&namespace, &name);
+                ctx.book.flush_pool(&namespace, &name, FLUSH_AT_ONCE).await;
             }
             return;
         }
@@ -146,8 +150,9 @@ async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::Worker
         Ok(held) => {
             unavailable.set(0);
             if ctx.queue_health.observe(&namespace, &name, None) {
-                ctx.book.touch_pool(&namespace, &name);
                 tracing::info!(namespace, pool = name, "the pool's queues are available again");
+                ctx.book.touch_pool(&namespace, &name);
+                ctx.book.flush_pool(&namespace, &name, FLUSH_AT_ONCE).await;
             }
             held
         }

@@ -156,6 +156,8 @@ pub struct Metrics {
     pub tasks_lost: Family<PoolOnlyLabels, Counter>,
     /// 1 while a queue of a pool with queued tasks is on a broker node that is down.
     pub queues_unavailable: Family<PoolOnlyLabels, Gauge>,
+    pub tasks_admitted: Family<PoolOnlyLabels, Counter>,
+    pub circuit_state: Family<PoolOnlyLabels, Gauge>,
     pub tasks_in_flight: Family<PoolLabels, Gauge>,
     pub queue_ready: Family<PoolLabels, Gauge>,
     pub queue_consumers: Family<PoolLabels, Gauge>,
@@ -201,6 +203,8 @@ impl Metrics {
         let tasks_dead_lettered = Family::<PoolLabels, Counter>::default();
         let tasks_lost = Family::<PoolOnlyLabels, Counter>::default();
         let queues_unavailable = Family::<PoolOnlyLabels, Gauge>::default();
+        let tasks_admitted = Family::<PoolOnlyLabels, Counter>::default();
+        let circuit_state = Family::<PoolOnlyLabels, Gauge>::default();
         let tasks_in_flight = Family::<PoolLabels, Gauge>::default();
         let queue_ready = Family::<PoolLabels, Gauge>::default();
         let queue_consumers = Family::<PoolLabels, Gauge>::default();
@@ -242,6 +246,16 @@ impl Metrics {
             "queues_unavailable",
             "1 while a queue of a pool with queued tasks is on a stopped broker node (a classic queue's node, or a quorum queue without a quorum): its Jobs wait",
             queues_unavailable.clone(),
+        );
+        registry.register(
+            "tasks_admitted",
+            "Tasks the operator's flow control admitted to a pool's queues (pools with fairness or rateLimit, Jobs with maxRunning)",
+            tasks_admitted.clone(),
+        );
+        registry.register(
+            "circuit_state",
+            "A pool's circuit breaker (spec.circuitBreaker or the warren.dev/circuit annotation): 0 closed, 1 open (no task starts), 2 half-open (probe tasks run)",
+            circuit_state.clone(),
         );
         registry.register("tasks_in_flight", "Tasks a worker reported started and not yet finished", tasks_in_flight.clone());
         registry.register("queue_ready_messages", "Tasks waiting in a pool's work queue (RabbitMQ ready messages)", queue_ready.clone());
@@ -328,6 +342,8 @@ impl Metrics {
             tasks_dead_lettered,
             tasks_lost,
             queues_unavailable,
+            tasks_admitted,
+            circuit_state,
             tasks_in_flight,
             queue_ready,
             queue_consumers,
@@ -385,6 +401,11 @@ impl Metrics {
                 self.status_write_errors.get_or_create(&StatusWriteErrorLabels { kind, reason }).inc()
             }
         };
+    }
+
+    /// Counts a status write given up without an answer (reason `Timeout`).
+    pub fn record_status_write_timeout(&self, kind: &'static str) {
+        self.status_write_errors.get_or_create(&StatusWriteErrorLabels { kind, reason: "Timeout" }).inc();
     }
 
     /// Counts one completion-event delivery attempt of `kind` by its outcome.

@@ -423,6 +423,31 @@ pub struct ControlMessage {
     pub sent_at_ms: u64,
     /// Every Job whose queued tasks must be dropped and whose running tasks must be cancelled.
     pub cancelled: Vec<CancelledJob>,
+    /// Every pool whose circuit is open: its workers start no task (buffered ones wait, no
+    /// attempt spent), except the probe's. Absent from older operators: nothing is paused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paused: Vec<PausedPool>,
+}
+
+/// A pool whose circuit breaker is open or half-open ([`ControlMessage::paused`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PausedPool {
+    pub namespace: String,
+    pub pool: String,
+    /// Half-open: the one worker that may start probe tasks, and how many in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+}
+
+/// The probe of a half-open circuit: worker `pod` may start `tasks` tasks, counted from the
+/// first message that carried this `id`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub id: u64,
+    pub pod: String,
+    pub tasks: u32,
 }
 
 impl ControlMessage {
@@ -661,10 +686,20 @@ mod tests {
             version: PROTOCOL_VERSION,
             sent_at_ms: 5,
             cancelled: vec![CancelledJob { uid: "u".into(), reason: cancel_reason::SUSPENDED.into() }],
+            paused: Vec::new(),
         };
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["cancelled"][0]["reason"], "suspended");
+        assert!(json.get("paused").is_none(), "nothing paused: the message is what older workers know");
         assert_eq!(ControlMessage::from_json(&m.to_json()).unwrap(), m);
+        let paused = ControlMessage {
+            paused: vec![PausedPool { namespace: "n".into(), pool: "p".into(), probe: Some(Probe { id: 1, pod: "w".into(), tasks: 2 }) }],
+            ..m.clone()
+        };
+        assert_eq!(serde_json::to_value(&paused).unwrap()["paused"][0]["probe"]["pod"], "w");
+        assert_eq!(ControlMessage::from_json(&paused.to_json()).unwrap(), paused);
+        let old: ControlMessage = serde_json::from_str(r#"{"version":1,"sentAtMs":1,"cancelled":[]}"#).unwrap();
+        assert!(old.paused.is_empty(), "an older operator's message pauses nothing");
         let kind = TaskEventKind::Cancelled { reason: "deleted".into() };
         assert_eq!(serde_json::to_value(&kind).unwrap()["type"], "cancelled");
         assert!(!kind.is_final());

@@ -242,8 +242,13 @@ impl Env {
     /// For a failure message: the last `n` lines of the operator's log (the one the harness
     /// started) that contain `needle`. Empty against a real cluster, whose logs are not here.
     pub fn operator_log_lines(&self, needle: &str, n: usize) -> String {
+        self.operator_log_lines_where(|l| l.contains(needle), n)
+    }
+
+    /// The last `n` lines of the operator's log that `keep` keeps.
+    pub fn operator_log_lines_where(&self, keep: impl Fn(&str) -> bool, n: usize) -> String {
         let text = std::fs::read_to_string(self.state_dir.join("operator.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
@@ -515,11 +520,12 @@ impl Drop for Env {
         let log = self.state_dir.join("operator.log");
         if let Ok(text) = std::fs::read_to_string(&log) {
             let lines: Vec<&str> = text.lines().collect();
-            let warnings: Vec<&str> = lines.iter().copied().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            let warnings: Vec<&str> =
+                lines.iter().copied().filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains(" lapin::")).collect();
             let warnings = &warnings[warnings.len().saturating_sub(OPERATOR_LOG_TAIL)..];
             let tail = &lines[lines.len().saturating_sub(OPERATOR_LOG_TAIL / 4)..];
             eprintln!(
-                "--- the last {} warnings and errors of {} ---\n{}\n--- its last {} lines ---\n{}\n--- end of the operator log ---",
+                "--- the last {} warnings and errors of {} (lapin's own left out) ---\n{}\n--- its last {} lines ---\n{}\n--- end of the operator log ---",
                 warnings.len(),
                 log.display(),
                 warnings.join("\n"),

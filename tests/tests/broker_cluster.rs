@@ -115,7 +115,7 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
                 let pool = env.pools().get("pool").await?;
                 let ready = pool.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
                 let job = env.jobs().get("big").await?;
-                let job_ready = job.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
+                let job_ready = job.status.clone().unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
                 if ready.as_ref().is_some_and(|c| c.status == "False" && c.reason == "QueueUnavailable")
                     && job_ready.as_ref().is_some_and(|c| c.reason == "PoolNotReady" && c.message.contains("QueueUnavailable"))
                 {
@@ -127,12 +127,19 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
                     let counters: Vec<&str> = metrics
                         .lines()
                         .filter(|l| {
-                            l.starts_with("warren_operator_reconciles_total") || l.starts_with("warren_operator_reconcile_errors_total")
+                            l.starts_with("warren_operator_reconciles_total")
+                                || l.starts_with("warren_operator_reconcile_errors_total")
+                                || l.starts_with("warren_operator_status_write")
                         })
                         .collect();
+                    let progress = job.status.as_ref().map(|s| (s.succeeded, s.completions.clone()));
+                    // The operator's own warnings (not the AMQP library's channel noise), newest last.
+                    let warnings =
+                        env.operator_log_lines_where(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("lapin"), 15);
                     anyhow::bail!(
                         "the pool's and the Job's Ready conditions did not say QueueUnavailable: {ready:?}, {job_ready:?}\n\
-                         what the operator last said of the Job:\n{}\nits reconcile counters: {counters:?}",
+                         the Job's progress in its status: {progress:?}\n\
+                         what the operator last said of the Job:\n{}\nits own last warnings:\n{warnings}\nits counters: {counters:?}",
                         env.operator_log_lines("name=\"big\"", 12)
                     );
                 }

@@ -52,13 +52,15 @@ fn local_up_prometheus_scrapes_the_operator_and_workers_with_the_alert_rules() -
     let state: PathBuf = std::env::temp_dir().join(format!("warren-local-prometheus-{suffix}"));
     let metrics = format!("127.0.0.1:{}", free_port());
     let reports_queue = format!("warren.reports.local-prom-{suffix}");
+    // What `warren local up` says on stderr goes with a failure (CI shows only the failure).
+    let stderr_path = std::env::temp_dir().join(format!("warren-local-prometheus-{suffix}.stderr"));
     let mut child = std::process::Command::new(bin_dir().join("warren"))
         .args(["local", "up", "--prometheus", "--port", &free_port().to_string(), "--metrics-addr", &metrics, "--state-dir"])
         .arg(&state)
         .env("WARREN_AMQP_URL", amqp_url())
         .env("WARREN_REPORTS_QUEUE", &reports_queue)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path)?)
         .spawn()?;
     // The banner, line by line, as it is printed.
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
@@ -87,24 +89,24 @@ fn local_up_prometheus_scrapes_the_operator_and_workers_with_the_alert_rules() -
         wait_until("Prometheus to report the operator target up", Duration::from_secs(90), || {
             Ok(targets_up(&addr, warren_cli::local::PROMETHEUS_OPERATOR_JOB)?.iter().any(|u| u.contains(&metrics)))
         })?;
-        assert!(state.join("prometheus/data").is_dir(), "Prometheus keeps no data in the state dir");
+        anyhow::ensure!(state.join("prometheus/data").is_dir(), "Prometheus keeps no data in the state dir");
 
         // Every group of the chart's rules is loaded, with its alerting rules.
         let expected: Vec<&str> =
             warren_cli::local::ALERT_RULES.lines().filter_map(|l| l.strip_prefix("- name: ")).map(str::trim).collect();
-        assert!(expected.contains(&"warren-operator"), "{expected:?}");
+        anyhow::ensure!(expected.contains(&"warren-operator"), "{expected:?}");
         let rules = prometheus_api(&addr, "/api/v1/rules")?;
         let groups = rules["data"]["groups"].as_array().cloned().unwrap_or_default();
         let loaded: Vec<&str> = groups.iter().filter_map(|g| g["name"].as_str()).collect();
-        assert_eq!(loaded, expected, "{rules}");
+        anyhow::ensure!(loaded == expected, "loaded rule groups {loaded:?}, expected {expected:?}: {rules}");
         let alerts: Vec<&str> = groups
             .iter()
             .flat_map(|g| g["rules"].as_array().into_iter().flatten())
             .filter(|r| r["type"] == "alerting")
             .filter_map(|r| r["name"].as_str())
             .collect();
-        assert!(alerts.contains(&"WarrenOperatorDown"), "{alerts:?}");
-        assert_eq!(alerts.len(), warren_cli::local::ALERT_RULES.matches("- alert: ").count(), "{alerts:?}");
+        anyhow::ensure!(alerts.contains(&"WarrenOperatorDown"), "{alerts:?}");
+        anyhow::ensure!(alerts.len() == warren_cli::local::ALERT_RULES.matches("- alert: ").count(), "{alerts:?}");
 
         // A worker serving metrics becomes a scrape target.
         wait_until("the Warren CRDs to be served", Duration::from_secs(60), || Ok(kubectl(&kubeconfig, &["get", "wp"], None).is_ok()))?;
@@ -126,13 +128,17 @@ fn local_up_prometheus_scrapes_the_operator_and_workers_with_the_alert_rules() -
     let status = child.wait()?;
     let _ = reader.join();
     let log = std::fs::read_to_string(state.join("logs/prometheus.log")).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let stderr: Vec<&str> = stderr.lines().collect();
+    let stderr = stderr[stderr.len().saturating_sub(40)..].join("\n");
+    let _ = std::fs::remove_file(&stderr_path);
     let _ = std::fs::remove_dir_all(&state);
     tokio::runtime::Runtime::new()?.block_on(async {
         warren_e2e::delete_queue(&reports_queue).await?;
         warren_e2e::delete_exchange(&warren_protocol::names::control_exchange(&reports_queue)).await
     })?;
-    result.map_err(|e| e.context(format!("prometheus.log:\n{log}")))?;
-    assert!(status.success(), "warren local up exited with {status} after Ctrl-C");
+    result.map_err(|e| e.context(format!("prometheus.log:\n{log}\nthe end of warren local up's stderr:\n{stderr}")))?;
+    assert!(status.success(), "warren local up exited with {status} after Ctrl-C; the end of its stderr:\n{stderr}");
     Ok(())
 }
 

@@ -9,18 +9,61 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use warren_protocol::ControlMessage;
+use warren_protocol::{ControlMessage, Probe};
 
 /// How long a new session waits for the first control message before it takes tasks, so that
 /// a worker starting after a Job was cancelled does not run its tasks. The operator broadcasts
 /// every second; without an operator the worker starts after this wait.
 pub const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
 
-/// The cancelled Jobs: uid → reason.
+/// The cancelled Jobs: uid → reason; and the pools whose circuit is open: (namespace, pool) →
+/// the probe, if half-open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CancelSet {
     jobs: HashMap<String, String>,
+    paused: HashMap<(String, String), Option<Probe>>,
     sent_at_ms: u64,
+}
+
+/// Whether a worker may start a task of its pool now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartGate {
+    Open,
+    /// The pool's circuit is open: start nothing (buffered tasks wait, no attempt spent).
+    Shut,
+    /// Half-open, and this worker is the probe: up to `tasks` tasks in all for probe `id`.
+    Probe {
+        id: u64,
+        tasks: u32,
+    },
+}
+
+/// The probe tasks a worker started for the current probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCount {
+    id: u64,
+    started: u32,
+}
+
+impl ProbeCount {
+    /// Whether a task may start under `gate`; counts it when it may.
+    pub fn may_start(&mut self, gate: StartGate) -> bool {
+        match gate {
+            StartGate::Open => true,
+            StartGate::Shut => false,
+            StartGate::Probe { id, tasks } => {
+                if self.id != id {
+                    *self = ProbeCount { id, started: 0 };
+                }
+                if self.started < tasks {
+                    self.started += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
 }
 
 impl CancelSet {
@@ -34,8 +77,23 @@ impl CancelSet {
         let mut added: Vec<String> = jobs.keys().filter(|uid| !self.jobs.contains_key(*uid)).cloned().collect();
         added.sort();
         self.jobs = jobs;
+        self.paused = message.paused.iter().map(|p| ((p.namespace.clone(), p.pool.clone()), p.probe.clone())).collect();
         self.sent_at_ms = message.sent_at_ms;
         Some(added)
+    }
+
+    /// Whether worker `pod` of the pool may start a task (see [`ProbeCount`]).
+    pub fn gate(&self, namespace: &str, pool: &str, pod: &str) -> StartGate {
+        match self.paused.get(&(namespace.to_string(), pool.to_string())) {
+            None => StartGate::Open,
+            Some(Some(probe)) if probe.pod == pod => StartGate::Probe { id: probe.id, tasks: probe.tasks },
+            Some(_) => StartGate::Shut,
+        }
+    }
+
+    /// The paused pools, to tell a change apart.
+    pub fn paused_count(&self) -> usize {
+        self.paused.len()
     }
 
     /// Why the Job is cancelled, if it is.
@@ -62,6 +120,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             sent_at_ms: at,
             cancelled: jobs.iter().map(|(u, r)| CancelledJob { uid: u.to_string(), reason: r.to_string() }).collect(),
+            paused: Vec::new(),
         }
     }
 
@@ -77,6 +136,28 @@ mod tests {
         assert_eq!(set.apply(&message(30, &[("b", "deleted"), ("c", "deadline-exceeded")])), Some(vec![]));
         assert_eq!(set.apply(&message(40, &[])), Some(vec![]));
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_paused_pool_starts_nothing_but_its_probe() {
+        let mut set = CancelSet::default();
+        let probe = Probe { id: 7, pod: "w-1".into(), tasks: 2 };
+        let mut paused = message(10, &[]);
+        paused.paused = vec![
+            warren_protocol::PausedPool { namespace: "ns".into(), pool: "p".into(), probe: None },
+            warren_protocol::PausedPool { namespace: "ns".into(), pool: "q".into(), probe: Some(probe) },
+        ];
+        set.apply(&paused);
+        assert_eq!(set.gate("ns", "p", "w-1"), StartGate::Shut);
+        assert_eq!(set.gate("ns", "other", "w-1"), StartGate::Open);
+        assert_eq!(set.gate("ns", "q", "w-2"), StartGate::Shut, "not the probe");
+        let gate = set.gate("ns", "q", "w-1");
+        assert_eq!(gate, StartGate::Probe { id: 7, tasks: 2 });
+        let mut count = ProbeCount::default();
+        assert_eq!((count.may_start(gate), count.may_start(gate), count.may_start(gate)), (true, true, false));
+        assert!(count.may_start(StartGate::Probe { id: 8, tasks: 1 }), "a new probe counts anew");
+        set.apply(&message(20, &[]));
+        assert_eq!(set.gate("ns", "q", "w-1"), StartGate::Open, "the next message without it lifts the pause");
     }
 
     #[test]

@@ -32,6 +32,7 @@ async fn broadcast(pool: &TestPool, cancelled: Vec<String>) -> CancellationToken
                 version: PROTOCOL_VERSION,
                 sent_at_ms: now_ms(),
                 cancelled: cancelled.iter().map(|uid| CancelledJob { uid: uid.clone(), reason: "suspended".into() }).collect(),
+                paused: Vec::new(),
             };
             let props = BasicProperties::default().with_content_type(CONTROL_CONTENT_TYPE.into());
             let _ =

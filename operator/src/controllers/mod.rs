@@ -120,6 +120,8 @@ pub struct Context {
     pub queue_health: Arc<crate::queue_health::QueueHealth>,
     /// The pools' report keys (written by the pool controller, read by the report consumer).
     pub report_keys: Arc<crate::report_keys::ReportKeys>,
+    /// The pools' circuit breakers.
+    pub circuits: Arc<crate::admission::Circuits>,
 }
 
 /// Per-object exponential backoff with jitter for failed reconciles.

@@ -78,6 +78,17 @@ pub struct JobSpec {
     /// once more and is counted once — or `Fail` ends the Job `Failed`, reason `TasksLost`.
     #[serde(default, skip_serializing_if = "OnLostTasks::is_default")]
     pub on_lost_tasks: OnLostTasks,
+    /// Which fair share of its pool the Job draws on, when the pool sets `fairness` (1–64
+    /// characters; default: the Job's own name, so each Job has its own share). Jobs with the
+    /// same key share one (a team, a customer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub fairness_key: Option<String>,
+    /// At most this many of the Job's tasks run or wait in the pool's queues at once; the others
+    /// wait in the operator, occupying no worker slot (status.waiting says `ConcurrencyLimited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_running: Option<u32>,
     /// Completion events: a signed CloudEvents 1.0 POST to each webhook when the Job ends in
     /// one of its `on` phases, delivered at least once, recorded in `status.notifications`
     /// (docs/notifications.md). A receiver that fails never changes the Job's phase.

@@ -23,8 +23,9 @@ pub use schedule::{
     ScheduledWorkflowTemplate,
 };
 pub use worker_pool::{
-    AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, DeletionPolicy, Overflow, PriorityBacklog, QueueType, ScalingRules,
-    WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
+    AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, CIRCUIT_ANNOTATION, CircuitBreakerSpec, DeletionPolicy,
+    FairnessSpec, Overflow, PriorityBacklog, QueueType, RateLimitSpec, ScalingRules, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
+    WorkerTemplate,
 };
 pub use workflow::{
     ApprovalDecision, ApprovalSpec, CompensationStatus, JobTemplate, RunCondition, StepKind, StepPhase, StepStatus, TimeoutAction,

@@ -87,10 +87,110 @@ pub struct WorkerPoolSpec {
     /// Default retry policy of the pool's Jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
+    /// Fair shares between the pool's Jobs (docs/flow-control.md): within a priority class, tasks
+    /// are admitted to the pool's queues by weighted deficit round-robin over the Jobs'
+    /// `fairnessKey`s, so a small Job is not queued behind a huge one. Setting it (or
+    /// `rateLimit`) puts the pool under admission: the operator keeps the Jobs' backlog and
+    /// feeds the queues only about as fast as the workers start tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<FairnessSpec>,
+    /// A rate limit on task starts that holds across all replicas: tasks are admitted to the
+    /// queues at most this fast. Throttled tasks wait in the operator — never dropped, no attempt
+    /// spent. Retries of failed attempts return through their retry queues and are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// A circuit breaker on the pool's downstream: when too many attempts fail, no new task
+    /// starts (the tasks wait, no attempt spent) until a few probe tasks succeed again. Pool
+    /// condition `CircuitOpen`; annotation `warren.dev/circuit: open|closed` forces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
     /// What happens to the RabbitMQ queues when the WorkerPool is deleted: `Retain` (default; the
     /// queues and the tasks in them stay) or `Delete`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// Fair shares of a pool between its Jobs' `fairnessKey`s.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FairnessSpec {
+    /// Weight per `fairnessKey` (1–1000; default 1): a key of weight 2 is admitted twice the
+    /// tasks of a key of weight 1 while both have a backlog. Keys no Job has yet are fine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 1000))]
+    #[x_kube(validation = Rule::new("self.all(k, self[k] >= 1 && self[k] <= 1000)").message("fairness.weights must be between 1 and 1000"))]
+    pub weights: BTreeMap<String, u32>,
+    /// At most this many tasks of one `fairnessKey` run or wait in the pool's queues at once;
+    /// the others wait in the operator (without occupying a worker slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_running_per_key: Option<u32>,
+}
+
+/// A token bucket on the admission of a pool's tasks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Tasks admitted per second, across every replica (more than 0).
+    #[schemars(range(min = 0.001, max = 1000000.0))]
+    pub tasks_per_second: f64,
+    /// Tasks that may be admitted at once after a quiet spell (default: one second's worth,
+    /// at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<u32>,
+}
+
+/// When a pool's circuit opens and how it closes again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerSpec {
+    /// The circuit opens when more than this share of the attempts finished in the window
+    /// failed (0 < ratio ≤ 1).
+    #[schemars(range(min = 0.001, max = 1.0))]
+    pub failure_ratio: f64,
+    /// …and at least this many attempts finished in the window (default 10).
+    #[serde(default = "default_min_tasks")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_tasks: u32,
+    /// The sliding window of finished attempts (default 60).
+    #[serde(default = "default_window_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub window_seconds: u32,
+    /// How long the circuit stays open before it lets probe tasks through (default 30).
+    #[serde(default = "default_open_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub open_seconds: u32,
+    /// Probe tasks let through when half-open: all succeed, the circuit closes; one fails, it
+    /// opens again (default 1).
+    #[serde(default = "default_half_open_tasks")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub half_open_tasks: u32,
+}
+
+fn default_min_tasks() -> u32 {
+    10
+}
+fn default_window_seconds() -> u32 {
+    60
+}
+fn default_open_seconds() -> u32 {
+    30
+}
+fn default_half_open_tasks() -> u32 {
+    1
+}
+
+/// Annotation that forces a pool's circuit `open` or `closed` (any other value, or none: the
+/// breaker decides).
+pub const CIRCUIT_ANNOTATION: &str = "warren.dev/circuit";
+
+impl WorkerPoolSpec {
+    /// Whether the pool's Jobs are admitted by the operator (fair shares, a rate limit, or a
+    /// circuit breaker, which stops admission while open).
+    pub fn flow_controlled(&self) -> bool {
+        self.fairness.is_some() || self.rate_limit.is_some() || self.circuit_breaker.is_some()
+    }
 }
 
 /// Annotation that freezes the autoscaler at the current replica count while `"true"`.

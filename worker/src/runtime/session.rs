@@ -163,8 +163,15 @@ pub(super) async fn run_session(
     let mut draining = false;
     let mut incoming_open = true;
     let mut grace_deadline: Option<Instant> = None;
+    // The operator's control messages: a circuit opening or closing wakes the loop.
+    let mut control = shared.cancels.subscribe();
+    let mut probes = crate::control::ProbeCount::default();
     let end = loop {
-        if !draining && suspects && running.is_empty() {
+        if !draining
+            && suspects
+            && running.is_empty()
+            && shared.cancels.borrow().gate(&config.namespace, &config.pool, &config.pod_name) == crate::control::StartGate::Open
+        {
             let get = BasicGetOptions { no_ack: false };
             match suspect_channel.basic_get(suspect_queue.as_str().into(), get).await {
                 Ok(Some(message)) => {
@@ -203,7 +210,12 @@ pub(super) async fn run_session(
             }
         }
         if !draining && !suspects {
-            while running.len() < usize::from(config.concurrency) {
+            while running.len() < usize::from(config.concurrency) && !buffer.is_empty() {
+                // The pool's circuit breaker: open, nothing starts (buffered tasks wait here).
+                let gate = shared.cancels.borrow().gate(&config.namespace, &config.pool, &config.pod_name);
+                if !probes.may_start(gate) {
+                    break;
+                }
                 let Some((_, ready)) = buffer.pop_next(std::time::Instant::now(), config.starvation) else { break };
                 if !session.acks.is_live(ready.receipt) {
                     // Its channel closed while it waited here (consumer_timeout): the broker took
@@ -263,6 +275,7 @@ pub(super) async fn run_session(
                 }
             }
             Some(_) = aux.join_next(), if !aux.is_empty() => {}
+            Ok(()) = control.changed() => {}
             Some(index) = closed.recv() => {
                 if !config.channel_per_task || !session.connection.status().connected() {
                     session.lost.cancel();
@@ -463,12 +476,17 @@ async fn subscribe_control(
                 };
                 match ControlMessage::from_json(&delivery.data) {
                     Ok(message) => {
-                        shared.cancels.send_if_modified(|set| match set.apply(&message) {
-                            Some(added) if !added.is_empty() => {
-                                tracing::info!(jobs = ?added, cancelled = set.len(), "Jobs cancelled");
-                                true
+                        shared.cancels.send_if_modified(|set| {
+                            let paused_before = set.paused_count();
+                            match set.apply(&message) {
+                                Some(added) if !added.is_empty() => {
+                                    tracing::info!(jobs = ?added, cancelled = set.len(), "Jobs cancelled");
+                                    true
+                                }
+                                // A circuit opened or closed: the session looks at its gate again.
+                                Some(_) => set.paused_count() != paused_before || !message.paused.is_empty(),
+                                None => false,
                             }
-                            _ => false,
                         });
                         if let Some(tx) = first.take() {
                             let _ = tx.send(());

@@ -65,6 +65,11 @@ struct Entry {
     /// The API server refused the full status for good: write [`status::compacted`] instead.
     compact: bool,
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Admission (flow control): the tasks the Job may publish, as a watermark (at least
+    /// `ledger.enqueued`), and why the rest wait. Not persisted: after a restart the next round
+    /// admits again from the enqueued watermark.
+    granted: u32,
+    held: Option<crate::admission::Held>,
 }
 
 /// True for an answer that writing the same status again cannot change: too large (413, or the
@@ -78,7 +83,18 @@ fn refused_for_good(status: &kube::core::Status) -> bool {
 pub enum BookError {
     #[error("writing status of Job {namespace}/{name}: {source}")]
     StatusWrite { namespace: String, name: String, source: kube::Error },
+    #[error("writing status of Job {namespace}/{name}: the API server did not answer within {timeout:?}")]
+    StatusWriteTimeout { namespace: String, name: String, timeout: Duration },
 }
+
+/// How long one status write may take before it is given up (and retried by the next flush): a
+/// request the API server never answers must not hold the Job's write lock — and with it every
+/// later write of the Job and the flusher of all Jobs — for the client's 295 s read timeout.
+pub const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long recording one Event may take (best effort: it is logged and dropped after that).
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A flush that waits longer than this for the Job's write lock says so in the log.
+const SLOW_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// What [`JobBook::apply`] did with an event.
 #[derive(Debug, PartialEq, Eq)]
@@ -175,6 +191,7 @@ impl JobBook {
             Some(entry) => entry.job = job,
             None => {
                 let ledger = Ledger::restore(job.task_count(), job.status.as_ref());
+                let ledger_enqueued = ledger.enqueued;
                 let seq = self.seq();
                 let key = pool_key(&job.namespace().unwrap_or_default(), &job.spec.pool_ref);
                 self.by_pool.lock().expect("index lock").entry(key).or_default().insert(uid.clone());
@@ -195,6 +212,8 @@ impl JobBook {
                         last_write: None,
                         compact: false,
                         write_lock: Arc::default(),
+                        granted: ledger_enqueued,
+                        held: None,
                     },
                 );
             }
@@ -288,6 +307,17 @@ impl JobBook {
         }
     }
 
+    /// Writes the statuses of (up to `at_most` of) a pool's Jobs now, after [`Self::touch_pool`]:
+    /// what its queues' health says reaches them from this caller too, not only through the
+    /// flusher. The others follow at the flusher's pace.
+    pub async fn flush_pool(&self, namespace: &str, pool: &str, at_most: usize) {
+        for uid in self.uids_of_pool(namespace, pool).into_iter().take(at_most) {
+            if let Err(error) = self.flush(&uid).await {
+                tracing::warn!(%error, job_uid = uid, "writing the status of a Job of a pool whose queues changed failed; the flusher retries");
+            }
+        }
+    }
+
     /// Has the Job's status looked at again at the next flush (within the status interval): what
     /// it says of the Job's pool (`waiting`) may have changed without a report of the Job.
     pub fn touch(&self, uid: &str) {
@@ -342,7 +372,86 @@ impl JobBook {
 
     /// What the Job controller's plan needs to know of a Job's ledger.
     pub fn observed(&self, uid: &str) -> Observed {
-        self.entries.lock().expect("book lock").get(uid).map(|e| Observed::of(&e.ledger)).unwrap_or_default()
+        self.entries
+            .lock()
+            .expect("book lock")
+            .get(uid)
+            .map(|e| Observed { admitted: e.granted.max(e.ledger.enqueued), ..Observed::of(&e.ledger) })
+            .unwrap_or_default()
+    }
+
+    /// What the pool's Jobs under admission ask for, in creation order (`all`: every Job of the
+    /// pool is; else only those with `maxRunning`), and the tasks admitted to the pool's queues
+    /// and not started yet, of every Job of the pool.
+    pub fn admission_demands(&self, namespace: &str, pool: &str, priorities: &[String], all: bool) -> (Vec<crate::admission::Demand>, u32) {
+        let entries = self.entries.lock().expect("book lock");
+        let mut queued: u32 = 0;
+        let mut demands: Vec<(jiff::Timestamp, String, crate::admission::Demand)> = Vec::new();
+        for uid in self.uids_of_pool(namespace, pool) {
+            let Some(e) = entries.get(&uid) else { continue };
+            if e.job.spec.suspend || e.ledger.terminated.is_some() || e.ledger.is_complete() {
+                continue;
+            }
+            let granted = e.granted.max(e.ledger.enqueued);
+            queued = queued.saturating_add(e.ledger.queued()).saturating_add(granted - e.ledger.enqueued);
+            if e.blocker.is_some() || !(all || e.job.spec.max_running.is_some()) {
+                continue;
+            }
+            let job = &e.job;
+            let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_default();
+            demands.push((
+                created,
+                job.name_any(),
+                crate::admission::Demand {
+                    uid: uid.clone(),
+                    key: job.spec.fairness_key.clone().unwrap_or_else(|| job.name_any()),
+                    class: priorities.iter().position(|p| *p == job.spec.priority).unwrap_or(priorities.len()),
+                    backlog: job.task_count().saturating_sub(granted),
+                    in_flight: granted.saturating_sub(e.ledger.finished() + e.ledger.cancelled()),
+                    max_running: job.spec.max_running,
+                },
+            ));
+        }
+        demands.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        (demands.into_iter().map(|(_, _, d)| d).collect(), queued)
+    }
+
+    /// Per priority class, the pool's tasks that flow control holds back only for room in the
+    /// queues (reasons `FairShare` and `Queued`): more workers would take them, so the autoscaler
+    /// counts them as backlog. Tasks held by a rate limit or a concurrency limit are not counted:
+    /// a worker added for them could only wait.
+    pub fn held_for_room(&self, namespace: &str, pool: &str) -> HashMap<String, u64> {
+        use crate::admission::Held;
+        let entries = self.entries.lock().expect("book lock");
+        let mut held: HashMap<String, u64> = HashMap::new();
+        for uid in self.uids_of_pool(namespace, pool) {
+            let Some(e) = entries.get(&uid) else { continue };
+            if matches!(e.held, Some(Held::FairShare | Held::Queued)) {
+                let unadmitted = e.job.task_count().saturating_sub(e.granted.max(e.ledger.enqueued));
+                *held.entry(e.job.spec.priority.clone()).or_default() += u64::from(unadmitted);
+            }
+        }
+        held
+    }
+
+    /// Admits `n` more of the Job's tasks; returns the Job to reconcile (it publishes them).
+    pub fn grant(&self, uid: &str, n: u32) -> Option<ObjectRef<Job>> {
+        let mut entries = self.entries.lock().expect("book lock");
+        let entry = entries.get_mut(uid)?;
+        entry.granted = entry.granted.max(entry.ledger.enqueued).saturating_add(n).min(entry.job.task_count());
+        Some(ObjectRef::from_obj(&*entry.job))
+    }
+
+    /// Records why the Job's unadmitted tasks wait (None: they do not); its status says it at
+    /// the next write.
+    pub fn set_held(&self, uid: &str, held: Option<crate::admission::Held>) {
+        let mut entries = self.entries.lock().expect("book lock");
+        if let Some(entry) = entries.get_mut(uid)
+            && entry.held != held
+        {
+            entry.held = held;
+            entry.applied = self.seq();
+        }
     }
 
     /// Starts (`Some(now)`) or stops (`None`, suspended) a Job's `activeDeadlineSeconds` clock.
@@ -530,7 +639,15 @@ impl JobBook {
             .as_ref()
             .and_then(|pools| pools.get(&ObjectRef::new(&job.spec.pool_ref).within(namespace.as_deref().unwrap_or_default())));
         let previous = entry.last_written.as_ref().and_then(|s| s.waiting.as_ref());
-        super::waiting::waiting(job, (queued, running), entry.blocker.as_ref(), pool.as_deref(), &others, previous, now)
+        // Tasks the admission holds back (flow control), and why.
+        let unadmitted = job.task_count().saturating_sub(entry.granted.max(entry.ledger.enqueued));
+        let held = entry.held.map(|why| match why {
+            // An open circuit holds the queued tasks too: the workers start none.
+            crate::admission::Held::CircuitOpen => (why, unadmitted + queued),
+            _ => (why, unadmitted),
+        });
+        let held = held.filter(|(_, n)| *n > 0);
+        super::waiting::waiting(job, (queued, running), held, entry.blocker.as_ref(), pool.as_deref(), &others, previous, now)
     }
 
     /// Writes the Job's status now if it changed. Returns whether it wrote.
@@ -538,7 +655,11 @@ impl JobBook {
         let Some(write_lock) = self.entries.lock().expect("book lock").get(uid).map(|e| e.write_lock.clone()) else {
             return Ok(false);
         };
-        let _writing = write_lock.lock().await;
+        let waiting_since = Instant::now();
+        let writing = write_lock.lock().await;
+        if waiting_since.elapsed() >= SLOW_LOCK_WAIT {
+            tracing::warn!(job_uid = uid, waited = ?waiting_since.elapsed(), "a status write waited long for the Job's previous write");
+        }
         let (job, status, seq) = {
             let mut entries = self.entries.lock().expect("book lock");
             let Some(entry) = entries.get_mut(uid) else { return Ok(false) };
@@ -574,7 +695,15 @@ impl JobBook {
             { "op": "add", "path": "/status", "value": status }
         ]))
         .expect("a JSON patch");
-        let written = api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await;
+        let Ok(written) = tokio::time::timeout(
+            STATUS_WRITE_TIMEOUT,
+            api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)),
+        )
+        .await
+        else {
+            crate::metrics::global().record_status_write_timeout(crate::metrics::JOB);
+            return Err(BookError::StatusWriteTimeout { namespace, name: job.name_any(), timeout: STATUS_WRITE_TIMEOUT });
+        };
         crate::metrics::global().record_status_write(crate::metrics::JOB, &written);
         let transitions = 'written: {
             let mut entries = self.entries.lock().expect("book lock");
@@ -621,6 +750,8 @@ impl JobBook {
                 Err(source) => return Err(BookError::StatusWrite { namespace, name: job.name_any(), source }),
             }
         };
+        // The status is written: later writes need not wait for the Events.
+        drop(writing);
         let transitions = match transitions {
             Ok(transitions) => transitions,
             Err((error, first)) => {
@@ -660,7 +791,11 @@ impl JobBook {
 
     /// Records an Event about the Job (best effort: a lost Event is logged, never an error).
     async fn record(&self, job: &Job, event: Event) {
-        if let Err(error) = self.recorder.publish(&event, &job.object_ref(&())).await {
+        let Ok(published) = tokio::time::timeout(EVENT_TIMEOUT, self.recorder.publish(&event, &job.object_ref(&()))).await else {
+            tracing::warn!(namespace = job.namespace(), name = job.name_any(), timeout = ?EVENT_TIMEOUT, "recording a Job Event timed out; dropped");
+            return;
+        };
+        if let Err(error) = published {
             tracing::warn!(%error, namespace = job.namespace(), name = job.name_any(), "could not record a Job Event");
         }
     }

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
-use warren_protocol::{CONTROL_CONTENT_TYPE, CancelledJob, ControlMessage, PROTOCOL_VERSION, now_ms};
+use warren_protocol::{CONTROL_CONTENT_TYPE, CancelledJob, ControlMessage, PROTOCOL_VERSION, PausedPool, now_ms};
 
 use crate::broker::{Broker, BrokerError, reconnect_delay};
 use crate::controllers::job::book::JobBook;
@@ -42,11 +42,18 @@ pub fn deleted_since(previous: &HashSet<String>, current: &HashSet<String>) -> V
 }
 
 /// Runs forever: watches for deletions, broadcasts the set, reconnects with backoff.
-pub async fn run(url: String, tls: warren_protocol::amqp::Tls, exchange: String, book: Arc<JobBook>, jobs: Store<Job>) {
+pub async fn run(
+    url: String,
+    tls: warren_protocol::amqp::Tls,
+    exchange: String,
+    book: Arc<JobBook>,
+    jobs: Store<Job>,
+    circuits: Arc<crate::admission::Circuits>,
+) {
     let mut attempt = 0u32;
     let mut known: HashSet<String> = HashSet::new();
     loop {
-        match broadcast(&url, &tls, &exchange, &book, &jobs, &mut known).await {
+        match broadcast(&url, &tls, &exchange, &book, &jobs, &circuits, &mut known).await {
             Ok(()) => attempt = 0,
             Err(error) => tracing::warn!(%error, attempt, "control broadcaster lost its connection; reconnecting"),
         }
@@ -61,12 +68,13 @@ async fn broadcast(
     exchange: &str,
     book: &JobBook,
     jobs: &Store<Job>,
+    circuits: &crate::admission::Circuits,
     known: &mut HashSet<String>,
 ) -> Result<(), ControlError> {
     let amqp = |what: &'static str| move |source: lapin::Error| ControlError::Broker(BrokerError::Amqp { what, source });
     let conn = Broker::connect(url, tls, 1).await?;
     let channel = conn.create_channel().await.map_err(amqp("channel.open"))?;
-    let mut last: Option<(Vec<CancelledJob>, Instant)> = None;
+    let mut last: Option<((Vec<CancelledJob>, Vec<PausedPool>), Instant)> = None;
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -78,8 +86,9 @@ async fn broadcast(
         }
         *known = current;
         let cancelled = book.cancelled_jobs(now_ms());
+        let paused = circuits.paused();
         let due = match &last {
-            Some((sent, at)) => *sent != cancelled || at.elapsed() >= BROADCAST_INTERVAL,
+            Some(((sent, sent_paused), at)) => *sent != cancelled || *sent_paused != paused || at.elapsed() >= BROADCAST_INTERVAL,
             None => true,
         };
         if !due {
@@ -87,7 +96,8 @@ async fn broadcast(
         }
         // Re-declared every time: cheap, and the exchange may have been deleted meanwhile.
         warren_protocol::topology::declare_control_exchange(&channel, exchange).await?;
-        let message = ControlMessage { version: PROTOCOL_VERSION, sent_at_ms: now_ms(), cancelled: cancelled.clone() };
+        let message =
+            ControlMessage { version: PROTOCOL_VERSION, sent_at_ms: now_ms(), cancelled: cancelled.clone(), paused: paused.clone() };
         channel
             .basic_publish(
                 exchange.into(),
@@ -98,11 +108,14 @@ async fn broadcast(
             )
             .await
             .map_err(amqp("basic.publish"))?;
-        if last.as_ref().is_none_or(|(sent, _)| *sent != cancelled) {
+        if last.as_ref().is_none_or(|((sent, _), _)| *sent != cancelled) {
             tracing::info!(cancelled = cancelled.len(), "broadcast the cancelled Jobs");
         }
+        if last.as_ref().is_none_or(|((_, sent_paused), _)| *sent_paused != paused) {
+            tracing::info!(paused = paused.len(), "broadcast the pools whose circuit is open");
+        }
         book.set_broadcast(cancelled.iter().map(|c| c.uid.clone()).collect());
-        last = Some((cancelled, Instant::now()));
+        last = Some(((cancelled, paused), Instant::now()));
     }
 }
 

@@ -34,6 +34,8 @@ use plan::Plan;
 const CONTROLLER: &str = "job";
 /// How soon a blocked Job looks again at the latest (its triggers may be missed).
 const BLOCKED_RECHECK: Duration = Duration::from_secs(60);
+/// How soon a Job held by flow control is looked at again without a grant (a missed trigger).
+const HELD_RECHECK: Duration = Duration::from_secs(2);
 /// Setting (or changing) this annotation on a Job replays its dead letters once per value:
 /// `kubectl annotate wjob NAME warren.dev/replay-dead-letters=$(date +%s) --overwrite`.
 pub const REPLAY_ANNOTATION: &str = "warren.dev/replay-dead-letters";
@@ -244,6 +246,15 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
                 }
                 apply::republish(ctx, &job, &job_ref, &uid, &tasks, &retry).await?;
             }
+            Plan::Held { wake_in_ms } => {
+                // The admission reconciles the Job when it grants more; the recheck only
+                // covers a missed trigger.
+                ctx.book.set_blocker(&uid, None);
+                ctx.book.touch(&uid);
+                ctx.backoff.reset(&uid);
+                let recheck = wake_in_ms.map_or(HELD_RECHECK, |ms| Duration::from_millis(ms).min(HELD_RECHECK));
+                return Ok(Action::requeue(recheck));
+            }
             Plan::Follow { wake_in_ms } => {
                 ctx.book.set_blocker(&uid, None);
                 // Triggered by its pool's change, perhaps: why its tasks wait may have changed.
@@ -276,6 +287,7 @@ pub async fn run(
     changed: super::Changes<Job>,
     pool_changes: super::Changes<WorkerPool>,
     queue_health_changes: futures::channel::mpsc::UnboundedReceiver<ObjectRef<WorkerPool>>,
+    admitted: futures::channel::mpsc::UnboundedReceiver<ObjectRef<Job>>,
 ) {
     let control_exchange = names::control_exchange(&ctx.config.reports_queue);
     let broadcaster = tokio::spawn(crate::controllers::job::control::run(
@@ -284,6 +296,7 @@ pub async fn run(
         control_exchange,
         ctx.book.clone(),
         jobs.clone(),
+        ctx.circuits.clone(),
     ));
     let (mirror_tx, mirror_rx) = futures::channel::mpsc::unbounded();
     let jobs_of = {
@@ -308,6 +321,8 @@ pub async fn run(
         // send them here.
         .reconcile_on(mirror_rx)
         .reconcile_on(queue_health_changes)
+        // Jobs the flow control granted tasks to publish.
+        .reconcile_on(admitted)
         .shutdown_on_signal()
         .run(reconcile, error_policy, Arc::new(State { ctx, jobs, claims: Default::default(), mirrors: mirror_tx }))
         .for_each(|_| futures::future::ready(()))

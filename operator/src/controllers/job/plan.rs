@@ -156,6 +156,9 @@ pub struct Observed {
     /// operator's own queue check saw it ([`crate::queue_health`]): the Job waits for the queue
     /// without waiting for the pool's status to reach it through the watch.
     pub queue_unavailable: Option<String>,
+    /// The admission watermark ([`crate::admission`]): under flow control the Job publishes up
+    /// to it only.
+    pub admitted: u32,
 }
 
 impl Observed {
@@ -168,6 +171,7 @@ impl Observed {
             active_since_ms: ledger.active_since_ms,
             terminated: ledger.terminated.is_some(),
             queue_unavailable: None,
+            admitted: ledger.enqueued,
         }
     }
 }
@@ -187,6 +191,9 @@ pub enum Plan {
     Publish { indexes: Range<u32>, retry: RetryPolicy },
     /// Publish again tasks that workers dropped while the Job was suspended: (index, attempt).
     Republish { tasks: Vec<(u32, u32)>, retry: RetryPolicy },
+    /// Flow control holds the rest of the Job's tasks: publish more when the admission grants
+    /// them (it reconciles the Job); plan again after `wake_in_ms` at the latest (the deadline).
+    Held { wake_in_ms: Option<u64> },
     /// Everything is enqueued: follow the reports; plan again after `wake_in_ms` (the deadline).
     Follow { wake_in_ms: Option<u64> },
 }
@@ -292,7 +299,12 @@ pub fn plan(job: &Job, pool: Option<&WorkerPool>, earlier: Option<&Job>, observe
     }
     let enqueued = observed.enqueued;
     if enqueued < total {
-        let end = enqueued.saturating_add(batch_size.max(1)).min(total);
+        // Under flow control, the admission decides how far the Job may publish.
+        let limit = if crate::admission::admits(job, pool) { observed.admitted.min(total) } else { total };
+        if enqueued >= limit {
+            return Plan::Held { wake_in_ms };
+        }
+        let end = enqueued.saturating_add(batch_size.max(1)).min(limit);
         return Plan::Publish { indexes: enqueued..end, retry };
     }
     if !observed.dropped.is_empty() {

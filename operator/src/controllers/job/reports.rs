@@ -47,13 +47,22 @@ struct Readers<'a> {
     book: &'a JobBook,
     workers: &'a WorkerRegistry,
     keys: &'a ReportKeys,
+    circuits: &'a crate::admission::Circuits,
     pools: &'a Store<WorkerPool>,
     signatures: SignaturePolicy,
 }
 
 /// Runs forever: connects, consumes, reconnects with backoff on failure.
-pub async fn run(wiring: Wiring, book: Arc<JobBook>, workers: Arc<WorkerRegistry>, keys: Arc<ReportKeys>, pools: Store<WorkerPool>) {
-    let readers = Readers { book: &book, workers: &workers, keys: &keys, pools: &pools, signatures: wiring.signatures };
+pub async fn run(
+    wiring: Wiring,
+    book: Arc<JobBook>,
+    workers: Arc<WorkerRegistry>,
+    keys: Arc<ReportKeys>,
+    circuits: Arc<crate::admission::Circuits>,
+    pools: Store<WorkerPool>,
+) {
+    let readers =
+        Readers { book: &book, workers: &workers, keys: &keys, circuits: &circuits, pools: &pools, signatures: wiring.signatures };
     let mut attempt = 0u32;
     loop {
         match consume(&wiring.url, &wiring.tls, &wiring.queue, &wiring.queue_type, &readers).await {
@@ -193,6 +202,11 @@ async fn fold(body: &[u8], signature: Option<&str>, readers: &Readers<'_>) -> Re
     metrics.report_events.inc_by(batch.events.len() as u64);
     let mut needs: Vec<(String, u64)> = Vec::new();
     let (mut unknown, mut refused, mut foreign) = (0u64, 0u64, 0u64);
+    // The pool's circuit breaker counts its finished attempts (of its own Jobs only).
+    let breaker = readers
+        .pools
+        .get(&ObjectRef::new(&batch.worker.pool).within(&batch.worker.namespace))
+        .and_then(|pool| pool.spec.circuit_breaker.clone());
     for event in &batch.events {
         let mut applied = book.apply(event, &batch.worker);
         if applied == Applied::UnknownJob {
@@ -225,6 +239,17 @@ async fn fold(body: &[u8], signature: Option<&str>, readers: &Readers<'_>) -> Re
                 Err(error) => return Err(ConsumeError::JobLookup(error)),
             }
             applied = book.apply(event, &batch.worker);
+        }
+        if let (Some(spec), Applied::Pending { .. }) = (&breaker, &applied) {
+            let failed = match &event.kind {
+                warren_protocol::TaskEventKind::Succeeded { .. } => Some(false),
+                warren_protocol::TaskEventKind::Failed { .. } => Some(true),
+                _ => None,
+            };
+            if let Some(failed) = failed {
+                // The operator's clock, not the report's: a worker's timestamp is untrusted input.
+                readers.circuits.record(&batch.worker.namespace, &batch.worker.pool, spec, failed, warren_protocol::now_ms());
+            }
         }
         match applied {
             Applied::Pending { uid, seq } => match needs.iter_mut().find(|(u, _)| *u == uid) {

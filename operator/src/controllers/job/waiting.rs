@@ -8,6 +8,7 @@
 //! the broker nothing, so it costs no I/O; it is computed when the status is written and changes
 //! the status only when the reason (or the count ahead) does.
 
+use crate::admission::Held;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::plan::Blocker;
@@ -36,9 +37,11 @@ pub fn queued_job(job: &Job, queued: u32) -> QueuedJob {
 /// Why the Job waits, if it does. `(queued, running)` are the Job's own counts; `others` the
 /// other unfinished Jobs of its pool; `previous` the last `waiting` written (its `since` is kept
 /// while the reason holds).
+#[allow(clippy::too_many_arguments)]
 pub fn waiting(
     job: &Job,
     (queued, running): (u32, u32),
+    held: Option<(Held, u32)>,
     blocker: Option<&Blocker>,
     pool: Option<&WorkerPool>,
     others: &[QueuedJob],
@@ -51,7 +54,12 @@ pub fn waiting(
         }
         // Refused, or a duplicate: it does not wait, it will not run (its Ready condition says).
         Some(Blocker::InvalidSpec(_) | Blocker::DuplicateOf(..)) => return None,
-        None if queued == 0 || job.spec.suspend => return None,
+        None if job.spec.suspend => return None,
+        // Held back by the pool's flow control (tasks not admitted to its queues yet).
+        None if let Some((why @ (Held::ConcurrencyLimited | Held::RateLimited | Held::FairShare | Held::CircuitOpen), n)) = held => {
+            (why.reason(), held_message(job, why, n, pool), None)
+        }
+        None if queued == 0 && held.is_none() => return None,
         None => {
             let pool = pool?;
             queued_reason(job, queued, running, pool, others)
@@ -62,6 +70,34 @@ pub fn waiting(
         _ => now.clone(),
     };
     Some(JobWaiting { reason: reason.to_string(), message, tasks_ahead, since })
+}
+
+/// What a Job held back by its pool's admission waits for.
+fn held_message(job: &Job, why: Held, held: u32, pool: Option<&WorkerPool>) -> String {
+    let tasks = if held == 1 { "1 task".to_string() } else { format!("{held} tasks") };
+    let name = &job.spec.pool_ref;
+    match why {
+        Held::ConcurrencyLimited => {
+            match (job.spec.max_running, pool.and_then(|p| p.spec.fairness.as_ref()).and_then(|f| f.max_running_per_key)) {
+                (Some(max), _) => format!("{tasks} of this Job wait: at most {max} run at once (spec.maxRunning)"),
+                (None, Some(max)) => format!(
+                    "{tasks} of this Job wait: at most {max} tasks of fairnessKey {:?} run at once in WorkerPool {name:?} (fairness.maxRunningPerKey)",
+                    job.spec.fairness_key.clone().unwrap_or_else(|| kube::ResourceExt::name_any(job))
+                ),
+                (None, None) => format!("{tasks} of this Job wait for a concurrency limit"),
+            }
+        }
+        Held::RateLimited => {
+            let rate = pool.and_then(|p| p.spec.rate_limit.as_ref()).map(|r| r.tasks_per_second).unwrap_or_default();
+            format!("{tasks} of this Job wait: WorkerPool {name:?} starts at most {rate} tasks per second (rateLimit)")
+        }
+        Held::CircuitOpen => format!(
+            "{tasks} of this Job wait: the circuit breaker of WorkerPool {name:?} is open (too many attempts failed); tasks start again once its probe tasks succeed (see the pool's CircuitOpen condition)"
+        ),
+        Held::FairShare | Held::Queued => {
+            format!("{tasks} of this Job wait for their fair share of WorkerPool {name:?}: other fairness keys have their turn")
+        }
+    }
 }
 
 /// The reason for a Job with tasks in its pool's queue.
@@ -214,7 +250,7 @@ mod tests {
             ),
         ];
         for (what, queued, pool, others, want) in cases {
-            let got = waiting(&job("normal"), (queued, 8), None, Some(&pool), &others, None, &now());
+            let got = waiting(&job("normal"), (queued, 8), None, None, Some(&pool), &others, None, &now());
             let got = got.as_ref().map(|w| (w.reason.as_str(), w.message.as_str(), w.tasks_ahead.unwrap_or_default()));
             assert_eq!(got, want, "{what}");
         }
@@ -223,14 +259,14 @@ mod tests {
     #[test]
     fn a_blocked_job_waits_for_its_blocker_and_a_refused_one_does_not_wait() {
         let delayed = Blocker::DelayedUntil("the Job starts at 2026-12-08T02:00:00Z (startAt)".into(), 1);
-        let w = waiting(&job("normal"), (0, 0), Some(&delayed), None, &[], None, &now()).unwrap();
+        let w = waiting(&job("normal"), (0, 0), None, Some(&delayed), None, &[], None, &now()).unwrap();
         assert_eq!((w.reason.as_str(), w.message.as_str(), w.tasks_ahead), ("DelayedUntil", delayed.message(), None));
         let not_ready = Blocker::PoolNotReady("WorkerPool \"p\" has not declared its queues yet".into());
-        assert_eq!(waiting(&job("normal"), (0, 0), Some(&not_ready), None, &[], None, &now()).unwrap().reason, "PoolNotReady");
-        assert_eq!(waiting(&job("normal"), (0, 0), Some(&Blocker::InvalidSpec("bad".into())), None, &[], None, &now()), None);
+        assert_eq!(waiting(&job("normal"), (0, 0), None, Some(&not_ready), None, &[], None, &now()).unwrap().reason, "PoolNotReady");
+        assert_eq!(waiting(&job("normal"), (0, 0), None, Some(&Blocker::InvalidSpec("bad".into())), None, &[], None, &now()), None);
         let mut suspended = job("normal");
         suspended.spec.suspend = true;
-        assert_eq!(waiting(&suspended, (10, 0), None, Some(&pool(None, 1, 1)), &[], None, &now()), None);
+        assert_eq!(waiting(&suspended, (10, 0), None, None, Some(&pool(None, 1, 1)), &[], None, &now()), None);
     }
 
     #[test]
@@ -238,10 +274,10 @@ mod tests {
         let earlier = Time("2026-12-07T06:50:00Z".parse().unwrap());
         let previous = JobWaiting { reason: "Queued".into(), message: "old numbers".into(), tasks_ahead: Some(3), since: earlier.clone() };
         let fixed = pool(None, 2, 2);
-        let w = waiting(&job("normal"), (4, 8), None, Some(&fixed), &[], Some(&previous), &now()).unwrap();
+        let w = waiting(&job("normal"), (4, 8), None, None, Some(&fixed), &[], Some(&previous), &now()).unwrap();
         assert_eq!((w.reason.as_str(), &w.since), ("Queued", &earlier), "same reason, new numbers, same since");
         let high = [other("high", "2026-12-07T06:59:00Z", "h", 1)];
-        let w = waiting(&job("normal"), (4, 8), None, Some(&fixed), &high, Some(&previous), &now()).unwrap();
+        let w = waiting(&job("normal"), (4, 8), None, None, Some(&fixed), &high, Some(&previous), &now()).unwrap();
         assert_eq!((w.reason.as_str(), &w.since), ("BehindHigherPriority", &now()), "a new reason starts now");
     }
 }

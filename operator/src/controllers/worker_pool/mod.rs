@@ -178,7 +178,23 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
     if pool.spec.autoscaling.is_some() {
         wanted.extend(status::scaling_conditions(scaled.as_ref(), scaling_error.as_ref(), declared.as_ref().err()));
     }
+    let circuit = status::circuit_condition(&ctx.circuits.state(&namespace, &name), pool.spec.circuit_breaker.as_ref());
     let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if let Some(circuit) = &circuit {
+        // An Event when the circuit changes (not when it was already so).
+        let before = previous.iter().find(|c| c.type_ == "CircuitOpen");
+        if before.is_none_or(|c| c.reason != circuit.reason) && (circuit.status || before.is_some()) {
+            let event = kube::runtime::events::Event {
+                type_: if circuit.status { kube::runtime::events::EventType::Warning } else { kube::runtime::events::EventType::Normal },
+                reason: format!("Circuit{}", circuit.reason),
+                note: Some(circuit.message.clone()),
+                action: "CircuitBreaker".into(),
+                secondary: None,
+            };
+            ctx.circuits.announce(&pool, event).await;
+        }
+    }
+    wanted.extend(circuit);
     let status = WorkerPoolStatus {
         replicas: replicas_now,
         ready_replicas: ready,
@@ -311,6 +327,13 @@ pub async fn run(
     controller: Controller<WorkerPool>,
     ctx: Arc<Context>,
     triggers: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<WorkerPool>>,
+    circuit_triggers: futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<WorkerPool>>,
 ) {
-    controller.reconcile_on(triggers).shutdown_on_signal().run(reconcile, error_policy, ctx).for_each(|_| futures::future::ready(())).await;
+    controller
+        .reconcile_on(triggers)
+        .reconcile_on(circuit_triggers)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }

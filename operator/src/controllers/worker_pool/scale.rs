@@ -137,7 +137,16 @@ impl Autoscalers {
         let (broker, registry) = (&ctx.broker, &ctx.workers);
         let namespace = pool.namespace().unwrap_or_default();
         let name = pool.name_any();
-        let ready = ready_counts(broker, queues).await?;
+        let mut ready = ready_counts(broker, queues).await?;
+        // Under flow control, the tasks held back for room in the shallow queues are backlog too.
+        let held = ctx.book.held_for_room(&namespace, &name);
+        for (count, priority) in ready.iter_mut().zip(&pool.spec.priorities) {
+            *count += held.get(priority).copied().unwrap_or(0);
+        }
+        // An open circuit starts no task: its backlog needs no worker (the pool holds its minimum).
+        if matches!(ctx.circuits.state(&namespace, &name), crate::admission::circuit::State::Open { .. }) {
+            ready.iter_mut().for_each(|count| *count = 0);
+        }
         let delayed = delayed_count(broker, retry_queues).await;
         let workers = registry.pool(&namespace, &name, HEARTBEAT_FRESHNESS);
         let arrived: u64 = pool

@@ -1,8 +1,10 @@
 //! The WorkerPool's conditions, decided from what the reconcile observed. Pure.
 
 use super::{Error, scale};
+use crate::admission::circuit;
 use crate::autoscaler::Reason;
 use crate::conditions::Desired;
+use crate::crd::CircuitBreakerSpec;
 
 /// `Ready`: the queues are declared and usable, and the workers have their broker Secret. The
 /// first problem found is the one said: a refused declaration, a missing Secret, a queue on a
@@ -23,6 +25,56 @@ pub fn ready_condition(
             Desired::new("Ready", true, "QueuesDeclared", format!("{queues} queues declared; {ready}/{replicas} workers ready"))
         }
     }
+}
+
+/// `CircuitOpen`, for a pool with a circuit breaker (or one forced open): True while open
+/// (reason `FailureRatioExceeded`, or `Forced` by the annotation) or half-open (`HalfOpen`),
+/// False (`Closed`) otherwise. The message says the ratio that opened it.
+pub fn circuit_condition(state: &circuit::State, spec: Option<&CircuitBreakerSpec>) -> Option<Desired> {
+    Some(match state {
+        circuit::State::Closed => {
+            let spec = spec?;
+            Desired::new(
+                "CircuitOpen",
+                false,
+                "Closed",
+                format!(
+                    "tasks start; the circuit opens when more than {} of the attempts finished in {} s fail (at least {})",
+                    percent(spec.failure_ratio),
+                    spec.window_seconds,
+                    spec.min_tasks
+                ),
+            )
+        }
+        circuit::State::Open { forced: true, .. } => {
+            Desired::new("CircuitOpen", true, "Forced", "the annotation warren.dev/circuit: open holds the circuit open: no task starts")
+        }
+        circuit::State::Open { failed, finished, .. } => Desired::new(
+            "CircuitOpen",
+            true,
+            "FailureRatioExceeded",
+            format!(
+                "{failed} of the last {finished} finished attempts failed ({}, more than {}): no task starts for {} s, then {} probe task(s) run",
+                percent(f64::from(*failed) / f64::from((*finished).max(1))),
+                spec.map_or("the limit".to_string(), |s| percent(s.failure_ratio)),
+                spec.map_or(0, |s| s.open_seconds),
+                spec.map_or(1, |s| s.half_open_tasks)
+            ),
+        ),
+        circuit::State::HalfOpen { succeeded, .. } => Desired::new(
+            "CircuitOpen",
+            true,
+            "HalfOpen",
+            format!(
+                "probing: {succeeded} of {} probe task(s) succeeded; the circuit closes when all do, opens again if one fails",
+                spec.map_or(1, |s| s.half_open_tasks)
+            ),
+        ),
+    })
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.0} %", ratio * 100.0)
 }
 
 /// `ScalingActive` (the autoscaler sees the pool and acts) and `ScalingLimited` (it wants a count
@@ -62,6 +114,21 @@ mod tests {
             current: 3,
             status: AutoscalingStatus::default(),
         }
+    }
+
+    #[test]
+    fn the_circuit_condition_says_why_it_is_open() {
+        let spec = CircuitBreakerSpec { failure_ratio: 0.5, min_tasks: 10, window_seconds: 60, open_seconds: 30, half_open_tasks: 2 };
+        assert_eq!(circuit_condition(&circuit::State::Closed, None), None, "no breaker, no condition");
+        let closed = circuit_condition(&circuit::State::Closed, Some(&spec)).unwrap();
+        assert_eq!((closed.status, closed.reason), (false, "Closed"));
+        let open = circuit_condition(&circuit::State::Open { since_ms: 0, failed: 8, finished: 10, forced: false }, Some(&spec)).unwrap();
+        assert_eq!((open.status, open.reason), (true, "FailureRatioExceeded"));
+        assert!(open.message.starts_with("8 of the last 10 finished attempts failed (80 %, more than 50 %)"), "{}", open.message);
+        let forced = circuit_condition(&circuit::State::Open { since_ms: 0, failed: 0, finished: 0, forced: true }, None).unwrap();
+        assert_eq!((forced.status, forced.reason), (true, "Forced"));
+        let half = circuit_condition(&circuit::State::HalfOpen { since_ms: 0, succeeded: 1 }, Some(&spec)).unwrap();
+        assert_eq!((half.status, half.reason), (true, "HalfOpen"));
     }
 
     #[test]

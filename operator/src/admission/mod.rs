@@ -1,0 +1,340 @@
+//! Admission (flow control, docs/flow-control.md): for a pool with `fairness` or `rateLimit`,
+//! and for Jobs with `maxRunning`, the operator keeps the backlog and admits tasks to the pool's
+//! queues round by round. A pool with none of these settings is not touched: its Jobs publish
+//! as fast as the broker confirms, as before.
+//!
+//! Every [`ROUND`] the leader decides, per pool ([`decide::decide`]), how many tasks each Job may
+//! publish, records it in the book ([`crate::controllers::job::book::JobBook::grant`]) and
+//! reconciles the Jobs granted some: they publish up to their grant. A flow-controlled pool's
+//! queues are kept shallow — about [`DEPTH_ROUNDS`] rounds' worth of what its ready workers can
+//! hold — so that the next task is chosen by policy, not by the order it was published in.
+
+pub mod circuit;
+pub mod decide;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+pub use decide::{Budget, Demand, FairState, Held, Settings};
+
+use crate::controllers::Context;
+use crate::crd::{Job, WorkerPool};
+
+/// How often each pool's admission is decided.
+pub const ROUND: Duration = Duration::from_millis(100);
+/// A worker counts as live for the circuit breaker's probe when it reported this recently.
+const PROBE_WORKER_FRESHNESS: Duration = Duration::from_secs(10);
+/// The shallow queue holds this many times what the ready workers can hold at once: enough to
+/// cover the time from a task starting to the next round's tasks arriving.
+pub const DEPTH_ROUNDS: u32 = 2;
+
+/// Whether the operator admits the Job's tasks (else the Job publishes all of them at once).
+pub fn admits(job: &Job, pool: &WorkerPool) -> bool {
+    job.spec.max_running.is_some() || pool.spec.flow_controlled()
+}
+
+/// A pool's token bucket (`rateLimit`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn new(burst: f64, now: Instant) -> Self {
+        Self { tokens: burst, at: now }
+    }
+
+    /// Whole tokens available at `now` (refilled at `rate` per second up to `burst`).
+    pub fn available(&mut self, rate: f64, burst: f64, now: Instant) -> u32 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at = now;
+        self.tokens.floor().max(0.0) as u32
+    }
+
+    pub fn take(&mut self, n: u32) {
+        self.tokens -= f64::from(n);
+    }
+}
+
+/// The burst of a rate limit: as set, else one second's worth (at least 1).
+pub fn burst_of(limit: &crate::crd::RateLimitSpec) -> f64 {
+    limit.burst.map_or(limit.tasks_per_second.ceil().max(1.0), f64::from)
+}
+
+/// The queue room a flow-controlled pool has this round: `DEPTH_ROUNDS` × what its ready workers
+/// (at least one, so that a pool scaled to zero gets tasks to scale up for) hold at once, less
+/// what is queued already.
+pub fn room(pool: &WorkerPool, queued: u32) -> u32 {
+    let ready = pool.status.as_ref().map_or(0, |s| s.ready_replicas).max(1) as u32;
+    let depth = ready.saturating_mul(pool.spec.concurrency.max(1)).saturating_mul(DEPTH_ROUNDS);
+    depth.saturating_sub(queued)
+}
+
+/// Every pool's circuit breaker, fed by the report consumer ([`Circuits::record`]) and moved on
+/// by the admission rounds ([`Circuits::tick`]); read by the control broadcast (which pauses the
+/// workers of an open pool), the admission, the autoscaler and the pool's status.
+pub struct Circuits {
+    pools: std::sync::Mutex<HashMap<String, PoolCircuit>>,
+    changed: mpsc::UnboundedSender<ObjectRef<WorkerPool>>,
+    recorder: kube::runtime::events::Recorder,
+}
+
+#[derive(Default)]
+struct PoolCircuit {
+    circuit: circuit::Circuit,
+    /// Half-open: the worker chosen to run the probes, and how many.
+    probe_pod: Option<String>,
+    probe_tasks: u32,
+    /// The state the last tick saw: a change made by [`Circuits::record`] (a probe's result)
+    /// is announced by the next tick too.
+    last_seen: Option<circuit::State>,
+}
+
+impl Circuits {
+    /// The registry, and the pools to reconcile when their circuit changes (their status says it).
+    pub fn new(client: kube::Client) -> (Self, mpsc::UnboundedReceiver<ObjectRef<WorkerPool>>) {
+        let (changed, pools) = mpsc::unbounded();
+        (Self { pools: std::sync::Mutex::default(), changed, recorder: crate::events::recorder(client) }, pools)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolCircuit>> {
+        self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A finished attempt of a pool with a circuit breaker.
+    pub fn record(&self, namespace: &str, pool: &str, spec: &crate::crd::CircuitBreakerSpec, failed: bool, at_ms: u64) {
+        self.lock().entry(format!("{namespace}/{pool}")).or_default().circuit.record(failed, at_ms, spec);
+    }
+
+    /// Moves the pool's circuit on (its window, `openSeconds`, the annotation); `workers` are
+    /// the pool's live workers, one of which runs the probes when half-open. Returns the gate.
+    pub fn tick(&self, pool: &WorkerPool, workers: &[String], now_ms: u64) -> circuit::Gate {
+        let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+        let force = circuit::Force::parse(pool.annotations().get(crate::crd::CIRCUIT_ANNOTATION).map(String::as_str));
+        let spec = pool.spec.circuit_breaker.as_ref();
+        let mut pools = self.lock();
+        let key = format!("{namespace}/{name}");
+        if spec.is_none() && force.is_none() && !pools.contains_key(&key) {
+            return circuit::Gate::Open;
+        }
+        let entry = pools.entry(key).or_default();
+        entry.circuit.tick(spec, force, now_ms);
+        let changed = entry.last_seen.as_ref() != Some(&entry.circuit.state);
+        entry.last_seen = Some(entry.circuit.state.clone());
+        let gate = entry.circuit.gate(spec);
+        match gate {
+            circuit::Gate::Probe { tasks, .. } => {
+                entry.probe_tasks = tasks;
+                if entry.probe_pod.as_ref().is_none_or(|pod| !workers.contains(pod)) {
+                    entry.probe_pod = workers.iter().min().cloned();
+                }
+            }
+            _ => entry.probe_pod = None,
+        }
+        let state = entry.circuit.metric();
+        drop(pools);
+        crate::metrics::global()
+            .circuit_state
+            .get_or_create(&crate::metrics::PoolOnlyLabels { namespace: namespace.clone(), pool: name.clone() })
+            .set(state);
+        if changed {
+            tracing::info!(namespace, pool = name, state = ?self.state(&namespace, &name), "the pool's circuit breaker changed");
+            let _ = self.changed.unbounded_send(ObjectRef::new(&name).within(&namespace));
+        }
+        gate
+    }
+
+    /// The pool's circuit state (closed when it has none).
+    pub fn state(&self, namespace: &str, pool: &str) -> circuit::State {
+        self.lock().get(&format!("{namespace}/{pool}")).map_or(circuit::State::Closed, |p| p.circuit.state.clone())
+    }
+
+    /// The pools whose workers must not start tasks (all but the probe), for the control
+    /// broadcast.
+    pub fn paused(&self) -> Vec<warren_protocol::PausedPool> {
+        let pools = self.lock();
+        let mut paused: Vec<warren_protocol::PausedPool> = pools
+            .iter()
+            .filter_map(|(key, p)| {
+                let (namespace, pool) = key.split_once('/')?;
+                let probe = match p.circuit.state {
+                    circuit::State::Closed => return None,
+                    circuit::State::Open { .. } => None,
+                    circuit::State::HalfOpen { since_ms, .. } => {
+                        p.probe_pod.clone().map(|pod| warren_protocol::Probe { id: since_ms, pod, tasks: p.probe_tasks.max(1) })
+                    }
+                };
+                Some(warren_protocol::PausedPool { namespace: namespace.into(), pool: pool.into(), probe })
+            })
+            .collect();
+        paused.sort_by(|a, b| (&a.namespace, &a.pool).cmp(&(&b.namespace, &b.pool)));
+        paused
+    }
+
+    /// Forgets pools that are gone.
+    pub fn retain(&self, keys: &std::collections::HashSet<String>) {
+        self.lock().retain(|key, _| keys.contains(key));
+    }
+
+    /// Records an Event on the pool (best effort).
+    pub async fn announce(&self, pool: &WorkerPool, event: kube::runtime::events::Event) {
+        let published = tokio::time::timeout(Duration::from_secs(10), self.recorder.publish(&event, &pool.object_ref(&()))).await;
+        if !matches!(published, Ok(Ok(()))) {
+            tracing::warn!(namespace = pool.namespace(), pool = pool.name_any(), "could not record a circuit breaker Event");
+        }
+    }
+}
+
+/// Per pool, what admission keeps between rounds.
+#[derive(Default)]
+struct PoolState {
+    fair: FairState,
+    bucket: Option<Bucket>,
+    /// The circuit was open at the last round (its Jobs' reasons are cleared when it closes).
+    was_shut: bool,
+}
+
+/// Runs the rounds forever (the leader only). `reconcile` receives the Jobs granted tasks.
+pub async fn run(ctx: Arc<Context>, reconcile: mpsc::UnboundedSender<ObjectRef<Job>>) {
+    let mut states: HashMap<String, PoolState> = HashMap::new();
+    let mut ticker = tokio::time::interval(ROUND);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let pools = ctx.pools.state();
+        let keys: std::collections::HashSet<String> = pools.iter().map(|p| pool_key(p)).collect();
+        states.retain(|key, _| keys.contains(key));
+        ctx.circuits.retain(&keys);
+        for pool in pools {
+            let state = states.entry(pool_key(&pool)).or_default();
+            round(&ctx, &pool, state, &reconcile);
+        }
+    }
+}
+
+fn pool_key(pool: &WorkerPool) -> String {
+    format!("{}/{}", pool.namespace().unwrap_or_default(), pool.name_any())
+}
+
+/// One round for one pool: decide, grant, say why the rest waits.
+fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mpsc::UnboundedSender<ObjectRef<Job>>) {
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let controlled = pool.spec.flow_controlled();
+    let live: Vec<String> = ctx.workers.pool(&namespace, &name, PROBE_WORKER_FRESHNESS).into_iter().map(|(pod, _)| pod).collect();
+    let gate = ctx.circuits.tick(pool, &live, warren_protocol::now_ms());
+    // While a circuit is (or just was) open, every Job of the pool is looked at: each says why it
+    // waits, even one of a pool without admission (forced open by the annotation).
+    let shut = gate != circuit::Gate::Open;
+    let (mut demands, queued) = ctx.book.admission_demands(&namespace, &name, &pool.spec.priorities, controlled || shut || state.was_shut);
+    state.was_shut = shut;
+    if demands.is_empty() {
+        return;
+    }
+    // An open circuit admits nothing; a half-open one only enough for its probes.
+    let circuit_room = match gate {
+        circuit::Gate::Open => None,
+        circuit::Gate::Shut => Some(0),
+        circuit::Gate::Probe { tasks, .. } => Some(if queued == 0 { tasks } else { 0 }),
+    };
+    if circuit_room == Some(0) {
+        for demand in &demands {
+            ctx.book.set_held(&demand.uid, Some(Held::CircuitOpen));
+        }
+        return;
+    }
+    if !controlled {
+        // Only Jobs with maxRunning are admitted here; the others publish on their own.
+        for demand in demands.iter().filter(|d| d.max_running.is_none()) {
+            ctx.book.set_held(&demand.uid, None);
+        }
+        demands.retain(|d| d.max_running.is_some());
+    }
+    // Nothing is admitted while a queue of the pool is down: it would wait there anyway.
+    if ctx.queue_health.unavailable(&namespace, &name).is_some() {
+        return;
+    }
+    let now = Instant::now();
+    let tokens = pool.spec.rate_limit.as_ref().map(|limit| {
+        let burst = burst_of(limit);
+        let bucket = state.bucket.get_or_insert_with(|| Bucket::new(burst, now));
+        bucket.available(limit.tasks_per_second, burst, now)
+    });
+    if pool.spec.rate_limit.is_none() {
+        state.bucket = None;
+    }
+    let room = match (controlled.then(|| room(pool, queued)), circuit_room) {
+        (Some(room), Some(probes)) => Some(room.min(probes)),
+        (room, probes) => room.or(probes),
+    };
+    let budget = Budget { room, tokens };
+    let settings = pool
+        .spec
+        .fairness
+        .as_ref()
+        .map(|f| Settings { weights: f.weights.clone(), max_running_per_key: f.max_running_per_key, ..Settings::default() })
+        .unwrap_or_default();
+    let settings = Settings { starvation_ms: u64::from(pool.spec.starvation_seconds) * 1_000, ..settings };
+    let decision = decide::decide(&demands, &settings, budget, &mut state.fair, warren_protocol::now_ms());
+    if let Some(bucket) = state.bucket.as_mut() {
+        bucket.take(decision.admitted);
+    }
+    if decision.admitted > 0 {
+        crate::metrics::global()
+            .tasks_admitted
+            .get_or_create(&crate::metrics::PoolOnlyLabels { namespace: namespace.clone(), pool: name.clone() })
+            .inc_by(u64::from(decision.admitted));
+    }
+    for demand in &demands {
+        ctx.book.set_held(&demand.uid, decision.held.get(&demand.uid).copied());
+    }
+    for (uid, n) in decision.grants {
+        if let Some(job) = ctx.book.grant(&uid, n) {
+            let _ = reconcile.unbounded_send(job);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_up_to_the_burst() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(5.0, t0);
+        assert_eq!(bucket.available(10.0, 5.0, t0), 5);
+        bucket.take(5);
+        assert_eq!(bucket.available(10.0, 5.0, t0 + Duration::from_millis(250)), 2, "2.5 tokens in 250 ms at 10/s");
+        bucket.take(2);
+        assert_eq!(bucket.available(10.0, 5.0, t0 + Duration::from_secs(10)), 5, "never more than the burst");
+    }
+
+    #[test]
+    fn the_burst_defaults_to_one_seconds_worth() {
+        let limit = |rate: f64, burst: Option<u32>| crate::crd::RateLimitSpec { tasks_per_second: rate, burst };
+        assert_eq!(burst_of(&limit(50.0, None)), 50.0);
+        assert_eq!(burst_of(&limit(0.2, None)), 1.0);
+        assert_eq!(burst_of(&limit(50.0, Some(5))), 5.0);
+    }
+
+    #[test]
+    fn the_room_is_two_rounds_of_the_ready_workers_less_what_is_queued() {
+        let mut pool: WorkerPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool", "metadata": {"name": "p", "namespace": "n"},
+            "spec": {"workers": {"handler": ["true"]}, "concurrency": 4},
+        }))
+        .unwrap();
+        assert_eq!(room(&pool, 0), 8, "no worker ready yet: one worker's worth, to scale up for");
+        pool.status = Some(crate::crd::WorkerPoolStatus { ready_replicas: 3, ..Default::default() });
+        assert_eq!(room(&pool, 10), 14);
+        assert_eq!(room(&pool, 30), 0);
+    }
+}

@@ -1,0 +1,195 @@
+//! The circuit breaker (issue #15, point 4): a pool whose downstream is down stops starting
+//! tasks instead of burning every task's attempts into the dead-letter queue, says so
+//! (`CircuitOpen=True`, `warren_operator_circuit_state`, the Job's `status.waiting`), lets a
+//! few probe tasks through every `openSeconds`, and closes once they succeed; the annotation
+//! `warren.dev/circuit` forces it. Observed through the API, the metrics and a side channel the
+//! handler writes (one line per attempt).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use warren_e2e::{Env, EnvOptions, OperatorOptions, free_port};
+use warren_operator::crd::{JobPhase, WorkerPool};
+
+const ATTEMPTS_LOG: &str = "WARREN_E2E_ATTEMPTS";
+const DOWN_FLAG: &str = "WARREN_E2E_DOWNSTREAM_DOWN";
+
+/// Attempt lines of the side channel: (ok, epoch ms).
+fn attempts(path: &Path) -> Vec<(bool, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (outcome, at) = line.split_once(' ')?;
+            Some((outcome == "ok", at.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+fn condition(pool: &WorkerPool, type_: &str) -> Option<(String, String, String)> {
+    let c = pool.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_circuit(env: &Env, status: &str, reason: &str, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pool = env.pools().get("pool").await?;
+        let seen = condition(&pool, "CircuitOpen");
+        if let Some((s, r, message)) = &seen
+            && s == status
+            && r == reason
+        {
+            return Ok(message.clone());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "CircuitOpen did not become {status}/{reason}; last seen {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The handler: fails while the flag file exists (the downstream is down), logs every attempt.
+fn pool_spec(state: &Path, extra: serde_json::Value) -> serde_json::Value {
+    let log = state.join("attempts.log");
+    let flag = state.join("downstream-down");
+    let handler = format!(
+        "cat >/dev/null; t=$(($(date +%s%N)/1000000)); if [ -e \"${DOWN_FLAG}\" ]; then echo \"fail $t\" >> \"${ATTEMPTS_LOG}\"; exit 1; fi; echo \"ok $t\" >> \"${ATTEMPTS_LOG}\""
+    );
+    let mut spec = serde_json::json!({
+        "workers": {"handler": ["sh", "-c", handler], "env": [
+            {"name": ATTEMPTS_LOG, "value": log.to_string_lossy()},
+            {"name": DOWN_FLAG, "value": flag.to_string_lossy()},
+        ]},
+        "replicas": 2, "concurrency": 2,
+        "retry": {"maxAttempts": 30, "backoff": {"initialDelay": "200ms", "factor": 1.0, "jitter": 0}},
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_starts_no_task_until_its_probes_succeed() -> anyhow::Result<()> {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::start_custom(
+        "circuit",
+        EnvOptions {
+            operator: OperatorOptions { metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() },
+            ..EnvOptions::default()
+        },
+    )
+    .await?;
+    let log = env.state_dir.join("attempts.log");
+    std::fs::write(env.state_dir.join("downstream-down"), "")?;
+    let breaker = serde_json::json!({"circuitBreaker": {"failureRatio": 0.5, "minTasks": 6, "windowSeconds": 30, "openSeconds": 5, "halfOpenTasks": 2}});
+    env.create_pool("pool", pool_spec(&env.state_dir, breaker)).await?;
+    wait_circuit(&env, "False", "Closed", Duration::from_secs(60)).await?;
+    env.create_job("calls", serde_json::json!({"poolRef": "pool", "completions": 40})).await?;
+
+    // The downstream fails every attempt: the circuit opens, and says why.
+    let message = wait_circuit(&env, "True", "FailureRatioExceeded", Duration::from_secs(90)).await?;
+    let opened_at = now_ms();
+    assert!(message.contains("finished attempts failed") && message.contains("more than 50 %"), "{message}");
+    let series = format!("warren_operator_circuit_state{{namespace=\"{}\",pool=\"pool\"}}", env.namespace);
+    let open_metric = warren_e2e::wait_metric(&metrics_addr, &series, 1.0, Duration::from_secs(10)).await;
+    assert!(open_metric.is_ok(), "{series} did not say open: {open_metric:?}");
+    let waiting = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let job = env.jobs().get("calls").await?;
+            let waiting = job.status.and_then(|s| s.waiting);
+            if waiting.as_ref().is_some_and(|w| w.reason == "CircuitOpen") || Instant::now() >= deadline {
+                break waiting;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let waiting = waiting.filter(|w| w.reason == "CircuitOpen");
+    assert!(waiting.as_ref().is_some_and(|w| w.message.contains("circuit breaker of WorkerPool \"pool\" is open")), "{waiting:?}");
+
+    // While the downstream stays down, only probes start: at most halfOpenTasks (2) per
+    // openSeconds (5 s), instead of 4 slots' worth of attempts every retry delay (200 ms).
+    let before_window = attempts(&log).len();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let in_window: Vec<(bool, u64)> = attempts(&log).into_iter().filter(|(_, at)| *at >= opened_at + 1_000).collect();
+    println!("circuit open at +{} attempts; {} attempts in the 11 s after it opened (probes)", before_window, in_window.len());
+    assert!(in_window.len() <= 2 * 4, "more than the probes started while the circuit was open: {} attempts", in_window.len());
+    let job = env.jobs().get("calls").await?.status.unwrap_or_default();
+    assert_eq!(job.dead_lettered, 0, "no task burnt its attempts into the dead-letter queue: {job:?}");
+
+    // The downstream comes back: the next probes succeed and the circuit closes; every task runs.
+    std::fs::remove_file(env.state_dir.join("downstream-down"))?;
+    wait_circuit(&env, "False", "Closed", Duration::from_secs(60)).await?;
+    let job = env.wait_job("calls", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.dead_lettered), (JobPhase::Succeeded, 40, 0), "{status:?}");
+    // Events say it where `kubectl describe wp` shows them: a Warning when it opened, Normal when it closed.
+    let has = |events: &[(String, String, String)], type_: &str, reason: &str| events.iter().any(|(t, _, r)| t == type_ && r == reason);
+    env.wait_events("pool", Duration::from_secs(30), |events| {
+        has(events, "Warning", "CircuitFailureRatioExceeded") && has(events, "Normal", "CircuitClosed")
+    })
+    .await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_annotation_forces_the_circuit_open_and_closed() -> anyhow::Result<()> {
+    let env = Env::start("circuit-forced").await?;
+    let log = env.state_dir.join("attempts.log");
+    // A pool without a breaker can be held open too.
+    env.create_pool("pool", pool_spec(&env.state_dir, serde_json::json!({}))).await?;
+    let annotate = |value: serde_json::Value| {
+        let pools = env.pools();
+        async move {
+            let patch = serde_json::json!({"metadata": {"annotations": {"warren.dev/circuit": value}}});
+            pools.patch("pool", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await
+        }
+    };
+    annotate(serde_json::json!("open")).await?;
+    wait_circuit(&env, "True", "Forced", Duration::from_secs(60)).await?;
+    // Give the workers the broadcast (every second), then submit: nothing starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.create_job("held", serde_json::json!({"poolRef": "pool", "completions": 10})).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(attempts(&log).len(), 0, "a task started while the circuit was forced open");
+    let job = env.jobs().get("held").await?.status.unwrap_or_default();
+    assert_eq!(job.waiting.as_ref().map(|w| w.reason.as_str()), Some("CircuitOpen"), "{job:?}");
+
+    annotate(serde_json::json!("closed")).await?;
+    let job = env.wait_job("held", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded), (JobPhase::Succeeded, 10), "{status:?}");
+    assert_eq!(attempts(&log).len(), 10, "each task ran once");
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_circuit_settings_are_refused_with_the_field_named() -> anyhow::Result<()> {
+    let env = Env::start("circuit-bad").await?;
+    for (name, breaker, field) in [
+        ("zero-ratio", serde_json::json!({"failureRatio": 0}), "spec.circuitBreaker.failureRatio"),
+        ("big-ratio", serde_json::json!({"failureRatio": 1.5}), "spec.circuitBreaker.failureRatio"),
+        ("no-probes", serde_json::json!({"failureRatio": 0.5, "halfOpenTasks": 0}), "spec.circuitBreaker.halfOpenTasks"),
+    ] {
+        let pool: WorkerPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": name, "namespace": env.namespace},
+            "spec": {"workers": {"handler": ["true"]}, "circuitBreaker": breaker},
+        }))?;
+        match env.pools().create(&Default::default(), &pool).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{name}: {}", status.message);
+                assert!(status.message.contains(field), "{name}: {}", status.message);
+            }
+            other => anyhow::bail!("{name}: expected a 422 naming {field}, got {other:?}"),
+        }
+    }
+    env.cleanup().await?;
+    Ok(())
+}
