@@ -356,6 +356,7 @@ mod tests {
             retry: RetryPolicy::default(),
             timeout_seconds: None,
             replay,
+            enqueued_at_ms: 0,
         }
         .to_json()
     }

@@ -137,9 +137,18 @@ pub struct TaskEnvelope {
     /// the dead-lettered one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replay: u32,
+    /// When the operator published the task's first attempt (ms since the epoch; 0 when not
+    /// known, e.g. from an older operator): workers measure the queue wait from it. Carried
+    /// unchanged by retries.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub enqueued_at_ms: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -581,6 +590,7 @@ mod tests {
             retry: RetryPolicy::default(),
             timeout_seconds: Some(30),
             replay: 0,
+            enqueued_at_ms: 0,
         }
     }
 

@@ -172,6 +172,7 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
             retry: RetryPolicy::default(),
             timeout_seconds: None,
             replay: 0,
+            enqueued_at_ms: 0,
         };
         let props = lapin::BasicProperties::default().with_delivery_mode(2);
         channel.basic_publish("".into(), dlq.as_str().into(), BasicPublishOptions::default(), &envelope.to_json(), props).await?.await?;

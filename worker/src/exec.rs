@@ -420,6 +420,7 @@ mod tests {
             retry: Default::default(),
             timeout_seconds: None,
             replay: 0,
+            enqueued_at_ms: 0,
         };
         let env: std::collections::HashMap<_, _> = task_env(&envelope).into_iter().collect();
         assert_eq!(env[exec::ENV_TASK_INDEX], "3");

@@ -81,6 +81,8 @@ pub struct ResultLabels {
 /// Handler run times, seconds: 5 ms to 1 h.
 const DURATION_BUCKETS: [f64; 18] =
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+/// Queue waits, seconds: 10 ms to 6 h.
+const QUEUE_WAIT_BUCKETS: [f64; 16] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 21600.0];
 /// Attempt numbers (1 = first attempt).
 const ATTEMPT_BUCKETS: [f64; 9] = [1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 25.0];
 
@@ -89,6 +91,7 @@ pub struct WorkerMetrics {
     pub task_duration: Family<ResultLabels, Histogram>,
     pub tasks_in_flight: Family<TaskLabels, Gauge>,
     pub task_attempt: Family<TaskLabels, Histogram>,
+    pub queue_wait: Family<TaskLabels, Histogram>,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
     pub redelivered: Family<RedeliveredLabels, Counter>,
@@ -105,6 +108,7 @@ impl WorkerMetrics {
         let task_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
         let tasks_in_flight = Family::<TaskLabels, Gauge>::default();
         let task_attempt = Family::<TaskLabels, Histogram>::new_with_constructor(|| Histogram::new(ATTEMPT_BUCKETS));
+        let queue_wait = Family::<TaskLabels, Histogram>::new_with_constructor(|| Histogram::new(QUEUE_WAIT_BUCKETS));
         let broker_connected = Gauge::default();
         let broker_reconnects = Counter::default();
         let redelivered = Family::<RedeliveredLabels, Counter>::default();
@@ -117,6 +121,11 @@ impl WorkerMetrics {
         registry.register("task_duration_seconds", "Handler run time per attempt, by result", task_duration.clone());
         registry.register("tasks_in_flight", "Tasks this worker is running now", tasks_in_flight.clone());
         registry.register("task_attempt", "Attempt number of the tasks this worker started", task_attempt.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "Time from the operator publishing a task to its first attempt starting here (the queue wait; under flow control, from admission), by priority",
+            queue_wait.clone(),
+        );
         registry.register("broker_connected", "1 while this worker is connected to RabbitMQ and consuming", broker_connected.clone());
         registry.register("broker_reconnects", "Reconnects to RabbitMQ after a failure", broker_reconnects.clone());
         Self {
@@ -124,6 +133,7 @@ impl WorkerMetrics {
             task_duration,
             tasks_in_flight,
             task_attempt,
+            queue_wait,
             broker_connected,
             broker_reconnects,
             redelivered,
@@ -142,6 +152,11 @@ impl WorkerMetrics {
         let labels = self.labels(priority);
         self.tasks_in_flight.get_or_create(&labels).inc();
         self.task_attempt.get_or_create(&labels).observe(f64::from(attempt));
+    }
+
+    /// A first attempt starts, `waited` after it was published (its queue wait).
+    pub fn queue_waited(&self, priority: &str, waited: Duration) {
+        self.queue_wait.get_or_create(&self.labels(priority)).observe(waited.as_secs_f64());
     }
 
     /// The handler returned (or was stopped) after `ran`.
@@ -228,6 +243,7 @@ mod tests {
         m.task_ended("high", TaskOutcome::Succeeded);
         m.handler_returned("high", false, Duration::from_secs(2));
         m.task_ended("high", TaskOutcome::DeadLettered);
+        m.queue_waited("low", Duration::from_millis(700));
         let text = m.encode();
         let has = |line: &str| assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         has(r#"warren_worker_tasks_total{pool="images",priority="high",outcome="succeeded"} 1"#);
@@ -239,6 +255,8 @@ mod tests {
         has(r#"warren_worker_task_attempt_count{pool="images",priority="high"} 2"#);
         has(r#"warren_worker_task_duration_seconds_bucket{le="0.05",pool="images",priority="high",result="succeeded"} 1"#);
         has(r#"warren_worker_task_duration_seconds_count{pool="images",priority="high",result="failed"} 1"#);
+        has(r#"warren_worker_queue_wait_seconds_bucket{le="0.5",pool="images",priority="low"} 0"#);
+        has(r#"warren_worker_queue_wait_seconds_bucket{le="1.0",pool="images",priority="low"} 1"#);
         has("warren_worker_broker_connected 0");
         for outcome in
             [TaskOutcome::Succeeded, TaskOutcome::Retried, TaskOutcome::Cancelled, TaskOutcome::DeadLettered, TaskOutcome::Interrupted]

@@ -147,6 +147,12 @@ pub(super) async fn execute(shared: Arc<Shared>, session: Arc<Session>, ready: R
     async move {
         let priority = envelope.priority.clone();
         shared.metrics.task_started(&priority, envelope.attempt);
+        // First attempts only: a retry's wait is its backoff, not the queue. The publisher's
+        // clock against this host's: a skew shows as a shorter or longer wait, never negative.
+        if envelope.attempt == 1 && envelope.enqueued_at_ms > 0 {
+            let waited = warren_protocol::now_ms().saturating_sub(envelope.enqueued_at_ms);
+            shared.metrics.queue_waited(&priority, Duration::from_millis(waited));
+        }
         let outcome = execute_attempt(&shared, &session, &delivery, receipt, envelope, interrupt).await;
         shared.metrics.task_ended(&priority, outcome);
         shared.stats.task_ended(outcome != TaskOutcome::Interrupted);

@@ -73,6 +73,7 @@ impl TestPool {
             retry: RetryPolicy { max_attempts: 3, initial_delay_ms: 50, factor: 1.0, max_delay_ms: 50, jitter: 0.0 },
             timeout_seconds: None,
             replay: 0,
+            enqueued_at_ms: warren_protocol::now_ms(),
         }
     }
 

@@ -215,7 +215,11 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
                     }
                     retry_queues_recorded = true;
                 }
-                let bodies: Vec<Vec<u8>> = indexes.clone().map(|i| plan::envelope(&job, &job_ref, i, &retry).to_json()).collect();
+                // Stamped with the publish time: workers measure how long tasks waited in the queue.
+                let bodies: Vec<Vec<u8>> = indexes
+                    .clone()
+                    .map(|i| warren_protocol::TaskEnvelope { enqueued_at_ms: now, ..plan::envelope(&job, &job_ref, i, &retry) }.to_json())
+                    .collect();
                 let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
                 let confirms = ctx.broker.publish(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await?;
                 if let Some((published, previous)) = unconfirmed.replace((indexes, confirms)) {

@@ -457,6 +457,7 @@ pub fn envelope(job: &Job, job_ref: &JobRef, index: u32, retry: &RetryPolicy) ->
         retry: retry.clone(),
         timeout_seconds: job.spec.tasks.timeout_seconds,
         replay: 0,
+        enqueued_at_ms: 0,
     }
 }
 
