@@ -29,6 +29,10 @@ use crate::crd::{Job, WorkerPool};
 pub const ROUND: Duration = Duration::from_millis(100);
 /// A worker counts as live for the circuit breaker's probe when it reported this recently.
 const PROBE_WORKER_FRESHNESS: Duration = Duration::from_secs(10);
+/// The shallow queue holds at least this many seconds of the pool's finish rate.
+pub const DEPTH_SECONDS: f64 = 0.5;
+/// …and never more than this many tasks per pool.
+pub const MAX_DEPTH: u32 = 100_000;
 /// The shallow queue holds this many times what the ready workers can hold at once: enough to
 /// cover the time from a task starting to the next round's tasks arriving.
 pub const DEPTH_ROUNDS: u32 = 2;
@@ -69,13 +73,41 @@ pub fn burst_of(limit: &crate::crd::RateLimitSpec) -> f64 {
     limit.burst.map_or(limit.tasks_per_second.ceil().max(1.0), f64::from)
 }
 
-/// The queue room a flow-controlled pool has this round: `DEPTH_ROUNDS` × what its ready workers
-/// (at least one, so that a pool scaled to zero gets tasks to scale up for) hold at once, less
-/// what is queued already.
-pub fn room(pool: &WorkerPool, queued: u32) -> u32 {
+/// The queue room a flow-controlled pool has this round, less what is queued already: the
+/// larger of `DEPTH_ROUNDS` × what its ready workers (at least one, so that a pool scaled to zero
+/// gets tasks to scale up for) hold at once, and [`DEPTH_SECONDS`] of the rate at which it
+/// finishes attempts. The second keeps fast tasks flowing: workers that finish a slot's task in a
+/// millisecond would otherwise idle between rounds. It grows with the rate it allows (each round
+/// refills the depth), so a pool reaches its capacity within a few rounds.
+pub fn room(pool: &WorkerPool, queued: u32, finish_rate: f64) -> u32 {
     let ready = pool.status.as_ref().map_or(0, |s| s.ready_replicas).max(1) as u32;
-    let depth = ready.saturating_mul(pool.spec.concurrency.max(1)).saturating_mul(DEPTH_ROUNDS);
-    depth.saturating_sub(queued)
+    let slots = ready.saturating_mul(pool.spec.concurrency.max(1)).saturating_mul(DEPTH_ROUNDS);
+    let by_rate = (finish_rate * DEPTH_SECONDS).ceil().clamp(0.0, f64::from(MAX_DEPTH)) as u32;
+    slots.max(by_rate).saturating_sub(queued)
+}
+
+/// The pool's finished attempts per second, smoothed over about a second of rounds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FinishRate {
+    last: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+impl FinishRate {
+    /// Folds in the pool's finished-attempt count at `now`; returns the smoothed rate.
+    pub fn observe(&mut self, finished: u64, now: Instant) -> f64 {
+        if let Some((at, before)) = self.last {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            if dt > 0.0 {
+                let instant = finished.saturating_sub(before) as f64 / dt;
+                // A new rate counts in proportion to the time it covers (1 s time constant).
+                let weight = (dt / 1.0).min(1.0);
+                self.rate += (instant - self.rate) * weight;
+            }
+        }
+        self.last = Some((now, finished));
+        self.rate
+    }
 }
 
 /// Every pool's circuit breaker, fed by the report consumer ([`Circuits::record`]) and moved on
@@ -200,6 +232,7 @@ struct PoolState {
     bucket: Option<Bucket>,
     /// The circuit was open at the last round (its Jobs' reasons are cleared when it closes).
     was_shut: bool,
+    finish_rate: FinishRate,
 }
 
 /// Runs the rounds forever (the leader only). `reconcile` receives the Jobs granted tasks.
@@ -228,7 +261,12 @@ fn pool_key(pool: &WorkerPool) -> String {
 fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mpsc::UnboundedSender<ObjectRef<Job>>) {
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let controlled = pool.spec.flow_controlled();
-    let live: Vec<String> = ctx.workers.pool(&namespace, &name, PROBE_WORKER_FRESHNESS).into_iter().map(|(pod, _)| pod).collect();
+    // The live workers only matter to a circuit that may half-open (the probe's worker).
+    let live: Vec<String> = if pool.spec.circuit_breaker.is_some() {
+        ctx.workers.pool(&namespace, &name, PROBE_WORKER_FRESHNESS).into_iter().map(|(pod, _)| pod).collect()
+    } else {
+        Vec::new()
+    };
     let gate = ctx.circuits.tick(pool, &live, warren_protocol::now_ms());
     // While a circuit is (or just was) open, every Job of the pool is looked at: each says why it
     // waits, even one of a pool without admission (forced open by the annotation).
@@ -270,7 +308,18 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
     if pool.spec.rate_limit.is_none() {
         state.bucket = None;
     }
-    let room = match (controlled.then(|| room(pool, queued)), circuit_room) {
+    let finished: u64 = pool
+        .spec
+        .priorities
+        .iter()
+        .map(|priority| {
+            let labels = crate::metrics::PoolLabels { namespace: namespace.clone(), pool: name.clone(), priority: priority.clone() };
+            let metrics = crate::metrics::global();
+            metrics.tasks_succeeded.get_or_create(&labels).get() + metrics.tasks_failed.get_or_create(&labels).get()
+        })
+        .sum();
+    let finish_rate = state.finish_rate.observe(finished, now);
+    let room = match (controlled.then(|| room(pool, queued, finish_rate)), circuit_room) {
         (Some(room), Some(probes)) => Some(room.min(probes)),
         (room, probes) => room.or(probes),
     };
@@ -332,9 +381,26 @@ mod tests {
             "spec": {"workers": {"handler": ["true"]}, "concurrency": 4},
         }))
         .unwrap();
-        assert_eq!(room(&pool, 0), 8, "no worker ready yet: one worker's worth, to scale up for");
+        assert_eq!(room(&pool, 0, 0.0), 8, "no worker ready yet: one worker's worth, to scale up for");
         pool.status = Some(crate::crd::WorkerPoolStatus { ready_replicas: 3, ..Default::default() });
-        assert_eq!(room(&pool, 10), 14);
-        assert_eq!(room(&pool, 30), 0);
+        assert_eq!(room(&pool, 10, 0.0), 14);
+        assert_eq!(room(&pool, 30, 0.0), 0);
+        assert_eq!(room(&pool, 30, 2_000.0), 970, "fast tasks: half a second of the finish rate");
+    }
+
+    #[test]
+    fn the_finish_rate_follows_the_count_with_a_one_second_time_constant() {
+        let t0 = Instant::now();
+        let mut rate = FinishRate::default();
+        assert_eq!(rate.observe(0, t0), 0.0);
+        let mut at = t0;
+        let mut finished = 0;
+        for _ in 0..50 {
+            at += Duration::from_millis(100);
+            finished += 100;
+            rate.observe(finished, at);
+        }
+        let r = rate.observe(finished + 100, at + Duration::from_millis(100));
+        assert!((r - 1_000.0).abs() < 20.0, "{r}");
     }
 }
