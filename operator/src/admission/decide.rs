@@ -56,7 +56,7 @@ pub enum Held {
     ConcurrencyLimited,
     /// The rate limit's tokens ran out first.
     RateLimited,
-    /// Other keys of its class had their turn: the queues' room went to them.
+    /// Other keys of its class have a backlog too: the queues' room is shared with them.
     FairShare,
     /// The queues are full: tasks already admitted wait for free workers.
     Queued,
@@ -198,7 +198,8 @@ pub fn decide(demands: &[Demand], settings: &Settings, budget: Budget, state: &m
             Held::ConcurrencyLimited
         } else if left == 0 && rate_bound {
             Held::RateLimited
-        } else if grants.keys().any(|uid| jobs.iter().any(|o| &o.uid == uid && o.key != d.key)) {
+        } else if demands.iter().any(|o| o.class == d.class && o.key != d.key && (o.backlog > 0 || grants.contains_key(&o.uid))) {
+            // Another key of its class has a backlog too: the queue's room is shared with it.
             Held::FairShare
         } else {
             Held::Queued

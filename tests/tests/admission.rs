@@ -1,0 +1,251 @@
+//! Flow control end to end (issue #15, points 1–3): fair shares between `fairnessKey`s, the
+//! concurrency limits (`maxRunning`, `fairness.maxRunningPerKey`) and the global rate limit
+//! (`rateLimit`), each observed as a user would: how many tasks ran at once and how many started
+//! per second (from a side channel the handler writes), which Job finished first, what
+//! `status.waiting` said meanwhile, and the API server's 422 for bad settings. The circuit
+//! breaker (point 4) is in `circuit_breaker.rs`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use warren_e2e::Env;
+use warren_operator::crd::{Job, JobPhase, WorkerPool};
+
+const SIDE_CHANNEL: &str = "WARREN_E2E_SIDE_CHANNEL";
+
+/// A handler that writes `start <ms>` and `end <ms>` around `sleep` seconds of work.
+fn timed_handler(sleep: &str) -> serde_json::Value {
+    let script = format!(
+        "cat >/dev/null; echo \"start $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\"; sleep {sleep}; echo \"end $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\""
+    );
+    serde_json::json!(["sh", "-c", script])
+}
+
+/// (kind, ms) lines of the side channel.
+fn lines(path: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (kind, at) = l.split_once(' ')?;
+            Some((kind.to_string(), at.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The most tasks running at once, from their start and end lines (an end at the same
+/// millisecond as a start counts first: the slot was free).
+fn max_overlap(events: &[(String, u64)]) -> u32 {
+    let mut points: Vec<(u64, i32)> = events.iter().map(|(kind, at)| (*at, if kind == "start" { 1 } else { -1 })).collect();
+    points.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in points {
+        now += delta;
+        most = most.max(now);
+    }
+    most.max(0) as u32
+}
+
+fn side_channel_env(env: &Env) -> (std::path::PathBuf, serde_json::Value) {
+    let path = env.state_dir.join("side-channel.log");
+    (path.clone(), serde_json::json!([{"name": SIDE_CHANNEL, "value": path.to_string_lossy()}]))
+}
+
+fn finished(job: &Job) -> bool {
+    job.status.as_ref().is_some_and(|s| s.phase.is_finished())
+}
+
+/// Polls the Job until `seen` holds of its waiting reason; returns the message.
+async fn wait_reason(env: &Env, name: &str, reason: &str, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let job = env.jobs().get(name).await?;
+        let waiting = job.status.and_then(|s| s.waiting);
+        if let Some(w) = waiting.as_ref().filter(|w| w.reason == reason) {
+            return Ok(w.message.clone());
+        }
+        if waiting.is_some() {
+            last = waiting;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{name} never said it waits for {reason}; last said {last:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn max_overlap_counts_concurrent_intervals() {
+    let ev = |v: &[(&str, u64)]| v.iter().map(|(k, t)| (k.to_string(), *t)).collect::<Vec<_>>();
+    assert_eq!(max_overlap(&ev(&[("start", 0), ("end", 10), ("start", 10), ("end", 20)])), 1);
+    assert_eq!(max_overlap(&ev(&[("start", 0), ("start", 5), ("start", 6), ("end", 7), ("end", 8), ("end", 9)])), 3);
+    assert_eq!(max_overlap(&[]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_running_caps_how_many_tasks_of_a_job_run_at_once() -> anyhow::Result<()> {
+    let env = Env::start("max-running").await?;
+    let (log, side) = side_channel_env(&env);
+    // 16 slots, but the Job allows 3 at once.
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": timed_handler("0.2"), "env": side}, "replicas": 2, "concurrency": 8}),
+    )
+    .await?;
+    env.create_job("capped", serde_json::json!({"poolRef": "pool", "completions": 45, "maxRunning": 3})).await?;
+    let message = wait_reason(&env, "capped", "ConcurrencyLimited", Duration::from_secs(60)).await?;
+    assert!(message.contains("at most 3 run at once (spec.maxRunning)"), "{message}");
+    let job = env.wait_job("capped", Duration::from_secs(180), finished).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 45, 0), "{status:?}");
+    let events = lines(&log);
+    let most = max_overlap(&events);
+    println!("maxRunning 3: at most {most} tasks ran at once over {} starts", events.iter().filter(|(k, _)| k == "start").count());
+    assert_eq!(events.iter().filter(|(k, _)| k == "start").count(), 45, "every task ran once");
+    assert!((2..=3).contains(&most), "maxRunning 3, yet {most} tasks ran at once");
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_running_per_key_counts_every_job_of_the_key() -> anyhow::Result<()> {
+    let env = Env::start("per-key").await?;
+    let (log, side) = side_channel_env(&env);
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": timed_handler("0.2"), "env": side}, "replicas": 1, "concurrency": 8,
+                           "fairness": {"maxRunningPerKey": 2}}),
+    )
+    .await?;
+    env.create_job("one", serde_json::json!({"poolRef": "pool", "completions": 15, "fairnessKey": "team"})).await?;
+    env.create_job("two", serde_json::json!({"poolRef": "pool", "completions": 15, "fairnessKey": "team"})).await?;
+    let message = wait_reason(&env, "two", "ConcurrencyLimited", Duration::from_secs(60)).await?;
+    assert!(message.contains("fairnessKey \"team\"") && message.contains("fairness.maxRunningPerKey"), "{message}");
+    for name in ["one", "two"] {
+        let job = env.wait_job(name, Duration::from_secs(180), finished).await?;
+        let status = job.status.expect("status");
+        assert_eq!((status.phase, status.succeeded), (JobPhase::Succeeded, 15), "{name}: {status:?}");
+    }
+    let most = max_overlap(&lines(&log));
+    println!("maxRunningPerKey 2 over two Jobs of one key: at most {most} tasks ran at once");
+    assert!((1..=2).contains(&most), "the key allows 2, yet {most} of its tasks ran at once");
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_lets_a_small_job_finish_before_a_large_one_of_another_key() -> anyhow::Result<()> {
+    let env = Env::start("fairness").await?;
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.05"]}, "replicas": 1, "concurrency": 4, "fairness": {}}),
+    )
+    .await?;
+    env.create_job("big", serde_json::json!({"poolRef": "pool", "completions": 2000, "fairnessKey": "a"})).await?;
+    env.wait_job("big", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.succeeded > 0)).await?;
+    // Small, but running long enough (a few seconds) to be seen sharing the pool.
+    env.create_job("small", serde_json::json!({"poolRef": "pool", "completions": 200, "fairnessKey": "b"})).await?;
+    // While both have a backlog, the big one waits for its share.
+    let message = wait_reason(&env, "big", "FairShare", Duration::from_secs(60)).await?;
+    assert!(message.contains("fair share of WorkerPool \"pool\""), "{message}");
+    let small = env.wait_job("small", Duration::from_secs(120), finished).await?;
+    let small = small.status.expect("status");
+    assert_eq!((small.phase, small.succeeded), (JobPhase::Succeeded, 200), "{small:?}");
+    let big = env.jobs().get("big").await?.status.expect("status");
+    println!("the small Job finished when the big one had {} of 2000 done", big.succeeded);
+    // First-in first-out, the small Job would have waited for all 2000.
+    assert!(big.succeeded < 1000, "the small Job waited for most of the big one: {} of 2000 done", big.succeeded);
+    env.jobs().delete("big", &Default::default()).await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_ten_replicas() -> anyhow::Result<()> {
+    let env = Env::start("rate-limit").await?;
+    let (log, side) = side_channel_env(&env);
+    let handler = format!("cat >/dev/null; echo \"start $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\"");
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": ["sh", "-c", handler], "env": side}, "replicas": 10, "concurrency": 4,
+                           "rateLimit": {"tasksPerSecond": 20, "burst": 5}}),
+    )
+    .await?;
+    // Every replica ready first, so that the window measures the limit, not the start-up.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pool: WorkerPool = env.pools().get("pool").await?;
+        if pool.status.as_ref().is_some_and(|s| s.ready_replicas == 10) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "10 replicas did not become ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.create_job("limited", serde_json::json!({"poolRef": "pool", "completions": 1500})).await?;
+    let message = wait_reason(&env, "limited", "RateLimited", Duration::from_secs(60)).await?;
+    assert!(message.contains("at most 20 tasks per second (rateLimit)"), "{message}");
+    let job = env.wait_job("limited", Duration::from_secs(300), finished).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 1500, 0), "{status:?}");
+    let mut starts: Vec<u64> = lines(&log).into_iter().filter(|(k, _)| k == "start").map(|(_, at)| at).collect();
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 1500, "every task started once");
+    // 60 s from 5 s after the first start (past the burst): 20/s × 60 s = 1200, within ±5 %.
+    let from = starts[0] + 5_000;
+    let in_window = starts.iter().filter(|at| (from..from + 60_000).contains(*at)).count();
+    println!("rateLimit 20/s over 10 replicas: {in_window} starts in 60 s (target 1200 ± 60)");
+    assert!((1140..=1260).contains(&in_window), "{in_window} starts in 60 s, not 1200 ± 5 %");
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flow_control_settings_are_refused_with_the_field_named() -> anyhow::Result<()> {
+    let env = Env::start("flow-bad").await?;
+    let create = |kind: &'static str, name: &str, spec: serde_json::Value| {
+        let env = &env;
+        let name = name.to_string();
+        async move {
+            let resource = if kind == "Job" { ApiResource::erase::<Job>(&()) } else { ApiResource::erase::<WorkerPool>(&()) };
+            let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.namespace, &resource);
+            let object: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "warren.dev/v1alpha1", "kind": kind,
+                "metadata": {"name": name, "namespace": env.namespace}, "spec": spec,
+            }))?;
+            anyhow::Ok(api.create(&PostParams::default(), &object).await)
+        }
+    };
+    let workers = serde_json::json!({"handler": ["true"]});
+    let cases = [
+        (
+            "WorkerPool",
+            "zero-rate",
+            serde_json::json!({"workers": workers, "rateLimit": {"tasksPerSecond": 0}}),
+            "spec.rateLimit.tasksPerSecond",
+        ),
+        (
+            "WorkerPool",
+            "negative-rate",
+            serde_json::json!({"workers": workers, "rateLimit": {"tasksPerSecond": -1}}),
+            "spec.rateLimit.tasksPerSecond",
+        ),
+        ("WorkerPool", "zero-weight", serde_json::json!({"workers": workers, "fairness": {"weights": {"a": 0}}}), "spec.fairness.weights"),
+        ("Job", "zero-running", serde_json::json!({"poolRef": "p", "completions": 1, "maxRunning": 0}), "spec.maxRunning"),
+        ("Job", "long-key", serde_json::json!({"poolRef": "p", "completions": 1, "fairnessKey": "k".repeat(65)}), "spec.fairnessKey"),
+    ];
+    for (kind, name, spec, field) in cases {
+        match create(kind, name, spec).await? {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{name}: {}", status.message);
+                assert!(status.message.contains(field), "{name}: the message does not name {field}: {}", status.message);
+            }
+            other => anyhow::bail!("{name}: expected a 422 naming {field}, got {other:?}"),
+        }
+    }
+    // Weights of keys no Job has yet are fine.
+    create("WorkerPool", "future-keys", serde_json::json!({"workers": workers, "fairness": {"weights": {"nobody-yet": 3}}}))
+        .await?
+        .map_err(|e| anyhow::anyhow!("a weight for a key no Job has was refused: {e}"))?;
+    env.cleanup().await?;
+    Ok(())
+}
