@@ -46,6 +46,10 @@ NO_DATA_EXPECTED = {
     "sum by (namespace) (increase(warren_operator_schedule_runs_cancelled_total[1h]))",
     # The run's Job has no spec.notify.
     "sum by (kind, outcome) (increase(warren_operator_notification_deliveries_total[1h]))",
+    # The run's pool has no flow control and no circuit breaker (tests/tests/admission.rs and
+    # circuit_breaker.rs cover them end to end).
+    "max by (namespace, pool) (warren_operator_circuit_state)",
+    "sum by (namespace, pool) (rate(warren_operator_tasks_admitted_total[5m]))",
 }
 # Alerts whose expression must return data in this run (the Job dead-letters a task).
 FIRING_IN_THIS_RUN = {"WarrenDeadLetterQueueGrowing"}
@@ -54,7 +58,9 @@ ABSENT_IN_A_HEALTHY_RUN = {"warren_operator_reconcile_errors_total", "warren_ope
                            "warren_operator_status_write_errors_total", "warren_operator_reports_rejected_total",
                            "warren_worker_redelivered_tasks_total", "warren_operator_tasks_lost_total",
                            # The run's Job has no spec.notify.
-                           "warren_operator_notification_deliveries_total"}
+                           "warren_operator_notification_deliveries_total",
+                           # No flow control, no circuit breaker in this run.
+                           "warren_operator_circuit_state", "warren_operator_tasks_admitted_total"}
 # Kinds whose status this run writes (a pool and a Job, no Workflow): a per-kind panel must show a
 # non-zero series for each, so that a query fed only by another kind than its title says fails.
 KINDS_WRITTEN_IN_THIS_RUN = {"Job", "WorkerPool"}
