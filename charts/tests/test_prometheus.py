@@ -46,10 +46,6 @@ NO_DATA_EXPECTED = {
     "sum by (namespace) (increase(warren_operator_schedule_runs_cancelled_total[1h]))",
     # The run's Job has no spec.notify.
     "sum by (kind, outcome) (increase(warren_operator_notification_deliveries_total[1h]))",
-    # The run's pool has no flow control and no circuit breaker (tests/tests/admission.rs and
-    # circuit_breaker.rs cover them end to end).
-    "max by (namespace, pool) (warren_operator_circuit_state)",
-    "sum by (namespace, pool) (rate(warren_operator_tasks_admitted_total[5m]))",
 }
 # Alerts whose expression must return data in this run (the Job dead-letters a task).
 FIRING_IN_THIS_RUN = {"WarrenDeadLetterQueueGrowing"}
@@ -58,9 +54,7 @@ ABSENT_IN_A_HEALTHY_RUN = {"warren_operator_reconcile_errors_total", "warren_ope
                            "warren_operator_status_write_errors_total", "warren_operator_reports_rejected_total",
                            "warren_worker_redelivered_tasks_total", "warren_operator_tasks_lost_total",
                            # The run's Job has no spec.notify.
-                           "warren_operator_notification_deliveries_total",
-                           # No flow control, no circuit breaker in this run.
-                           "warren_operator_circuit_state", "warren_operator_tasks_admitted_total"}
+                           "warren_operator_notification_deliveries_total"}
 # Kinds whose status this run writes (a pool and a Job, no Workflow): a per-kind panel must show a
 # non-zero series for each, so that a query fed only by another kind than its title says fails.
 KINDS_WRITTEN_IN_THIS_RUN = {"Job", "WorkerPool"}
@@ -172,8 +166,11 @@ def run(tmp_path_factory):
              "metadata": {"name": "pool", "namespace": namespace},
              "spec": {"workers": {"handler": handler, "env": [{"name": "WARREN_METRICS_ADDR", "value": worker_addr}]},
                       # Autoscaled (pinned at 1: the worker's metrics port is fixed) so the
-                      # autoscaler's series exist too.
-                      "autoscaling": {"minReplicas": 1, "maxReplicas": 1}, "concurrency": 2, "priorities": ["high", "low"], "deletionPolicy": "Delete"}},
+                      # autoscaler's series exist too; a circuit breaker that cannot open (no
+                      # failed ratio exceeds 1) puts the pool under admission, so the flow-control
+                      # series (circuit state, tasks admitted) exist too.
+                      "autoscaling": {"minReplicas": 1, "maxReplicas": 1}, "concurrency": 2, "priorities": ["high", "low"], "deletionPolicy": "Delete",
+                      "circuitBreaker": {"failureRatio": 1.0}}},
             {"apiVersion": "warren.dev/v1alpha1", "kind": "Job",
              "metadata": {"name": "mixed", "namespace": namespace},
              "spec": {"poolRef": "pool", "priority": "high", "completions": 12,
@@ -280,6 +277,10 @@ def test_the_run_moved_every_counter(run):
     assert value(f"warren_operator_tasks_failed_total{{{labels}}}") == 2
     assert value(f'warren_operator_dead_letter_messages{{namespace="{ns}",pool="pool"}}') == 1
     assert value(f'warren_operator_jobs{{namespace="{ns}",phase="Failed"}}') == 1
+    # Under admission (the pool's circuit breaker), every first attempt was admitted once (retries
+    # bypass admission); the breaker never opened.
+    assert value(f'warren_operator_tasks_admitted_total{{namespace="{ns}",pool="pool"}}') == 12
+    assert value(f'warren_operator_circuit_state{{namespace="{ns}",pool="pool"}}') == 0
     assert value('warren_worker_tasks_total{pool="pool",priority="high",outcome="succeeded"}') == 11
     assert value('warren_worker_tasks_total{pool="pool",priority="high",outcome="retried"}') == 1
     assert value('warren_worker_tasks_total{pool="pool",priority="high",outcome="dead_lettered"}') == 1

@@ -25,6 +25,7 @@ pub mod private_broker;
 pub use private_broker::PrivateBroker;
 pub mod private_cluster;
 pub use private_cluster::PrivateCluster;
+pub mod fairness_bench;
 pub mod scale_sim;
 pub mod workflow_bench;
 

@@ -83,3 +83,12 @@ fn the_autoscaling_simulation_runs_every_trace() {
     }
     assert!(out.lines().any(|l| l.starts_with("overall:")), "{out}");
 }
+
+#[test]
+fn the_fairness_benchmark_runs() {
+    if !on_this_host("fairness") {
+        return;
+    }
+    let out = bench(&["fairness", "--a-tasks", "300", "--b-tasks", "20", "--sleep-ms", "1"]);
+    assert!(out.contains("Jain's index") && out.contains("fair / FIFO"), "{out}");
+}

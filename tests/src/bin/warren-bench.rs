@@ -46,6 +46,7 @@ fn usage() -> ! {
          \x20      warren-bench workflows [--count N] [--steps S]\n\
          \x20      warren-bench latency [--jobs N]\n\
          \x20      warren-bench big [--tasks N]\n\
+         \x20      warren-bench fairness [--a-tasks N] [--b-tasks N] [--sleep-ms N] [--replicas N] [--concurrency C] [--window-ms N]\n\
          \x20      warren-bench worker [--sleep-ms N | --result-start]"
     );
     std::process::exit(2)
@@ -156,6 +157,10 @@ async fn main() -> anyhow::Result<()> {
             }
             warren_e2e::workflow_bench::run(count, steps, &std::env::current_exe()?).await
         }
+        Some("fairness") => match warren_e2e::fairness_bench::Command::parse(&args[1..]) {
+            Some(command) => command.run(&std::env::current_exe()?).await,
+            None => usage(),
+        },
         _ => usage(),
     }
 }
