@@ -294,6 +294,9 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
             ctx.book.set_held(&demand.uid, None);
         }
         demands.retain(|d| d.max_running.is_some());
+        if demands.is_empty() {
+            return;
+        }
     }
     // Nothing is admitted while a queue of the pool is down: it would wait there anyway.
     if ctx.queue_health.unavailable(&namespace, &name).is_some() {
