@@ -1,6 +1,6 @@
 //! A broker node lost mid-Job, on a private three-node RabbitMQ cluster (issue #22): the operator
 //! and the workers are given all three addresses; a 5,000-task Job runs on a pool of three
-//! workers; once half its tasks have executed, the node hosting the pool's work queue (the
+//! workers; once half its tasks have executed (the other half waits at a gate), the node hosting the pool's work queue (the
 //! quorum leader, or the classic queue's home) is stopped, and started again later. Every index
 //! must end succeeded exactly once in the status and every task must have executed; duplicate
 //! executions (at-least-once) are counted on a side channel and printed with the node-loss rows
@@ -19,6 +19,7 @@ use warren_e2e::{Env, EnvOptions, OperatorOptions, PrivateCluster, free_port};
 use warren_operator::crd::{Job, JobPhase};
 
 const EXEC_LOG: &str = "WARREN_E2E_EXEC_LOG";
+const GATE: &str = "WARREN_E2E_GATE";
 const TASKS: u32 = 5_000;
 
 /// One cluster at a time: three nodes, an operator and three workers already fill two cores.
@@ -69,11 +70,22 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
     // so that it is not lost below that log in CI's output.
     let result: anyhow::Result<NodeLoss> = async {
         let log = env.state_dir.join("executions.log");
-        let handler = format!("cat >/dev/null; sleep 0.01; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"");
+        // The second half of the indexes waits for a gate that opens once the node is down: at
+        // 2,400 tasks a second the pool would otherwise finish the Job while `rabbitmqctl stop`
+        // is still stopping the node, and nothing would be left to wait for it.
+        let gate = env.state_dir.join("gate");
+        let handler = format!(
+            "cat >/dev/null; while [ \"$WARREN_TASK_INDEX\" -ge {half} ] && [ ! -e \"${GATE}\" ]; do sleep 0.05; done; \
+             sleep 0.01; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"",
+            half = TASKS / 2
+        );
         env.create_pool(
             "pool",
             serde_json::json!({
-                "workers": {"handler": ["sh", "-c", handler], "env": [{"name": EXEC_LOG, "value": log.to_string_lossy()}]},
+                "workers": {"handler": ["sh", "-c", handler], "env": [
+                    {"name": EXEC_LOG, "value": log.to_string_lossy()},
+                    {"name": GATE, "value": gate.to_string_lossy()},
+                ]},
                 "replicas": 3, "concurrency": 8, "queueType": queue_type,
             }),
         )
@@ -81,11 +93,20 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
         let started = Instant::now();
         env.create_job("big", serde_json::json!({"poolRef": "pool", "completions": TASKS})).await?;
 
-        // Halfway (by executions, not by the clock), stop the node that hosts the work queue.
+        // Halfway (by executions, not by the clock: once the first half ran and the workers
+        // stand at the gate, with the second half still in the queue), stop the node that hosts
+        // the work queue; then open the gate.
         let deadline = Instant::now() + Duration::from_secs(600);
         let work_queue = warren_protocol::names::work_queue(&env.namespace, "pool", "normal");
-        while (executions(&log).len() as u32) < TASKS / 2 {
-            anyhow::ensure!(Instant::now() < deadline, "half the tasks did not execute in time");
+        let mut last = (0, Instant::now());
+        loop {
+            let done = executions(&log).len() as u32;
+            if done != last.0 {
+                last = (done, Instant::now());
+            } else if done >= TASKS / 4 && last.1.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the first half of the tasks did not execute in time ({done} did)");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let victim = cluster.queue_node(&work_queue)?;
@@ -93,6 +114,7 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
         let stopped_at = executions(&log).len() as u32;
         let down_since = Instant::now();
         cluster.stop(victim);
+        std::fs::write(&gate, "open")?;
         // Quorum: the Job goes on without the node; wait for 500 more tasks (or the end), and 5 s at
         // least. Classic:
         // it cannot; keep the node down for 15 s and see what happened meanwhile.
