@@ -5,6 +5,7 @@
 //! by hooks ([`Metrics::on_scrape`]: Jobs by phase, tasks in flight, from the Job book) or by the
 //! queue sampler (`queue_stats`: broker round trips do not belong in a scrape).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -132,6 +133,31 @@ pub struct OutcomeDelta {
 
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
+/// A flow-controlled pool's waiting tasks of one `fairnessKey` (the top keys of the pool, and
+/// `other` for the rest: `admission::backlog`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub key: String,
+}
+
+/// Why flow control held tasks back (a `status.waiting` reason of the admission).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub reason: &'static str,
+}
+
+/// A finished Job's pool and phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobEndLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub phase: &'static str,
+}
+
 /// Labels of a replica change by the autoscaler.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScaleLabels {
@@ -158,6 +184,9 @@ pub struct Metrics {
     pub queues_unavailable: Family<PoolOnlyLabels, Gauge>,
     pub tasks_admitted: Family<PoolOnlyLabels, Counter>,
     pub circuit_state: Family<PoolOnlyLabels, Gauge>,
+    pub backlog_tasks: Family<KeyLabels, Gauge>,
+    pub throttled_task_seconds: Family<ThrottleLabels, Counter<f64, AtomicU64>>,
+    pub job_duration: Family<JobEndLabels, Histogram>,
     pub tasks_in_flight: Family<PoolLabels, Gauge>,
     pub queue_ready: Family<PoolLabels, Gauge>,
     pub queue_consumers: Family<PoolLabels, Gauge>,
@@ -205,6 +234,10 @@ impl Metrics {
         let queues_unavailable = Family::<PoolOnlyLabels, Gauge>::default();
         let tasks_admitted = Family::<PoolOnlyLabels, Counter>::default();
         let circuit_state = Family::<PoolOnlyLabels, Gauge>::default();
+        let backlog_tasks = Family::<KeyLabels, Gauge>::default();
+        let throttled_task_seconds = Family::<ThrottleLabels, Counter<f64, AtomicU64>>::default();
+        // 1 s to about 6 days.
+        let job_duration = Family::<JobEndLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 20)));
         let tasks_in_flight = Family::<PoolLabels, Gauge>::default();
         let queue_ready = Family::<PoolLabels, Gauge>::default();
         let queue_consumers = Family::<PoolLabels, Gauge>::default();
@@ -256,6 +289,21 @@ impl Metrics {
             "circuit_state",
             "A pool's circuit breaker (spec.circuitBreaker or the warren.dev/circuit annotation): 0 closed, 1 open (no task starts), 2 half-open (probe tasks run)",
             circuit_state.clone(),
+        );
+        registry.register(
+            "backlog_tasks",
+            "A flow-controlled pool's tasks waiting to start (held by flow control, or admitted and queued) per fairnessKey: the pool's 10 biggest keys, and the key other for the rest",
+            backlog_tasks.clone(),
+        );
+        registry.register(
+            "throttled_task_seconds",
+            "Task-seconds that flow control held a pool's tasks back, by the reason each Job waited (ConcurrencyLimited, RateLimited, FairShare, Queued, CircuitOpen); its rate is the average number of tasks held",
+            throttled_task_seconds.clone(),
+        );
+        registry.register(
+            "job_duration_seconds",
+            "Jobs from start to end (status startTime to completionTime), by pool and the phase they ended in; observed once, when this operator wrote the end",
+            job_duration.clone(),
         );
         registry.register("tasks_in_flight", "Tasks a worker reported started and not yet finished", tasks_in_flight.clone());
         registry.register("queue_ready_messages", "Tasks waiting in a pool's work queue (RabbitMQ ready messages)", queue_ready.clone());
@@ -344,6 +392,9 @@ impl Metrics {
             queues_unavailable,
             tasks_admitted,
             circuit_state,
+            backlog_tasks,
+            throttled_task_seconds,
+            job_duration,
             tasks_in_flight,
             queue_ready,
             queue_consumers,
@@ -401,6 +452,15 @@ impl Metrics {
                 self.status_write_errors.get_or_create(&StatusWriteErrorLabels { kind, reason }).inc()
             }
         };
+    }
+
+    /// A Job's end, once: its run time from `startTime` to `completionTime` (Jobs that never
+    /// started, such as duplicates, are not observed).
+    pub fn record_job_end(&self, namespace: &str, pool: &str, status: &crate::crd::JobStatus) {
+        let (Some(start), Some(end)) = (&status.start_time, &status.completion_time) else { return };
+        let seconds = end.0.duration_since(start.0).as_secs_f64().max(0.0);
+        let labels = JobEndLabels { namespace: namespace.to_string(), pool: pool.to_string(), phase: status.phase.as_str() };
+        self.job_duration.get_or_create(&labels).observe(seconds);
     }
 
     /// Counts a status write given up without an answer (reason `Timeout`).

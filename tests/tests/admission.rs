@@ -2,14 +2,15 @@
 //! concurrency limits (`maxRunning`, `fairness.maxRunningPerKey`) and the global rate limit
 //! (`rateLimit`), each observed as a user would: how many tasks ran at once and how many started
 //! per second (from a side channel the handler writes), which Job finished first, what
-//! `status.waiting` said meanwhile, and the API server's 422 for bad settings. The circuit
+//! `status.waiting` said meanwhile, the pool's backlog per key (status and metric), the held time
+//! and the Job duration metrics, and the API server's 422 for bad settings. The circuit
 //! breaker (point 4) is in `circuit_breaker.rs`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use warren_e2e::Env;
+use warren_e2e::{Env, EnvOptions, OperatorOptions, free_port};
 use warren_operator::crd::{Job, JobPhase, WorkerPool};
 
 const SIDE_CHANNEL: &str = "WARREN_E2E_SIDE_CHANNEL";
@@ -156,6 +157,93 @@ async fn fairness_lets_a_small_job_finish_before_a_large_one_of_another_key() ->
     // First-in first-out, the small Job would have waited for all 2000.
     assert!(big.succeeded < 1000, "the small Job waited for most of the big one: {} of 2000 done", big.succeeded);
     env.jobs().delete("big", &Default::default()).await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+/// The samples of `family` whose labels include `labels` (as written, e.g. `pool="pool"`):
+/// (full series, value).
+fn samples(exposition: &str, family: &str, labels: &str) -> Vec<(String, f64)> {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(labels))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_per_key_is_in_the_pools_status_and_metrics_bounded_to_the_top_keys() -> anyhow::Result<()> {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::start_custom(
+        "backlog",
+        EnvOptions { operator: OperatorOptions { metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() }, ..EnvOptions::default() },
+    )
+    .await?;
+    // Two slots for 12 tenants: almost everything waits, in the operator (fair shares).
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.2"]}, "replicas": 1, "concurrency": 2, "fairness": {}}),
+    )
+    .await?;
+    // A short Job first, for the duration histogram.
+    env.create_job("quick", serde_json::json!({"poolRef": "pool", "completions": 2})).await?;
+    env.wait_job("quick", Duration::from_secs(120), finished).await?;
+    // Tenant i submits 40 + i tasks: keys t11 (51 tasks) … t00 (40) by size.
+    for i in 0..12u32 {
+        env.create_job(&format!("job-{i:02}"), serde_json::json!({"poolRef": "pool", "completions": 40 + i, "fairnessKey": format!("t{i:02}")}))
+            .await?;
+    }
+    // The pool's status: the 10 biggest keys by name and size, the other 2 summed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let backlog = loop {
+        let pool = env.pools().get("pool").await?;
+        let backlog = pool.status.and_then(|s| s.backlog);
+        if let Some(b) = backlog.as_ref().filter(|b| b.keys.len() == 10 && b.other_keys == 2) {
+            break b.clone();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pool's status never listed 10 keys and 2 others: {backlog:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("status.backlog: {backlog:?}");
+    let listed: u64 = backlog.keys.iter().map(|k| k.tasks).sum();
+    assert_eq!(backlog.total_tasks, listed + backlog.other_tasks, "{backlog:?}");
+    assert!(backlog.keys.windows(2).all(|w| w[0].tasks >= w[1].tasks), "biggest first: {backlog:?}");
+    // 12 Jobs of 40–51 tasks, at most a few started by then.
+    assert!(backlog.total_tasks > 400 && backlog.total_tasks <= (40..52).sum::<u64>(), "{backlog:?}");
+    assert!(backlog.keys.iter().all(|k| k.key.starts_with('t')), "keys are the fairnessKeys: {backlog:?}");
+    // The metric: 10 keys and `other`, no more.
+    let (_, exposition) = warren_e2e::http_get(&metrics_addr, "/metrics").await?;
+    let ns = format!("namespace=\"{}\",pool=\"pool\"", env.namespace);
+    let series = samples(&exposition, "warren_operator_backlog_tasks", &ns);
+    assert_eq!(series.len(), 11, "the top 10 keys and other: {series:?}");
+    assert!(series.iter().any(|(s, v)| s.contains("key=\"other\"") && *v > 0.0), "{series:?}");
+    // Held time: the tenants waited for their fair share (and for queue room).
+    let held = samples(&exposition, "warren_operator_throttled_task_seconds_total", &ns);
+    let fair: f64 = held.iter().filter(|(s, _)| s.contains("reason=\"FairShare\"")).map(|(_, v)| v).sum();
+    assert!(fair > 0.0, "no task-second counted as held for FairShare: {held:?}");
+    // The quick Job's run time, once.
+    let durations = samples(&exposition, "warren_operator_job_duration_seconds_count", &ns);
+    assert_eq!(durations, vec![(format!("warren_operator_job_duration_seconds_count{{{ns},phase=\"Succeeded\"}}"), 1.0)]);
+    // Once the Jobs are gone, so is the backlog: from the status (within its 10 s write period)
+    // and from the metric.
+    for i in 0..12u32 {
+        env.jobs().delete(&format!("job-{i:02}"), &Default::default()).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = env.pools().get("pool").await?;
+        let (_, exposition) = warren_e2e::http_get(&metrics_addr, "/metrics").await?;
+        let series = samples(&exposition, "warren_operator_backlog_tasks", &ns);
+        let backlog = pool.status.and_then(|s| s.backlog);
+        if backlog.is_none() && series.is_empty() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the backlog stayed after its Jobs were deleted: {backlog:?}, {series:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     env.cleanup().await?;
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Demand {
     pub backlog: u32,
     /// Admitted tasks not finished: queued or running.
     pub in_flight: u32,
+    /// Admitted tasks not started yet (in the queues, or granted and not yet published).
+    pub queued: u32,
     pub max_running: Option<u32>,
 }
 
@@ -214,7 +216,7 @@ mod tests {
     use super::*;
 
     fn demand(uid: &str, key: &str, backlog: u32) -> Demand {
-        Demand { uid: uid.into(), key: key.into(), class: 0, backlog, in_flight: 0, max_running: None }
+        Demand { uid: uid.into(), key: key.into(), class: 0, backlog, in_flight: 0, queued: 0, max_running: None }
     }
 
     fn room(n: u32) -> Budget {

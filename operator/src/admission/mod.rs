@@ -9,8 +9,10 @@
 //! queues are kept shallow — about [`DEPTH_ROUNDS`] rounds' worth of what its ready workers can
 //! hold — so that the next task is chosen by policy, not by the order it was published in.
 
+pub mod backlog;
 pub mod circuit;
 pub mod decide;
+mod tell;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -233,7 +235,14 @@ struct PoolState {
     /// The circuit was open at the last round (its Jobs' reasons are cleared when it closes).
     was_shut: bool,
     finish_rate: FinishRate,
+    /// The backlog as last told (gauge and status).
+    told: tell::Told,
+    /// When the pool's previous round ran (for the held time).
+    last_round: Option<Instant>,
 }
+
+/// The longest gap between two rounds that counts as held time (a stalled loop is not a hold).
+const MAX_ROUND_GAP: Duration = Duration::from_secs(1);
 
 /// Runs the rounds forever (the leader only). `reconcile` receives the Jobs granted tasks.
 pub async fn run(ctx: Arc<Context>, reconcile: mpsc::UnboundedSender<ObjectRef<Job>>) {
@@ -273,6 +282,9 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
     let shut = gate != circuit::Gate::Open;
     let (mut demands, queued) = ctx.book.admission_demands(&namespace, &name, &pool.spec.priorities, controlled || shut || state.was_shut);
     state.was_shut = shut;
+    let now = Instant::now();
+    let elapsed = state.last_round.replace(now).map_or(ROUND, |at| now.duration_since(at).min(MAX_ROUND_GAP));
+    tell::backlog(ctx, pool, &mut state.told, if controlled { &demands } else { &[] }, controlled);
     if demands.is_empty() {
         return;
     }
@@ -286,6 +298,8 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
         for demand in &demands {
             ctx.book.set_held(&demand.uid, Some(Held::CircuitOpen));
         }
+        // The queued tasks wait too: the workers start none.
+        tell::throttled(pool, demands.iter().map(|d| (Held::CircuitOpen, d.backlog.saturating_add(d.queued))), elapsed);
         return;
     }
     if !controlled {
@@ -302,7 +316,6 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
     if ctx.queue_health.unavailable(&namespace, &name).is_some() {
         return;
     }
-    let now = Instant::now();
     let tokens = pool.spec.rate_limit.as_ref().map(|limit| {
         let burst = burst_of(limit);
         let bucket = state.bucket.get_or_insert_with(|| Bucket::new(burst, now));
@@ -347,6 +360,11 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
     for demand in &demands {
         ctx.book.set_held(&demand.uid, decision.held.get(&demand.uid).copied());
     }
+    let held = demands.iter().filter_map(|d| {
+        let granted = decision.grants.get(&d.uid).copied().unwrap_or(0);
+        decision.held.get(&d.uid).map(|why| (*why, d.backlog.saturating_sub(granted)))
+    });
+    tell::throttled(pool, held, elapsed);
     for (uid, n) in decision.grants {
         if let Some(job) = ctx.book.grant(&uid, n) {
             let _ = reconcile.unbounded_send(job);

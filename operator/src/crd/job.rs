@@ -204,6 +204,18 @@ pub enum JobPhase {
 }
 
 impl JobPhase {
+    /// The phase as the API spells it (a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Pending => "Pending",
+            JobPhase::Queued => "Queued",
+            JobPhase::Running => "Running",
+            JobPhase::Suspended => "Suspended",
+            JobPhase::Succeeded => "Succeeded",
+            JobPhase::Failed => "Failed",
+        }
+    }
+
     pub fn is_finished(self) -> bool {
         matches!(self, JobPhase::Succeeded | JobPhase::Failed)
     }

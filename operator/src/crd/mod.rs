@@ -24,7 +24,7 @@ pub use schedule::{
 };
 pub use worker_pool::{
     AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, CIRCUIT_ANNOTATION, CircuitBreakerSpec, DeletionPolicy,
-    FairnessSpec, Overflow, PriorityBacklog, QueueType, RateLimitSpec, ScalingRules, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
+    FairnessSpec, KeyBacklog, Overflow, PoolBacklog, PriorityBacklog, QueueType, RateLimitSpec, ScalingRules, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
     WorkerTemplate,
 };
 pub use workflow::{

@@ -519,6 +519,40 @@ pub struct WorkerPoolStatus {
     /// The autoscaler's view; absent without `spec.autoscaling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// Under flow control (`fairness`, `rateLimit` or `circuitBreaker` set): the
+    /// tasks waiting to start per `fairnessKey`, the biggest 10 named and the rest summed.
+    /// Written by the admission loop at most every 10 s while it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<PoolBacklog>,
+}
+
+/// The tasks of a pool waiting to start (held by flow control, or admitted and still queued),
+/// per `fairnessKey`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolBacklog {
+    /// Every waiting task of the pool.
+    #[serde(default)]
+    pub total_tasks: u64,
+    /// The keys with the most waiting tasks (at most 10), most first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyBacklog>,
+    /// Keys with waiting tasks beyond those listed.
+    #[serde(default)]
+    pub other_keys: u64,
+    /// Their waiting tasks.
+    #[serde(default)]
+    pub other_tasks: u64,
+}
+
+/// One `fairnessKey`'s waiting tasks.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyBacklog {
+    /// The `fairnessKey` (a Job without one is its own key, its name).
+    pub key: String,
+    /// Its Jobs' tasks waiting to start.
+    pub tasks: u64,
 }
 
 fn default_priorities() -> Vec<String> {

@@ -408,6 +408,7 @@ impl JobBook {
                     class: priorities.iter().position(|p| *p == job.spec.priority).unwrap_or(priorities.len()),
                     backlog: job.task_count().saturating_sub(granted),
                     in_flight: granted.saturating_sub(e.ledger.finished() + e.ledger.cancelled()),
+                    queued: e.ledger.queued().saturating_add(granted - e.ledger.enqueued),
                     max_running: job.spec.max_running,
                 },
             ));
@@ -713,6 +714,10 @@ impl JobBook {
                     let before = entry.last_written.as_ref().or(job.status.as_ref()).map(|s| s.conditions.as_slice());
                     let after = updated.status.as_ref().map(|s| s.conditions.as_slice());
                     let transitions = status::transitions(before.unwrap_or_default(), after.unwrap_or_default());
+                    let was_finished = entry.last_written.as_ref().or(job.status.as_ref()).is_some_and(|s| s.phase.is_finished());
+                    if !was_finished && let Some(ended) = updated.status.as_ref().filter(|s| s.phase.is_finished()) {
+                        crate::metrics::global().record_job_end(&namespace, &job.spec.pool_ref, ended);
+                    }
                     entry.persisted = entry.persisted.max(seq);
                     entry.last_written = updated.status;
                     entry.last_write = Some(Instant::now());

@@ -208,10 +208,13 @@ async fn apply(pool: Arc<WorkerPool>, ctx: &Context) -> Result<Action, Error> {
             Some(s) => Some(s.status),
             None => pool.spec.autoscaling.as_ref().and_then(|_| pool.status.as_ref().and_then(|s| s.autoscaling.clone())),
         },
+        // The admission loop writes the backlog (crate::admission::backlog); compared as it is,
+        // and left out of this patch so that a cached copy never overwrites a newer one.
+        backlog: pool.status.as_ref().and_then(|s| s.backlog.clone()),
     };
     if pool.status.as_ref() != Some(&status) {
         let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = serde_json::json!({ "status": status });
+        let patch = serde_json::json!({ "status": WorkerPoolStatus { backlog: None, ..status } });
         let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
         metrics::global().record_status_write(metrics::WORKER_POOL, &written);
         written?;
