@@ -252,7 +252,12 @@ async fn the_backlog_per_key_is_in_the_pools_status_and_metrics_bounded_to_the_t
 async fn a_rate_limit_holds_across_ten_replicas() -> anyhow::Result<()> {
     let env = Env::start("rate-limit").await?;
     let (log, side) = side_channel_env(&env);
-    let handler = format!("cat >/dev/null; echo \"start $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\"");
+    // Every even index fails its first attempt: its retry returns from the retry tier without
+    // admission, and the limit must count it too (starts, not admissions, are limited).
+    let handler = format!(
+        "cat >/dev/null; echo \"start $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\"; \
+         case \"$WARREN_TASK_INDEX:$WARREN_ATTEMPT\" in *[02468]:1) exit 1;; esac"
+    );
     env.create_pool(
         "pool",
         serde_json::json!({"workers": {"handler": ["sh", "-c", handler], "env": side}, "replicas": 10, "concurrency": 4,
@@ -269,19 +274,21 @@ async fn a_rate_limit_holds_across_ten_replicas() -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "10 replicas did not become ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    env.create_job("limited", serde_json::json!({"poolRef": "pool", "completions": 1500})).await?;
+    let retry = serde_json::json!({"maxAttempts": 3, "backoff": {"initialDelay": "100ms", "factor": 1, "maxDelay": "100ms"}});
+    env.create_job("limited", serde_json::json!({"poolRef": "pool", "completions": 1000, "retry": retry})).await?;
     let message = wait_reason(&env, "limited", "RateLimited", Duration::from_secs(60)).await?;
     assert!(message.contains("at most 20 tasks per second (rateLimit)"), "{message}");
     let job = env.wait_job("limited", Duration::from_secs(300), finished).await?;
     let status = job.status.expect("status");
-    assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 1500, 0), "{status:?}");
+    assert_eq!((status.phase, status.succeeded, status.failed, status.retries), (JobPhase::Succeeded, 1000, 0, 500), "{status:?}");
     let mut starts: Vec<u64> = lines(&log).into_iter().filter(|(k, _)| k == "start").map(|(_, at)| at).collect();
     starts.sort_unstable();
-    assert_eq!(starts.len(), 1500, "every task started once");
-    // 60 s from 5 s after the first start (past the burst): 20/s × 60 s = 1200, within ±5 %.
+    assert_eq!(starts.len(), 1500, "every task started once, the even ones twice");
+    // 60 s from 5 s after the first start (past the burst): 20/s × 60 s = 1200 starts, first
+    // attempts and retries together, within ±5 %.
     let from = starts[0] + 5_000;
     let in_window = starts.iter().filter(|at| (from..from + 60_000).contains(*at)).count();
-    println!("rateLimit 20/s over 10 replicas: {in_window} starts in 60 s (target 1200 ± 60)");
+    println!("rateLimit 20/s over 10 replicas, a third of the starts retries: {in_window} starts in 60 s (target 1200 ± 60)");
     assert!((1140..=1260).contains(&in_window), "{in_window} starts in 60 s, not 1200 ± 5 %");
     env.cleanup().await?;
     Ok(())

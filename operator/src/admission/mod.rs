@@ -68,6 +68,19 @@ impl Bucket {
     pub fn take(&mut self, n: u32) {
         self.tokens -= f64::from(n);
     }
+
+    /// Charges `n` starts the bucket did not admit (retries: they return to the work queue from
+    /// their retry tier, not through admission), so that first attempts make room for them. The
+    /// debt is bounded by `max_debt` tokens: a burst of failures delays new tasks by at most that.
+    pub fn charge(&mut self, n: u64, max_debt: f64) {
+        self.tokens = (self.tokens - n as f64).max(-max_debt);
+    }
+}
+
+/// The most a rate-limited pool's retries may put its bucket in debt: a minute of its rate (at
+/// least one burst).
+pub fn max_debt(limit: &crate::crd::RateLimitSpec) -> f64 {
+    (limit.tasks_per_second * 60.0).max(burst_of(limit))
 }
 
 /// The burst of a rate limit: as set, else one second's worth (at least 1).
@@ -239,6 +252,9 @@ struct PoolState {
     told: tell::Told,
     /// When the pool's previous round ran (for the held time).
     last_round: Option<Instant>,
+    /// The pool's retried attempts counted so far (`warren_operator_tasks_retried_total`):
+    /// each new one is charged to the rate limit's bucket.
+    retried: Option<u64>,
 }
 
 /// The longest gap between two rounds that counts as held time (a stalled loop is not a hold).
@@ -316,24 +332,31 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
     if ctx.queue_health.unavailable(&namespace, &name).is_some() {
         return;
     }
+    let sum_of = |family: &prometheus_client::metrics::family::Family<crate::metrics::PoolLabels, prometheus_client::metrics::counter::Counter>| -> u64 {
+        pool.spec
+            .priorities
+            .iter()
+            .map(|priority| {
+                let labels = crate::metrics::PoolLabels { namespace: namespace.clone(), pool: name.clone(), priority: priority.clone() };
+                family.get_or_create(&labels).get()
+            })
+            .sum()
+    };
+    let metrics = crate::metrics::global();
     let tokens = pool.spec.rate_limit.as_ref().map(|limit| {
         let burst = burst_of(limit);
         let bucket = state.bucket.get_or_insert_with(|| Bucket::new(burst, now));
+        // Retries start without admission: the rate limit counts them against new tasks.
+        let retried = sum_of(&metrics.tasks_retried);
+        bucket.charge(retried.saturating_sub(*state.retried.get_or_insert(retried)), max_debt(limit));
+        state.retried = Some(retried);
         bucket.available(limit.tasks_per_second, burst, now)
     });
     if pool.spec.rate_limit.is_none() {
         state.bucket = None;
+        state.retried = None;
     }
-    let finished: u64 = pool
-        .spec
-        .priorities
-        .iter()
-        .map(|priority| {
-            let labels = crate::metrics::PoolLabels { namespace: namespace.clone(), pool: name.clone(), priority: priority.clone() };
-            let metrics = crate::metrics::global();
-            metrics.tasks_succeeded.get_or_create(&labels).get() + metrics.tasks_failed.get_or_create(&labels).get()
-        })
-        .sum();
+    let finished = sum_of(&metrics.tasks_succeeded) + sum_of(&metrics.tasks_failed);
     let finish_rate = state.finish_rate.observe(finished, now);
     let room = match (controlled.then(|| room(pool, queued, finish_rate)), circuit_room) {
         (Some(room), Some(probes)) => Some(room.min(probes)),
@@ -385,6 +408,19 @@ mod tests {
         assert_eq!(bucket.available(10.0, 5.0, t0 + Duration::from_millis(250)), 2, "2.5 tokens in 250 ms at 10/s");
         bucket.take(2);
         assert_eq!(bucket.available(10.0, 5.0, t0 + Duration::from_secs(10)), 5, "never more than the burst");
+    }
+
+    #[test]
+    fn retries_are_charged_to_the_bucket_with_bounded_debt() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(5.0, t0);
+        bucket.charge(3, 600.0);
+        assert_eq!(bucket.available(10.0, 5.0, t0), 2, "3 retries took 3 of the 5 tokens");
+        bucket.charge(10_000, 600.0);
+        assert_eq!(bucket.available(10.0, 5.0, t0 + Duration::from_secs(59)), 0, "600 in debt: a minute at 10/s to pay");
+        assert_eq!(bucket.available(10.0, 5.0, t0 + Duration::from_secs(61)), 5, "and no more");
+        let limit = crate::crd::RateLimitSpec { tasks_per_second: 10.0, burst: None };
+        assert_eq!(max_debt(&limit), 600.0);
     }
 
     #[test]
