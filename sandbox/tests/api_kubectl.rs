@@ -179,3 +179,35 @@ async fn kubectl_create_secret_configmap_and_apply_patch_replace_a_secret() {
     std::fs::remove_dir_all(&dir).unwrap();
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn kubectl_explain_reads_a_crds_schema_from_openapi_v3() {
+    let (s, dir, k) = setup().await;
+    let crd = CRD.replace(
+        "spec: {type: object, properties: {size: {type: integer}}}",
+        "spec: {type: object, description: What the widget should be., properties: {size: {type: integer, description: How many parts it has.}}}",
+    );
+    k.ok(&["apply", "-f", &write(&dir, "crd.yaml", &crd)]).await;
+    // kubectl cached discovery before the CRD existed; `explain` does not refresh it by itself.
+    let out = k.ok(&["api-resources", "--api-group", "example.dev"]).await;
+    assert!(out.contains("widgets"), "{out}");
+    // The whole kind: the fields every object has, and the CRD's own.
+    let out = k.ok(&["explain", "wdg"]).await;
+    assert!(out.contains("KIND:       Widget") && out.contains("VERSION:    v1"), "{out}");
+    for field in ["apiVersion\t<string>", "kind\t<string>", "metadata\t<ObjectMeta>", "spec\t<Object>", "status\t<Object>"] {
+        assert!(out.contains(field), "explain wdg does not list {field:?}:\n{out}");
+    }
+    // A field, with the description the CRD gives it.
+    let out = k.ok(&["explain", "wdg.spec.size"]).await;
+    assert!(out.contains("FIELD: size <integer>") && out.contains("How many parts it has."), "{out}");
+    let out = k.ok(&["explain", "widgets.spec"]).await;
+    assert!(out.contains("What the widget should be.") && out.contains("size\t<integer>"), "{out}");
+    // Metadata is ObjectMeta's.
+    let out = k.ok(&["explain", "wdg.metadata.labels"]).await;
+    assert!(out.contains("FIELD: labels <map[string]string>"), "{out}");
+    // A field the schema does not have is an error naming it.
+    let (ok, _, err) = k.run(&["explain", "wdg.spec.colour"]).await;
+    assert!(!ok && err.contains("colour"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.shutdown().await;
+}

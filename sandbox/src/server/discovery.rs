@@ -74,8 +74,9 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
-/// `/openapi/v3`: one entry per served group version. The documents are minimal (paths with
-/// PATCH operations only) — enough for kubectl to see that `fieldValidation` is supported.
+/// `/openapi/v3`: one entry per served group version. The documents hold the PATCH operations
+/// (enough for kubectl to see that `fieldValidation` is supported) and, for custom resources,
+/// their CRD's schema as kube-apiserver publishes it (so `kubectl explain wjob.spec` works).
 pub fn openapi_root(reg: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
     for (g, vs) in reg.groups() {
@@ -114,9 +115,79 @@ pub fn openapi_group_version(reg: &Registry, group: &str, version: &str) -> Opti
     if paths.is_empty() {
         return None;
     }
-    Some(
-        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v1.{KUBERNETES_MINOR}.0")}, "paths": paths, "components": {"schemas": {}}}),
-    )
+    let mut schemas = serde_json::Map::new();
+    for t in reg.all().filter(|t| t.group == group) {
+        if let Some(schema) = t.version(version).and_then(|v| v.schema.as_ref()) {
+            schemas.insert(schema_name(group, version, &t.kind), published_schema(schema, group, version, &t.kind));
+        }
+    }
+    if !schemas.is_empty() {
+        schemas.insert(OBJECT_META.into(), object_meta_schema());
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{KUBERNETES_MINOR}.0")},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
+
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// A definition's name as kube-apiserver spells it: the group reversed, then version and kind
+/// (`warren.dev` `v1alpha1` `Job` → `dev.warren.v1alpha1.Job`).
+fn schema_name(group: &str, version: &str, kind: &str) -> String {
+    let reversed: Vec<&str> = group.split('.').rev().collect();
+    format!("{}.{version}.{kind}", reversed.join("."))
+}
+
+/// A CRD version's `openAPIV3Schema` as published: with the `apiVersion`, `kind` and
+/// `metadata` every object has (the CRD leaves them out), and the GVK kubectl looks it up by.
+fn published_schema(schema: &Value, group: &str, version: &str, kind: &str) -> Value {
+    let mut published = schema.clone();
+    if let Some(object) = published.as_object_mut() {
+        let properties = object.entry("properties").or_insert_with(|| json!({}));
+        if let Some(properties) = properties.as_object_mut() {
+            properties.insert(
+                "apiVersion".into(),
+                json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"}),
+            );
+            properties.insert(
+                "kind".into(),
+                json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"}),
+            );
+            properties.insert(
+                "metadata".into(),
+                json!({"allOf": [{"$ref": format!("#/components/schemas/{OBJECT_META}")}], "default": {}, "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}),
+            );
+        }
+        object.insert("x-kubernetes-group-version-kind".into(), json!([{"group": group, "version": version, "kind": kind}]));
+    }
+    published
+}
+
+/// The part of `ObjectMeta` a custom resource's user sets (what `kubectl explain <kind>.metadata`
+/// shows).
+fn object_meta_schema() -> Value {
+    let string = |description: &str| json!({"type": "string", "default": "", "description": description});
+    let map = |description: &str| json!({"type": "object", "additionalProperties": {"type": "string", "default": ""}, "description": description});
+    json!({
+        "type": "object",
+        "description": "ObjectMeta is metadata that all persisted resources must have, which includes all objects users must create.",
+        "properties": {
+            "name": string("Name must be unique within a namespace."),
+            "namespace": string("Namespace defines the space within which each name must be unique."),
+            "labels": map("Map of string keys and values that can be used to organize and categorize (scope and select) objects."),
+            "annotations": map("Annotations is an unstructured key value map stored with a resource that may be set by external tools to store and retrieve arbitrary metadata."),
+            "generateName": string("GenerateName is an optional prefix, used by the server, to generate a unique name ONLY IF the Name field has not been provided."),
+            "uid": string("UID is the unique in time and space value for this object. Populated by the system. Read-only."),
+            "resourceVersion": string("An opaque value that represents the internal version of this object. Populated by the system. Read-only."),
+            "generation": {"type": "integer", "format": "int64", "description": "A sequence number representing a specific generation of the desired state. Populated by the system. Read-only."},
+            "creationTimestamp": {"type": "string", "format": "date-time", "description": "CreationTimestamp is a timestamp representing the server time when this object was created. Populated by the system. Read-only."},
+            "deletionTimestamp": {"type": "string", "format": "date-time", "description": "DeletionTimestamp is RFC 3339 date and time at which this resource will be deleted. Populated by the system when a graceful deletion is requested. Read-only."},
+            "finalizers": {"type": "array", "items": {"type": "string", "default": ""}, "description": "Must be empty before the object is deleted from the registry."},
+        },
+    })
 }
 
 #[cfg(test)]
@@ -141,6 +212,17 @@ mod tests {
         let op = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(op["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+    }
+
+    #[test]
+    fn a_crds_schema_is_published_under_its_kube_apiserver_name_with_its_gvk() {
+        assert_eq!(schema_name("warren.dev", "v1alpha1", "Job"), "dev.warren.v1alpha1.Job");
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object"}}});
+        let published = published_schema(&schema, "warren.dev", "v1alpha1", "Job");
+        assert_eq!(published["x-kubernetes-group-version-kind"], json!([{"group": "warren.dev", "version": "v1alpha1", "kind": "Job"}]));
+        let fields: Vec<&String> = published["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["apiVersion", "kind", "metadata", "spec"]);
+        assert_eq!(published["properties"]["metadata"]["allOf"][0]["$ref"], format!("#/components/schemas/{OBJECT_META}"));
     }
 
     #[test]
