@@ -192,20 +192,42 @@ def metric_names_in(expr: str) -> set[str]:
 # --- rendering -----------------------------------------------------------------------------------
 
 
+def oldest_supported_version() -> str:
+    """The oldest Kubernetes the chart supports: `kubeVersion` of Chart.yaml (`>=1.27.0-0`)."""
+    chart_yaml = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)(?:\.\d+)?(?:-0)?", chart_yaml["kubeVersion"].strip())
+    assert match, f"kubeVersion {chart_yaml['kubeVersion']!r} is not a lower bound"
+    return f"{match.group(1)}.{match.group(2)}.0"
+
+
+# Objects that exist only from a later Kubernetes than the oldest supported, and the version
+# their values document (admissionPolicy.enabled: "Kubernetes 1.30+").
+LATER_KINDS = {("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): "1.30.0",
+               ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): "1.30.0"}
+
+
 @pytest.mark.parametrize("case", VALUE_SETS)
 def test_renders_and_validates_against_the_kubernetes_openapi_schemas(chart, case):
+    """Strictly (unknown fields are errors), against the oldest Kubernetes the chart supports and
+    the newest kubernetes-validate knows."""
     objects = render(chart, VALUE_SETS[case])
-    version = kubernetes_validate.latest_version()
     checked = 0
     for obj in objects:
         if (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS:
             continue
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} is not a valid Kubernetes {version} object: {error}")
+        oldest = LATER_KINDS.get((obj["apiVersion"], obj["kind"]), oldest_supported_version())
+        for version in (oldest, kubernetes_validate.latest_version()):
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                pytest.fail(f"{obj['kind']} {obj['metadata']['name']} is not a valid Kubernetes {version} object: {error}")
         checked += 1
     assert checked >= 5
+
+
+def test_the_oldest_supported_kubernetes_is_one_kubernetes_validate_knows():
+    assert oldest_supported_version() == "1.27.0"
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}, oldest_supported_version(), strict=True)
 
 
 def test_chart_crds_validate_against_the_kubernetes_openapi_schemas(chart):
@@ -213,7 +235,8 @@ def test_chart_crds_validate_against_the_kubernetes_openapi_schemas(chart):
     assert {c["filename"] for c in crds} == {f"warren/crds/{p.name}" for p in (ROOT / "crds").glob("*.yaml")}
     for crd in crds:
         for obj in yaml.safe_load_all(crd["data"]):
-            kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+            for version in (oldest_supported_version(), kubernetes_validate.latest_version()):
+                kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_chart_crds_are_identical_to_the_generated_crds():

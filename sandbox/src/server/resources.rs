@@ -134,6 +134,8 @@ fn builtin(
 }
 
 pub const CRD_GROUP: &str = "apiextensions.k8s.io";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+const ADMISSION_GROUP: &str = "admissionregistration.k8s.io";
 pub const CRD_RESOURCE: &str = "customresourcedefinitions";
 
 /// The kinds every server starts with.
@@ -149,6 +151,27 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], &["all"], true, true, Deployment),
         builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], &[], false, false, NameAge),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], &[], false, false, NameAge),
+        // Stored and served so that the chart applies as it does to a real cluster; nothing here
+        // enforces RBAC or admission policies (docs/local-control-plane.md).
+        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], &[], false, false, NameAge),
+        builtin("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], &[], true, false, NameAge),
+        builtin(RBAC_GROUP, "v1", "roles", "Role", true, &[], &[], false, false, NameAge),
+        builtin(RBAC_GROUP, "v1", "rolebindings", "RoleBinding", true, &[], &[], false, false, NameAge),
+        builtin(RBAC_GROUP, "v1", "clusterroles", "ClusterRole", false, &[], &[], false, false, NameAge),
+        builtin(RBAC_GROUP, "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], &[], false, false, NameAge),
+        builtin(ADMISSION_GROUP, "v1", "validatingadmissionpolicies", "ValidatingAdmissionPolicy", false, &[], &[], true, false, NameAge),
+        builtin(
+            ADMISSION_GROUP,
+            "v1",
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
+            false,
+            &[],
+            &[],
+            false,
+            false,
+            NameAge,
+        ),
         builtin(
             CRD_GROUP,
             "v1",
