@@ -229,17 +229,22 @@ def run(tmp_path_factory):
         except Exception:  # noqa: BLE001 - cleanup is best effort; the queues are uniquely named
             pass
         for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
         log.close()
         rabbitmqctl("delete_queue", reports_queue)
         for tier_ms in (100, 200):
             rabbitmqctl("delete_queue", f"warren.{namespace}.pool.retry.{tier_ms}ms")
         delete_exchange(f"{reports_queue}.control")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stops a process this test started: SIGTERM, then SIGKILL after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def delete_exchange(name: str) -> None:

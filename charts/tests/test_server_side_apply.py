@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from test_chart import CHART, NAMESPACE, URL, VALUE_SETS, ALERTING, render
-from test_prometheus import Kubectl, binary, delete_exchange, free_port, rabbitmqctl, wait_for
+from test_prometheus import Kubectl, binary, delete_exchange, free_port, rabbitmqctl, stop, wait_for
 
 # The monitoring kinds the chart may render, as the Prometheus Operator's CRDs name them.
 MONITORING_CRDS = [("servicemonitors", "ServiceMonitor"), ("prometheusrules", "PrometheusRule")]
@@ -55,12 +55,7 @@ def kubectl(tmp_path_factory):
         wait_for("warren local up to serve the CRDs", lambda: kubectl("get", "wjob") is not None, timeout=90)
         yield kubectl
     finally:
-        warren.terminate()
-        try:
-            warren.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            warren.kill()
-            warren.wait()
+        stop(warren)
         log.close()
         rabbitmqctl("delete_queue", reports_queue)
         delete_exchange(f"{reports_queue}.control")
