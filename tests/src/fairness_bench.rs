@@ -420,9 +420,13 @@ fn report(o: &Options, alone: &Outcome, fair: &Outcome, fifo: &Outcome) {
                 per_s(in_b)
             );
             if windows.len() < 3 {
+                let hint = if o.window_ms < 10_000 || period < 20_000 {
+                    " (the issue's 10 s windows need a larger --b-tasks, e.g. --b-tasks 8000 --window-ms 10000)"
+                } else {
+                    ""
+                };
                 println!(
-                    "  {:<36} B is only {} tasks, so both keys are backlogged briefly and the index covers few windows \
-                     (the issue's 10 s windows need a larger --b-tasks)",
+                    "  {:<36} B is only {} tasks, so the index covers few windows{hint}",
                     "", o.b_tasks
                 );
             }

@@ -295,6 +295,40 @@ async fn a_rate_limit_holds_across_ten_replicas() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_adds_no_worker_that_could_only_wait_for_tokens() -> anyhow::Result<()> {
+    let env = Env::start("rate-limit-scale").await?;
+    // 5 tasks a second, each done at once: one worker of 4 slots has room to spare, and 400
+    // held tasks are no reason for more.
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": ["sh", "-c", "cat >/dev/null"]}, "concurrency": 4,
+                           "autoscaling": {"minReplicas": 1, "maxReplicas": 10, "pollIntervalSeconds": 1},
+                           "rateLimit": {"tasksPerSecond": 5}}),
+    )
+    .await?;
+    env.create_job("limited", serde_json::json!({"poolRef": "pool", "completions": 400})).await?;
+    wait_reason(&env, "limited", "RateLimited", Duration::from_secs(60)).await?;
+    // 20 s of polls (20 autoscaler decisions): the desired count and the backlog it saw.
+    let (mut most, mut biggest_backlog) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let pool: WorkerPool = env.pools().get("pool").await?;
+        let status = pool.status.unwrap_or_default();
+        most = most.max(status.desired_replicas.unwrap_or(0));
+        biggest_backlog = biggest_backlog.max(status.autoscaling.map_or(0, |a| a.backlog));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let job = env.jobs().get("limited").await?.status.expect("status");
+    println!("rateLimit 5/s, 400 tasks: at most {most} replicas desired, backlog at most {biggest_backlog}, {} done after 20 s", job.succeeded);
+    assert!(job.succeeded < 300, "the rate limit held: {} done", job.succeeded);
+    assert!(most <= 1, "the autoscaler wanted {most} replicas for tasks that only wait for tokens");
+    assert!(biggest_backlog < 50, "the autoscaler counted the tasks held for tokens as backlog: {biggest_backlog}");
+    env.jobs().delete("limited", &Default::default()).await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flow_control_settings_are_refused_with_the_field_named() -> anyhow::Result<()> {
     let env = Env::start("flow-bad").await?;
     let create = |kind: &'static str, name: &str, spec: serde_json::Value| {
