@@ -81,6 +81,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         book: book.clone(),
         workers: workers.clone(),
         pools: pool_watch.store.clone(),
+        pools_synced: pool_watch.synced(),
         config: config.clone(),
         backoff: ErrorBackoff::default(),
         autoscalers: controllers::worker_pool::scale::Autoscalers::new(client.clone()),

@@ -425,10 +425,7 @@ fn report(o: &Options, alone: &Outcome, fair: &Outcome, fifo: &Outcome) {
                 } else {
                     ""
                 };
-                println!(
-                    "  {:<36} B is only {} tasks, so the index covers few windows{hint}",
-                    "", o.b_tasks
-                );
+                println!("  {:<36} B is only {} tasks, so the index covers few windows{hint}", "", o.b_tasks);
             }
             if windows.len() <= 12 {
                 for w in &windows {

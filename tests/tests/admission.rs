@@ -179,7 +179,10 @@ async fn the_backlog_per_key_is_in_the_pools_status_and_metrics_bounded_to_the_t
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let env = Env::start_custom(
         "backlog",
-        EnvOptions { operator: OperatorOptions { metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() }, ..EnvOptions::default() },
+        EnvOptions {
+            operator: OperatorOptions { metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() },
+            ..EnvOptions::default()
+        },
     )
     .await?;
     // Two slots for 12 tenants: almost everything waits, in the operator (fair shares).
@@ -193,8 +196,11 @@ async fn the_backlog_per_key_is_in_the_pools_status_and_metrics_bounded_to_the_t
     env.wait_job("quick", Duration::from_secs(120), finished).await?;
     // Tenant i submits 40 + i tasks: keys t11 (51 tasks) … t00 (40) by size.
     for i in 0..12u32 {
-        env.create_job(&format!("job-{i:02}"), serde_json::json!({"poolRef": "pool", "completions": 40 + i, "fairnessKey": format!("t{i:02}")}))
-            .await?;
+        env.create_job(
+            &format!("job-{i:02}"),
+            serde_json::json!({"poolRef": "pool", "completions": 40 + i, "fairnessKey": format!("t{i:02}")}),
+        )
+        .await?;
     }
     // The pool's status: the 10 biggest keys by name and size, the other 2 summed.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -326,7 +332,10 @@ async fn the_autoscaler_adds_no_worker_that_could_only_wait_for_tokens() -> anyh
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let job = env.jobs().get("limited").await?.status.expect("status");
-    println!("rateLimit 5/s, 400 tasks: at most {most} replicas desired, backlog at most {biggest_backlog}, {} done after 20 s", job.succeeded);
+    println!(
+        "rateLimit 5/s, 400 tasks: at most {most} replicas desired, backlog at most {biggest_backlog}, {} done after 20 s",
+        job.succeeded
+    );
     assert!(job.succeeded < 300, "the rate limit held: {} done", job.succeeded);
     assert!(most <= 1, "the autoscaler wanted {most} replicas for tasks that only wait for tokens (its reasons: {reasons:?})");
     assert!(biggest_backlog < 50, "the autoscaler counted the tasks held for tokens as backlog: {biggest_backlog}");

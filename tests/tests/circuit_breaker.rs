@@ -138,6 +138,48 @@ async fn an_open_circuit_starts_no_task_until_its_probes_succeed() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restart_keeps_an_open_circuit_open() -> anyhow::Result<()> {
+    if Env::is_real_cluster() {
+        println!("skipped: restarting the operator needs the local control plane");
+        return Ok(());
+    }
+    let mut env = Env::start("circuit-restart").await?;
+    let log = env.state_dir.join("attempts.log");
+    std::fs::write(env.state_dir.join("downstream-down"), "")?;
+    // Open for a long time: the restart falls inside it.
+    let breaker = serde_json::json!({"circuitBreaker": {"failureRatio": 0.5, "minTasks": 6, "windowSeconds": 30, "openSeconds": 300}});
+    env.create_pool("pool", pool_spec(&env.state_dir, breaker)).await?;
+    env.create_job("calls", serde_json::json!({"poolRef": "pool", "completions": 40})).await?;
+    wait_circuit(&env, "True", "FailureRatioExceeded", Duration::from_secs(90)).await?;
+    let before = condition(&env.pools().get("pool").await?, "CircuitOpen");
+    // Let the workers hear it (the control broadcast, every second) and the running attempts end.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    env.kill_operator().await?;
+    env.start_operator()?;
+    let restarted_at = now_ms();
+    // For 8 s after the restart the circuit stays open (never a Closed condition) and no task
+    // starts: the new operator resumed the state from the pool's status.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let seen = condition(&env.pools().get("pool").await?, "CircuitOpen");
+        anyhow::ensure!(
+            seen.as_ref().is_some_and(|(status, reason, _)| status == "True" && reason == "FailureRatioExceeded"),
+            "the circuit did not stay open across the restart: {seen:?} (before: {before:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after: Vec<(bool, u64)> = attempts(&log).into_iter().filter(|(_, at)| *at >= restarted_at).collect();
+    println!("after the restart: {} attempts in 8 s with the circuit open", after.len());
+    assert!(after.is_empty(), "tasks started with the circuit open after the restart: {after:?}");
+    let job = env.jobs().get("calls").await?.status.unwrap_or_default();
+    assert_eq!(job.dead_lettered, 0, "{job:?}");
+    env.jobs().delete("calls", &Default::default()).await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_annotation_forces_the_circuit_open_and_closed() -> anyhow::Result<()> {
     let env = Env::start("circuit-forced").await?;
     let log = env.state_dir.join("attempts.log");

@@ -10,7 +10,21 @@
 
 use std::collections::VecDeque;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 use crate::crd::CircuitBreakerSpec;
+
+/// The "`failed` of the last `finished`" counts an open circuit's condition message starts with
+/// (`controllers::worker_pool::status::circuit_condition`); (0, 0) when it does not.
+fn counts_in(message: &str) -> (u32, u32) {
+    let mut words = message.split(' ');
+    let failed = words.next().and_then(|w| w.parse().ok());
+    let finished = (words.next(), words.next(), words.next()) == (Some("of"), Some("the"), Some("last"));
+    match (failed, finished.then(|| words.next().and_then(|w| w.parse().ok())).flatten()) {
+        (Some(failed), Some(finished)) if failed <= finished => (failed, finished),
+        _ => (0, 0),
+    }
+}
 
 /// Where a circuit is.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +87,26 @@ impl Force {
 }
 
 impl Circuit {
+    /// The circuit an operator starting up resumes from the pool's `CircuitOpen` condition (the
+    /// state is not stored elsewhere): open since the condition's transition when it says
+    /// `FailureRatioExceeded`, so the restart does not let every task burn attempts against a
+    /// downstream that is still down; a probing (`HalfOpen`) circuit is open with its time up,
+    /// so it probes again at once (the probes' results were the old operator's). Anything else,
+    /// or no condition, is closed (`Forced` follows the annotation).
+    pub fn restored(condition: Option<&Condition>, now_ms: u64) -> Self {
+        let state = match condition.filter(|c| c.status == "True").map(|c| c.reason.as_str()) {
+            Some("FailureRatioExceeded") => {
+                let condition = condition.expect("filtered above");
+                let since_ms = u64::try_from(condition.last_transition_time.0.as_millisecond()).unwrap_or(0).min(now_ms);
+                let (failed, finished) = counts_in(&condition.message);
+                State::Open { since_ms, failed, finished, forced: false }
+            }
+            Some("HalfOpen") => State::Open { since_ms: 0, failed: 0, finished: 0, forced: false },
+            _ => State::Closed,
+        };
+        Self { state, window: VecDeque::new() }
+    }
+
     /// One finished attempt of the pool at `at_ms`.
     pub fn record(&mut self, failed: bool, at_ms: u64, spec: &CircuitBreakerSpec) {
         match &mut self.state {
@@ -178,6 +212,47 @@ impl Circuit {
 
 #[cfg(test)]
 mod tests {
+    fn condition(status: &str, reason: &str, message: &str, at_ms: i64) -> Condition {
+        Condition {
+            type_: "CircuitOpen".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::from_millisecond(at_ms).unwrap()),
+            observed_generation: None,
+        }
+    }
+
+    #[test]
+    fn a_restarted_operator_resumes_an_open_circuit_from_the_pools_condition() {
+        let open = condition("True", "FailureRatioExceeded", "9 of the last 10 finished attempts failed (90 %, more than 50 %): …", 50_000);
+        let circuit = Circuit::restored(Some(&open), 60_000);
+        assert_eq!(circuit.state, State::Open { since_ms: 50_000, failed: 9, finished: 10, forced: false });
+        // It half-opens when its openSeconds are up, counted from when it opened, not from the restart.
+        let mut c = circuit.clone();
+        let spec = CircuitBreakerSpec { failure_ratio: 0.5, min_tasks: 10, window_seconds: 60, open_seconds: 30, half_open_tasks: 1 };
+        assert!(!c.tick(Some(&spec), None, 79_000));
+        assert!(c.tick(Some(&spec), None, 80_000));
+        assert!(matches!(c.state, State::HalfOpen { .. }));
+        // Probing when the operator stopped: open with its time up, so it probes again at once.
+        let probing = condition("True", "HalfOpen", "probing: 0 of 1 probe task(s) succeeded", 50_000);
+        let mut c = Circuit::restored(Some(&probing), 60_000);
+        assert!(c.tick(Some(&spec), None, 60_100) && matches!(c.state, State::HalfOpen { .. }));
+        // Closed, forced (the annotation decides), or nothing: closed.
+        for closed in [condition("False", "Closed", "tasks start", 1), condition("True", "Forced", "held", 1)] {
+            assert_eq!(Circuit::restored(Some(&closed), 60_000).state, State::Closed);
+        }
+        assert_eq!(Circuit::restored(None, 60_000).state, State::Closed);
+    }
+
+    #[test]
+    fn counts_are_read_from_the_message_or_are_zero() {
+        assert_eq!(counts_in("9 of the last 10 finished attempts failed"), (9, 10));
+        assert_eq!(counts_in("edited by hand"), (0, 0));
+        assert_eq!(counts_in("11 of the last 10 finished"), (0, 0), "more failed than finished is not believed");
+        assert_eq!(counts_in("99999999999 of the last 1 x"), (0, 0));
+    }
+
     use super::*;
 
     fn spec() -> CircuitBreakerSpec {

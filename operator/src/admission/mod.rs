@@ -130,6 +130,8 @@ impl FinishRate {
 /// workers of an open pool), the admission, the autoscaler and the pool's status.
 pub struct Circuits {
     pools: std::sync::Mutex<HashMap<String, PoolCircuit>>,
+    /// Set once the admission has ticked every pool the store held at its start.
+    primed: std::sync::atomic::AtomicBool,
     changed: mpsc::UnboundedSender<ObjectRef<WorkerPool>>,
     recorder: kube::runtime::events::Recorder,
 }
@@ -149,7 +151,7 @@ impl Circuits {
     /// The registry, and the pools to reconcile when their circuit changes (their status says it).
     pub fn new(client: kube::Client) -> (Self, mpsc::UnboundedReceiver<ObjectRef<WorkerPool>>) {
         let (changed, pools) = mpsc::unbounded();
-        (Self { pools: std::sync::Mutex::default(), changed, recorder: crate::events::recorder(client) }, pools)
+        (Self { pools: std::sync::Mutex::default(), primed: Default::default(), changed, recorder: crate::events::recorder(client) }, pools)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolCircuit>> {
@@ -157,8 +159,12 @@ impl Circuits {
     }
 
     /// A finished attempt of a pool with a circuit breaker.
+    /// A pool the admission has not ticked yet (the first 100 ms after a start) records nothing:
+    /// its circuit is resumed from its status at the first tick.
     pub fn record(&self, namespace: &str, pool: &str, spec: &crate::crd::CircuitBreakerSpec, failed: bool, at_ms: u64) {
-        self.lock().entry(format!("{namespace}/{pool}")).or_default().circuit.record(failed, at_ms, spec);
+        if let Some(entry) = self.lock().get_mut(&format!("{namespace}/{pool}")) {
+            entry.circuit.record(failed, at_ms, spec);
+        }
     }
 
     /// Moves the pool's circuit on (its window, `openSeconds`, the annotation); `workers` are
@@ -172,7 +178,15 @@ impl Circuits {
         if spec.is_none() && force.is_none() && !pools.contains_key(&key) {
             return circuit::Gate::Open;
         }
-        let entry = pools.entry(key).or_default();
+        // First seen by this operator: resume what the pool's status says.
+        let entry = pools.entry(key).or_insert_with(|| {
+            let condition = pool.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "CircuitOpen"));
+            let circuit = circuit::Circuit::restored(condition, now_ms);
+            if circuit.state != circuit::State::Closed {
+                tracing::info!(namespace, pool = name, state = ?circuit.state, "resuming the pool's open circuit from its status");
+            }
+            PoolCircuit { last_seen: Some(circuit.state.clone()), circuit, ..PoolCircuit::default() }
+        });
         entry.circuit.tick(spec, force, now_ms);
         let changed = entry.last_seen.as_ref() != Some(&entry.circuit.state);
         entry.last_seen = Some(entry.circuit.state.clone());
@@ -197,6 +211,12 @@ impl Circuits {
             let _ = self.changed.unbounded_send(ObjectRef::new(&name).within(&namespace));
         }
         gate
+    }
+
+    /// True once every pool's circuit was resumed from its status: what [`Circuits::paused`]
+    /// says is then complete.
+    pub fn primed(&self) -> bool {
+        self.primed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The pool's circuit state (closed when it has none).
@@ -265,6 +285,12 @@ pub async fn run(ctx: Arc<Context>, reconcile: mpsc::UnboundedSender<ObjectRef<J
     let mut states: HashMap<String, PoolState> = HashMap::new();
     let mut ticker = tokio::time::interval(ROUND);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The pools as listed, not an empty store: their circuits are resumed from their status.
+    if ctx.pools_synced.clone().wait_for(|synced| *synced).await.is_err() {
+        tracing::error!("the WorkerPool watch is gone: no admission");
+        return;
+    }
+    tracing::debug!(pools = ctx.pools.state().len(), "admission started");
     loop {
         ticker.tick().await;
         let pools = ctx.pools.state();
@@ -275,6 +301,7 @@ pub async fn run(ctx: Arc<Context>, reconcile: mpsc::UnboundedSender<ObjectRef<J
             let state = states.entry(pool_key(&pool)).or_default();
             round(&ctx, &pool, state, &reconcile);
         }
+        ctx.circuits.primed.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -332,7 +359,11 @@ fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mp
     if ctx.queue_health.unavailable(&namespace, &name).is_some() {
         return;
     }
-    let sum_of = |family: &prometheus_client::metrics::family::Family<crate::metrics::PoolLabels, prometheus_client::metrics::counter::Counter>| -> u64 {
+    let sum_of = |family: &prometheus_client::metrics::family::Family<
+        crate::metrics::PoolLabels,
+        prometheus_client::metrics::counter::Counter,
+    >|
+     -> u64 {
         pool.spec
             .priorities
             .iter()

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 
 use super::backlog::{self, Waiting};
 use super::decide::{Demand, Held};
@@ -39,9 +39,8 @@ pub struct Told {
 /// `controlled` false: the pool left flow control; what was told is withdrawn.
 pub fn backlog(ctx: &Context, pool: &WorkerPool, told: &mut Told, demands: &[Demand], controlled: bool) {
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
-    let summary = controlled.then(|| {
-        backlog::summarize(demands.iter().map(|d| Waiting { key: &d.key, tasks: u64::from(d.backlog) + u64::from(d.queued) }))
-    });
+    let summary = controlled
+        .then(|| backlog::summarize(demands.iter().map(|d| Waiting { key: &d.key, tasks: u64::from(d.backlog) + u64::from(d.queued) })));
     // The gauge, every round.
     let series = summary.as_ref().map(backlog::series).unwrap_or_default();
     let gauge = &metrics::global().backlog_tasks;

@@ -113,6 +113,8 @@ pub struct Context {
     pub book: Arc<JobBook>,
     pub workers: Arc<WorkerRegistry>,
     pub pools: Store<WorkerPool>,
+    /// True once `pools` holds the first list.
+    pub pools_synced: tokio::sync::watch::Receiver<bool>,
     pub backoff: ErrorBackoff,
     /// Per-pool autoscaler state (history, rates) and its Event recorder.
     pub autoscalers: worker_pool::scale::Autoscalers,
@@ -164,6 +166,8 @@ pub struct SharedWatch<K: Resource<DynamicType = ()> + Clone + 'static> {
     writer: reflector::store::Writer<K>,
     api: kube::Api<K>,
     changes: async_broadcast::Sender<Arc<K>>,
+    /// True once the first list is in the store.
+    synced: tokio::sync::watch::Sender<bool>,
     /// Keeps the channel open while no subscriber is (subscribers are made before `run`).
     _inactive: async_broadcast::InactiveReceiver<Arc<K>>,
 }
@@ -196,7 +200,14 @@ where
         // none is subscribed (then nobody waits).
         changes.set_overflow(false);
         changes.set_await_active(false);
-        Self { store, writer, api: config.watched(client), changes, _inactive: inactive.deactivate() }
+        let (synced, _) = tokio::sync::watch::channel(false);
+        Self { store, writer, api: config.watched(client), changes, synced, _inactive: inactive.deactivate() }
+    }
+
+    /// Turns true once the store holds the first list (what a consumer that must see every
+    /// object, not an empty store at start-up, waits for).
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 
     /// A stream of the objects the watch sees change (subscribe before [`SharedWatch::run`]).
@@ -223,6 +234,7 @@ where
                 }
                 Ok(watcher::Event::InitApply(object)) => listed.push(Arc::new(object)),
                 Ok(watcher::Event::InitDone) => {
+                    self.synced.send_replace(true);
                     for object in std::mem::take(&mut listed) {
                         let _ = changes.broadcast_direct(object).await;
                     }

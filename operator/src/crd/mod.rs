@@ -24,8 +24,8 @@ pub use schedule::{
 };
 pub use worker_pool::{
     AUTOSCALING_PAUSED_ANNOTATION, AutoscalingSpec, AutoscalingStatus, CIRCUIT_ANNOTATION, CircuitBreakerSpec, DeletionPolicy,
-    FairnessSpec, KeyBacklog, Overflow, PoolBacklog, PriorityBacklog, QueueType, RateLimitSpec, ScalingRules, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
-    WorkerTemplate,
+    FairnessSpec, KeyBacklog, Overflow, PoolBacklog, PriorityBacklog, QueueType, RateLimitSpec, ScalingRules, WorkerPool, WorkerPoolSpec,
+    WorkerPoolStatus, WorkerTemplate,
 };
 pub use workflow::{
     ApprovalDecision, ApprovalSpec, CompensationStatus, JobTemplate, RunCondition, StepKind, StepPhase, StepStatus, TimeoutAction,

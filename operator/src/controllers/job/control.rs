@@ -85,6 +85,12 @@ async fn broadcast(
             book.bury(&uid, now_ms());
         }
         *known = current;
+        // Until the admission has resumed every pool's circuit from its status (the first
+        // 100 ms after a start), an empty `paused` list would let the workers of an open pool
+        // start their buffered tasks.
+        if !circuits.primed() {
+            continue;
+        }
         let cancelled = book.cancelled_jobs(now_ms());
         let paused = circuits.paused();
         let due = match &last {
