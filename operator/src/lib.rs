@@ -57,7 +57,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
     }
     metrics::global().leader.set(1);
 
-    let pool_watch = controllers::PoolWatch::new(client.clone(), &config);
+    let pool_watch = controllers::PoolWatch::new(client.clone(), &config, controllers::index::no_keys);
     let (queue_health, health_triggers) = queue_health::QueueHealth::new();
     let queue_health = Arc::new(queue_health);
     let book = Arc::new(controllers::job::book::JobBook::new(
@@ -116,8 +116,9 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         ctx.pools.clone(),
     ));
     tracing::info!(amqp = %broker::redact(&config.amqp_url), watch_namespace = config.watch_namespace.as_deref().unwrap_or("(all)"), "Warren operator started");
-    let job_watch = controllers::JobWatch::new(client.clone(), &config);
-    let (jobs, job_events, child_events) = (job_watch.store.clone(), job_watch.subscribe(), job_watch.subscribe());
+    let job_watch = controllers::JobWatch::new(client.clone(), &config, controllers::index::job_keys);
+    let (jobs, job_index, job_events, child_events) =
+        (job_watch.store.clone(), job_watch.index(), job_watch.subscribe(), job_watch.subscribe());
     let notify_broker = config.notify.exchange.as_ref().map(|_| broker::Broker::new(config.amqp_url.clone(), config.amqp_tls.clone()));
     let notifier = Arc::new(notify::Notifier::new(client.clone(), config.notify.clone(), ctx.book.clone(), notify_broker));
     let notifier_jobs = jobs.clone();
@@ -126,8 +127,16 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
             _ = async {
                 tokio::join!(
                     controllers::worker_pool::run(pool_controller, ctx.clone(), health_triggers.pools, circuit_triggers),
-                    controllers::job::run(ctx.clone(), jobs.clone(), job_events, pool_changes, health_triggers.jobs_of_pools, admitted_jobs),
-                    controllers::workflow::run(client.clone(), config.clone(), jobs, child_events),
+                    controllers::job::run(
+                        ctx.clone(),
+                        jobs.clone(),
+                        job_index.clone(),
+                        job_events,
+                        pool_changes,
+                        health_triggers.jobs_of_pools,
+                        admitted_jobs
+                    ),
+                    controllers::workflow::run(client.clone(), config.clone(), job_index, child_events),
                     controllers::schedule::run(client.clone(), config.clone()),
                 )
             } => {}

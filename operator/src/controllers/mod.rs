@@ -1,5 +1,6 @@
 //! The controllers and what they share.
 
+pub mod index;
 pub mod job;
 pub mod schedule;
 pub mod worker_pool;
@@ -168,6 +169,8 @@ pub struct SharedWatch<K: Resource<DynamicType = ()> + Clone + 'static> {
     changes: async_broadcast::Sender<Arc<K>>,
     /// True once the first list is in the store.
     synced: tokio::sync::watch::Sender<bool>,
+    /// The store's objects by relation ([`index`]).
+    index: Arc<index::Index<K>>,
     /// Keeps the channel open while no subscriber is (subscribers are made before `run`).
     _inactive: async_broadcast::InactiveReceiver<Arc<K>>,
 }
@@ -193,7 +196,8 @@ where
         + Sync
         + 'static,
 {
-    pub fn new(client: Client, config: &Config) -> Self {
+    /// A watch of every object of the kind, indexed by `keys` ([`index::no_keys`]: none).
+    pub fn new(client: Client, config: &Config, keys: index::Keys<K>) -> Self {
         let (store, writer) = reflector::store();
         let (mut changes, inactive) = async_broadcast::broadcast(EVENT_BUFFER);
         // Wait for slow subscribers rather than drop a change they must see; send even while
@@ -201,7 +205,13 @@ where
         changes.set_overflow(false);
         changes.set_await_active(false);
         let (synced, _) = tokio::sync::watch::channel(false);
-        Self { store, writer, api: config.watched(client), changes, synced, _inactive: inactive.deactivate() }
+        let index = Arc::new(index::Index::new(keys, store.clone()));
+        Self { store, writer, api: config.watched(client), changes, synced, index, _inactive: inactive.deactivate() }
+    }
+
+    /// The store's objects by relation.
+    pub fn index(&self) -> Arc<index::Index<K>> {
+        self.index.clone()
     }
 
     /// Turns true once the store holds the first list (what a consumer that must see every
@@ -230,16 +240,19 @@ where
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(object)) => {
+                    self.index.apply(&object);
                     let _ = changes.broadcast_direct(Arc::new(object)).await;
                 }
                 Ok(watcher::Event::InitApply(object)) => listed.push(Arc::new(object)),
                 Ok(watcher::Event::InitDone) => {
+                    self.index.relisted(&listed);
                     self.synced.send_replace(true);
                     for object in std::mem::take(&mut listed) {
                         let _ = changes.broadcast_direct(object).await;
                     }
                 }
-                Ok(watcher::Event::Init | watcher::Event::Delete(_)) => {}
+                Ok(watcher::Event::Delete(object)) => self.index.delete(&object),
+                Ok(watcher::Event::Init) => listed.clear(),
                 Err(error) => tracing::warn!(%error, %kind, "watching failed; retrying"),
             }
         }

@@ -428,7 +428,7 @@ impl Notifier {
 /// Runs the notifier until the process stops (only while leading: [`crate::run`] starts it with
 /// the controllers). `jobs` is the shared Job watch's store; the Workflows are watched here.
 pub async fn run(notifier: Arc<Notifier>, jobs: Store<Job>, config: crate::controllers::Config, client: Client) {
-    let watch = crate::controllers::SharedWatch::<Workflow>::new(client, &config);
+    let watch = crate::controllers::SharedWatch::<Workflow>::new(client, &config, crate::controllers::index::no_keys);
     let workflows = watch.store.clone();
     let ticks = async {
         let mut tick = tokio::time::interval(TICK);

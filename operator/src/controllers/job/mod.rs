@@ -89,7 +89,8 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, Error> {
 /// What the Job controller's reconciles share beyond the [`Context`].
 struct State {
     ctx: Arc<Context>,
-    jobs: Store<Job>,
+    /// Every Job, by pool, owner and idempotency key.
+    index: Arc<super::index::Index<Job>>,
     /// Who got each `(namespace, idempotencyKey)` first in this process: concurrent reconciles
     /// of two Jobs with one key must not both decide to run.
     claims: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
@@ -107,7 +108,7 @@ impl State {
 }
 
 async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> {
-    let (ctx, jobs) = (&*state.ctx, &state.jobs);
+    let (ctx, index) = (&*state.ctx, &state.index);
     let uid = job.uid().ok_or(Error::MissingUid)?;
     if job.metadata.deletion_timestamp.is_some() {
         ctx.book.forget(&uid);
@@ -141,9 +142,7 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
         ctx.book.flush(&uid).await?;
     }
     let same_key: Vec<Arc<Job>> = match &job.spec.idempotency_key {
-        Some(key) => {
-            jobs.state().into_iter().filter(|j| j.namespace() == job.namespace() && j.spec.idempotency_key.as_ref() == Some(key)).collect()
-        }
+        Some(key) => index.get(&super::index::idempotency_key(&job.namespace().unwrap_or_default(), key)),
         None => Vec::new(),
     };
     let holder = job.spec.idempotency_key.as_ref().and_then(|key| {
@@ -288,6 +287,7 @@ fn error_policy(job: Arc<Job>, error: &Error, state: Arc<State>) -> Action {
 pub async fn run(
     ctx: Arc<Context>,
     jobs: Store<Job>,
+    index: Arc<super::index::Index<Job>>,
     changed: super::Changes<Job>,
     pool_changes: super::Changes<WorkerPool>,
     queue_health_changes: futures::channel::mpsc::UnboundedReceiver<ObjectRef<WorkerPool>>,
@@ -304,13 +304,9 @@ pub async fn run(
     ));
     let (mirror_tx, mirror_rx) = futures::channel::mpsc::unbounded();
     let jobs_of = {
-        let jobs = jobs.clone();
+        let index = index.clone();
         move |namespace: Option<String>, name: &str| -> Vec<ObjectRef<Job>> {
-            jobs.state()
-                .into_iter()
-                .filter(|job| job.namespace() == namespace && job.spec.pool_ref == name)
-                .map(|job| ObjectRef::from_obj(&*job))
-                .collect()
+            index.refs(&super::index::pool_key(namespace.as_deref().unwrap_or_default(), name))
         }
     };
     let jobs_of_unhealthy = jobs_of.clone();
@@ -328,7 +324,7 @@ pub async fn run(
         // Jobs the flow control granted tasks to publish.
         .reconcile_on(admitted)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(State { ctx, jobs, claims: Default::default(), mirrors: mirror_tx }))
+        .run(reconcile, error_policy, Arc::new(State { ctx, index, claims: Default::default(), mirrors: mirror_tx }))
         .for_each(|_| futures::future::ready(()))
         .await;
     broadcaster.abort();

@@ -18,7 +18,6 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tracing::Instrument;
@@ -32,9 +31,9 @@ const CONTROLLER: &str = "workflow";
 /// What a Workflow reconcile needs.
 pub struct WorkflowContext {
     pub client: Client,
-    /// Every Job (the operator's shared [`super::JobWatch`]); a reconcile never sees an older
-    /// child than its trigger.
-    pub jobs: Store<Job>,
+    /// Every Job by owner (the operator's shared [`super::JobWatch`]); a reconcile never sees
+    /// an older child than its trigger.
+    pub jobs: Arc<super::index::Index<Job>>,
     pub backoff: ErrorBackoff,
 }
 
@@ -77,13 +76,8 @@ async fn reconcile_inner(wf: Arc<Workflow>, ctx: &WorkflowContext) -> Result<Act
         return Ok(Action::await_change());
     }
     let namespace = wf.namespace().unwrap_or_default();
-    let children: BTreeMap<String, Job> = ctx
-        .jobs
-        .state()
-        .into_iter()
-        .filter(|j| j.namespace().as_deref() == Some(namespace.as_str()) && j.owner_references().iter().any(|o| o.uid == uid))
-        .map(|j| (j.name_any(), (*j).clone()))
-        .collect();
+    let children: BTreeMap<String, Job> =
+        ctx.jobs.get(&super::index::owner_key(&namespace, &uid)).into_iter().map(|j| (j.name_any(), (*j).clone())).collect();
     let now = jiff::Timestamp::now();
     let plan = plan::plan(&wf, &children, now);
     if let Some(invalid) = &plan.invalid {
@@ -146,7 +140,7 @@ fn error_policy(wf: Arc<Workflow>, error: &Error, ctx: Arc<WorkflowContext>) -> 
 
 /// Runs the Workflow controller until the stream ends (in `config`'s watch namespace, if any);
 /// `jobs` and `children` come from the operator's shared [`super::JobWatch`].
-pub async fn run(client: Client, config: super::Config, jobs: Store<Job>, children: super::Changes<Job>) {
+pub async fn run(client: Client, config: super::Config, jobs: Arc<super::index::Index<Job>>, children: super::Changes<Job>) {
     let ctx = Arc::new(WorkflowContext { client: client.clone(), jobs, backoff: ErrorBackoff::default() });
     Controller::new(config.watched::<Workflow>(client), watcher::Config::default())
         .owns_shared_stream(children)
