@@ -26,6 +26,7 @@ pub use private_broker::PrivateBroker;
 pub mod private_cluster;
 pub use private_cluster::PrivateCluster;
 pub mod fairness_bench;
+pub mod scale_bench;
 pub mod scale_sim;
 pub mod workflow_bench;
 
@@ -251,6 +252,11 @@ impl Env {
         let text = std::fs::read_to_string(self.state_dir.join("operator.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The local API server's resource requests so far, by verb (None on a real cluster).
+    pub fn api_requests(&self) -> Option<std::collections::BTreeMap<&'static str, u64>> {
+        self.server.as_ref().map(warren_sandbox::ApiServer::requests)
     }
 
     /// The options the harness started the operator with.

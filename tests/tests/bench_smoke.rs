@@ -92,3 +92,22 @@ fn the_fairness_benchmark_runs() {
     let out = bench(&["fairness", "--a-tasks", "300", "--b-tasks", "20", "--sleep-ms", "1"]);
     assert!(out.contains("Jain's index") && out.contains("fair / FIFO"), "{out}");
 }
+
+#[test]
+fn the_scale_benchmark_runs_and_prints_its_figures() {
+    if !on_this_host("scale") {
+        return;
+    }
+    let out = bench(&["scale", "--namespaces", "2", "--pools", "4", "--jobs", "20", "--idle-seconds", "2"]);
+    for figure in [
+        "operator peak memory (VmHWM)",
+        "(target < 300 MiB",
+        "Job creation -> enqueued, p50 / p99",
+        "(target p99 < 2000 ms",
+        "operator CPU with nothing changing",
+        "API requests per second by verb",
+    ] {
+        assert!(out.contains(figure), "{figure}: {out}");
+    }
+    assert!(out.contains("20 Jobs created"), "every Job was timed: {out}");
+}

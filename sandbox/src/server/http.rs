@@ -29,6 +29,24 @@ pub struct App {
     pub bookmark_interval: Duration,
     pub cancel: CancellationToken,
     pub address: String,
+    /// Resource requests served, by Kubernetes verb (what `ApiServer::requests` reports).
+    pub requests: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
+}
+
+/// The Kubernetes verb of a request on a resource path (as kube-apiserver's audit log names it).
+pub fn verb(method: &Method, path: &ResourcePath, query: &HashMap<String, String>) -> &'static str {
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match *method {
+        Method::GET if watching => "watch",
+        Method::GET if path.name.is_none() => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if path.name.is_none() => "deletecollection",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
 }
 
 /// A request path under `/api/v1` or `/apis/{group}/{version}` addressing resources.
@@ -164,6 +182,9 @@ pub async fn handle(State(app): State<Arc<App>>, method: Method, uri: Uri, heade
     let query = Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
     let ctx = Ctx { query, headers, body };
     let route = parse_route(uri.path());
+    if let Route::Resource(path) = &route {
+        *app.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(verb(&method, path, &ctx.query)).or_default() += 1;
+    }
     let result = dispatch(&app, &method, route, &ctx);
     match result {
         Ok(resp) => resp,

@@ -60,6 +60,7 @@ impl Default for ServerOptions {
 
 pub struct ApiServer {
     port: u16,
+    requests: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
     client: kube::Client,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -73,7 +74,9 @@ impl ApiServer {
             .map_err(|source| SandboxError::Bind { port: opts.port, source })?;
         let port = listener.local_addr().map_err(|source| SandboxError::Bind { port: opts.port, source })?.port();
         let cancel = CancellationToken::new();
+        let requests = Arc::new(std::sync::Mutex::default());
         let app = Arc::new(http::App {
+            requests: requests.clone(),
             store: Arc::new(store::Store::new(opts.watch_history)),
             bookmark_interval: opts.bookmark_interval,
             cancel: cancel.clone(),
@@ -91,7 +94,13 @@ impl ApiServer {
         let uri: axum::http::Uri = url.parse().expect("a 127.0.0.1 URL with a port is a valid URI");
         let client = kube::Client::try_from(kube::Config::new(uri)).map_err(|source| SandboxError::Client { url: url.clone(), source })?;
         tracing::info!(port, "API server listening");
-        Ok(ApiServer { port, client, cancel, task })
+        Ok(ApiServer { port, requests, client, cancel, task })
+    }
+
+    /// Resource requests served so far, by Kubernetes verb (`get`, `list`, `watch`, `create`,
+    /// `update`, `patch`, `delete`, `deletecollection`).
+    pub fn requests(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn url(&self) -> String {

@@ -42,6 +42,7 @@ use warren_operator::crd::JobPhase;
 fn usage() -> ! {
     eprintln!(
         "usage: warren-bench core [--tasks N] [--concurrency C] [--rounds R]\n\
+         \x20      warren-bench scale [--namespaces N] [--pools N] [--jobs N] [--idle-seconds S]\n\
          \x20      warren-bench scale-sim [--pod-start S] [--service S] [--concurrency C] [--max-replicas N] [--keda-value V] [--hpa-behavior] [--seed N]\n\
          \x20      warren-bench workflows [--count N] [--steps S]\n\
          \x20      warren-bench latency [--jobs N]\n\
@@ -157,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
             }
             warren_e2e::workflow_bench::run(count, steps, &std::env::current_exe()?).await
         }
+        Some("scale") => match warren_e2e::scale_bench::Options::parse(&args[1..]) {
+            Some(options) => warren_e2e::scale_bench::run(&options).await,
+            None => usage(),
+        },
         Some("fairness") => match warren_e2e::fairness_bench::Command::parse(&args[1..]) {
             Some(command) => command.run(&std::env::current_exe()?).await,
             None => usage(),
