@@ -36,13 +36,14 @@ def compile_(expression: str):
     return env.program(env.compile(expression))
 
 
-def admit(policy, user: str, operation: str, resource: str, new: dict | None, old: dict | None) -> tuple[bool, str | None]:
+def admit(policy, user: str, operation: str, resource: str, new: dict | None, old: dict | None,
+          namespace: str = "media") -> tuple[bool, str | None]:
     """(allowed, denial message) for one request, as the API server evaluates the policy."""
     request = {
         "operation": operation,
         "userInfo": {"username": user},
         "resource": {"resource": resource},
-        "namespace": "media",
+        "namespace": namespace,
         "name": (new or old)["metadata"]["name"],
     }
     activation = {
@@ -94,6 +95,16 @@ def test_the_operator_may_not_write_anything_else(policy):
         assert message.startswith("the Warren operator may only write objects it manages") and "deployments media/payments-api" in message
         assert admit(policy, OPERATOR, "CREATE", "secrets", obj("db-password", labels), None)[0] is False
         assert admit(policy, OPERATOR, "DELETE", "pods", None, obj("db-0", labels))[0] is False
+
+
+def test_the_operator_may_create_its_control_key_in_its_own_namespace_only_and_never_change_it(policy):
+    key = obj("warren-control-key", {"app.kubernetes.io/managed-by": "warren"})
+    assert admit(policy, OPERATOR, "CREATE", "secrets", key, None, namespace=NAMESPACE) == (True, None)
+    assert admit(policy, OPERATOR, "CREATE", "secrets", key, None, namespace="media")[0] is False, "another namespace"
+    assert admit(policy, OPERATOR, "UPDATE", "secrets", key, key, namespace=NAMESPACE)[0] is False, "changing it"
+    assert admit(policy, OPERATOR, "DELETE", "secrets", None, key, namespace=NAMESPACE)[0] is False, "deleting it"
+    other = obj("db-password", None)
+    assert admit(policy, OPERATOR, "CREATE", "secrets", other, None, namespace=NAMESPACE)[0] is False, "another name"
 
 
 def test_the_operator_may_not_take_an_object_over_by_labelling_it(policy):

@@ -520,7 +520,12 @@ def test_every_rbac_rule_says_why_and_workers_get_none(chart, case):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
             assert not {"pods/exec", "customresourcedefinitions"} & set(rule["resources"])
-            if "secrets" in rule["resources"]:
+            if "secrets" in rule["resources"] and role["metadata"]["name"].endswith("-control-key"):
+                # The control-message key of a namespaced install: read by name, created once.
+                assert rule in ({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["warren-control-key"], "verbs": ["get"]},
+                                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}), rule
+                assert role["metadata"]["namespace"] == NAMESPACE
+            elif "secrets" in rule["resources"]:
                 # Only the pools' broker Secrets, by name: never list, watch, update or delete.
                 assert set(rule["verbs"]) == {"get", "create", "patch"}, rule
             if "pods" in rule["resources"]:
@@ -554,6 +559,10 @@ def test_watch_namespace_uses_a_namespaced_role(chart):
     role = one(objects, "Role", "warren")
     assert role["metadata"]["namespace"] == "media"
     assert "warren.dev/jobs/status" in rules_by_resource(role)
+    # Its own namespace's control-message key, and nothing else there.
+    key_role = one(objects, "Role", "warren-control-key")
+    assert key_role["metadata"]["namespace"] == NAMESPACE
+    assert rules_by_resource(key_role) == {"secrets": {"get", "create"}}
     binding = one(objects, "RoleBinding", "warren")
     assert binding["metadata"]["namespace"] == "media" and binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "warren"}

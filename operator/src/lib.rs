@@ -5,6 +5,7 @@ pub mod admission;
 pub mod autoscaler;
 pub mod broker;
 pub mod conditions;
+pub mod control_key;
 pub mod controllers;
 pub mod crd;
 pub mod events;
@@ -56,6 +57,10 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         elector = Some(candidate);
     }
     metrics::global().leader.set(1);
+    // The key the control broadcasts are signed with, and the workers told its public half.
+    let key_namespace = config.leader_election.as_ref().map_or_else(|| client.default_namespace().to_string(), |l| l.namespace.clone());
+    let signer = Arc::new(control_key::load(&client, &key_namespace).await);
+    let config = Config { control_public_key: Some(signer.public_key_hex()), ..config };
 
     let pool_watch = controllers::PoolWatch::new(client.clone(), &config, controllers::index::no_keys);
     let (queue_health, health_triggers) = queue_health::QueueHealth::new();
@@ -82,6 +87,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         workers: workers.clone(),
         pools: pool_watch.store.clone(),
         pools_synced: pool_watch.synced(),
+        control_signer: signer.clone(),
         config: config.clone(),
         backoff: ErrorBackoff::default(),
         autoscalers: controllers::worker_pool::scale::Autoscalers::new(client.clone()),

@@ -42,3 +42,7 @@ pub const SUSPECT_HEADER: &str = "warren-suspect";
 /// Header of a report message: its signature under the pool's report key
 /// ([`crate::signature`]).
 pub const REPORT_SIGNATURE: &str = "warren-signature";
+
+/// Header of a control message: the operator's Ed25519 signature of the body
+/// ([`crate::control_signature`]).
+pub const CONTROL_SIGNATURE: &str = "warren-control-signature";

@@ -11,6 +11,7 @@ pub mod addresses;
 pub mod admit;
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod control_signature;
 pub mod headers;
 pub mod retry;
 pub mod signature;
@@ -570,6 +571,9 @@ pub mod worker_env {
     /// for the pool. Unset: reports go out unsigned (an operator that requires signatures drops
     /// them).
     pub const REPORT_KEY: &str = "WARREN_REPORT_KEY";
+    /// The operator's Ed25519 public key (64 hex digits; [`crate::control_signature`]): only
+    /// control messages it signed are applied. Unset: every control message is.
+    pub const CONTROL_PUBLIC_KEY: &str = "WARREN_CONTROL_PUBLIC_KEY";
 }
 
 #[cfg(test)]

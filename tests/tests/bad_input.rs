@@ -412,3 +412,73 @@ async fn a_job_whose_status_the_api_server_refuses_is_stopped_and_no_other_job_w
     }
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_control_messages_cancel_and_pause_nothing_and_are_counted() -> anyhow::Result<()> {
+    use lapin::options::BasicPublishOptions;
+    use warren_e2e::{free_port, http_get, sample};
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test reads the metrics of a worker on this host.");
+        return Ok(());
+    }
+    let env = Env::start("forged-control").await?;
+    let worker_metrics = format!("127.0.0.1:{}", free_port());
+    env.create_pool(
+        "pool",
+        serde_json::json!({
+            "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.1"],
+                        "env": [{"name": "WARREN_METRICS_ADDR", "value": worker_metrics}]},
+            "replicas": 1, "concurrency": 2
+        }),
+    )
+    .await?;
+    env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
+    // The workers were given the operator's public key, and nothing secret.
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        kube::Api::namespaced(env.client.clone(), &env.namespace).get("pool-workers").await?;
+    let container = &deployment.spec.template.spec.expect("pod spec").containers[0];
+    let public_key = container.env.iter().flatten().find(|e| e.name == "WARREN_CONTROL_PUBLIC_KEY").and_then(|e| e.value.clone());
+    assert!(public_key.as_ref().is_some_and(|k| k.len() == 64), "{public_key:?}");
+
+    let victim = env.create_job("victim", serde_json::json!({"poolRef": "pool", "completions": 40})).await?;
+    let victim_uid = kube::ResourceExt::uid(&victim).expect("uid");
+    env.wait_job("victim", Duration::from_secs(60), |j| j.status.as_ref().is_some_and(|s| s.succeeded > 0)).await?;
+
+    // Anyone who can publish to the control exchange: cancel the victim and pause the pool, from
+    // far in the future (so that, if applied, no genuine message would ever replace it).
+    let connection = lapin::Connection::connect(env.amqp_url(), Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    let exchange = warren_protocol::names::control_exchange(&env.reports_queue());
+    let forged = |sent_at_ms: u64| {
+        serde_json::to_vec(&serde_json::json!({
+            "version": 1, "sentAtMs": sent_at_ms,
+            "cancelled": [{"uid": victim_uid, "reason": "forged"}],
+            "paused": [{"namespace": env.namespace, "pool": "pool"}],
+        }))
+        .unwrap()
+    };
+    let now = warren_protocol::now_ms();
+    let other_key = warren_protocol::control_signature::Signer::from_pkcs8(&warren_protocol::control_signature::generate()?)?;
+    for (body, signature) in [(forged(now), None), (forged(u64::MAX / 2), None), (forged(now), Some(other_key.sign(&forged(now))))] {
+        let mut properties = lapin::BasicProperties::default();
+        if let Some(signature) = signature {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(warren_protocol::headers::CONTROL_SIGNATURE.into(), lapin::types::AMQPValue::LongString(signature.into()));
+            properties = properties.with_headers(headers);
+        }
+        channel.basic_publish(exchange.as_str().into(), "".into(), BasicPublishOptions::default(), &body, properties).await?.await?;
+    }
+
+    // The victim runs to the end, nothing cancelled; the worker counted what it refused.
+    let job = env.wait_job("victim", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 40, 0), "{status:?}");
+    let metrics = http_get(&worker_metrics, "/metrics").await?.1;
+    let rejected = |reason: &str| {
+        sample(&metrics, &format!("warren_worker_control_messages_rejected_total{{pool=\"pool\",reason=\"{reason}\"}}")).unwrap_or(0.0)
+    };
+    assert_eq!((rejected("unsigned"), rejected("bad_signature")), (2.0, 1.0), "{metrics}");
+    connection.close(200, "done".into()).await?;
+    env.cleanup().await?;
+    Ok(())
+}

@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     pub amqp_tls: warren_protocol::amqp::Tls,
     /// The pool's report key: every report message is signed with it. None: unsigned.
     pub report_key: Option<warren_protocol::signature::ReportKey>,
+    /// The operator's public key: only control messages it signed are applied. None: every
+    /// control message is (an operator that does not sign them).
+    pub control_key: Option<warren_protocol::control_signature::Verifier>,
 }
 
 /// Explicit settings that win over the environment. `None` = take it from the environment.
@@ -64,6 +67,7 @@ pub struct ConfigOverrides {
     pub amqp_client_cert_file: Option<std::path::PathBuf>,
     pub amqp_client_key_file: Option<std::path::PathBuf>,
     pub report_key: Option<warren_protocol::signature::ReportKey>,
+    pub control_key: Option<warren_protocol::control_signature::Verifier>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -222,10 +226,20 @@ impl WorkerConfig {
                 None => None,
             },
         };
+        let control_key = match overrides.control_key.clone() {
+            Some(key) => Some(key),
+            None => match env(worker_env::CONTROL_PUBLIC_KEY) {
+                Some(raw) => Some(warren_protocol::control_signature::Verifier::from_hex(&raw).map_err(|problem| {
+                    ConfigError::Invalid { variable: worker_env::CONTROL_PUBLIC_KEY, value: raw.clone(), problem: problem.to_string() }
+                })?),
+                None => None,
+            },
+        };
         let amqp_tls = amqp_tls(overrides, &env)?;
         Ok(WorkerConfig {
             amqp_tls,
             report_key,
+            control_key,
             metrics_addr,
             queue_type,
             reports_queue_type,

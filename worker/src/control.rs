@@ -16,6 +16,57 @@ use warren_protocol::{ControlMessage, Probe};
 /// every second; without an operator the worker starts after this wait.
 pub const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
 
+/// A control message may be at most this far ahead of the worker's clock: one from further in
+/// the future would make every genuine message after it look older, and be ignored.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 5 * 60 * 1_000;
+
+/// Why a control message was not applied (`warren_worker_control_messages_rejected_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The worker has the operator's public key and the message carries no signature.
+    Unsigned,
+    /// Its signature is not the operator's (another key, or a changed body).
+    BadSignature,
+    /// Sent more than [`MAX_CLOCK_AHEAD_MS`] after the worker's now.
+    FromTheFuture,
+    /// Not a control message.
+    Malformed,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Unsigned => "unsigned",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::FromTheFuture => "from_the_future",
+            Rejection::Malformed => "malformed",
+        }
+    }
+}
+
+/// Whether a control message may be applied: signed by the operator when the worker has its
+/// key (`verifier`), and not from the future. Everyone who may publish to the control exchange
+/// reaches every worker, so nothing else is trusted.
+pub fn admit(
+    verifier: Option<&warren_protocol::control_signature::Verifier>,
+    body: &[u8],
+    signature: Option<&str>,
+    now_ms: u64,
+) -> Result<ControlMessage, Rejection> {
+    if let Some(verifier) = verifier {
+        match signature {
+            None => return Err(Rejection::Unsigned),
+            Some(_) if !verifier.verify(body, signature) => return Err(Rejection::BadSignature),
+            Some(_) => {}
+        }
+    }
+    let message = ControlMessage::from_json(body).map_err(|_| Rejection::Malformed)?;
+    if message.sent_at_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(Rejection::FromTheFuture);
+    }
+    Ok(message)
+}
+
 /// The cancelled Jobs: uid → reason; and the pools whose circuit is open: (namespace, pool) →
 /// the probe, if half-open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -112,6 +163,31 @@ impl CancelSet {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_signed_messages_from_the_present_are_admitted() {
+        use warren_protocol::control_signature::{Signer, Verifier, generate};
+        let signer = Signer::from_pkcs8(&generate().unwrap()).unwrap();
+        let verifier = Verifier::from_hex(&signer.public_key_hex()).unwrap();
+        let now = 1_000_000_000;
+        let body = message(now, &[("a", "suspended")]).to_json();
+        let signature = signer.sign(&body);
+        assert_eq!(admit(Some(&verifier), &body, Some(&signature), now).map(|m| m.cancelled.len()), Ok(1));
+        assert_eq!(admit(Some(&verifier), &body, None, now), Err(Rejection::Unsigned));
+        let forged = message(now, &[("a", "suspended"), ("b", "forged")]).to_json();
+        assert_eq!(admit(Some(&verifier), &forged, Some(&signature), now), Err(Rejection::BadSignature), "a changed body");
+        let other = Signer::from_pkcs8(&generate().unwrap()).unwrap();
+        assert_eq!(admit(Some(&verifier), &body, Some(&other.sign(&body)), now), Err(Rejection::BadSignature), "another key");
+        // Without the key (an operator that does not sign), anything well-formed from the present.
+        assert!(admit(None, &body, None, now).is_ok());
+        assert_eq!(admit(None, b"{", None, now), Err(Rejection::Malformed));
+        // A message from far in the future would make every genuine one after it look older.
+        let future = message(now + MAX_CLOCK_AHEAD_MS + 1, &[]).to_json();
+        assert_eq!(admit(Some(&verifier), &future, Some(&signer.sign(&future)), now), Err(Rejection::FromTheFuture));
+        assert_eq!(admit(None, &future, None, now), Err(Rejection::FromTheFuture));
+        let soon = message(now + 60_000, &[]).to_json();
+        assert!(admit(None, &soon, None, now).is_ok(), "clocks a minute apart are fine");
+    }
+
     use super::*;
     use warren_protocol::{CancelledJob, PROTOCOL_VERSION};
 

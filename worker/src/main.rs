@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         channel_per_task: None,
         // From the environment only: a key on the command line would be in every `ps`.
         report_key: None,
+        control_key: None,
         amqp_ca_file: args.amqp_ca_file,
         amqp_client_cert_file: args.amqp_client_cert_file,
         amqp_client_key_file: args.amqp_client_key_file,

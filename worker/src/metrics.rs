@@ -71,6 +71,13 @@ pub struct RedeliveredLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControlRejectionLabels {
+    pub pool: String,
+    /// `unsigned`, `bad_signature`, `from_the_future` or `malformed` (`control::Rejection`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub pool: String,
     pub priority: String,
@@ -95,6 +102,7 @@ pub struct WorkerMetrics {
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
     pub redelivered: Family<RedeliveredLabels, Counter>,
+    pub control_messages_rejected: Family<ControlRejectionLabels, Counter>,
     pool: String,
     /// Consuming from every work queue and not draining: `/readyz` is 200.
     consuming: AtomicBool,
@@ -112,6 +120,12 @@ impl WorkerMetrics {
         let broker_connected = Gauge::default();
         let broker_reconnects = Counter::default();
         let redelivered = Family::<RedeliveredLabels, Counter>::default();
+        let control_messages_rejected = Family::<ControlRejectionLabels, Counter>::default();
+        registry.register(
+            "control_messages_rejected",
+            "Control messages on the control exchange this worker did not apply: unsigned or not signed by the operator, sent from the future, or malformed",
+            control_messages_rejected.clone(),
+        );
         registry.register(
             "redelivered_tasks",
             "Tasks redelivered after their worker was lost, by what this worker did (suspect: moved to run alone; dead_lettered: delivery limit reached)",
@@ -137,6 +151,7 @@ impl WorkerMetrics {
             broker_connected,
             broker_reconnects,
             redelivered,
+            control_messages_rejected,
             pool: pool.to_string(),
             consuming: AtomicBool::new(false),
             registry,
@@ -183,6 +198,11 @@ impl WorkerMetrics {
     }
 
     /// The worker consumes from its queues (`true`) or stopped (connection lost, draining).
+    /// A control message not applied, and why.
+    pub fn control_rejected(&self, reason: &'static str) {
+        self.control_messages_rejected.get_or_create(&ControlRejectionLabels { pool: self.pool.clone(), reason }).inc();
+    }
+
     pub fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::SeqCst);
         self.broker_connected.set(i64::from(consuming));

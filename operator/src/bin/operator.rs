@@ -162,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         reports_queue_type: args.reports_queue_type,
         worker_image: worker_image.clone(),
         report_signatures: args.report_signatures,
+        control_public_key: None,
         notify: warren_operator::notify::Settings {
             allow: warren_operator::notify::allow::AllowList::parse(&args.notify_allowed_hosts).map_err(anyhow::Error::msg)?,
             retry: warren_operator::notify::plan::RetryPolicy {

@@ -56,6 +56,9 @@ pub struct Config {
     pub leader_election: Option<crate::leader::LeaseSettings>,
     /// Which worker reports are applied, by their signature.
     pub report_signatures: crate::report_keys::SignaturePolicy,
+    /// The control-message public key (hex) the workers verify with; set by [`crate::run`]
+    /// from [`crate::control_key`].
+    pub control_public_key: Option<String>,
     /// Completion events (`spec.notify`): allowed destinations, retries.
     pub notify: crate::notify::Settings,
 }
@@ -78,6 +81,7 @@ impl Default for Config {
             worker_metrics_port: None,
             leader_election: None,
             report_signatures: crate::report_keys::SignaturePolicy::Required,
+            control_public_key: None,
             notify: crate::notify::Settings::default(),
         }
     }
@@ -91,6 +95,7 @@ impl Config {
             reports_queue: &self.reports_queue,
             reports_queue_type: &self.reports_queue_type,
             worker_image: &self.worker_image,
+            control_public_key: self.control_public_key.as_deref(),
         }
     }
 
@@ -114,6 +119,8 @@ pub struct Context {
     pub book: Arc<JobBook>,
     pub workers: Arc<WorkerRegistry>,
     pub pools: Store<WorkerPool>,
+    /// Signs the control broadcasts ([`crate::control_key`]).
+    pub control_signer: Arc<warren_protocol::control_signature::Signer>,
     /// True once `pools` holds the first list.
     pub pools_synced: tokio::sync::watch::Receiver<bool>,
     pub backoff: ErrorBackoff,

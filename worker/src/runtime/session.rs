@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use warren_protocol::{ControlMessage, TaskEnvelope, names};
+use warren_protocol::{TaskEnvelope, names};
 
 use crate::acks::{Acks, Receipt};
 use crate::config::WorkerConfig;
@@ -474,7 +474,14 @@ async fn subscribe_control(
                         break;
                     }
                 };
-                match ControlMessage::from_json(&delivery.data) {
+                let signature = control_signature_of(&delivery.properties);
+                let admitted = crate::control::admit(
+                    shared.config.control_key.as_ref(),
+                    &delivery.data,
+                    signature.as_deref(),
+                    warren_protocol::now_ms(),
+                );
+                match admitted {
                     Ok(message) => {
                         shared.cancels.send_if_modified(|set| {
                             let paused_before = set.paused_count();
@@ -492,7 +499,12 @@ async fn subscribe_control(
                             let _ = tx.send(());
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
+                    Err(rejection) => {
+                        // Counted, never applied: it may come from anyone who can publish to the
+                        // control exchange.
+                        shared.metrics.control_rejected(rejection.as_str());
+                        tracing::warn!(reason = rejection.as_str(), "ignoring a control message the operator did not send");
+                    }
                 }
             }
             lost.cancel();
@@ -500,4 +512,13 @@ async fn subscribe_control(
         .in_current_span(),
     );
     Ok(first_rx)
+}
+
+/// A control message's signature header, if it has one as text.
+fn control_signature_of(properties: &lapin::BasicProperties) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(warren_protocol::headers::CONTROL_SIGNATURE)? {
+        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
 }

@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
+use warren_protocol::headers::CONTROL_SIGNATURE;
 use warren_protocol::{CONTROL_CONTENT_TYPE, CancelledJob, ControlMessage, PROTOCOL_VERSION, PausedPool, now_ms};
 
 use crate::broker::{Broker, BrokerError, reconnect_delay};
@@ -41,19 +42,20 @@ pub fn deleted_since(previous: &HashSet<String>, current: &HashSet<String>) -> V
     gone
 }
 
+/// What the broadcast says, and what signs it.
+pub struct Sources {
+    pub book: Arc<JobBook>,
+    pub jobs: Store<Job>,
+    pub circuits: Arc<crate::admission::Circuits>,
+    pub signer: Arc<warren_protocol::control_signature::Signer>,
+}
+
 /// Runs forever: watches for deletions, broadcasts the set, reconnects with backoff.
-pub async fn run(
-    url: String,
-    tls: warren_protocol::amqp::Tls,
-    exchange: String,
-    book: Arc<JobBook>,
-    jobs: Store<Job>,
-    circuits: Arc<crate::admission::Circuits>,
-) {
+pub async fn run(url: String, tls: warren_protocol::amqp::Tls, exchange: String, sources: Sources) {
     let mut attempt = 0u32;
     let mut known: HashSet<String> = HashSet::new();
     loop {
-        match broadcast(&url, &tls, &exchange, &book, &jobs, &circuits, &mut known).await {
+        match broadcast(&url, &tls, &exchange, &sources, &mut known).await {
             Ok(()) => attempt = 0,
             Err(error) => tracing::warn!(%error, attempt, "control broadcaster lost its connection; reconnecting"),
         }
@@ -66,11 +68,10 @@ async fn broadcast(
     url: &str,
     tls: &warren_protocol::amqp::Tls,
     exchange: &str,
-    book: &JobBook,
-    jobs: &Store<Job>,
-    circuits: &crate::admission::Circuits,
+    sources: &Sources,
     known: &mut HashSet<String>,
 ) -> Result<(), ControlError> {
+    let Sources { book, jobs, circuits, signer } = sources;
     let amqp = |what: &'static str| move |source: lapin::Error| ControlError::Broker(BrokerError::Amqp { what, source });
     let conn = Broker::connect(url, tls, 1).await?;
     let channel = conn.create_channel().await.map_err(amqp("channel.open"))?;
@@ -104,13 +105,17 @@ async fn broadcast(
         warren_protocol::topology::declare_control_exchange(&channel, exchange).await?;
         let message =
             ControlMessage { version: PROTOCOL_VERSION, sent_at_ms: now_ms(), cancelled: cancelled.clone(), paused: paused.clone() };
+        let body = message.to_json();
+        // Signed: every worker of the installation applies it, so it must be the operator's.
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(CONTROL_SIGNATURE.into(), lapin::types::AMQPValue::LongString(signer.sign(&body).into()));
         channel
             .basic_publish(
                 exchange.into(),
                 "".into(),
                 BasicPublishOptions::default(),
-                &message.to_json(),
-                BasicProperties::default().with_content_type(CONTROL_CONTENT_TYPE.into()),
+                &body,
+                BasicProperties::default().with_content_type(CONTROL_CONTENT_TYPE.into()).with_headers(headers),
             )
             .await
             .map_err(amqp("basic.publish"))?;

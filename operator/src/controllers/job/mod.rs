@@ -298,9 +298,12 @@ pub async fn run(
         ctx.config.amqp_url.clone(),
         ctx.config.amqp_tls.clone(),
         control_exchange,
-        ctx.book.clone(),
-        jobs.clone(),
-        ctx.circuits.clone(),
+        crate::controllers::job::control::Sources {
+            book: ctx.book.clone(),
+            jobs: jobs.clone(),
+            circuits: ctx.circuits.clone(),
+            signer: ctx.control_signer.clone(),
+        },
     ));
     let (mirror_tx, mirror_rx) = futures::channel::mpsc::unbounded();
     let jobs_of = {

@@ -152,6 +152,8 @@ pub struct Wiring<'a> {
     pub reports_queue_type: &'a str,
     /// Image of a pool that names none.
     pub worker_image: &'a str,
+    /// The operator's control-message public key (hex): the workers apply only what it signed.
+    pub control_public_key: Option<&'a str>,
 }
 
 /// The operator's default worker image: `warren-worker` of its own version.
@@ -225,15 +227,19 @@ pub fn deployment(pool: &WorkerPool, replicas: i32, wiring: &Wiring) -> Deployme
         plain(worker_env::CHANNEL_PER_TASK, spec.channel_per_task.to_string()),
         plain(warren_protocol::worker_env::REPORTS_QUEUE, wiring.reports_queue.to_string()),
         plain(worker_env::REPORTS_QUEUE_TYPE, wiring.reports_queue_type.to_string()),
-        EnvVar {
-            name: worker_env::POD_NAME.to_string(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }),
-                ..EnvVarSource::default()
-            }),
-        },
     ];
+    if let Some(key) = wiring.control_public_key {
+        // Public: only the operator's private key signs what it verifies.
+        env.push(plain(worker_env::CONTROL_PUBLIC_KEY, key.to_string()));
+    }
+    env.extend([EnvVar {
+        name: worker_env::POD_NAME.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }),
+            ..EnvVarSource::default()
+        }),
+    }]);
     env.extend(spec.workers.env.iter().cloned());
     let args = spec.workers.handler.as_ref().map(|handler| {
         let mut args = vec!["--".to_string()];
@@ -437,6 +443,7 @@ mod tests {
         reports_queue: "warren.reports",
         reports_queue_type: "classic",
         worker_image: "warren-worker:1.2.3",
+        control_public_key: None,
     };
 
     #[test]
