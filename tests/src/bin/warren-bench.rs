@@ -41,7 +41,7 @@ use warren_operator::crd::JobPhase;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: warren-bench core [--tasks N] [--concurrency C] [--rounds R]\n\
+        "usage: warren-bench core [--tasks N] [--concurrency C] [--rounds R] [--fairness]\n\
          \x20      warren-bench scale [--namespaces N] [--pools N] [--jobs N] [--idle-seconds S]\n\
          \x20      warren-bench scale-sim [--pod-start S] [--service S] [--concurrency C] [--max-replicas N] [--keda-value V] [--hpa-behavior] [--seed N]\n\
          \x20      warren-bench workflows [--count N] [--steps S]\n\
@@ -84,8 +84,13 @@ async fn main() -> anyhow::Result<()> {
             let mut tasks = 20_000u32;
             let mut concurrency = 64u32;
             let mut rounds = 3u32;
+            let mut fairness = false;
             let mut it = args[1..].iter();
             while let Some(flag) = it.next() {
+                if flag == "--fairness" {
+                    fairness = true;
+                    continue;
+                }
                 let value = it.next().unwrap_or_else(|| usage());
                 match flag.as_str() {
                     "--tasks" => tasks = value.parse()?,
@@ -94,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
                     _ => usage(),
                 }
             }
-            core(tasks, concurrency, rounds).await
+            core(tasks, concurrency, rounds, fairness).await
         }
         Some("scale-sim") => {
             let mut model = warren_e2e::scale_sim::WorkerModel::default();
@@ -241,8 +246,13 @@ fn scale_sim(model: &warren_e2e::scale_sim::WorkerModel, keda_value: f64, rules:
     }
 }
 
-async fn core(tasks: u32, concurrency: u32, rounds: u32) -> anyhow::Result<()> {
-    println!("warren-bench core: {tasks} tasks, 2 consumers/workers, prefetch/concurrency {concurrency}, {rounds} round(s)");
+/// `fairness`: Warren's pool is under flow control (`fairness: {}`: every task goes through the
+/// operator's admission), to show what that costs against the same raw baseline.
+async fn core(tasks: u32, concurrency: u32, rounds: u32, fairness: bool) -> anyhow::Result<()> {
+    println!(
+        "warren-bench core: {tasks} tasks, 2 consumers/workers, prefetch/concurrency {concurrency}, {rounds} round(s){}",
+        if fairness { "; Warren's pool under flow control (fairness: {})" } else { "" }
+    );
     let body_size = envelope_size(tasks);
     let mut ratios = Vec::new();
     for round in 1..=rounds {
@@ -251,9 +261,9 @@ async fn core(tasks: u32, concurrency: u32, rounds: u32) -> anyhow::Result<()> {
         // the run does not favour one side.
         let (raw, warren) = if round % 2 == 1 {
             let raw = raw_phase(tasks, concurrency, body_size).await?;
-            (raw, warren_phase(tasks, concurrency).await?)
+            (raw, warren_phase(tasks, concurrency, fairness).await?)
         } else {
-            let warren = warren_phase(tasks, concurrency).await?;
+            let warren = warren_phase(tasks, concurrency, fairness).await?;
             (raw_phase(tasks, concurrency, body_size).await?, warren)
         };
         let ratio = raw / warren;
@@ -287,8 +297,8 @@ async fn raw_phase(tasks: u32, concurrency: u32, body_size: usize) -> anyhow::Re
 }
 
 /// The Warren phase: prints its rate and CPU; returns its seconds.
-async fn warren_phase(tasks: u32, concurrency: u32) -> anyhow::Result<f64> {
-    let (warren, cpu) = warren(tasks, concurrency).await.context("Warren run")?;
+async fn warren_phase(tasks: u32, concurrency: u32, fairness: bool) -> anyhow::Result<f64> {
+    let (warren, cpu) = warren(tasks, concurrency, fairness).await.context("Warren run")?;
     println!("  Warren    (Job -> status Succeeded):      {:>8.0} task/s ({warren:.2} s)", f64::from(tasks) / warren);
     println!("            CPU ms per 1,000 tasks: {}", cpu.per_thousand(tasks, "control plane + harness"));
     Ok(warren)
@@ -468,18 +478,18 @@ async fn raw_amqp(n: u32, prefetch: u16, body_size: usize) -> anyhow::Result<f64
 
 /// Seconds from creating a Job of `n` no-op tasks to reading status Succeeded, and the CPU the
 /// components used meanwhile.
-async fn warren(n: u32, concurrency: u32) -> anyhow::Result<(f64, CpuUsage)> {
+async fn warren(n: u32, concurrency: u32, fairness: bool) -> anyhow::Result<(f64, CpuUsage)> {
     let metrics_addr = format!("127.0.0.1:{}", warren_e2e::free_port());
     let env = Env::start_with("bench", OperatorOptions { metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() }).await?;
     let exe = std::env::current_exe()?;
-    env.create_pool(
-        "bench",
-        serde_json::json!({
-            "workers": {"command": [exe.display().to_string(), "worker"]},
-            "replicas": 2, "concurrency": concurrency,
-        }),
-    )
-    .await?;
+    let mut spec = serde_json::json!({
+        "workers": {"command": [exe.display().to_string(), "worker"]},
+        "replicas": 2, "concurrency": concurrency,
+    });
+    if fairness {
+        spec["fairness"] = serde_json::json!({});
+    }
+    env.create_pool("bench", spec).await?;
     // Both workers up and consuming before the clock starts, as in the baseline.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
