@@ -332,6 +332,16 @@ pub async fn publish(
     })
 }
 
+/// A message's header `name` as text (a long or short string), if it has one: how the
+/// signature headers (`headers::REPORT_SIGNATURE`, `headers::CONTROL_SIGNATURE`) are read.
+pub fn text_header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

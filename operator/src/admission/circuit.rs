@@ -94,14 +94,13 @@ impl Circuit {
     /// so it probes again at once (the probes' results were the old operator's). Anything else,
     /// or no condition, is closed (`Forced` follows the annotation).
     pub fn restored(condition: Option<&Condition>, now_ms: u64) -> Self {
-        let state = match condition.filter(|c| c.status == "True").map(|c| c.reason.as_str()) {
-            Some("FailureRatioExceeded") => {
-                let condition = condition.expect("filtered above");
-                let since_ms = u64::try_from(condition.last_transition_time.0.as_millisecond()).unwrap_or(0).min(now_ms);
-                let (failed, finished) = counts_in(&condition.message);
+        let state = match condition.filter(|c| c.status == "True") {
+            Some(open) if open.reason == "FailureRatioExceeded" => {
+                let since_ms = u64::try_from(open.last_transition_time.0.as_millisecond()).unwrap_or(0).min(now_ms);
+                let (failed, finished) = counts_in(&open.message);
                 State::Open { since_ms, failed, finished, forced: false }
             }
-            Some("HalfOpen") => State::Open { since_ms: 0, failed: 0, finished: 0, forced: false },
+            Some(probing) if probing.reason == "HalfOpen" => State::Open { since_ms: 0, failed: 0, finished: 0, forced: false },
             _ => State::Closed,
         };
         Self { state, window: VecDeque::new() }

@@ -45,10 +45,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Index<K> {
         let keys = (self.keys)(object);
         let mut inner = self.write();
         inner.remove(&reference);
-        for key in &keys {
-            inner.by_key.entry(key.clone()).or_default().insert(reference.clone());
-        }
-        inner.of_object.insert(reference, keys);
+        inner.insert(reference, keys);
     }
 
     /// The object was deleted.
@@ -62,12 +59,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Index<K> {
         inner.by_key.clear();
         inner.of_object.clear();
         for object in objects {
-            let reference = ObjectRef::from_obj(&**object);
-            let keys = (self.keys)(object);
-            for key in &keys {
-                inner.by_key.entry(key.clone()).or_default().insert(reference.clone());
-            }
-            inner.of_object.insert(reference, keys);
+            inner.insert(ObjectRef::from_obj(&**object), (self.keys)(object));
         }
     }
 
@@ -85,6 +77,13 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Index<K> {
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Inner<K> {
+    fn insert(&mut self, reference: ObjectRef<K>, keys: Vec<String>) {
+        for key in &keys {
+            self.by_key.entry(key.clone()).or_default().insert(reference.clone());
+        }
+        self.of_object.insert(reference, keys);
+    }
+
     fn remove(&mut self, reference: &ObjectRef<K>) {
         for key in self.of_object.remove(reference).unwrap_or_default() {
             if let Some(refs) = self.by_key.get_mut(&key) {

@@ -474,7 +474,7 @@ async fn subscribe_control(
                         break;
                     }
                 };
-                let signature = control_signature_of(&delivery.properties);
+                let signature = warren_protocol::amqp::text_header(&delivery.properties, warren_protocol::headers::CONTROL_SIGNATURE);
                 let admitted = crate::control::admit(
                     shared.config.control_key.as_ref(),
                     &delivery.data,
@@ -512,13 +512,4 @@ async fn subscribe_control(
         .in_current_span(),
     );
     Ok(first_rx)
-}
-
-/// A control message's signature header, if it has one as text.
-fn control_signature_of(properties: &lapin::BasicProperties) -> Option<String> {
-    match properties.headers().as_ref()?.inner().get(warren_protocol::headers::CONTROL_SIGNATURE)? {
-        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
 }

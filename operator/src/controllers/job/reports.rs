@@ -119,7 +119,7 @@ async fn consume(
                     Ok(d) => d,
                     Err(source) => break Err(amqp("basic.deliver")(source)),
                 };
-                let signature = signature_of(&delivery.properties);
+                let signature = warren_protocol::amqp::text_header(&delivery.properties, REPORT_SIGNATURE);
                 let needs = match fold(&delivery.data, signature.as_deref(), readers).await {
                     Ok(needs) => needs,
                     // Reconnect: the unacknowledged messages come back and are folded again.
@@ -268,16 +268,6 @@ async fn fold(body: &[u8], signature: Option<&str>, readers: &Readers<'_>) -> Re
     count_rejected(rejection::UNKNOWN_JOB, unknown);
     count_rejected(rejection::JOB_LOOKUP_REFUSED, refused);
     Ok(needs)
-}
-
-/// The report's signature header, if it has one as text.
-fn signature_of(properties: &lapin::BasicProperties) -> Option<String> {
-    let headers = properties.headers().as_ref()?;
-    match headers.inner().get(REPORT_SIGNATURE)? {
-        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
 }
 
 /// Whether the pool the report claims signed it ([`report_keys::admit`]); `Err` only when its key
