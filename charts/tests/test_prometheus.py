@@ -38,6 +38,7 @@ NO_DATA_EXPECTED = {
     "sum by (kind, reason) (rate(warren_operator_status_write_errors_total[5m]))",
     "sum by (reason) (rate(warren_operator_reports_rejected_total[5m]))",
     "sum by (pool, reason) (rate(warren_worker_control_messages_rejected_total[5m]))",
+    "sum by (pool, reason) (rate(warren_worker_tasks_refused_total[5m]))",
     "sum by (pool, action) (rate(warren_worker_redelivered_tasks_total[5m]))",
     "sum by (namespace, pool) (increase(warren_operator_tasks_lost_total[1h]))",
     # The run has no Schedule.
@@ -57,7 +58,7 @@ FIRING_IN_THIS_RUN = {"WarrenDeadLetterQueueGrowing"}
 ABSENT_IN_A_HEALTHY_RUN = {"warren_operator_reconcile_errors_total", "warren_operator_broker_reconnects_total",
                            "warren_operator_status_write_errors_total", "warren_operator_reports_rejected_total",
                            "warren_worker_redelivered_tasks_total", "warren_operator_tasks_lost_total",
-                           "warren_worker_control_messages_rejected_total",
+                           "warren_worker_control_messages_rejected_total", "warren_worker_tasks_refused_total",
                            # The run's Job has no spec.notify.
                            "warren_operator_notification_deliveries_total"}
 # Kinds whose status this run writes (a pool and a Job, no Workflow): a per-kind panel must show a

@@ -132,6 +132,15 @@ enum DlqCommand {
         /// Replay at most this many tasks per second (default: as fast as the broker confirms).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         rate: Option<u32>,
+        /// The pool's key, which signs the replayed tasks (hex; default: read from the pool's
+        /// Secret <pool>-warren-report-key with the kubeconfig's credentials).
+        #[arg(long, env = "WARREN_POOL_KEY", hide_env_values = true)]
+        pool_key: Option<String>,
+        /// Also replay dead letters the pool's key did not sign (reason `unsigned` or
+        /// `bad-signature`, or put into the queue by someone else): they will run. Only after
+        /// inspecting them with `warren dlq list`.
+        #[arg(long)]
+        include_unsigned: bool,
     },
 }
 
@@ -246,6 +255,26 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The pool's key, which signs replayed tasks: given, or read from the pool's Secret.
+async fn replay_key(target: &DlqTarget, given: Option<&str>) -> anyhow::Result<warren_protocol::signature::ReportKey> {
+    if let Some(text) = given {
+        return warren_protocol::signature::parse_key(text).map_err(|problem| anyhow::anyhow!("--pool-key: {problem}"));
+    }
+    let secret = warren_operator::report_keys::secret_name(&target.pool);
+    let cannot = |why: String| {
+        anyhow::anyhow!(
+            "cannot read Secret {}/{secret}, whose key signs the replayed tasks: {why}. Pass --pool-key, or let the operator replay one Job: \
+             kubectl annotate wjob NAME -n {} warren.dev/replay-dead-letters=$(date +%s) --overwrite",
+            target.namespace,
+            target.namespace
+        )
+    };
+    let client = kube::Client::try_default().await.map_err(|e| cannot(format!("no Kubernetes API to ask ({e})")))?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, &target.namespace);
+    let found = api.get(&secret).await.map_err(|e| cannot(e.to_string()))?;
+    warren_operator::report_keys::key_of(&found).ok_or_else(|| cannot("it holds no valid key".into()))
+}
+
 async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     use warren_operator::replay;
     match command {
@@ -261,14 +290,21 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             }
             println!("{} dead letter(s) in {}", letters.len(), warren_protocol::names::dead_letter_queue(&target.namespace, &target.pool));
         }
-        DlqCommand::Replay { target, job, limit, rate } => {
-            let filter = replay::Filter { job, limit, rate, job_uid: None };
+        DlqCommand::Replay { target, job, limit, rate, pool_key, include_unsigned } => {
+            let filter = replay::Filter { job, limit, rate, job_uid: None, unsigned: include_unsigned };
             let tls = target.tls.clone().resolve().map_err(|e| anyhow::anyhow!("broker TLS: {e}"))?;
-            let s = replay::replay(&target.amqp_url, &tls, &target.namespace, &target.pool, &filter).await?;
+            let key = replay_key(&target, pool_key.as_deref()).await?;
+            let s = replay::replay(&target.amqp_url, &tls, &target.namespace, &target.pool, &key, &filter).await?;
             println!(
-                "replayed {} task(s); {} left in the dead-letter queue by the filter, {} not tasks, {} failed",
-                s.replayed, s.kept, s.not_tasks, s.failed
+                "replayed {} task(s); {} left in the dead-letter queue by the filter, {} not tasks, {} not signed by the pool, {} failed",
+                s.replayed, s.kept, s.not_tasks, s.unsigned, s.failed
             );
+            if s.unsigned > 0 {
+                eprintln!(
+                    "warren dlq replay: {} dead letter(s) not signed with the pool's key stayed (see `warren dlq list`; --include-unsigned replays them)",
+                    s.unsigned
+                );
+            }
             if let Some(error) = s.first_error {
                 eprintln!("warren dlq replay: first failure: {error}");
                 std::process::exit(1);

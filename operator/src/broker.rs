@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
+use warren_protocol::TASK_CONTENT_TYPE;
+use warren_protocol::headers::TASK_SIGNATURE;
+use warren_protocol::signature::ReportKey;
 
 /// Errors talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +54,12 @@ impl BrokerError {
     }
 }
 
-/// Publisher confirmations still to come for one published batch.
-pub struct Confirms(Vec<lapin::PublisherConfirm>);
+/// Publisher confirmations still to come for one published batch, and the publishing channel
+/// (its epoch) they come on.
+pub struct Confirms {
+    confirms: Vec<lapin::PublisherConfirm>,
+    epoch: u64,
+}
 
 /// How long the confirmations of one published batch may take. A confirm that never comes (the
 /// broker blocks publishers during a memory or disk alarm; a connection that looks up but no
@@ -63,8 +69,8 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Confirms {
     async fn wait(self) -> Result<(), BrokerError> {
-        let count = self.0.len();
-        let Ok(confirms) = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(self.0)).await else {
+        let count = self.confirms.len();
+        let Ok(confirms) = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(self.confirms)).await else {
             return Err(BrokerError::ConfirmTimeout { count, timeout: CONFIRM_TIMEOUT });
         };
         let mut refused = 0;
@@ -100,8 +106,13 @@ pub use warren_protocol::addresses::HANDSHAKE_TIMEOUT;
 ///
 /// Operations that may be refused (passive declares of queues that may be missing, declarations,
 /// deletes) run on scratch channels ([`Broker::scratch`]): a refusal closes only that channel,
-/// never the publishing one. A failed publish drops the connection ([`Broker::reset`]); the next
-/// one is counted in `warren_operator_broker_reconnects_total`.
+/// never the publishing one. A failure is kept to what failed, because every Job publishes on
+/// this one connection: a publish that failed retires only the publishing channel it was made on
+/// (never a newer one another caller opened since), a message the broker refused (nacked or
+/// unroutable) retires nothing, and a request that got no answer drops only its scratch channel.
+/// The connection is dropped only when it cannot open a channel in time (a connection that looks
+/// up but no longer answers) or is closed; the next one is counted in
+/// `warren_operator_broker_reconnects_total`.
 ///
 /// No lock is held while talking to the broker: the state lock only guards a swap of handles.
 /// Connecting is single-flight (one caller connects, the others wait for its result), and callers
@@ -121,8 +132,10 @@ pub struct Broker {
 #[derive(Default)]
 struct State {
     connection: Option<Arc<Connection>>,
-    /// The confirm-mode publishing channel on `connection`.
-    channel: Option<Channel>,
+    /// The confirm-mode publishing channel on `connection`, and its epoch (one per channel
+    /// opened), so that a caller retires only the channel its own publish failed on.
+    channel: Option<(u64, Channel)>,
+    epochs: u64,
 }
 
 impl Broker {
@@ -236,14 +249,15 @@ impl Broker {
         }
     }
 
-    fn publisher(&self) -> Option<Channel> {
+    fn publisher(&self) -> Option<(u64, Channel)> {
         let state = self.state();
         let connected = state.connection.as_ref().is_some_and(|c| c.status().connected());
-        state.channel.clone().filter(|c| connected && c.status().connected())
+        state.channel.clone().filter(|(_, c)| connected && c.status().connected())
     }
 
-    /// The confirm-mode channel, re-opened if the previous one was closed.
-    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+    /// The confirm-mode channel and its epoch, re-opened if the previous one was closed or
+    /// retired.
+    async fn channel(&self) -> Result<(u64, Channel), BrokerError> {
         if let Some(channel) = self.publisher() {
             return Ok(channel);
         }
@@ -253,11 +267,34 @@ impl Broker {
         }
         let channel = self.open_channel().await?;
         if let Err(source) = channel.confirm_select(ConfirmSelectOptions::default()).await {
-            self.forget(None);
+            let _ = channel.close(200, "confirm.select failed".into()).await;
             return Err(BrokerError::Amqp { what: "confirm.select", source });
         }
-        self.state().channel = Some(channel.clone());
-        Ok(channel)
+        let mut state = self.state();
+        state.epochs += 1;
+        let epoch = state.epochs;
+        state.channel = Some((epoch, channel.clone()));
+        Ok((epoch, channel))
+    }
+
+    /// Gives up publishing channel `epoch` after a publish on it failed (closed, or its confirms
+    /// never came): the next publish opens a fresh one. A newer channel stays, and so does the
+    /// connection.
+    fn retire_channel(&self, epoch: u64) {
+        let retired = {
+            let mut state = self.state();
+            if state.channel.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                return;
+            }
+            state.channel.take()
+        };
+        if let Some((_, channel)) = retired.filter(|(_, c)| c.status().connected())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, channel.close(200, "retired after a failed publish".into())).await;
+            });
+        }
     }
 
     /// A short-lived channel on the shared connection for an operation whose failure closes its
@@ -279,12 +316,15 @@ impl Broker {
                 Some(channel) => channel,
                 None => self.scratch().await?,
             };
-            // Bounded: a broker that stops answering (a node shutting down under the call) must not
-            // hold the caller — the lost-task check, the autoscaler — forever.
+            // Bounded: a broker that stops answering (a node shutting down under the call, a broker
+            // too busy to answer in time) must not hold the caller — the lost-task check, the
+            // autoscaler — forever. Only this scratch channel is given up (closed as it drops):
+            // the Jobs publishing on the connection meanwhile are not this caller's to fail; a
+            // connection that no longer answers at all is dropped when the next channel cannot
+            // be opened in time.
             let Ok(answer) =
                 tokio::time::timeout(REQUEST_TIMEOUT, channel.queue_declare(queue.as_str().into(), passive, FieldTable::default())).await
             else {
-                self.forget(None);
                 return Err(BrokerError::NoAnswer { what: "queue.declare (passive)", timeout: REQUEST_TIMEOUT });
             };
             match answer {
@@ -304,14 +344,9 @@ impl Broker {
         Ok(out)
     }
 
-    /// After a failed publish: forgets the connection and its channel, so that the next call
-    /// connects afresh (a connection that looks up but no longer answers is not kept).
-    pub async fn reset(&self) {
-        self.forget(None);
-    }
-
-    /// Publishes persistent messages and waits until the broker confirmed every one of them
-    /// (`mandatory`: an unroutable message is a failure, not a silent drop).
+    /// Publishes persistent messages (not tasks: see [`Broker::publish_tasks`]) and waits until
+    /// the broker confirmed every one of them (`mandatory`: an unroutable message is a failure,
+    /// not a silent drop).
     pub async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -319,62 +354,87 @@ impl Broker {
         content_type: &str,
         bodies: &[Vec<u8>],
     ) -> Result<(), BrokerError> {
-        let confirms = self.publish(exchange, routing_key, content_type, bodies).await?;
+        let confirms = self.try_publish(exchange, routing_key, content_type, None, bodies).await?;
         self.confirmed(confirms).await
     }
 
-    /// Publishes persistent, `mandatory` messages without waiting for their confirmations, so
-    /// that a caller can publish the next batch while the broker confirms this one (confirms
-    /// arrive in publishing order). Nothing is confirmed until [`Broker::confirmed`] says so.
-    pub async fn publish(
+    /// Publishes persistent task messages, each signed with the pool's `key`, and waits until the
+    /// broker confirmed every one of them (`mandatory`: an unroutable message is a failure, not a
+    /// silent drop).
+    pub async fn publish_tasks_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,
-        content_type: &str,
+        key: &ReportKey,
+        bodies: &[Vec<u8>],
+    ) -> Result<(), BrokerError> {
+        let confirms = self.publish_tasks(exchange, routing_key, key, bodies).await?;
+        self.confirmed(confirms).await
+    }
+
+    /// Publishes persistent, `mandatory` task messages, each signed with the pool's `key`
+    /// (header [`TASK_SIGNATURE`]: the pool's workers run nothing else), without waiting for
+    /// their confirmations, so that a caller can publish the next batch while the broker confirms
+    /// this one (confirms arrive in publishing order). Nothing is confirmed until
+    /// [`Broker::confirmed`] says so.
+    pub async fn publish_tasks(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        key: &ReportKey,
         bodies: &[Vec<u8>],
     ) -> Result<Confirms, BrokerError> {
-        let result = self.try_publish(exchange, routing_key, content_type, bodies).await;
-        self.reset_on_error(result).await
+        self.try_publish(exchange, routing_key, TASK_CONTENT_TYPE, Some(key), bodies).await
     }
 
-    /// Waits until every message of a [`Broker::publish`] is confirmed (acked and routed).
+    /// Waits until every message of a [`Broker::publish_tasks`] is confirmed (acked and routed).
+    /// Confirms that failed or never came retire their channel; messages the broker refused
+    /// (nacked, unroutable) say nothing against it.
     pub async fn confirmed(&self, confirms: Confirms) -> Result<(), BrokerError> {
+        let epoch = confirms.epoch;
         let result = confirms.wait().await;
-        self.reset_on_error(result).await
-    }
-
-    /// After a failed publish the channel may be closed: the next call opens a fresh one.
-    async fn reset_on_error<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
-        if result.is_err() {
-            self.reset().await;
+        if matches!(result, Err(BrokerError::ConfirmTimeout { .. } | BrokerError::Amqp { .. })) {
+            self.retire_channel(epoch);
         }
         result
     }
 
+    /// Publishes `bodies`; with a task `key`, each carries its signature.
     async fn try_publish(
         &self,
         exchange: &str,
         routing_key: &str,
         content_type: &str,
+        key: Option<&ReportKey>,
         bodies: &[Vec<u8>],
     ) -> Result<Confirms, BrokerError> {
-        let channel = self.channel().await?;
+        let (epoch, channel) = self.channel().await?;
         let properties = BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from(content_type));
         let mut confirms = Vec::with_capacity(bodies.len());
         for body in bodies {
+            let mut headers = FieldTable::default();
+            if let Some(key) = key {
+                let signature = warren_protocol::signature::sign_task(key.bytes(), body);
+                headers.insert(ShortString::from(TASK_SIGNATURE), AMQPValue::LongString(signature.into()));
+            }
             let confirm = channel
                 .basic_publish(
                     ShortString::from(exchange),
                     ShortString::from(routing_key),
                     BasicPublishOptions { mandatory: true, immediate: false },
                     body,
-                    properties.clone(),
+                    properties.clone().with_headers(headers),
                 )
-                .await
-                .map_err(|source| BrokerError::Amqp { what: "basic.publish", source })?;
-            confirms.push(confirm);
+                .await;
+            match confirm {
+                Ok(confirm) => confirms.push(confirm),
+                Err(source) => {
+                    self.retire_channel(epoch);
+                    return Err(BrokerError::Amqp { what: "basic.publish", source });
+                }
+            }
         }
-        Ok(Confirms(confirms))
+        Ok(Confirms { confirms, epoch })
     }
 
     /// Deletes queues and exchanges (missing ones are fine).

@@ -16,7 +16,8 @@
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
-use warren_protocol::headers::dead_letter_header;
+use warren_protocol::headers::{TASK_SIGNATURE, dead_letter_header};
+use warren_protocol::signature::ReportKey;
 use warren_protocol::{TASK_CONTENT_TYPE, TaskEnvelope, names};
 
 /// Which dead letters to replay.
@@ -30,6 +31,11 @@ pub struct Filter {
     pub limit: Option<u32>,
     /// At most this many replayed tasks per second (none: as fast as the broker confirms).
     pub rate: Option<u32>,
+    /// Also the dead letters the pool's key did not sign (reason `unsigned` or `bad-signature`,
+    /// or put into the dead-letter queue by someone else): the replay signs them, so that they
+    /// run. Only for messages someone inspected (`warren dlq list`), e.g. tasks signed with a key
+    /// rotated since.
+    pub unsigned: bool,
 }
 
 /// Replayed tasks per second of the replay annotation: a Job with 100,000 dead letters does not
@@ -71,6 +77,9 @@ pub enum KeepReason {
     Limit,
     /// Not a Warren task envelope (a malformed message): it cannot run, it stays for inspection.
     NotATask(String),
+    /// Not signed with the pool's key (see [`Filter::unsigned`]): replaying it would make the
+    /// operator sign whatever anyone put into the queue.
+    Unsigned,
 }
 
 /// The body of the replayed task: the dead letter's envelope with `attempt = 1` and `replay`
@@ -84,9 +93,10 @@ pub fn replayed_body(body: &[u8]) -> Result<(Vec<u8>, TaskEnvelope), String> {
     Ok((serde_json::to_vec(&value).expect("JSON serializes"), envelope))
 }
 
-/// Decides the fate of one dead letter, given how many were replayed so far.
-pub fn decide(body: &[u8], filter: &Filter, replayed_so_far: u32) -> Decision {
-    let (body, envelope) = match replayed_body(body) {
+/// Decides the fate of one dead letter (`body` with its task `signature` header), given the
+/// pool's `key` and how many were replayed so far.
+pub fn decide(body: &[u8], signature: Option<&str>, key: &ReportKey, filter: &Filter, replayed_so_far: u32) -> Decision {
+    let (replayed, envelope) = match replayed_body(body) {
         Ok(replayed) => replayed,
         Err(error) => return Decision::Keep(KeepReason::NotATask(error)),
     };
@@ -95,10 +105,13 @@ pub fn decide(body: &[u8], filter: &Filter, replayed_so_far: u32) -> Decision {
     {
         return Decision::Keep(KeepReason::OtherJob);
     }
+    if !filter.unsigned && !signature.is_some_and(|signature| warren_protocol::signature::verify_task(key.bytes(), body, signature)) {
+        return Decision::Keep(KeepReason::Unsigned);
+    }
     if filter.limit.is_some_and(|limit| replayed_so_far >= limit) {
         return Decision::Keep(KeepReason::Limit);
     }
-    Decision::Replay { body, priority: envelope.priority }
+    Decision::Replay { body: replayed, priority: envelope.priority }
 }
 
 /// One message of a dead-letter queue, for `warren dlq list`.
@@ -158,6 +171,8 @@ pub struct Summary {
     pub kept: u32,
     /// Messages left in the DLQ because they are not tasks.
     pub not_tasks: u32,
+    /// Dead letters left in the DLQ because the pool's key did not sign them.
+    pub unsigned: u32,
     /// Dead letters left in the DLQ because publishing their replay failed.
     pub failed: u32,
     /// The first publish error, if any.
@@ -224,10 +239,12 @@ async fn open(
     Ok((connection, channel, depth))
 }
 
-/// A replayed task goes back persistent and mandatory, and counts only once the broker confirmed
-/// and routed it.
-async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &str, body: &[u8]) -> Result<(), String> {
-    let properties = BasicProperties::default().with_content_type(ShortString::from(TASK_CONTENT_TYPE));
+/// A replayed task goes back persistent and mandatory, signed with the pool's key, and counts
+/// only once the broker confirmed and routed it.
+async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &str, key: &ReportKey, body: &[u8]) -> Result<(), String> {
+    let mut headers = FieldTable::default();
+    headers.insert(TASK_SIGNATURE.into(), AMQPValue::LongString(warren_protocol::signature::sign_task(key.bytes(), body).into()));
+    let properties = BasicProperties::default().with_content_type(ShortString::from(TASK_CONTENT_TYPE)).with_headers(headers);
     warren_protocol::amqp::publish_confirmed(channel, exchange, routing_key, body, properties).await.map_err(|e| match e {
         warren_protocol::amqp::PublishError::Nacked => "the broker refused (nacked) the replayed task".to_string(),
         warren_protocol::amqp::PublishError::Unroutable { .. } => {
@@ -285,6 +302,7 @@ pub async fn replay(
     tls: &warren_protocol::amqp::Tls,
     namespace: &str,
     pool: &str,
+    key: &ReportKey,
     filter: &Filter,
 ) -> Result<Summary, ReplayError> {
     let exchange = names::pool_exchange(namespace, pool);
@@ -293,11 +311,12 @@ pub async fn replay(
     let start = tokio::time::Instant::now();
     while let Some(message) = walk.next().await? {
         let tag = message.delivery.delivery_tag;
-        match decide(&message.delivery.data, filter, summary.replayed) {
+        let signature = warren_protocol::amqp::text_header(&message.delivery.properties, TASK_SIGNATURE);
+        match decide(&message.delivery.data, signature.as_deref(), key, filter, summary.replayed) {
             Decision::Replay { body, priority } => {
                 let due = paced(std::time::Duration::ZERO, summary.replayed + summary.failed, filter.rate);
                 tokio::time::sleep_until(start + due).await;
-                match publish_confirmed(&walk.channel, &exchange, &priority, &body).await {
+                match publish_confirmed(&walk.channel, &exchange, &priority, key, &body).await {
                     Ok(()) => {
                         walk.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(amqp("basic.ack"))?;
                         summary.replayed += 1;
@@ -312,6 +331,10 @@ pub async fn replay(
             }
             Decision::Keep(KeepReason::NotATask(_)) => {
                 summary.not_tasks += 1;
+                walk.keep(tag);
+            }
+            Decision::Keep(KeepReason::Unsigned) => {
+                summary.unsigned += 1;
                 walk.keep(tag);
             }
             Decision::Keep(_) => {
@@ -382,10 +405,13 @@ mod tests {
 
     #[test]
     fn decide_table() {
+        let key = ReportKey::new(vec![9; 32]);
         let all = Filter::default();
         let only_a = Filter { job: Some("a".into()), ..Filter::default() };
         let only_uid_b = Filter { job_uid: Some("uid-b".into()), ..Filter::default() };
         let two = Filter { limit: Some(2), ..Filter::default() };
+        let sign = |body: &[u8]| warren_protocol::signature::sign_task(key.bytes(), body);
+        let decide = |body: &[u8], filter: &Filter, n: u32| decide(body, Some(&sign(body)), &key, filter, n);
         for body in [&b"not json"[..], b"", br#"{"version": 1}"#] {
             assert!(matches!(decide(body, &all, 0), Decision::Keep(KeepReason::NotATask(_))), "{body:?}");
         }
@@ -398,6 +424,23 @@ mod tests {
         assert!(matches!(decide(&b, &only_uid_b, 0), Decision::Replay { .. }));
         assert!(matches!(decide(&b, &two, 1), Decision::Replay { .. }));
         assert_eq!(decide(&b, &two, 2), Decision::Keep(KeepReason::Limit));
+    }
+
+    #[test]
+    fn only_dead_letters_the_pools_key_signed_are_replayed_unless_asked() {
+        let key = ReportKey::new(vec![9; 32]);
+        let a = envelope("a", 0, 3, 0);
+        let all = Filter::default();
+        let other_key = warren_protocol::signature::sign_task(&[1; 32], &a);
+        assert_eq!(super::decide(&a, None, &key, &all, 0), Decision::Keep(KeepReason::Unsigned), "put there by anyone");
+        assert_eq!(super::decide(&a, Some(&other_key), &key, &all, 0), Decision::Keep(KeepReason::Unsigned), "another key");
+        let asked = Filter { unsigned: true, ..Filter::default() };
+        assert!(matches!(super::decide(&a, None, &key, &asked, 0), Decision::Replay { .. }));
+        assert_eq!(
+            super::decide(&a, None, &key, &Filter { job: Some("b".into()), unsigned: true, ..Filter::default() }, 0),
+            Decision::Keep(KeepReason::OtherJob),
+            "the filter still applies"
+        );
     }
 
     #[test]

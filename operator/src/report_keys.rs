@@ -53,7 +53,7 @@ pub fn secret(pool: &WorkerPool, key: &ReportKey) -> Secret {
 }
 
 /// The key a Secret holds, if it holds a valid one.
-fn key_of(secret: &Secret) -> Option<ReportKey> {
+pub fn key_of(secret: &Secret) -> Option<ReportKey> {
     let bytes = secret.data.as_ref()?.get(SECRET_KEY)?;
     parse_key(std::str::from_utf8(&bytes.0).ok()?).ok()
 }

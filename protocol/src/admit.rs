@@ -8,8 +8,9 @@
 //! version, the number of events, the names). It does no I/O and keeps no state: the operator
 //! counts what it rejects.
 
+use crate::headers::dead_letter_reason;
 use crate::wire::ReportIn;
-use crate::{JobRef, PROTOCOL_VERSION, ReportBatch, TaskEvent, TaskEventKind, WorkerId};
+use crate::{JobRef, PROTOCOL_VERSION, ReportBatch, TaskEnvelope, TaskEvent, TaskEventKind, WorkerId};
 
 /// Largest report message the operator reads (1 MiB). A worker's batch is a few KiB: it flushes
 /// at most a few hundred events at once.
@@ -177,6 +178,37 @@ fn shorten(value: &str) -> String {
     short
 }
 
+/// Why a worker does not run a message of its queues: it dead-letters the message with
+/// `reason` (a [`dead_letter_reason`]) and `error`, and reports nothing of it (a message that is
+/// not its pool's may not speak for any Job).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRefusal {
+    pub reason: &'static str,
+    pub error: String,
+}
+
+/// Admits one message of a worker's queues as a task. With the pool's `key` (every worker
+/// Deployment the operator writes has it) only a message whose `signature` header is the key's
+/// MAC of the body is read at all; without one (a worker run by hand, or by an older operator)
+/// any well-formed envelope is.
+pub fn task(key: Option<&[u8]>, body: &[u8], signature: Option<&str>) -> Result<TaskEnvelope, TaskRefusal> {
+    if let Some(key) = key {
+        match signature {
+            None => {
+                let error = "the message has no task signature; this pool runs only tasks signed with its key".to_string();
+                return Err(TaskRefusal { reason: dead_letter_reason::UNSIGNED, error });
+            }
+            Some(signature) if !crate::signature::verify_task(key, body, signature) => {
+                let error =
+                    "the message's task signature is not this pool's (another pool's key, a forgery, or a key rotated since)".to_string();
+                return Err(TaskRefusal { reason: dead_letter_reason::BAD_SIGNATURE, error });
+            }
+            Some(_) => {}
+        }
+    }
+    TaskEnvelope::from_json(body).map_err(|error| TaskRefusal { reason: dead_letter_reason::MALFORMED, error })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +232,39 @@ mod tests {
 
     fn started(index: u32) -> serde_json::Value {
         serde_json::json!({"index": index, "attempt": 1, "atMs": 5, "kind": {"type": "started"}})
+    }
+
+    #[test]
+    fn a_pool_with_a_key_runs_only_tasks_its_key_signed() {
+        let (key, other) = ([3u8; 32], [4u8; 32]);
+        let envelope = TaskEnvelope {
+            version: PROTOCOL_VERSION,
+            job: job("j"),
+            index: 2,
+            total: 3,
+            attempt: 1,
+            priority: "normal".into(),
+            task_type: None,
+            payload: serde_json::json!({"x": 1}),
+            idempotency_key: "u/2".into(),
+            retry: crate::RetryPolicy::default(),
+            timeout_seconds: None,
+            replay: 0,
+            enqueued_at_ms: 0,
+        };
+        let body = envelope.to_json();
+        let signed = crate::signature::sign_task(&key, &body);
+        assert_eq!(task(Some(&key), &body, Some(&signed)), Ok(envelope.clone()));
+        let reason = |r: Result<TaskEnvelope, TaskRefusal>| r.unwrap_err().reason;
+        assert_eq!(reason(task(Some(&key), &body, None)), "unsigned");
+        assert_eq!(reason(task(Some(&key), &body, Some(&crate::signature::sign_task(&other, &body)))), "bad-signature");
+        let mut changed = body.clone();
+        changed.extend_from_slice(b" ");
+        assert_eq!(reason(task(Some(&key), &changed, Some(&signed))), "bad-signature", "a body changed after signing");
+        // Signed garbage is still not a task; without a key, only the envelope is checked.
+        assert_eq!(reason(task(Some(&key), b"{}", Some(&crate::signature::sign_task(&key, b"{}")))), "malformed");
+        assert_eq!(task(None, &body, None), Ok(envelope));
+        assert_eq!(reason(task(None, b"nope", None)), "malformed");
     }
 
     #[test]

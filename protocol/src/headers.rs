@@ -19,6 +19,12 @@ pub mod dead_letter_reason {
     /// The task's worker was lost (killed, out of memory, its channel closed) during as many of
     /// its runs as its delivery limit allows, the last ones while it ran alone (see the worker's `lost` module).
     pub const WORKER_LOST: &str = "worker-lost";
+    /// The message carries no task signature, and this worker runs only tasks its pool's key
+    /// signed (see [`crate::signature`]). Not run, not reported.
+    pub const UNSIGNED: &str = "unsigned";
+    /// The message's task signature is not its pool's: another pool's key, a forgery, a body
+    /// changed on the way, or a key rotated since it was signed. Not run, not reported.
+    pub const BAD_SIGNATURE: &str = "bad-signature";
 }
 
 /// Headers of a dead-lettered message.
@@ -42,6 +48,10 @@ pub const SUSPECT_HEADER: &str = "warren-suspect";
 /// Header of a report message: its signature under the pool's report key
 /// ([`crate::signature`]).
 pub const REPORT_SIGNATURE: &str = "warren-signature";
+
+/// Header of a task message: its signature under the pool's key
+/// ([`crate::signature::sign_task`]).
+pub const TASK_SIGNATURE: &str = "warren-task-signature";
 
 /// Header of a control message: the operator's Ed25519 signature of the body
 /// ([`crate::control_signature`]).

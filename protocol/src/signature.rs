@@ -6,6 +6,14 @@
 //!
 //! Header [`crate::headers::REPORT_SIGNATURE`], value `v1=<64 hex digits>`; `v1` names the scheme
 //! so that a later one can be told apart.
+//!
+//! The same key signs the pool's **tasks** ([`sign_task`], header
+//! [`crate::headers::TASK_SIGNATURE`]): the operator when it publishes, replays or re-enqueues
+//! one, the pool's workers when they schedule a retry. A worker runs only a task its pool's key
+//! signed, so a task another namespace's worker put into this pool's queue (the default exchange
+//! lets any publisher reach any queue of the vhost) never runs here. A task's MAC covers a
+//! context string before the body, so that no signed report is ever a signed task or the other way
+//! round.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -14,20 +22,48 @@ use sha2::Sha256;
 pub const KEY_BYTES: usize = 32;
 const SCHEME: &str = "v1=";
 
-/// The signature header's value for `body` under `key`.
-pub fn sign(key: &[u8], body: &[u8]) -> String {
+/// Reports are MACed as they are (the scheme predates task signatures); tasks after a context
+/// string (domain separation).
+const REPORT_CONTEXT: &[u8] = b"";
+/// What a task's MAC covers before its body.
+const TASK_CONTEXT: &[u8] = b"warren-task/v1\n";
+
+fn mac(key: &[u8], context: &[u8], body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(context);
     mac.update(body);
+    mac
+}
+
+fn header_of(mac: Hmac<Sha256>) -> String {
     format!("{SCHEME}{}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Whether `header` is `body`'s signature under `key` (compared in constant time). Anything
-/// else — another scheme, bad hex, a wrong length, another key — is false.
-pub fn verify(key: &[u8], body: &[u8], header: &str) -> bool {
+/// Whether `header` is `mac`'s tag (compared in constant time). Anything else — another scheme,
+/// bad hex, a wrong length, another key or body — is false.
+fn matches(mac: Hmac<Sha256>, header: &str) -> bool {
     let Some(tag) = header.strip_prefix(SCHEME).and_then(|hex_tag| hex::decode(hex_tag).ok()) else { return false };
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(body);
     mac.verify_slice(&tag).is_ok()
+}
+
+/// The report signature header's value for `body` under `key`.
+pub fn sign(key: &[u8], body: &[u8]) -> String {
+    header_of(mac(key, REPORT_CONTEXT, body))
+}
+
+/// Whether `header` is report `body`'s signature under `key`.
+pub fn verify(key: &[u8], body: &[u8], header: &str) -> bool {
+    matches(mac(key, REPORT_CONTEXT, body), header)
+}
+
+/// The task signature header's value for task message `body` under the pool's `key`.
+pub fn sign_task(key: &[u8], body: &[u8]) -> String {
+    header_of(mac(key, TASK_CONTEXT, body))
+}
+
+/// Whether `header` is task `body`'s signature under `key`.
+pub fn verify_task(key: &[u8], body: &[u8], header: &str) -> bool {
+    matches(mac(key, TASK_CONTEXT, body), header)
 }
 
 /// A pool's report key. Never printed: its `Debug` says only that there is one.
@@ -79,6 +115,17 @@ mod tests {
         for bad in ["", "v1=", "v2=00", "v1=zz", &signature[..40], &signature.replace("v1=", "v0=")] {
             assert!(!verify(&key, b"report", bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_task_signature_is_never_a_report_signature() {
+        let key = [7u8; KEY_BYTES];
+        let task = sign_task(&key, b"body");
+        assert!(verify_task(&key, b"body", &task));
+        assert!(!verify_task(&[8u8; KEY_BYTES], b"body", &task), "another pool's key");
+        assert!(!verify_task(&key, b"body2", &task), "another body");
+        assert!(!verify(&key, b"body", &task), "a task signature does not sign a report");
+        assert!(!verify_task(&key, b"body", &sign(&key, b"body")), "a report signature does not sign a task");
     }
 
     #[test]

@@ -673,6 +673,8 @@ impl Env {
             .args(args)
             .args(["-n", &self.namespace])
             .env("WARREN_AMQP_URL", self.amqp_url())
+            // `dlq replay` reads the pool's key from its Secret, as a user's kubectl would.
+            .env("KUBECONFIG", self.kubeconfig())
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         anyhow::ensure!(out.status.success(), "warren {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -413,25 +413,32 @@ async fn a_job_whose_status_the_api_server_refuses_is_stopped_and_no_other_job_w
     env.cleanup().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_control_messages_cancel_and_pause_nothing_and_are_counted() -> anyhow::Result<()> {
-    use lapin::options::BasicPublishOptions;
-    use warren_e2e::{free_port, http_get, sample};
-    if Env::is_real_cluster() {
-        eprintln!("*** SKIPPED on a real cluster: this test reads the metrics of a worker on this host.");
-        return Ok(());
-    }
-    let env = Env::start("forged-control").await?;
-    let worker_metrics = format!("127.0.0.1:{}", free_port());
+/// Pool `pool` (1 worker, 2 slots) running `handler`, its worker's metrics on this host: their
+/// address.
+async fn pool_with_worker_metrics(env: &Env, handler: &str) -> anyhow::Result<String> {
+    let worker_metrics = format!("127.0.0.1:{}", warren_e2e::free_port());
     env.create_pool(
         "pool",
         serde_json::json!({
-            "workers": {"handler": ["sh", "-c", "cat >/dev/null; sleep 0.1"],
+            "workers": {"handler": ["sh", "-c", handler],
                         "env": [{"name": "WARREN_METRICS_ADDR", "value": worker_metrics}]},
             "replicas": 1, "concurrency": 2
         }),
     )
     .await?;
+    Ok(worker_metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_control_messages_cancel_and_pause_nothing_and_are_counted() -> anyhow::Result<()> {
+    use lapin::options::BasicPublishOptions;
+    use warren_e2e::{http_get, sample};
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test reads the metrics of a worker on this host.");
+        return Ok(());
+    }
+    let env = Env::start("forged-control").await?;
+    let worker_metrics = pool_with_worker_metrics(&env, "cat >/dev/null; sleep 0.1").await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
     // The workers were given the operator's public key, and nothing secret.
     let deployment: k8s_openapi::api::apps::v1::Deployment =
@@ -478,6 +485,79 @@ async fn forged_control_messages_cancel_and_pause_nothing_and_are_counted() -> a
         sample(&metrics, &format!("warren_worker_control_messages_rejected_total{{pool=\"pool\",reason=\"{reason}\"}}")).unwrap_or(0.0)
     };
     assert_eq!((rejected("unsigned"), rejected("bad_signature")), (2.0, 1.0), "{metrics}");
+    connection.close(200, "done".into()).await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_put_into_a_pools_queue_without_its_key_never_run_and_are_counted() -> anyhow::Result<()> {
+    use lapin::options::BasicPublishOptions;
+    use warren_e2e::{http_get, sample, wait_metric};
+    use warren_protocol::{JobRef, PROTOCOL_VERSION, RetryPolicy, TaskEnvelope};
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: this test reads the metrics of a worker on this host.");
+        return Ok(());
+    }
+    let env = Env::start("forged-tasks").await?;
+    let worker_metrics = pool_with_worker_metrics(&env, "cat >/dev/null").await?;
+    let victim = env.create_job("victim", serde_json::json!({"poolRef": "pool", "completions": 5})).await?;
+    let victim_uid = kube::ResourceExt::uid(&victim).expect("uid");
+    env.wait_job("victim", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
+
+    // Another namespace's worker (anyone who may publish on the vhost) puts tasks for the victim
+    // Job into this pool's queue: one unsigned, one signed with another pool's key.
+    let forged = TaskEnvelope {
+        version: PROTOCOL_VERSION,
+        job: JobRef { namespace: env.namespace.clone(), name: "victim".into(), uid: victim_uid.clone() },
+        index: 0,
+        total: 5,
+        attempt: 1,
+        priority: "normal".into(),
+        task_type: None,
+        payload: serde_json::json!({"rm": "-rf /"}),
+        idempotency_key: TaskEnvelope::idempotency_key_for(&victim_uid, 0),
+        retry: RetryPolicy::default(),
+        timeout_seconds: None,
+        replay: 0,
+        enqueued_at_ms: 0,
+    }
+    .to_json();
+    let connection = lapin::Connection::connect(env.amqp_url(), Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    let exchange = warren_protocol::names::pool_exchange(&env.namespace, "pool");
+    let other_pools_key = warren_protocol::signature::sign_task(&[0x11; 32], &forged);
+    for signature in [None, Some(other_pools_key)] {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(signature) = signature {
+            headers.insert(warren_protocol::headers::TASK_SIGNATURE.into(), lapin::types::AMQPValue::LongString(signature.into()));
+        }
+        let properties = lapin::BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        channel.basic_publish(exchange.as_str().into(), "normal".into(), options, &forged, properties).await?.await?;
+    }
+
+    // The worker dead-letters both without running them and counts them; the Job is untouched.
+    for reason in ["unsigned", "bad-signature"] {
+        let series = format!("warren_worker_tasks_refused_total{{pool=\"pool\",reason=\"{reason}\"}}");
+        let counted = wait_metric(&worker_metrics, &series, 1.0, Duration::from_secs(30)).await;
+        assert_eq!(counted, Ok(()), "{series}");
+    }
+    let metrics = http_get(&worker_metrics, "/metrics").await?.1;
+    let succeeded = sample(&metrics, "warren_worker_tasks_total{pool=\"pool\",priority=\"normal\",outcome=\"succeeded\"}");
+    assert_eq!(succeeded, Some(5.0), "only the Job's own 5 tasks ran: {metrics}");
+    let job: Job = Api::namespaced(env.client.clone(), &env.namespace).get("victim").await?;
+    let status = job.status.expect("status");
+    assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 5, 0), "{status:?}");
+
+    // They wait in the dead-letter queue, with their reasons, and a replay does not sign them.
+    let listing = env.warren(&["dlq", "list", "--pool", "pool"])?;
+    let reasons: Vec<&str> = listing.lines().filter(|l| l.starts_with("victim ")).filter_map(|l| l.split_whitespace().nth(4)).collect();
+    assert_eq!(reasons, ["unsigned", "bad-signature"], "{listing}");
+    let replayed = env.warren(&["dlq", "replay", "--pool", "pool"])?;
+    assert!(replayed.contains("replayed 0 task(s)") && replayed.contains("2 not signed by the pool"), "{replayed}");
+    let dlq = warren_protocol::names::dead_letter_queue(&env.namespace, "pool");
+    assert_eq!(env.queue_depth(&dlq).await?, 2);
     connection.close(200, "done".into()).await?;
     env.cleanup().await?;
     Ok(())

@@ -65,7 +65,10 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
     // Fix the handler, replay only Job "poisoned".
     std::fs::write(&fixed, "")?;
     let out = env.warren(&["dlq", "replay", "--pool", "pool", "--job", "poisoned"])?;
-    assert_eq!(out.trim(), "replayed 1 task(s); 2 left in the dead-letter queue by the filter, 0 not tasks, 0 failed");
+    assert_eq!(
+        out.trim(),
+        "replayed 1 task(s); 2 left in the dead-letter queue by the filter, 0 not tasks, 0 not signed by the pool, 0 failed"
+    );
     let job =
         env.wait_job("poisoned", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded)).await?;
     let s = job.status.expect("status");
@@ -85,7 +88,10 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
 
     // Replay the rest: one, then all that is left.
     let out = env.warren(&["dlq", "replay", "--pool", "pool", "--limit", "1"])?;
-    assert_eq!(out.trim(), "replayed 1 task(s); 1 left in the dead-letter queue by the filter, 0 not tasks, 0 failed");
+    assert_eq!(
+        out.trim(),
+        "replayed 1 task(s); 1 left in the dead-letter queue by the filter, 0 not tasks, 0 not signed by the pool, 0 failed"
+    );
     env.wait_job("other", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.succeeded == 5)).await?;
     let out = env.warren(&["dlq", "replay", "--pool", "pool"])?;
     assert!(out.starts_with("replayed 1 task(s)"), "{out}");
@@ -157,8 +163,10 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
     )
     .await?;
     let dlq = names::dead_letter_queue(&namespace, "pool");
+    let key = warren_protocol::signature::ReportKey::new(vec![0x5a; 32]);
     const LETTERS: u32 = 40;
-    for index in 0..LETTERS {
+    // The 40 dead letters the pool's key signed, and one more put there by someone else (last).
+    for index in 0..=LETTERS {
         let envelope = TaskEnvelope {
             version: PROTOCOL_VERSION,
             job: JobRef { namespace: namespace.clone(), name: "job".into(), uid: "6f1c0d2e-0000-4000-8000-00000000000a".into() },
@@ -174,28 +182,35 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
             replay: 0,
             enqueued_at_ms: 0,
         };
-        let props = lapin::BasicProperties::default().with_delivery_mode(2);
-        channel.basic_publish("".into(), dlq.as_str().into(), BasicPublishOptions::default(), &envelope.to_json(), props).await?.await?;
+        let body = envelope.to_json();
+        let mut headers = lapin::types::FieldTable::default();
+        if index < LETTERS {
+            let signature = warren_protocol::signature::sign_task(key.bytes(), &body);
+            headers.insert(warren_protocol::headers::TASK_SIGNATURE.into(), lapin::types::AMQPValue::LongString(signature.into()));
+        }
+        let props = lapin::BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        channel.basic_publish("".into(), dlq.as_str().into(), BasicPublishOptions::default(), &body, props).await?.await?;
     }
 
     let started = std::time::Instant::now();
     let paced = {
         let (url, namespace) = (url.clone(), namespace.clone());
         tokio::spawn(async move {
-            replay::replay(&url, &Default::default(), &namespace, "pool", &Filter { rate: Some(20), ..Filter::default() }).await
+            let key = warren_protocol::signature::ReportKey::new(vec![0x5a; 32]);
+            replay::replay(&url, &Default::default(), &namespace, "pool", &key, &Filter { rate: Some(20), ..Filter::default() }).await
         })
     };
     // Once the first replay holds the pool, a second one (or a listing) is refused, not served
     // a DLQ that looks empty.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = replay::replay(&url, &Default::default(), &namespace, "pool", &Filter::default()).await;
+    let second = replay::replay(&url, &Default::default(), &namespace, "pool", &key, &Filter::default()).await;
     assert!(matches!(second, Err(ReplayError::Busy { .. })), "{second:?}");
     let listing = replay::list(&url, &Default::default(), &namespace, "pool").await;
     assert!(matches!(listing, Err(ReplayError::Busy { .. })), "{listing:?}");
 
     let summary = paced.await??;
     let elapsed = started.elapsed();
-    assert_eq!((summary.replayed, summary.failed, summary.kept), (LETTERS, 0, 0));
+    assert_eq!((summary.replayed, summary.failed, summary.kept, summary.unsigned), (LETTERS, 0, 0, 1), "the unsigned one stays");
     // 40 at 20 per second: the last one leaves 39/20 s after the first (a slower machine only
     // takes longer).
     assert!(elapsed >= Duration::from_millis(1_950), "40 replays at 20/s took {elapsed:?}");
@@ -204,8 +219,8 @@ async fn one_replay_of_a_pool_at_a_time_and_paced_at_its_rate() -> anyhow::Resul
     let depth = channel.queue_declare(work_queue.as_str().into(), passive, Default::default()).await?.message_count();
     assert_eq!(depth, LETTERS, "every dead letter is back in its queue");
     // The lock went with the first replay's connection.
-    let again = replay::replay(&url, &Default::default(), &namespace, "pool", &Filter::default()).await?;
-    assert_eq!(again.replayed, 0);
+    let again = replay::replay(&url, &Default::default(), &namespace, "pool", &key, &Filter::default()).await?;
+    assert_eq!((again.replayed, again.unsigned), (0, 1));
 
     for queue in [work_queue, dlq, names::suspect_queue(&namespace, "pool")] {
         channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;

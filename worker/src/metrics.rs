@@ -78,6 +78,14 @@ pub struct ControlRejectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub pool: String,
+    /// The dead-letter reason: `malformed`, `unsigned` or `bad-signature`
+    /// (`warren_protocol::admit::task`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub pool: String,
     pub priority: String,
@@ -103,6 +111,7 @@ pub struct WorkerMetrics {
     pub broker_reconnects: Counter,
     pub redelivered: Family<RedeliveredLabels, Counter>,
     pub control_messages_rejected: Family<ControlRejectionLabels, Counter>,
+    pub tasks_refused: Family<RefusalLabels, Counter>,
     pool: String,
     /// Consuming from every work queue and not draining: `/readyz` is 200.
     consuming: AtomicBool,
@@ -121,6 +130,12 @@ impl WorkerMetrics {
         let broker_reconnects = Counter::default();
         let redelivered = Family::<RedeliveredLabels, Counter>::default();
         let control_messages_rejected = Family::<ControlRejectionLabels, Counter>::default();
+        let tasks_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "tasks_refused",
+            "Messages of this pool's queues this worker did not run and dead-lettered: not a task (malformed), or not signed with the pool's key (unsigned, bad-signature)",
+            tasks_refused.clone(),
+        );
         registry.register(
             "control_messages_rejected",
             "Control messages on the control exchange this worker did not apply: unsigned or not signed by the operator, sent from the future, or malformed",
@@ -152,6 +167,7 @@ impl WorkerMetrics {
             broker_reconnects,
             redelivered,
             control_messages_rejected,
+            tasks_refused,
             pool: pool.to_string(),
             consuming: AtomicBool::new(false),
             registry,
@@ -201,6 +217,11 @@ impl WorkerMetrics {
     /// A control message not applied, and why.
     pub fn control_rejected(&self, reason: &'static str) {
         self.control_messages_rejected.get_or_create(&ControlRejectionLabels { pool: self.pool.clone(), reason }).inc();
+    }
+
+    /// A message of the pool's queues dead-lettered without running, and why.
+    pub fn task_refused(&self, reason: &'static str) {
+        self.tasks_refused.get_or_create(&RefusalLabels { pool: self.pool.clone(), reason }).inc();
     }
 
     pub fn set_consuming(&self, consuming: bool) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use warren_protocol::{FailureDisposition, RetryPolicy, TaskEventKind};
+use warren_protocol::{FailureDisposition, RetryPolicy, TaskEnvelope, TaskEventKind};
 use warren_worker::TaskError;
 
 fn succeeded(kind: &TaskEventKind) -> bool {
@@ -249,6 +249,61 @@ async fn malformed_messages_are_dead_lettered_and_the_worker_goes_on() {
     assert!(header_text(&dead[0], "warren-last-error").unwrap().starts_with("not a Warren task envelope"));
     assert_eq!(pool.work_depth().await, 0);
     pool.cleanup(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_its_pools_key_a_worker_runs_only_signed_tasks_and_signs_its_retries() {
+    use warren_protocol::signature::{ReportKey, sign_task, verify_task};
+    init_tracing();
+    let pool = TestPool::new(&["normal"]).await;
+    let key = ReportKey::new(vec![0x42; 32]);
+    let retry = RetryPolicy { max_attempts: 2, initial_delay_ms: 30, factor: 1.0, max_delay_ms: 30, jitter: 0.0 };
+    let tasks: Vec<Vec<u8>> = (0..4).map(|i| TaskEnvelope { retry: retry.clone(), ..pool.envelope(i, 4, "normal") }.to_json()).collect();
+    // 0: signed, fails once (its retry must be signed again to run); 1: unsigned; 2: signed with
+    // another key; 3: signed, fails permanently (its dead letter keeps the signature).
+    pool.publish_signed("normal", &tasks[0], Some(sign_task(key.bytes(), &tasks[0]))).await;
+    pool.publish_signed("normal", &tasks[1], None).await;
+    pool.publish_signed("normal", &tasks[2], Some(sign_task(&[0x43; 32], &tasks[2]))).await;
+    pool.publish_signed("normal", &tasks[3], Some(sign_task(key.bytes(), &tasks[3]))).await;
+    let mut reports = pool.reports().await;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let seen = runs.clone();
+    let worker = pool
+        .builder()
+        .pool_key(key.clone())
+        .handler(move |ctx| {
+            seen.lock().unwrap().push((ctx.index(), ctx.attempt()));
+            async move {
+                match (ctx.index(), ctx.attempt()) {
+                    (0, 1) => Err(TaskError::retryable("flaky")),
+                    (3, _) => Err(TaskError::permanent("bad input")),
+                    _ => Ok(None),
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (shutdown, handle) = spawn_worker(worker);
+    reports.until("the signed tasks are final", |events| final_count(events) >= 2).await;
+    pool.wait_depth(&pool.dlq(), 3).await;
+    shutdown.cancel();
+    handle.await.unwrap();
+
+    let mut ran = runs.lock().unwrap().clone();
+    ran.sort();
+    assert_eq!(ran, [(0, 1), (0, 2), (3, 1)], "only the signed tasks ran, the retry too");
+    let finals = reports.finals();
+    assert_eq!(finals[&0], vec![TaskEventKind::Succeeded { result: None }]);
+    assert!(!finals.contains_key(&1) && !finals.contains_key(&2), "refused tasks are reported to no one: {finals:?}");
+    let dead = pool.drain_dlq().await;
+    let mut reasons: Vec<String> = dead.iter().filter_map(|d| header_text(d, "warren-reason")).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["bad-signature", "permanent", "unsigned"]);
+    let permanent = dead.iter().find(|d| header_text(d, "warren-reason").as_deref() == Some("permanent")).expect("permanent");
+    let kept = header_text(permanent, warren_protocol::headers::TASK_SIGNATURE).expect("the dead letter keeps its signature");
+    assert!(verify_task(key.bytes(), &permanent.data, &kept));
+    assert_eq!(pool.work_depth().await, 0);
+    pool.cleanup(&[30]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -88,6 +88,12 @@ impl WorkerBuilder {
         self.overrides.metrics_addr = Some(addr);
         self
     }
+    /// The pool's key (env `WARREN_REPORT_KEY`): it signs this worker's reports and retries,
+    /// and only tasks it signed run here.
+    pub fn pool_key(mut self, key: warren_protocol::signature::ReportKey) -> Self {
+        self.overrides.report_key = Some(key);
+        self
+    }
     /// The pool's queue type (`classic` or `quorum`).
     pub fn queue_type(mut self, queue_type: impl Into<String>) -> Self {
         self.overrides.queue_type = Some(queue_type.into());

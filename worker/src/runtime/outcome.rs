@@ -1,6 +1,6 @@
 //! Settling a delivery: an outcome is reported and the delivery acknowledged only once the report
 //! is confirmed (report-then-ack); retries and dead letters are published with confirms before
-//! their outcome is reported; deliveries that are not run (cancelled Job, redelivered, malformed,
+//! their outcome is reported; deliveries that are not run (cancelled Job, redelivered, refused,
 //! handed back on shutdown) are disposed of here too. A publish that fails returns the delivery
 //! to its queue after a pause, never in a hot loop.
 
@@ -13,6 +13,8 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use tracing::Instrument;
+use warren_protocol::admit::TaskRefusal;
+use warren_protocol::headers::TASK_SIGNATURE;
 use warren_protocol::{FailureDisposition, TASK_CONTENT_TYPE, TaskEnvelope, TaskEventKind, names};
 
 use crate::acks::Receipt;
@@ -82,6 +84,12 @@ pub(super) async fn publish_dead_letter(
 ) -> Result<(), PublishError> {
     let dlq = names::dead_letter_queue(&shared.config.namespace, &shared.config.pool);
     let mut headers = dead_letter_headers(reason, last_error, envelope);
+    // The body goes unchanged, and so does its signature: a replay sends back only dead letters
+    // the pool's key signed, so that one put into the dead-letter queue by anyone else is never
+    // signed by the replay.
+    if let Some(signature) = delivery.properties.headers().as_ref().and_then(|h| h.inner().get(TASK_SIGNATURE)) {
+        headers.insert(TASK_SIGNATURE.into(), signature.clone());
+    }
     for (name, value) in extra {
         headers.insert((*name).into(), value.clone());
     }
@@ -104,13 +112,41 @@ async fn return_after_failed_publish(session: &Session, receipt: Receipt, e: &Pu
     session.acks.requeue(receipt);
 }
 
-/// A message that is not a task goes to the dead-letter queue (reason `malformed`).
-pub(super) async fn dead_letter_malformed(shared: Arc<Shared>, session: Arc<Session>, delivery: Delivery, receipt: Receipt, error: String) {
-    tracing::warn!(%error, routing_key = %delivery.routing_key, "dead-lettering a malformed message");
-    match publish_dead_letter(&shared, &session, &delivery, dead_letter_reason::MALFORMED, &error, None, &[]).await {
-        Ok(()) => session.acks.ack(receipt),
-        Err(e) => return_after_failed_publish(&session, receipt, &e, "dead-lettering a malformed message").await,
+/// A message this pool does not run — not a task (`malformed`), or not signed with the pool's
+/// key (`unsigned`, `bad-signature`) — goes to the dead-letter queue with its reason, is counted,
+/// and is reported to no one: it may not speak for any Job.
+pub(super) async fn dead_letter_refused(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    delivery: Delivery,
+    receipt: Receipt,
+    refusal: TaskRefusal,
+) {
+    let TaskRefusal { reason, error } = refusal;
+    tracing::warn!(%error, reason, routing_key = %delivery.routing_key, "dead-lettering a message this pool does not run");
+    match publish_dead_letter(&shared, &session, &delivery, reason, &error, None, &[]).await {
+        Ok(()) => {
+            shared.metrics.task_refused(reason);
+            session.acks.ack(receipt);
+        }
+        Err(e) => return_after_failed_publish(&session, receipt, &e, "dead-lettering a refused message").await,
     }
+}
+
+/// A delivery of this pool's queues as a task, or why this pool does not run it.
+pub(super) fn admit(shared: &Shared, delivery: &Delivery) -> Result<TaskEnvelope, TaskRefusal> {
+    let signature = warren_protocol::amqp::text_header(&delivery.properties, TASK_SIGNATURE);
+    let key = shared.config.report_key.as_ref().map(|k| k.bytes());
+    warren_protocol::admit::task(key, &delivery.data, signature.as_deref())
+}
+
+/// The headers of a task message this worker publishes: its signature under the pool's key (when
+/// the worker has one) beside `headers`.
+fn signed(shared: &Shared, body: &[u8], mut headers: FieldTable) -> FieldTable {
+    if let Some(key) = &shared.config.report_key {
+        headers.insert(TASK_SIGNATURE.into(), text(warren_protocol::signature::sign_task(key.bytes(), body)));
+    }
+    headers
 }
 
 /// A task of a cancelled Job: reported `Cancelled` (so the operator can re-enqueue it if the
@@ -251,14 +287,15 @@ pub(super) async fn publish_retry(
     delay_ms: u64,
 ) -> Result<(), OutcomeError> {
     ensure_retry_tier(shared, session, tier_ms).await?;
-    let next = TaskEnvelope { attempt: next_attempt, ..envelope.clone() };
+    // A new body (its attempt): signed again, with the pool's key this worker holds.
+    let body = TaskEnvelope { attempt: next_attempt, ..envelope.clone() }.to_json();
     let mut headers = FieldTable::default();
     headers.insert(RETRY_TIER_HEADER.into(), text(tier_ms.to_string()));
     let properties = BasicProperties::default()
         .with_content_type(TASK_CONTENT_TYPE.into())
         .with_expiration(delay_ms.to_string().into())
-        .with_headers(headers);
+        .with_headers(signed(shared, &body, headers));
     let exchange = topology::retry_exchange(&shared.config.namespace, &shared.config.pool);
-    publish_confirmed(&session.publish, &exchange, &envelope.priority, &next.to_json(), properties).await?;
+    publish_confirmed(&session.publish, &exchange, &envelope.priority, &body, properties).await?;
     Ok(())
 }

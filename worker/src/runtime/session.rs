@@ -33,7 +33,7 @@ use crate::scheduler::Buffer;
 use crate::topology;
 
 use super::Shared;
-use super::outcome::{OutcomeError, dead_letter_malformed, drop_cancelled, move_redelivered, return_unstarted};
+use super::outcome::{OutcomeError, admit, dead_letter_refused, drop_cancelled, move_redelivered, return_unstarted};
 use super::task::execute;
 
 /// How often an idle or busy worker looks for suspect tasks (see [`crate::lost`]).
@@ -177,7 +177,7 @@ pub(super) async fn run_session(
                 Ok(Some(message)) => {
                     let delivery = message.delivery;
                     let receipt = session.acks.delivered(suspect_acks, delivery.delivery_tag);
-                    match TaskEnvelope::from_json(&delivery.data) {
+                    match admit(shared, &delivery) {
                         Ok(envelope) => match shared.cancel_reason(&envelope.job.uid) {
                             Some(reason) => {
                                 aux.spawn(drop_cancelled(shared.clone(), session.clone(), receipt, envelope, reason));
@@ -194,8 +194,8 @@ pub(super) async fn run_session(
                                 running.spawn(execute(shared.clone(), session.clone(), ready, token));
                             }
                         },
-                        Err(error) => {
-                            aux.spawn(dead_letter_malformed(shared.clone(), session.clone(), delivery, receipt, error));
+                        Err(refusal) => {
+                            aux.spawn(dead_letter_refused(shared.clone(), session.clone(), delivery, receipt, refusal));
                         }
                     }
                     if running.is_empty() {
@@ -348,7 +348,7 @@ pub(super) async fn run_session(
                 Some((_, receipt, _)) if draining => session.acks.requeue(receipt),
                 // Its channel closed before it was read here: the broker delivers it again.
                 Some((_, receipt, _)) if !session.acks.is_live(receipt) => {}
-                Some((class, receipt, delivery)) => match TaskEnvelope::from_json(&delivery.data) {
+                Some((class, receipt, delivery)) => match admit(shared, &delivery) {
                     Ok(envelope) => match shared.cancel_reason(&envelope.job.uid) {
                         Some(reason) => {
                             aux.spawn(drop_cancelled(shared.clone(), session.clone(), receipt, envelope, reason));
@@ -359,8 +359,8 @@ pub(super) async fn run_session(
                         }
                         None => buffer.push(class, std::time::Instant::now(), Ready { delivery, receipt, envelope }),
                     },
-                    Err(error) => {
-                        aux.spawn(dead_letter_malformed(shared.clone(), session.clone(), delivery, receipt, error));
+                    Err(refusal) => {
+                        aux.spawn(dead_letter_refused(shared.clone(), session.clone(), delivery, receipt, refusal));
                     }
                 },
                 // All consumers ended: either cancelled (draining) or lost (handled above).

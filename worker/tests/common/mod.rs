@@ -82,6 +82,15 @@ impl TestPool {
     }
 
     pub async fn publish_raw(&self, class: &str, body: &[u8]) {
+        self.publish_signed(class, body, None).await;
+    }
+
+    /// Publishes `body` with `signature` as its task signature header (none: unsigned).
+    pub async fn publish_signed(&self, class: &str, body: &[u8], signature: Option<String>) {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(signature) = signature {
+            headers.insert(warren_protocol::headers::TASK_SIGNATURE.into(), lapin::types::AMQPValue::LongString(signature.into()));
+        }
         let confirm = self
             .channel
             .basic_publish(
@@ -89,7 +98,7 @@ impl TestPool {
                 class.into(),
                 BasicPublishOptions { mandatory: true, ..Default::default() },
                 body,
-                BasicProperties::default().with_delivery_mode(2).with_content_type(TASK_CONTENT_TYPE.into()),
+                BasicProperties::default().with_delivery_mode(2).with_content_type(TASK_CONTENT_TYPE.into()).with_headers(headers),
             )
             .await
             .unwrap()

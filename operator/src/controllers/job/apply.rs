@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use kube::{Api, ResourceExt};
-use warren_protocol::{JobRef, TASK_CONTENT_TYPE, names};
+use warren_protocol::signature::ReportKey;
+use warren_protocol::{JobRef, names};
 
 use super::{Error, plan};
 use crate::controllers::Context;
@@ -21,6 +22,7 @@ pub(super) async fn republish(
     uid: &str,
     tasks: &[(u32, u32)],
     retry: &warren_protocol::RetryPolicy,
+    key: &ReportKey,
 ) -> Result<(), Error> {
     let namespace = job.namespace().unwrap_or_default();
     let indexes: Vec<u32> = tasks.iter().map(|(i, _)| *i).collect();
@@ -33,7 +35,7 @@ pub(super) async fn republish(
         })
         .collect();
     let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
-    let published = ctx.broker.publish_confirmed(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await;
+    let published = ctx.broker.publish_tasks_confirmed(&exchange, &job.spec.priority, key, &bodies).await;
     ctx.book.end_republish(uid, &indexes, published.is_ok());
     published?;
     tracing::info!(tasks = indexes.len(), "re-enqueued tasks dropped while the Job was suspended");

@@ -22,7 +22,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
-use warren_protocol::{JobRef, TASK_CONTENT_TYPE, names, now_ms};
+use warren_protocol::signature::ReportKey;
+use warren_protocol::{JobRef, names, now_ms};
 
 use super::Context;
 use crate::broker::BrokerError;
@@ -58,6 +59,12 @@ pub enum Error {
     RecordRetryQueues(#[source] kube::Error),
     #[error("reading the Job's WorkerPool: {0}")]
     ReadPool(#[source] kube::Error),
+    #[error("reading the key of WorkerPool {pool}, which signs its tasks: {source}")]
+    ReadPoolKey { pool: String, source: kube::Error },
+    #[error(
+        "WorkerPool {pool} has no task key yet (Secret {pool}-warren-report-key): its workers run only signed tasks, so none is published until the pool controller writes it"
+    )]
+    PoolKeyMissing { pool: String },
 }
 
 impl Error {
@@ -70,8 +77,18 @@ impl Error {
             Error::ReadPool(_) => "ReadPoolFailed",
             Error::Replay(e) => e.reason(),
             Error::ReplayIncomplete { .. } => "ReplayIncomplete",
+            Error::ReadPoolKey { .. } => "ReadPoolKeyFailed",
+            Error::PoolKeyMissing { .. } => "PoolKeyMissing",
         }
     }
+}
+
+/// The key of pool `namespace/pool`, which signs the tasks published for it
+/// ([`warren_protocol::signature::sign_task`]).
+async fn pool_key(ctx: &Context, namespace: &str, pool: &str) -> Result<ReportKey, Error> {
+    let key =
+        ctx.report_keys.get(namespace, pool, true, false).await.map_err(|source| Error::ReadPoolKey { pool: pool.to_string(), source })?;
+    key.ok_or_else(|| Error::PoolKeyMissing { pool: pool.to_string() })
 }
 
 async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, Error> {
@@ -132,7 +149,9 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     {
         let filter =
             crate::replay::Filter { job_uid: Some(uid.clone()), rate: Some(crate::replay::ANNOTATION_REPLAY_RATE), ..Default::default() };
-        let summary = crate::replay::replay(&ctx.config.amqp_url, &ctx.config.amqp_tls, &namespace, &job.spec.pool_ref, &filter).await?;
+        let key = pool_key(ctx, &namespace, &job.spec.pool_ref).await?;
+        let summary =
+            crate::replay::replay(&ctx.config.amqp_url, &ctx.config.amqp_tls, &namespace, &job.spec.pool_ref, &key, &filter).await?;
         tracing::info!(token, replayed = summary.replayed, failed = summary.failed, "replayed the Job's dead letters (annotation)");
         if let Some(error) = summary.first_error {
             // Not recorded: the next reconcile (with backoff) replays what is left.
@@ -164,6 +183,8 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
     // One published batch may await its confirms while the next is published, so the broker
     // never idles between batches. The watermark only covers confirmed batches, in order.
     let mut unconfirmed: Option<(std::ops::Range<u32>, crate::broker::Confirms)> = None;
+    // The pool's key signs every task published for it; read when the first one is.
+    let mut key: Option<ReportKey> = None;
     loop {
         let now = now_ms();
         let mut observed = ctx.book.observed(&uid);
@@ -220,7 +241,11 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
                     .map(|i| warren_protocol::TaskEnvelope { enqueued_at_ms: now, ..plan::envelope(&job, &job_ref, i, &retry) }.to_json())
                     .collect();
                 let exchange = names::pool_exchange(&namespace, &job.spec.pool_ref);
-                let confirms = ctx.broker.publish(&exchange, &job.spec.priority, TASK_CONTENT_TYPE, &bodies).await?;
+                let key = match &key {
+                    Some(key) => key,
+                    None => key.insert(pool_key(ctx, &namespace, &job.spec.pool_ref).await?),
+                };
+                let confirms = ctx.broker.publish_tasks(&exchange, &job.spec.priority, key, &bodies).await?;
                 if let Some((published, previous)) = unconfirmed.replace((indexes, confirms)) {
                     apply::confirm_batch(ctx, &job, &uid, published, previous, &mut last_write).await?;
                 }
@@ -247,7 +272,11 @@ async fn reconcile_inner(job: Arc<Job>, state: &State) -> Result<Action, Error> 
                     // The resume reaches the workers within a broadcast interval.
                     return Ok(Action::requeue(control::CHECK_INTERVAL));
                 }
-                apply::republish(ctx, &job, &job_ref, &uid, &tasks, &retry).await?;
+                let key = match &key {
+                    Some(key) => key,
+                    None => key.insert(pool_key(ctx, &namespace, &job.spec.pool_ref).await?),
+                };
+                apply::republish(ctx, &job, &job_ref, &uid, &tasks, &retry, key).await?;
             }
             Plan::Held { wake_in_ms } => {
                 // The admission reconciles the Job when it grants more; the recheck only
