@@ -2,7 +2,7 @@
 //! workers hold. A purged or deleted queue, `overflow: dropHead`, or broker data loss leaves Jobs
 //! waiting for tasks that no longer exist; nothing else would ever notice.
 //!
-//! Every [`CHECK_INTERVAL`] the leader compares, per pool, the queued tasks of its running Jobs
+//! Every [`CHECK_INTERVAL`] (an idle pool: every [`IDLE_CHECK_INTERVAL`]) the leader compares, per pool, the queued tasks of its running Jobs
 //! (enqueued, not started, not finished, not dropped: the ledger's `queued`) with the messages
 //! ready in the pool's work, retry-tier and suspect queues plus the tasks its workers hold unstarted
 //! (heartbeat `buffered`). Tasks in between — started on a worker but their report not folded in
@@ -28,6 +28,10 @@ use crate::metrics::{self, PoolOnlyLabels};
 
 /// How often each pool is checked.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a pool without queued tasks (whose queues were available when last looked at) is
+/// checked: only whether its queues are available is in question then, and at a thousand pools a
+/// round of passive declares every 5 s per idle pool is most of the broker's load (issue #17).
+pub const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a shortfall must last to count (noticed within SUSTAIN + CHECK_INTERVAL).
 pub const SUSTAIN: Duration = Duration::from_secs(30);
 /// Seconds of the pool's completion rate that may be in transit between the workers and the
@@ -45,9 +49,28 @@ pub const WORKER_MEMORY: Duration = Duration::from_secs(180);
 pub struct Detector {
     short: HashMap<String, (u64, u64)>,
     finished: HashMap<String, (u64, u64)>,
+    /// When each idle pool's queues were last looked at.
+    idle_checked: HashMap<String, u64>,
 }
 
 impl Detector {
+    /// Whether the queues of `pool` are to be looked at now: always while its Jobs hold queued
+    /// tasks (`idle` false) or its queues were last found unavailable, otherwise once per
+    /// [`IDLE_CHECK_INTERVAL`].
+    pub fn due(&mut self, pool: &str, idle: bool, now_ms: u64) -> bool {
+        if !idle {
+            self.idle_checked.remove(pool);
+            return true;
+        }
+        match self.idle_checked.get(pool) {
+            Some(&at) if now_ms.saturating_sub(at) < IDLE_CHECK_INTERVAL.as_millis() as u64 => false,
+            _ => {
+                self.idle_checked.insert(pool.to_string(), now_ms);
+                true
+            }
+        }
+    }
+
     /// Tasks per second the pool's Jobs finished since the last call (None on the first: the
     /// check waits for it).
     pub fn completion_rate(&mut self, pool: &str, finished: u64, now_ms: u64) -> Option<f64> {
@@ -84,6 +107,7 @@ impl Detector {
     pub fn retain(&mut self, pools: &std::collections::HashSet<String>) {
         self.short.retain(|k, _| pools.contains(k));
         self.finished.retain(|k, _| pools.contains(k));
+        self.idle_checked.retain(|k, _| pools.contains(k));
     }
 }
 
@@ -122,6 +146,10 @@ async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::Worker
     let expected: u64 = jobs.iter().map(|(_, queued, _)| u64::from(*queued)).sum();
     let finished: u64 = jobs.iter().map(|(_, _, finished)| u64::from(*finished)).sum();
     let now_ms = warren_protocol::now_ms();
+    let idle = expected == 0 && ctx.queue_health.unavailable(&namespace, &name).is_none();
+    if !detector.due(&key, idle, now_ms) {
+        return;
+    }
     let rate = detector.completion_rate(&key, finished, now_ms);
     let tolerance = rate.map_or(0, |r| (r * TRANSIT).ceil() as u64);
     // The queues are looked at even when no task is expected (or no rate is known yet): whether
@@ -205,6 +233,20 @@ async fn held(ctx: &Context, pool: &crate::crd::WorkerPool) -> Result<Option<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_pool_is_looked_at_every_30_s_a_busy_one_at_every_check() {
+        let mut d = Detector::default();
+        assert!(d.due("ns/p", true, 1_000), "the first look");
+        assert!(!d.due("ns/p", true, 6_000));
+        assert!(!d.due("ns/p", true, 30_999));
+        assert!(d.due("ns/p", true, 31_000), "30 s later");
+        assert!(d.due("ns/p", false, 32_000) && d.due("ns/p", false, 33_000), "queued tasks: every check");
+        assert!(d.due("ns/p", true, 34_000), "idle again: looked at once more, then every 30 s");
+        assert!(!d.due("ns/p", true, 39_000));
+        d.retain(&std::collections::HashSet::new());
+        assert!(d.due("ns/p", true, 40_000), "a forgotten pool starts over");
+    }
 
     #[test]
     fn a_shortfall_counts_only_once_it_has_lasted() {

@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use warren_operator::crd::{Job, WorkerPool};
 
-use crate::{Env, OperatorOptions, free_port};
+use crate::{Env, EnvOptions, OperatorOptions, free_port};
 
 const MEMORY_TARGET_MIB: f64 = 300.0;
 const QUEUED_P99_TARGET: Duration = Duration::from_secs(2);
@@ -96,7 +96,16 @@ pub async fn run(o: &Options) -> anyhow::Result<()> {
         o.pools, o.namespaces, o.jobs
     );
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let env = Env::start_with("scale", OperatorOptions { metrics_addr, ..OperatorOptions::default() }).await?;
+    // A broker node of its own: thousands of queues and a flood of declares must not load (or,
+    // if the run is killed, leave behind on) the broker other work on this machine shares.
+    let broker = crate::PrivateBroker::start().await.context("starting the bench's own RabbitMQ node")?;
+    println!("broker: a private RabbitMQ node ({})", broker.node());
+    let options = EnvOptions {
+        operator: OperatorOptions { metrics_addr, ..OperatorOptions::default() },
+        amqp_url: Some(broker.url()),
+        ..EnvOptions::default()
+    };
+    let env = Env::start_custom("scale", options).await?;
     let pid = env.operator_pid().context("the bench needs the operator process of the local control plane")?;
     let result = measure(&env, o, pid).await;
     let cleanup = teardown(&env, o).await;
