@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 use warren_protocol::TASK_CONTENT_TYPE;
-use warren_protocol::headers::TASK_SIGNATURE;
 use warren_protocol::signature::ReportKey;
 
 /// Errors talking to RabbitMQ.
@@ -373,7 +372,7 @@ impl Broker {
     }
 
     /// Publishes persistent, `mandatory` task messages, each signed with the pool's `key`
-    /// (header [`TASK_SIGNATURE`]: the pool's workers run nothing else), without waiting for
+    /// (header `warren-task-signature`: the pool's workers run nothing else), without waiting for
     /// their confirmations, so that a caller can publish the next batch while the broker confirms
     /// this one (confirms arrive in publishing order). Nothing is confirmed until
     /// [`Broker::confirmed`] says so.
@@ -414,8 +413,7 @@ impl Broker {
         for body in bodies {
             let mut headers = FieldTable::default();
             if let Some(key) = key {
-                let signature = warren_protocol::signature::sign_task(key.bytes(), body);
-                headers.insert(ShortString::from(TASK_SIGNATURE), AMQPValue::LongString(signature.into()));
+                warren_protocol::amqp::sign_task_into(&mut headers, key.bytes(), body);
             }
             let confirm = channel
                 .basic_publish(

@@ -243,7 +243,7 @@ async fn open(
 /// only once the broker confirmed and routed it.
 async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &str, key: &ReportKey, body: &[u8]) -> Result<(), String> {
     let mut headers = FieldTable::default();
-    headers.insert(TASK_SIGNATURE.into(), AMQPValue::LongString(warren_protocol::signature::sign_task(key.bytes(), body).into()));
+    warren_protocol::amqp::sign_task_into(&mut headers, key.bytes(), body);
     let properties = BasicProperties::default().with_content_type(ShortString::from(TASK_CONTENT_TYPE)).with_headers(headers);
     warren_protocol::amqp::publish_confirmed(channel, exchange, routing_key, body, properties).await.map_err(|e| match e {
         warren_protocol::amqp::PublishError::Nacked => "the broker refused (nacked) the replayed task".to_string(),

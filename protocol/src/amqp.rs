@@ -332,8 +332,17 @@ pub async fn publish(
     })
 }
 
+/// Puts the signature of task message `body` under the pool's `key` into `headers` (header
+/// [`crate::headers::TASK_SIGNATURE`], [`crate::signature::sign_task`]): every publisher of a
+/// task — the operator's publish, re-enqueue and replay, a worker's retry — signs it this way.
+pub fn sign_task_into(headers: &mut lapin::types::FieldTable, key: &[u8], body: &[u8]) {
+    let signature = crate::signature::sign_task(key, body);
+    headers.insert(crate::headers::TASK_SIGNATURE.into(), lapin::types::AMQPValue::LongString(signature.into()));
+}
+
 /// A message's header `name` as text (a long or short string), if it has one: how the
-/// signature headers (`headers::REPORT_SIGNATURE`, `headers::CONTROL_SIGNATURE`) are read.
+/// signature headers (`headers::REPORT_SIGNATURE`, `headers::CONTROL_SIGNATURE`,
+/// `headers::TASK_SIGNATURE`) are read.
 pub fn text_header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(name)? {
         lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),

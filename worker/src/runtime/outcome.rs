@@ -144,7 +144,7 @@ pub(super) fn admit(shared: &Shared, delivery: &Delivery) -> Result<TaskEnvelope
 /// the worker has one) beside `headers`.
 fn signed(shared: &Shared, body: &[u8], mut headers: FieldTable) -> FieldTable {
     if let Some(key) = &shared.config.report_key {
-        headers.insert(TASK_SIGNATURE.into(), text(warren_protocol::signature::sign_task(key.bytes(), body)));
+        warren_protocol::amqp::sign_task_into(&mut headers, key.bytes(), body);
     }
     headers
 }
