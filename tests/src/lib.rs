@@ -28,6 +28,8 @@ pub use private_cluster::PrivateCluster;
 pub mod fairness_bench;
 pub mod scale_bench;
 pub mod scale_sim;
+pub mod side_channel;
+pub use side_channel::SideChannel;
 pub mod workflow_bench;
 
 /// AMQP URI of the broker the tests use.
@@ -118,6 +120,8 @@ pub struct Env {
     runner: Option<warren_sandbox::runner::Runner>,
     server: Option<warren_sandbox::ApiServer>,
     pub state_dir: PathBuf,
+    /// What the test's handlers tell it, through the broker.
+    side: SideChannel,
     /// The pools this test created, with their priority classes: what [`Drop`] removes from the
     /// broker when the test ends without [`Env::cleanup`].
     created_pools: std::sync::Mutex<Vec<(String, Vec<String>)>>,
@@ -147,6 +151,8 @@ impl Env {
         let state_dir = std::env::temp_dir().join(format!("warren-e2e-{namespace}"));
         std::fs::create_dir_all(&state_dir)?;
 
+        // On the shared broker even when the test's Warren uses a private one (which it may stop).
+        let side = SideChannel::new(&self::amqp_url(), &namespace);
         let mut env = if let Some(path) = std::env::var_os("WARREN_E2E_KUBECONFIG") {
             let kubeconfig = PathBuf::from(path);
             let config = kube::config::Kubeconfig::read_from(&kubeconfig)?;
@@ -160,6 +166,7 @@ impl Env {
                 operator: None,
                 runner: None,
                 server: None,
+                side,
                 state_dir,
                 created_pools: Default::default(),
             }
@@ -186,6 +193,7 @@ impl Env {
                 operator: None,
                 runner: Some(runner),
                 server: Some(server),
+                side,
                 state_dir,
                 created_pools: Default::default(),
             };
@@ -270,6 +278,11 @@ impl Env {
         operator.child.start_kill()?;
         operator.child.wait().await?;
         Ok(())
+    }
+
+    /// The side channel between this test and its handlers (records and gates on the broker).
+    pub fn side(&self) -> &SideChannel {
+        &self.side
     }
 
     /// AMQP URI of this test's broker.
@@ -470,6 +483,7 @@ impl Env {
             let namespaces: Api<Namespace> = Api::all(self.client.clone());
             namespaces.delete(&self.namespace, &DeleteParams::default()).await?;
         }
+        self.side.delete().await?;
         if !Self::is_real_cluster() {
             delete_queue_at(&self.amqp_url, &self.reports_queue()).await?;
             delete_exchange_at(&self.amqp_url, &warren_protocol::names::control_exchange(&self.reports_queue())).await?;
@@ -508,6 +522,7 @@ impl Drop for Env {
             exchanges.push(warren_worker::topology::retry_exchange(&self.namespace, &pool));
         }
         let url = self.amqp_url.clone();
+        let (side_url, side_queues) = (self.side.url().to_string(), self.side.queues());
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             runtime.block_on(async {
@@ -518,6 +533,9 @@ impl Drop for Env {
                 }
                 for exchange in &exchanges {
                     let _ = delete_exchange_at(&url, exchange).await;
+                }
+                for queue in &side_queues {
+                    let _ = delete_queue_at(&side_url, queue).await;
                 }
             });
         });
