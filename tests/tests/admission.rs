@@ -1,38 +1,41 @@
 //! Flow control end to end (issue #15, points 1–3): fair shares between `fairnessKey`s, the
 //! concurrency limits (`maxRunning`, `fairness.maxRunningPerKey`) and the global rate limit
 //! (`rateLimit`), each observed as a user would: how many tasks ran at once and how many started
-//! per second (from a side channel the handler writes), which Job finished first, what
+//! per second (from lines the handler records on the side channel, through the broker), which Job finished first, what
 //! `status.waiting` said meanwhile, the pool's backlog per key (status and metric), the held time
 //! and the Job duration metrics, and the API server's 422 for bad settings. The circuit
 //! breaker (point 4) is in `circuit_breaker.rs`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use warren_e2e::{Env, EnvOptions, OperatorOptions, free_port};
 use warren_operator::crd::{Job, JobPhase, WorkerPool};
 
-const SIDE_CHANNEL: &str = "WARREN_E2E_SIDE_CHANNEL";
+/// The side channel's channel of `start <ms>` and `end <ms>` lines.
+const TIMING: &str = "timing";
 
-/// A handler that writes `start <ms>` and `end <ms>` around `sleep` seconds of work.
+/// A handler that records `start <ms>` and `end <ms>` around `sleep` seconds of work.
 fn timed_handler(sleep: &str) -> serde_json::Value {
     let script = format!(
-        "cat >/dev/null; echo \"start $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\"; sleep {sleep}; echo \"end $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\""
+        "cat >/dev/null; \"$WARREN_E2E_PROBE\" record {TIMING} start $(($(date +%s%N)/1000000)); sleep {sleep}; \
+         \"$WARREN_E2E_PROBE\" record {TIMING} end $(($(date +%s%N)/1000000))"
     );
     serde_json::json!(["sh", "-c", script])
 }
 
 /// (kind, ms) lines of the side channel.
-fn lines(path: &Path) -> Vec<(String, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+async fn lines(env: &Env) -> anyhow::Result<Vec<(String, u64)>> {
+    Ok(env
+        .side()
+        .lines(TIMING)
+        .await?
+        .iter()
         .filter_map(|l| {
             let (kind, at) = l.split_once(' ')?;
             Some((kind.to_string(), at.trim().parse().ok()?))
         })
-        .collect()
+        .collect())
 }
 
 /// The most tasks running at once, from their start and end lines (an end at the same
@@ -46,11 +49,6 @@ fn max_overlap(events: &[(String, u64)]) -> u32 {
         most = most.max(now);
     }
     most.max(0) as u32
-}
-
-fn side_channel_env(env: &Env) -> (std::path::PathBuf, serde_json::Value) {
-    let path = env.state_dir.join("side-channel.log");
-    (path.clone(), serde_json::json!([{"name": SIDE_CHANNEL, "value": path.to_string_lossy()}]))
 }
 
 fn finished(job: &Job) -> bool {
@@ -86,7 +84,7 @@ fn max_overlap_counts_concurrent_intervals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_running_caps_how_many_tasks_of_a_job_run_at_once() -> anyhow::Result<()> {
     let env = Env::start("max-running").await?;
-    let (log, side) = side_channel_env(&env);
+    let side = env.side().pod_env();
     // 16 slots, but the Job allows 3 at once.
     env.create_pool(
         "pool",
@@ -99,7 +97,7 @@ async fn max_running_caps_how_many_tasks_of_a_job_run_at_once() -> anyhow::Resul
     let job = env.wait_job("capped", Duration::from_secs(180), finished).await?;
     let status = job.status.expect("status");
     assert_eq!((status.phase, status.succeeded, status.failed), (JobPhase::Succeeded, 45, 0), "{status:?}");
-    let events = lines(&log);
+    let events = lines(&env).await?;
     let most = max_overlap(&events);
     println!("maxRunning 3: at most {most} tasks ran at once over {} starts", events.iter().filter(|(k, _)| k == "start").count());
     assert_eq!(events.iter().filter(|(k, _)| k == "start").count(), 45, "every task ran once");
@@ -111,7 +109,7 @@ async fn max_running_caps_how_many_tasks_of_a_job_run_at_once() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_running_per_key_counts_every_job_of_the_key() -> anyhow::Result<()> {
     let env = Env::start("per-key").await?;
-    let (log, side) = side_channel_env(&env);
+    let side = env.side().pod_env();
     env.create_pool(
         "pool",
         serde_json::json!({"workers": {"handler": timed_handler("0.2"), "env": side}, "replicas": 1, "concurrency": 8,
@@ -127,7 +125,7 @@ async fn max_running_per_key_counts_every_job_of_the_key() -> anyhow::Result<()>
         let status = job.status.expect("status");
         assert_eq!((status.phase, status.succeeded), (JobPhase::Succeeded, 15), "{name}: {status:?}");
     }
-    let most = max_overlap(&lines(&log));
+    let most = max_overlap(&lines(&env).await?);
     println!("maxRunningPerKey 2 over two Jobs of one key: at most {most} tasks ran at once");
     assert!((1..=2).contains(&most), "the key allows 2, yet {most} of its tasks ran at once");
     env.cleanup().await?;
@@ -257,11 +255,11 @@ async fn the_backlog_per_key_is_in_the_pools_status_and_metrics_bounded_to_the_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_across_ten_replicas() -> anyhow::Result<()> {
     let env = Env::start("rate-limit").await?;
-    let (log, side) = side_channel_env(&env);
+    let side = env.side().pod_env();
     // Every even index fails its first attempt: its retry returns from the retry tier without
     // admission, and the limit must count it too (starts, not admissions, are limited).
     let handler = format!(
-        "cat >/dev/null; echo \"start $(($(date +%s%N)/1000000))\" >> \"${SIDE_CHANNEL}\"; \
+        "cat >/dev/null; \"$WARREN_E2E_PROBE\" record {TIMING} start $(($(date +%s%N)/1000000)); \
          case \"$WARREN_TASK_INDEX:$WARREN_ATTEMPT\" in *[02468]:1) exit 1;; esac"
     );
     env.create_pool(
@@ -287,7 +285,7 @@ async fn a_rate_limit_holds_across_ten_replicas() -> anyhow::Result<()> {
     let job = env.wait_job("limited", Duration::from_secs(300), finished).await?;
     let status = job.status.expect("status");
     assert_eq!((status.phase, status.succeeded, status.failed, status.retries), (JobPhase::Succeeded, 1000, 0, 500), "{status:?}");
-    let mut starts: Vec<u64> = lines(&log).into_iter().filter(|(k, _)| k == "start").map(|(_, at)| at).collect();
+    let mut starts: Vec<u64> = lines(&env).await?.into_iter().filter(|(k, _)| k == "start").map(|(_, at)| at).collect();
     starts.sort_unstable();
     assert_eq!(starts.len(), 1500, "every task started once, the even ones twice");
     // 60 s from 5 s after the first start (past the burst): 20/s × 60 s = 1200 starts, first
