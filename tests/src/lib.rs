@@ -45,6 +45,19 @@ pub fn bin_dir() -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("target dir").to_path_buf() } else { dir.to_path_buf() }
 }
 
+/// Where a pod finds one of this crate's binaries (the side-channel probe, `warren-bench`'s SDK
+/// worker): this build's `target/` on the local control plane, whose pods run on this host; on a
+/// real cluster `WARREN_E2E_POD_BIN_DIR`, default `/usr/local/bin`, where the `worker-e2e` image
+/// of the Dockerfile puts them.
+pub fn pod_bin(name: &str) -> String {
+    let dir = match std::env::var_os("WARREN_E2E_POD_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None if Env::is_real_cluster() => PathBuf::from("/usr/local/bin"),
+        None => bin_dir(),
+    };
+    dir.join(name).to_string_lossy().into_owned()
+}
+
 fn banner() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

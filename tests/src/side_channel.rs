@@ -95,13 +95,10 @@ impl SideChannel {
     }
 
     /// The environment a pool's workers need for their handlers to use the probe (merge it into
-    /// `spec.workers.env`). The probe is this build's binary on the local control plane, or
-    /// `WARREN_E2E_PROBE` (its path in the worker image) on a real cluster.
+    /// `spec.workers.env`); the probe's path is [`crate::pod_bin`]'s.
     pub fn pod_env(&self) -> Vec<serde_json::Value> {
-        let probe =
-            std::env::var(PROBE_ENV).unwrap_or_else(|_| crate::bin_dir().join("warren-e2e-probe").to_string_lossy().into_owned());
         vec![
-            serde_json::json!({"name": PROBE_ENV, "value": probe}),
+            serde_json::json!({"name": PROBE_ENV, "value": crate::pod_bin("warren-e2e-probe")}),
             serde_json::json!({"name": URL_ENV, "value": self.pod_url}),
             serde_json::json!({"name": PREFIX_ENV, "value": self.prefix}),
         ]
@@ -155,6 +152,28 @@ impl SideChannel {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Records a line on `channel` from this process (what the probe does for a handler).
+    pub async fn record(&self, channel: &str, line: &str) -> anyhow::Result<()> {
+        let queue = channel_queue(&self.prefix, channel);
+        let guard = self.channel().await?;
+        let amqp = guard.as_ref().expect("connected");
+        declare(amqp, &queue).await?;
+        publish(amqp, &queue, line.as_bytes()).await
+    }
+
+    /// The side channel a pod was given ([`SideChannel::pod_env`]), if it was.
+    pub fn from_pod_env() -> Option<Self> {
+        let (url, prefix) = (std::env::var(URL_ENV).ok()?, std::env::var(PREFIX_ENV).ok()?);
+        Some(Self {
+            url: url.clone(),
+            pod_url: url,
+            prefix,
+            connection: Default::default(),
+            lines: Default::default(),
+            queues: Default::default(),
+        })
     }
 
     /// Opens a gate: handlers waiting on it go on, `is-open` says yes.

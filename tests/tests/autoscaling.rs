@@ -1,17 +1,22 @@
 //! Autoscaling end to end: a burst into a pool at zero scales it up, the backlog drains, the pool
-//! goes back to zero, every task ran exactly once and no task was interrupted by the scale-down.
+//! goes back to zero, every task ran exactly once and no task was interrupted by the scale-down
+//! (the operator's count, and the workers' own accounts on the side channel).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use warren_e2e::Env;
 use warren_operator::crd::{JobPhase, WorkerPool};
 
 /// The SDK worker of `warren-bench`, every task taking 50 ms.
 fn worker_command() -> serde_json::Value {
-    serde_json::json!([env!("CARGO_BIN_EXE_warren-bench"), "worker", "--sleep-ms", "50"])
+    serde_json::json!([warren_e2e::pod_bin("warren-bench"), "worker", "--sleep-ms", "50"])
 }
+
+/// The side channel's channel of the SDK workers' accounts (as `warren-bench worker` names it).
+const WORKER_ACCOUNTS: &str = "worker-accounts";
 
 fn desired(pool: &WorkerPool) -> i32 {
     pool.status.as_ref().and_then(|s| s.desired_replicas).unwrap_or(-1)
@@ -27,7 +32,7 @@ async fn a_burst_scales_a_pool_from_zero_up_and_back_to_zero_without_interruptin
     env.create_pool(
         "burst",
         serde_json::json!({
-            "workers": {"command": worker_command(), "terminationGracePeriodSeconds": 30},
+            "workers": {"command": worker_command(), "terminationGracePeriodSeconds": 30, "env": env.side().pod_env()},
             "concurrency": 4,
             "autoscaling": {
                 "minReplicas": 0, "maxReplicas": 6, "pollIntervalSeconds": 1,
@@ -107,34 +112,30 @@ async fn a_burst_scales_a_pool_from_zero_up_and_back_to_zero_without_interruptin
     assert_eq!((scaling.backlog, scaling.in_flight), (0, 0));
     assert_eq!(scaling.last_scale_reason.as_deref(), Some("Idle"), "{scaling:?}");
 
-    // The workers' own accounts, from their logs: each says what it finished and interrupted.
-    // A pod counts as gone from the Deployment's replicas as soon as it is terminating, so
-    // the last ones may still be draining (up to their 30 s grace period): wait for them.
+    // The workers' own accounts, recorded on the side channel as each stops: what it finished
+    // and interrupted. A pod counts as gone from the Deployment's replicas as soon as it is
+    // terminating, so the last ones may still be draining (up to their 30 s grace period): wait
+    // until every pod that ran has stopped.
     let deadline = Instant::now() + Duration::from_secs(40);
     let accounts = loop {
         let mut accounts = BTreeMap::new();
-        let mut still_running = Vec::new();
-        for entry in std::fs::read_dir(env.state_dir.join("logs"))? {
-            let path = entry?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if !name.contains("burst-workers") {
-                continue;
-            }
-            let log = std::fs::read_to_string(&path)?;
-            match log.lines().rev().find(|l| l.starts_with("warren-bench worker stopped:")) {
-                Some(line) => {
-                    let field = |key: &str| -> u64 {
-                        line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).expect("count")
-                    };
-                    accounts.insert(name, (field("completed="), field("interrupted=")));
-                }
-                None => still_running.push((name, log)),
-            }
+        for line in env.side().lines(WORKER_ACCOUNTS).await? {
+            let pod = line.split_whitespace().next().unwrap_or_default().to_string();
+            let field = |key: &str| -> u64 {
+                line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).expect("count")
+            };
+            accounts.insert(pod, (field("completed="), field("interrupted=")));
         }
-        if still_running.is_empty() {
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+        let running = pods.list(&ListParams::default().labels("warren.dev/pool=burst")).await?.items.len();
+        // A pod leaves the API once its worker has exited, after recording its account.
+        if running == 0 {
             break accounts;
         }
-        assert!(Instant::now() < deadline, "workers that did not stop gracefully within their grace period: {still_running:?}");
+        assert!(
+            Instant::now() < deadline,
+            "workers that did not stop gracefully within their grace period: {running} pods left, accounts of {accounts:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(accounts.len() > 1, "more than one worker process ran: {accounts:?}");
@@ -192,7 +193,6 @@ async fn the_pause_annotation_freezes_the_replica_count() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_removes_the_idle_worker_and_keeps_the_busy_one() -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::Pod;
     let env = Env::start("autoscaling-cost").await?;
     // Task 0 takes 1 s, task 1 takes 15 s; one task per worker at a time.
     env.create_pool(

@@ -53,6 +53,9 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// The side channel's channel of the SDK workers' accounts (`<pod> completed=N interrupted=M`).
+pub const WORKER_ACCOUNTS: &str = "worker-accounts";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,8 +79,13 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .build()?;
             let summary = worker.run_until_signal().await?;
-            // Read by the autoscaling e2e test from the pod log: the worker's own account.
-            eprintln!("warren-bench worker stopped: completed={} interrupted={}", summary.completed_total, summary.interrupted_total);
+            let account = format!("completed={} interrupted={}", summary.completed_total, summary.interrupted_total);
+            eprintln!("warren-bench worker stopped: {account}");
+            // The autoscaling e2e test reads the workers' own accounts from the side channel.
+            if let Some(side) = warren_e2e::SideChannel::from_pod_env() {
+                let pod = std::env::var(warren_protocol::worker_env::POD_NAME).unwrap_or_else(|_| std::process::id().to_string());
+                side.record(WORKER_ACCOUNTS, &format!("{pod} {account}")).await?;
+            }
             Ok(())
         }
         Some("core") => {
