@@ -2,6 +2,8 @@
 # Warren images, one target each:
 #   docker build --target operator -t warren-operator:0.1.0 .
 #   docker build --target worker   -t warren-worker:0.1.0 .
+# and, for the end-to-end tests on a real cluster, the worker image with their helpers:
+#   docker build --target worker-e2e -t warren-worker:0.1.0-e2e .
 # Both run as the non-root user 65532 (the uid the Helm chart enforces).
 
 # The toolchain CI builds with (dependencies need at least 1.89).
@@ -42,3 +44,19 @@ USER 65532:65532
 WORKDIR /tmp
 # tini reaps the handler processes' orphans and forwards SIGTERM to warren-worker.
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/warren-worker"]
+
+# ---- worker-e2e: the worker image plus the end-to-end tests' binaries -----------------------------
+# The tests' handlers call warren-e2e-probe (their side channel, through the broker) and some
+# pools run warren-bench's SDK worker; on a real cluster they must be in the pods' image
+# (WARREN_E2E_POD_BIN_DIR, default /usr/local/bin). Built only for this target.
+FROM build AS build-e2e
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p warren-e2e --bin warren-e2e-probe --bin warren-bench \
+ && cp target/release/warren-e2e-probe target/release/warren-bench /out/
+
+FROM worker AS worker-e2e
+COPY --from=build-e2e /out/warren-e2e-probe /out/warren-bench /usr/local/bin/
+
+# ---- default: `docker build .` without --target builds the worker image -------------------------
+FROM worker

@@ -810,8 +810,11 @@ def _has(obj, path) -> bool:
 
 def test_dockerfile_builds_both_targets_as_the_chart_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    stages = dict(re.findall(r"^FROM (\S+) AS (\w+)$", dockerfile, re.M)[i][::-1] for i in range(3))
-    assert set(stages) == {"build", "operator", "worker"}
+    stages = {name: base for base, name in re.findall(r"^FROM (\S+) AS ([\w-]+)$", dockerfile, re.M)}
+    assert set(stages) == {"build", "operator", "worker", "build-e2e", "worker-e2e"}
+    assert stages["worker-e2e"] == "worker", "the e2e image is the worker image plus the tests' binaries"
+    # `docker build .` without --target builds the last stage: the worker, never the e2e image.
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M)[-1] == "worker"
     assert "cargo build --release --locked" in dockerfile
     for target, binary in (("operator", "warren-operator"), ("worker", "warren-worker")):
         stage = dockerfile.split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]

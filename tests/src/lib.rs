@@ -682,6 +682,15 @@ pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>)
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// True (loudly) on a real cluster, for a test that needs this host's processes or ports (`why`
+/// says what): the caller returns at once.
+pub fn skip_on_real_cluster(why: &str) -> bool {
+    if Env::is_real_cluster() {
+        eprintln!("*** SKIPPED on a real cluster: {why}.");
+    }
+    Env::is_real_cluster()
+}
+
 /// False (loudly) where a test that starts its own RabbitMQ nodes and operator on this host
 /// (`what`) cannot run: no RabbitMQ server binaries, or a real cluster.
 pub fn can_run_private_brokers(what: &str) -> bool {
