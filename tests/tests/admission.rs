@@ -386,9 +386,14 @@ async fn bad_flow_control_settings_are_refused_with_the_field_named() -> anyhow:
         }
     }
     // Weights of keys no Job has yet are fine.
-    create("WorkerPool", "future-keys", serde_json::json!({"workers": workers, "fairness": {"weights": {"nobody-yet": 3}}}))
-        .await?
-        .map_err(|e| anyhow::anyhow!("a weight for a key no Job has was refused: {e}"))?;
+    // (deletionPolicy Delete: its queues go with the test, as Env::create_pool's do.)
+    create(
+        "WorkerPool",
+        "future-keys",
+        serde_json::json!({"workers": workers, "fairness": {"weights": {"nobody-yet": 3}}, "deletionPolicy": "Delete"}),
+    )
+    .await?
+    .map_err(|e| anyhow::anyhow!("a weight for a key no Job has was refused: {e}"))?;
     env.cleanup().await?;
     Ok(())
 }
