@@ -3,11 +3,13 @@
 //! never run) and cancel its running ones (the command is killed); nothing of other Jobs is
 //! touched, and a resume re-enqueues exactly what was dropped.
 //!
-//! Every handler leaves marker files in a directory of the test (`started.<job>.<index>.<pid>`
-//! when it starts, `done.<job>.<index>.<pid>` when it succeeds), so the tests count executions
-//! directly, not only what the status says.
+//! Every handler records markers on the side channel `markers` (`started <job> <index> <pid>`
+//! when it starts, `done <job> <index> <pid>` when it succeeds), so the tests count executions
+//! directly, not only what the status says. Between the two it waits for the gate
+//! `release-<job>`: a test opens it at once for a Job that should just run, later for one it
+//! holds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -17,53 +19,60 @@ use warren_protocol::names;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
-/// A handler that records its start, waits while `<dir>/block-<job name>` exists, then records
-/// success.
+/// The side channel the handlers record their markers on.
+const MARKERS: &str = "markers";
+
+/// A handler that records its start, waits until the gate `release-<job name>` opens, then
+/// records success; `first` runs before all that. A probe that fails fails the task (`set -e`),
+/// so a lost marker shows.
 /// (`$$$$` because Kubernetes expands `$$` in a container command to `$`: the shell sees `$$`.)
-fn marking_handler(dir: &Path) -> serde_json::Value {
-    let d = dir.display();
+fn marking_handler(first: &str) -> serde_json::Value {
     serde_json::json!([
         "sh",
         "-c",
         format!(
-            "cat >/dev/null; touch {d}/started.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$; \
-         while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
-         touch {d}/done.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$"
+            "set -e; cat >/dev/null; {first} \
+         \"$WARREN_E2E_PROBE\" record {MARKERS} started $WARREN_JOB_NAME $WARREN_TASK_INDEX $$$$; \
+         \"$WARREN_E2E_PROBE\" wait release-$WARREN_JOB_NAME; \
+         \"$WARREN_E2E_PROBE\" record {MARKERS} done $WARREN_JOB_NAME $WARREN_TASK_INDEX $$$$"
         )
     ])
 }
 
-fn marker_dir(env: &Env) -> anyhow::Result<PathBuf> {
-    let dir = env.state_dir.join("markers");
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A pool whose workers run `handler` and reach the side channel.
+fn pool_spec(env: &Env, handler: serde_json::Value, replicas: u32, concurrency: u32) -> serde_json::Value {
+    serde_json::json!({"workers": {"handler": handler, "env": env.side().pod_env()}, "replicas": replicas, "concurrency": concurrency})
 }
 
-/// Marker files of one kind (`started`/`done`) of one Job: (index, pid).
-fn markers(dir: &Path, kind: &str, job: &str) -> Vec<(u32, u32)> {
-    let prefix = format!("{kind}.{job}.");
-    let mut found: Vec<(u32, u32)> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter_map(|name| {
-                    let rest = name.strip_prefix(&prefix)?;
-                    let (index, pid) = rest.split_once('.')?;
-                    Some((index.parse().ok()?, pid.parse().ok()?))
-                })
-                .collect()
+/// Lets the tasks of a Job run to the end (those waiting and those still to start).
+async fn release(env: &Env, job: &str) -> anyhow::Result<()> {
+    env.side().open(&format!("release-{job}")).await
+}
+
+/// Markers of one kind (`started`/`done`) of one Job: (index, pid).
+async fn markers(env: &Env, kind: &str, job: &str) -> anyhow::Result<Vec<(u32, u32)>> {
+    let mut found: Vec<(u32, u32)> = env
+        .side()
+        .lines(MARKERS)
+        .await?
+        .iter()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (k, j, index, pid) = (words.next()?, words.next()?, words.next()?, words.next()?);
+            (k == kind && j == job).then_some(())?;
+            Some((index.parse().ok()?, pid.parse().ok()?))
         })
-        .unwrap_or_default();
+        .collect();
     found.sort();
-    found
+    Ok(found)
 }
 
-/// Waits until `n` markers of a kind exist (a task is reported started just before its command
-/// runs), then returns them.
-async fn wait_markers(dir: &Path, kind: &str, job: &str, n: usize) -> anyhow::Result<Vec<(u32, u32)>> {
+/// Waits until `n` markers of a kind are recorded (a task is reported started just before its
+/// command runs), then returns them.
+async fn wait_markers(env: &Env, kind: &str, job: &str, n: usize) -> anyhow::Result<Vec<(u32, u32)>> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let found = markers(dir, kind, job);
+        let found = markers(env, kind, job).await?;
         if found.len() >= n {
             return Ok(found);
         }
@@ -115,9 +124,9 @@ fn finished(job: &Job) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_job_is_dropped_by_workers_that_start_later_and_runs_once_on_resume() -> anyhow::Result<()> {
     let env = Env::start("suspend-queued").await?;
-    let dir = marker_dir(&env)?;
+    release(&env, "batch").await?;
     // No workers yet: the tasks wait in the queue.
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 0, "concurrency": 4})).await?;
+    env.create_pool("pool", pool_spec(&env, marking_handler(""), 0, 4)).await?;
     env.create_job("batch", serde_json::json!({"poolRef": "pool", "completions": 20})).await?;
     env.wait_job("batch", PATIENCE, |j| status(j).enqueued == 20).await?;
     set_suspend(&env, "batch", true).await?;
@@ -136,7 +145,7 @@ async fn a_suspended_job_is_dropped_by_workers_that_start_later_and_runs_once_on
         Some("spec.suspend is true: nothing is enqueued or run; 20 cancelled tasks are re-enqueued on resume")
     );
     wait_queue_empty(&env, &names::work_queue(&env.namespace, "pool", "normal")).await?;
-    assert!(markers(&dir, "started", "batch").is_empty(), "no task of a suspended Job ran");
+    assert!(markers(&env, "started", "batch").await?.is_empty(), "no task of a suspended Job ran");
 
     // Resume: exactly the dropped tasks are enqueued again, each runs once.
     set_suspend(&env, "batch", false).await?;
@@ -145,7 +154,7 @@ async fn a_suspended_job_is_dropped_by_workers_that_start_later_and_runs_once_on
     assert_eq!((s.phase, s.succeeded, s.failed, s.cancelled), (JobPhase::Succeeded, 20, 0, 0), "{s:?}");
     assert_eq!(s.succeeded_indexes, "0-19");
     assert_eq!(condition(&s, "Suspended").map(|c| (c.0, c.1)), Some(("False", "JobResumed")));
-    let runs: Vec<u32> = markers(&dir, "done", "batch").into_iter().map(|(i, _)| i).collect();
+    let runs: Vec<u32> = markers(&env, "done", "batch").await?.into_iter().map(|(i, _)| i).collect();
     assert_eq!(runs, (0..20).collect::<Vec<_>>(), "every task ran exactly once");
     // `kubectl describe wjob batch` tells the story, once each (created together with its pool,
     // the Job may first have waited for it: Block events, PoolNotFound or PoolNotReady).
@@ -160,12 +169,12 @@ async fn a_suspended_job_is_dropped_by_workers_that_start_later_and_runs_once_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspending_cancels_running_tasks_kills_their_commands_and_leaves_other_jobs_alone() -> anyhow::Result<()> {
     let env = Env::start("suspend-running").await?;
-    let dir = marker_dir(&env)?;
-    std::fs::write(dir.join("block-long"), "")?;
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 4})).await?;
+    // Job "long" is held at its gate; "other" runs through.
+    release(&env, "other").await?;
+    env.create_pool("pool", pool_spec(&env, marking_handler(""), 1, 4)).await?;
     env.create_job("long", serde_json::json!({"poolRef": "pool", "completions": 4})).await?;
     env.wait_job("long", PATIENCE, |j| status(j).running == 4).await?;
-    let running = wait_markers(&dir, "started", "long", 4).await?;
+    let running = wait_markers(&env, "started", "long", 4).await?;
     assert_eq!(running.len(), 4);
 
     set_suspend(&env, "long", true).await?;
@@ -176,7 +185,7 @@ async fn suspending_cancels_running_tasks_kills_their_commands_and_leaves_other_
     for (index, pid) in &running {
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the command of task {index} (pid {pid}) still runs");
     }
-    assert!(markers(&dir, "done", "long").is_empty());
+    assert!(markers(&env, "done", "long").await?.is_empty());
 
     // Another Job on the same pool runs while the first stays suspended.
     env.create_job("other", serde_json::json!({"poolRef": "pool", "completions": 6})).await?;
@@ -185,15 +194,15 @@ async fn suspending_cancels_running_tasks_kills_their_commands_and_leaves_other_
     assert_eq!((o.phase, o.succeeded, o.cancelled), (JobPhase::Succeeded, 6, 0), "{o:?}");
     let long = env.jobs().get("long").await?;
     assert_eq!((status(&long).phase, status(&long).succeeded), (JobPhase::Suspended, 0));
-    assert!(markers(&dir, "done", "long").is_empty(), "the suspended Job did not run meanwhile");
+    assert!(markers(&env, "done", "long").await?.is_empty(), "the suspended Job did not run meanwhile");
 
-    std::fs::remove_file(dir.join("block-long"))?;
+    release(&env, "long").await?;
     set_suspend(&env, "long", false).await?;
     let job = env.wait_job("long", PATIENCE, finished).await?;
     let s = status(&job);
     assert_eq!((s.phase, s.succeeded, s.cancelled, s.retries), (JobPhase::Succeeded, 4, 0, 0), "{s:?}");
-    assert_eq!(markers(&dir, "started", "long").len(), 8, "4 cancelled runs, 4 complete ones");
-    let done: Vec<u32> = markers(&dir, "done", "long").into_iter().map(|(i, _)| i).collect();
+    assert_eq!(markers(&env, "started", "long").await?.len(), 8, "4 cancelled runs, 4 complete ones");
+    let done: Vec<u32> = markers(&env, "done", "long").await?.into_iter().map(|(i, _)| i).collect();
     assert_eq!(done, vec![0, 1, 2, 3]);
     env.cleanup().await
 }
@@ -201,18 +210,18 @@ async fn suspending_cancels_running_tasks_kills_their_commands_and_leaves_other_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_job_drops_its_queued_tasks_and_cancels_its_running_ones() -> anyhow::Result<()> {
     let env = Env::start("delete-job").await?;
-    let dir = marker_dir(&env)?;
-    std::fs::write(dir.join("block-doomed"), "")?;
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 2})).await?;
+    // Job "doomed" is held at its gate; "survivor" runs through.
+    release(&env, "survivor").await?;
+    env.create_pool("pool", pool_spec(&env, marking_handler(""), 1, 2)).await?;
     env.create_job("doomed", serde_json::json!({"poolRef": "pool", "completions": 12})).await?;
     env.wait_job("doomed", PATIENCE, |j| status(j).running == 2 && status(j).enqueued == 12).await?;
-    let running = wait_markers(&dir, "started", "doomed", 2).await?;
+    let running = wait_markers(&env, "started", "doomed", 2).await?;
     assert_eq!(running.len(), 2);
 
     env.jobs().delete("doomed", &DeleteParams::default()).await?;
     // The running commands are killed; the 10 queued tasks are dropped, not run.
     wait_queue_empty(&env, &names::work_queue(&env.namespace, "pool", "normal")).await?;
-    std::fs::remove_file(dir.join("block-doomed"))?;
+    release(&env, "doomed").await?;
     env.create_job("survivor", serde_json::json!({"poolRef": "pool", "completions": 5})).await?;
     let job = env.wait_job("survivor", PATIENCE, finished).await?;
     let s = status(&job);
@@ -220,17 +229,19 @@ async fn deleting_a_job_drops_its_queued_tasks_and_cancels_its_running_ones() ->
     for (index, pid) in &running {
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the command of task {index} (pid {pid}) still runs");
     }
-    assert_eq!(markers(&dir, "started", "doomed"), running, "no further task of the deleted Job started");
-    assert!(markers(&dir, "done", "doomed").is_empty(), "no task of the deleted Job finished");
+    assert_eq!(markers(&env, "started", "doomed").await?, running, "no further task of the deleted Job started");
+    assert!(markers(&env, "done", "doomed").await?.is_empty(), "no task of the deleted Job finished");
     env.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded_and_its_tasks_are_cancelled() -> anyhow::Result<()> {
     let env = Env::start("deadline").await?;
-    let dir = marker_dir(&env)?;
-    std::fs::write(dir.join("block-slow"), "")?;
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": marking_handler(&dir)}, "replicas": 1, "concurrency": 2})).await?;
+    // Job "slow" is held at its gate until the end (closed here only so that the cleanup knows
+    // it: the handlers declare it too); "warm-up" runs through.
+    env.side().close("release-slow").await?;
+    release(&env, "warm-up").await?;
+    env.create_pool("pool", pool_spec(&env, marking_handler(""), 1, 2)).await?;
     // A first Job shows the worker is consuming, so the deadline is spent on the second.
     env.create_job("warm-up", serde_json::json!({"poolRef": "pool"})).await?;
     env.wait_job("warm-up", PATIENCE, finished).await?;
@@ -247,8 +258,8 @@ async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded_and_its_tas
     let s = status(&job);
     assert_eq!((s.phase, s.running, s.queued, s.succeeded), (JobPhase::Failed, 0, 0, 0), "{s:?}");
     wait_queue_empty(&env, &names::work_queue(&env.namespace, "pool", "normal")).await?;
-    assert!(markers(&dir, "started", "slow").len() <= 2, "only the tasks running at the deadline (concurrency 2) started");
-    assert!(markers(&dir, "done", "slow").is_empty());
+    assert!(markers(&env, "started", "slow").await?.len() <= 2, "only the tasks running at the deadline (concurrency 2) started");
+    assert!(markers(&env, "done", "slow").await?.is_empty());
     let events = env.wait_events("slow", PATIENCE, |e| !e.is_empty()).await?;
     assert_eq!(events, [("Warning".into(), "Fail".into(), "DeadlineExceeded".into())], "one Warning");
     env.cleanup().await
@@ -257,20 +268,10 @@ async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded_and_its_tas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_policy_tolerates_failed_tasks_or_fails_fast() -> anyhow::Result<()> {
     let env = Env::start("failure-policy").await?;
-    let dir = marker_dir(&env)?;
-    let d = dir.display();
-    // Task 2 of every Job fails permanently; the others succeed, or wait while `block` exists.
-    let handler = serde_json::json!([
-        "sh",
-        "-c",
-        format!(
-            "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" = 2 ] && exit 65; \
-         touch {d}/started.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$; \
-         while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
-         touch {d}/done.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$"
-        )
-    ]);
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 3})).await?;
+    // Task 2 of every Job fails permanently; the others succeed, or wait at their Job's gate.
+    let handler = marking_handler("[ \"$WARREN_TASK_INDEX\" = 2 ] && exit 65;");
+    release(&env, "tolerant").await?;
+    env.create_pool("pool", pool_spec(&env, handler, 1, 3)).await?;
 
     // Tolerated: one failure allowed, the Job succeeds and says so.
     env.create_job("tolerant", serde_json::json!({"poolRef": "pool", "completions": 5, "failurePolicy": {"maxFailedTasks": 1}})).await?;
@@ -281,8 +282,8 @@ async fn failure_policy_tolerates_failed_tasks_or_fails_fast() -> anyhow::Result
     assert_eq!((complete.0, complete.1), ("True", "FailuresWithinPolicy"));
     assert_eq!(complete.2, "4 tasks succeeded; 1 failed (indexes 2), within failurePolicy.maxFailedTasks (1)");
 
-    // Fail fast: the first failure exceeds the budget of 0; the blocked tasks are cancelled.
-    std::fs::write(dir.join("block-fast"), "")?;
+    // Fail fast: the first failure exceeds the budget of 0; the tasks held at the gate are
+    // cancelled.
     env.create_job(
         "fast",
         serde_json::json!({
@@ -298,9 +299,9 @@ async fn failure_policy_tolerates_failed_tasks_or_fails_fast() -> anyhow::Result
     assert_eq!(failed.2, "1 tasks failed, more than failurePolicy.maxFailedTasks (0); its 9 unfinished tasks were cancelled");
     let job = env.wait_job("fast", PATIENCE, |j| status(j).cancelled == 9).await?;
     assert_eq!((status(&job).running, status(&job).succeeded), (0, 0));
-    std::fs::remove_file(dir.join("block-fast"))?;
+    release(&env, "fast").await?;
     wait_queue_empty(&env, &names::work_queue(&env.namespace, "pool", "normal")).await?;
-    assert!(markers(&dir, "done", "fast").is_empty(), "no task of the failed Job ran to the end");
+    assert!(markers(&env, "done", "fast").await?.is_empty(), "no task of the failed Job ran to the end");
     assert_eq!(env.jobs().get("fast").await?.status.map(|s| s.succeeded), Some(0));
     env.cleanup().await
 }

@@ -2,28 +2,28 @@
 //! tasks instead of burning every task's attempts into the dead-letter queue, says so
 //! (`CircuitOpen=True`, `warren_operator_circuit_state`, the Job's `status.waiting`), lets a
 //! few probe tasks through every `openSeconds`, and closes once they succeed; the annotation
-//! `warren.dev/circuit` forces it. Observed through the API, the metrics and a side channel the
-//! handler writes (one line per attempt).
+//! `warren.dev/circuit` forces it. Observed through the API, the metrics and the side channel
+//! `attempts` the handler records on (one line per attempt); the test takes the downstream down
+//! and up with the side-channel gate `downstream-down`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use warren_e2e::{Env, EnvOptions, OperatorOptions, free_port};
 use warren_operator::crd::{JobPhase, WorkerPool};
 
-const ATTEMPTS_LOG: &str = "WARREN_E2E_ATTEMPTS";
-const DOWN_FLAG: &str = "WARREN_E2E_DOWNSTREAM_DOWN";
+/// The gate that, while open, has the handler fail as if its downstream were down.
+const DOWNSTREAM_DOWN: &str = "downstream-down";
 
 /// Attempt lines of the side channel: (ok, epoch ms).
-fn attempts(path: &Path) -> Vec<(bool, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+async fn attempts(env: &Env) -> anyhow::Result<Vec<(bool, u64)>> {
+    let lines = env.side().lines("attempts").await?;
+    Ok(lines
+        .iter()
         .filter_map(|line| {
             let (outcome, at) = line.split_once(' ')?;
             Some((outcome == "ok", at.trim().parse().ok()?))
         })
-        .collect()
+        .collect())
 }
 
 fn now_ms() -> u64 {
@@ -51,18 +51,16 @@ async fn wait_circuit(env: &Env, status: &str, reason: &str, timeout: Duration) 
     }
 }
 
-/// The handler: fails while the flag file exists (the downstream is down), logs every attempt.
-fn pool_spec(state: &Path, extra: serde_json::Value) -> serde_json::Value {
-    let log = state.join("attempts.log");
-    let flag = state.join("downstream-down");
+/// The handler: fails while the gate `downstream-down` is open, records every attempt (the
+/// time it started, as the handler's host tells it).
+fn pool_spec(env: &Env, extra: serde_json::Value) -> serde_json::Value {
     let handler = format!(
-        "cat >/dev/null; t=$(($(date +%s%N)/1000000)); if [ -e \"${DOWN_FLAG}\" ]; then echo \"fail $t\" >> \"${ATTEMPTS_LOG}\"; exit 1; fi; echo \"ok $t\" >> \"${ATTEMPTS_LOG}\""
+        "cat >/dev/null; t=$(($(date +%s%N)/1000000)); \
+         if \"$WARREN_E2E_PROBE\" is-open {DOWNSTREAM_DOWN}; then \"$WARREN_E2E_PROBE\" record attempts fail $t; exit 1; fi; \
+         \"$WARREN_E2E_PROBE\" record attempts ok $t"
     );
     let mut spec = serde_json::json!({
-        "workers": {"handler": ["sh", "-c", handler], "env": [
-            {"name": ATTEMPTS_LOG, "value": log.to_string_lossy()},
-            {"name": DOWN_FLAG, "value": flag.to_string_lossy()},
-        ]},
+        "workers": {"handler": ["sh", "-c", handler], "env": env.side().pod_env()},
         "replicas": 2, "concurrency": 2,
         "retry": {"maxAttempts": 30, "backoff": {"initialDelay": "200ms", "factor": 1.0, "jitter": 0}},
     });
@@ -83,10 +81,9 @@ async fn an_open_circuit_starts_no_task_until_its_probes_succeed() -> anyhow::Re
         },
     )
     .await?;
-    let log = env.state_dir.join("attempts.log");
-    std::fs::write(env.state_dir.join("downstream-down"), "")?;
+    env.side().open(DOWNSTREAM_DOWN).await?;
     let breaker = serde_json::json!({"circuitBreaker": {"failureRatio": 0.5, "minTasks": 6, "windowSeconds": 30, "openSeconds": 5, "halfOpenTasks": 2}});
-    env.create_pool("pool", pool_spec(&env.state_dir, breaker)).await?;
+    env.create_pool("pool", pool_spec(&env, breaker)).await?;
     wait_circuit(&env, "False", "Closed", Duration::from_secs(60)).await?;
     env.create_job("calls", serde_json::json!({"poolRef": "pool", "completions": 40})).await?;
 
@@ -113,16 +110,16 @@ async fn an_open_circuit_starts_no_task_until_its_probes_succeed() -> anyhow::Re
 
     // While the downstream stays down, only probes start: at most halfOpenTasks (2) per
     // openSeconds (5 s), instead of 4 slots' worth of attempts every retry delay (200 ms).
-    let before_window = attempts(&log).len();
+    let before_window = attempts(&env).await?.len();
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let in_window: Vec<(bool, u64)> = attempts(&log).into_iter().filter(|(_, at)| *at >= opened_at + 1_000).collect();
+    let in_window: Vec<(bool, u64)> = attempts(&env).await?.into_iter().filter(|(_, at)| *at >= opened_at + 1_000).collect();
     println!("circuit open at +{} attempts; {} attempts in the 11 s after it opened (probes)", before_window, in_window.len());
     assert!(in_window.len() <= 2 * 4, "more than the probes started while the circuit was open: {} attempts", in_window.len());
     let job = env.jobs().get("calls").await?.status.unwrap_or_default();
     assert_eq!(job.dead_lettered, 0, "no task burnt its attempts into the dead-letter queue: {job:?}");
 
     // The downstream comes back: the next probes succeed and the circuit closes; every task runs.
-    std::fs::remove_file(env.state_dir.join("downstream-down"))?;
+    env.side().close(DOWNSTREAM_DOWN).await?;
     wait_circuit(&env, "False", "Closed", Duration::from_secs(60)).await?;
     let job = env.wait_job("calls", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");
@@ -144,11 +141,10 @@ async fn an_operator_restart_keeps_an_open_circuit_open() -> anyhow::Result<()> 
         return Ok(());
     }
     let mut env = Env::start("circuit-restart").await?;
-    let log = env.state_dir.join("attempts.log");
-    std::fs::write(env.state_dir.join("downstream-down"), "")?;
+    env.side().open(DOWNSTREAM_DOWN).await?;
     // Open for a long time: the restart falls inside it.
     let breaker = serde_json::json!({"circuitBreaker": {"failureRatio": 0.5, "minTasks": 6, "windowSeconds": 30, "openSeconds": 300}});
-    env.create_pool("pool", pool_spec(&env.state_dir, breaker)).await?;
+    env.create_pool("pool", pool_spec(&env, breaker)).await?;
     env.create_job("calls", serde_json::json!({"poolRef": "pool", "completions": 40})).await?;
     wait_circuit(&env, "True", "FailureRatioExceeded", Duration::from_secs(90)).await?;
     let before = condition(&env.pools().get("pool").await?, "CircuitOpen");
@@ -169,7 +165,7 @@ async fn an_operator_restart_keeps_an_open_circuit_open() -> anyhow::Result<()> 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let after: Vec<(bool, u64)> = attempts(&log).into_iter().filter(|(_, at)| *at >= restarted_at).collect();
+    let after: Vec<(bool, u64)> = attempts(&env).await?.into_iter().filter(|(_, at)| *at >= restarted_at).collect();
     println!("after the restart: {} attempts in 8 s with the circuit open", after.len());
     assert!(after.is_empty(), "tasks started with the circuit open after the restart: {after:?}");
     let job = env.jobs().get("calls").await?.status.unwrap_or_default();
@@ -182,9 +178,10 @@ async fn an_operator_restart_keeps_an_open_circuit_open() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_annotation_forces_the_circuit_open_and_closed() -> anyhow::Result<()> {
     let env = Env::start("circuit-forced").await?;
-    let log = env.state_dir.join("attempts.log");
-    // A pool without a breaker can be held open too.
-    env.create_pool("pool", pool_spec(&env.state_dir, serde_json::json!({}))).await?;
+    // A pool without a breaker can be held open too. Its downstream is up (the gate is closed;
+    // closing it tells the cleanup of the gate the handlers ask about).
+    env.side().close(DOWNSTREAM_DOWN).await?;
+    env.create_pool("pool", pool_spec(&env, serde_json::json!({}))).await?;
     let annotate = |value: serde_json::Value| {
         let pools = env.pools();
         async move {
@@ -198,7 +195,7 @@ async fn the_annotation_forces_the_circuit_open_and_closed() -> anyhow::Result<(
     tokio::time::sleep(Duration::from_secs(2)).await;
     env.create_job("held", serde_json::json!({"poolRef": "pool", "completions": 10})).await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(attempts(&log).len(), 0, "a task started while the circuit was forced open");
+    assert_eq!(attempts(&env).await?.len(), 0, "a task started while the circuit was forced open");
     let job = env.jobs().get("held").await?.status.unwrap_or_default();
     assert_eq!(job.waiting.as_ref().map(|w| w.reason.as_str()), Some("CircuitOpen"), "{job:?}");
 
@@ -206,7 +203,7 @@ async fn the_annotation_forces_the_circuit_open_and_closed() -> anyhow::Result<(
     let job = env.wait_job("held", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).await?;
     let status = job.status.expect("status");
     assert_eq!((status.phase, status.succeeded), (JobPhase::Succeeded, 10), "{status:?}");
-    assert_eq!(attempts(&log).len(), 10, "each task ran once");
+    assert_eq!(attempts(&env).await?.len(), 10, "each task ran once");
     env.cleanup().await?;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! `idempotencyKey` across Jobs end to end: of the Jobs of a namespace with one key, only the
 //! first runs; the others enqueue nothing, say whose key it is, and mirror its phase; this holds
-//! across an operator restart, and deleting the holder frees the key.
+//! across an operator restart, and deleting the holder frees the key. Executions are counted
+//! from the line each task's handler records on the side channel `runs` when it ends.
 
-use std::path::Path;
 use std::time::Duration;
 
 use kube::api::DeleteParams;
@@ -23,33 +23,32 @@ fn is_duplicate(job: &Job) -> bool {
     ready(job).is_some_and(|(_, reason, _)| reason == "DuplicateOf")
 }
 
-/// Executions of a Job's tasks, from the marker files its handler leaves.
-fn runs(dir: &Path, job: &str) -> usize {
-    let prefix = format!("done.{job}.");
-    std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&prefix)).count())
-        .unwrap_or(0)
+/// Executions of a Job's tasks, from the `done <job> <index>` lines its handler records.
+async fn runs(env: &Env, job: &str) -> anyhow::Result<usize> {
+    Ok(env.side().lines("runs").await?.iter().filter(|line| line.split_whitespace().nth(1) == Some(job)).count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_with_one_idempotency_key_run_once_across_an_operator_restart() -> anyhow::Result<()> {
     let mut env = Env::start("idempotency").await?;
-    let dir = env.state_dir.join("markers");
-    std::fs::create_dir_all(&dir)?;
-    let d = dir.display();
-    // `$$$$`: Kubernetes expands `$$` in a container command to `$`.
+    // Each task waits until the gate `release-<job>` opens, then records its run. Only "first"
+    // is held; a duplicate that ran by mistake would be counted, not stuck.
     let handler = serde_json::json!([
         "sh",
         "-c",
-        format!(
-            "cat >/dev/null; while [ -e {d}/block-$WARREN_JOB_NAME ]; do sleep 0.05; done; \
-         touch {d}/done.$WARREN_JOB_NAME.$WARREN_TASK_INDEX.$$$$"
-        )
+        "set -e; cat >/dev/null; \"$WARREN_E2E_PROBE\" wait release-$WARREN_JOB_NAME; \
+         \"$WARREN_E2E_PROBE\" record runs done $WARREN_JOB_NAME $WARREN_TASK_INDEX"
     ]);
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 4})).await?;
+    for job in ["second", "third", "fourth"] {
+        env.side().open(&format!("release-{job}")).await?;
+    }
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": handler, "env": env.side().pod_env()}, "replicas": 1, "concurrency": 4}),
+    )
+    .await?;
     let spec = serde_json::json!({"poolRef": "pool", "completions": 3, "idempotencyKey": "report-2026-12-01"});
 
-    std::fs::write(dir.join("block-first"), "")?;
     env.create_job("first", spec.clone()).await?;
     env.wait_job("first", PATIENCE, |j| status(j).running == 3).await?;
     env.create_job("second", spec.clone()).await?;
@@ -71,7 +70,7 @@ async fn jobs_with_one_idempotency_key_run_once_across_an_operator_restart() -> 
     env.create_job("third", spec.clone()).await?;
     env.wait_job("third", PATIENCE, is_duplicate).await?;
 
-    std::fs::remove_file(dir.join("block-first"))?;
+    env.side().open("release-first").await?;
     let first = env.wait_job("first", PATIENCE, |j| status(j).phase.is_finished()).await?;
     assert_eq!((status(&first).phase, status(&first).succeeded), (JobPhase::Succeeded, 3));
     for name in ["second", "third"] {
@@ -79,7 +78,7 @@ async fn jobs_with_one_idempotency_key_run_once_across_an_operator_restart() -> 
         assert!(is_duplicate(&job), "{name} stays a duplicate");
         assert_eq!((status(&job).enqueued, status(&job).succeeded), (0, 0), "{name}");
     }
-    assert_eq!((runs(&dir, "first"), runs(&dir, "second"), runs(&dir, "third")), (3, 0, 0));
+    assert_eq!((runs(&env, "first").await?, runs(&env, "second").await?, runs(&env, "third").await?), (3, 0, 0));
 
     // Deleting the holder frees the key for a new Job; the duplicates stay what they are.
     env.jobs().delete("first", &DeleteParams::default()).await?;
@@ -92,7 +91,7 @@ async fn jobs_with_one_idempotency_key_run_once_across_an_operator_restart() -> 
     let fourth = env.wait_job("fourth", PATIENCE, |j| status(j).phase.is_finished()).await?;
     assert_eq!((status(&fourth).phase, status(&fourth).succeeded), (JobPhase::Succeeded, 3), "{:?}", status(&fourth));
     assert!(!is_duplicate(&fourth));
-    assert_eq!(runs(&dir, "fourth"), 3);
+    assert_eq!(runs(&env, "fourth").await?, 3);
     let second = env.jobs().get("second").await?;
     assert!(is_duplicate(&second));
     assert_eq!(status(&second).enqueued, 0);

@@ -1,7 +1,7 @@
 //! Dead-letter replay end to end: poison tasks are dead-lettered after exactly `maxAttempts`, the
 //! handler is fixed, `warren dlq replay` sends one Job's dead letters back (the other Job's stay,
 //! in order), and the Job goes from Failed back to Running to Succeeded with every task counted
-//! once.
+//! once. The test fixes the handler by opening the side-channel gate `fixed`.
 
 use std::time::Duration;
 
@@ -29,17 +29,16 @@ fn dlq_rows(listing: &str) -> Vec<(String, String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyhow::Result<()> {
     let env = Env::start("replay").await?;
-    let fixed = env.state_dir.join("fixed");
-    // Tasks 3 (both Jobs) and 4 (only Job "other" has one) fail until the marker file exists.
+    // Tasks 3 (both Jobs) and 4 (only Job "other" has one) fail until the gate `fixed` opens.
     let handler = serde_json::json!([
         "sh",
         "-c",
-        "cat >/dev/null; case $WARREN_TASK_INDEX in 3|4) [ -e \"$FIXED\" ] || { echo \"not fixed yet\" >&2; exit 1; };; esac"
+        "cat >/dev/null; case $WARREN_TASK_INDEX in 3|4) \"$WARREN_E2E_PROBE\" is-open fixed || { echo \"not fixed yet\" >&2; exit 1; };; esac"
     ]);
     env.create_pool(
         "pool",
         serde_json::json!({
-            "workers": {"handler": handler, "env": [{"name": "FIXED", "value": fixed.to_string_lossy()}]},
+            "workers": {"handler": handler, "env": env.side().pod_env()},
             "replicas": 1, "concurrency": 4,
             "retry": {"maxAttempts": 3, "backoff": {"initialDelay": "50ms", "factor": 2, "maxDelay": "100ms"}},
         }),
@@ -63,7 +62,7 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
     let others_before: Vec<_> = before.iter().filter(|r| r.0 == "other").cloned().collect();
 
     // Fix the handler, replay only Job "poisoned".
-    std::fs::write(&fixed, "")?;
+    env.side().open("fixed").await?;
     let out = env.warren(&["dlq", "replay", "--pool", "pool", "--job", "poisoned"])?;
     assert_eq!(
         out.trim(),
@@ -107,12 +106,13 @@ async fn replayed_dead_letters_get_fresh_attempts_and_the_job_succeeds() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replay_annotation_replays_the_jobs_dead_letters_and_is_recorded() -> anyhow::Result<()> {
     let env = Env::start("replayannotation").await?;
-    let fixed = env.state_dir.join("fixed");
-    let handler = serde_json::json!(["sh", "-c", "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" != 1 ] || [ -e \"$FIXED\" ] || exit 1"]);
+    // Task 1 fails until the gate `fixed` opens.
+    let handler =
+        serde_json::json!(["sh", "-c", "cat >/dev/null; [ \"$WARREN_TASK_INDEX\" != 1 ] || \"$WARREN_E2E_PROBE\" is-open fixed || exit 1"]);
     env.create_pool(
         "pool",
         serde_json::json!({
-            "workers": {"handler": handler, "env": [{"name": "FIXED", "value": fixed.to_string_lossy()}]},
+            "workers": {"handler": handler, "env": env.side().pod_env()},
             "concurrency": 2,
             "retry": {"maxAttempts": 2, "backoff": {"initialDelay": "50ms"}},
         }),
@@ -123,7 +123,7 @@ async fn the_replay_annotation_replays_the_jobs_dead_letters_and_is_recorded() -
     let s = job.status.expect("status");
     assert_eq!((s.phase, s.failed_indexes.as_str(), s.retries), (JobPhase::Failed, "1", 1));
 
-    std::fs::write(&fixed, "")?;
+    env.side().open("fixed").await?;
     let annotate = |token: &str| serde_json::json!({"metadata": {"annotations": {"warren.dev/replay-dead-letters": token}}});
     env.jobs().patch("annotated", &Default::default(), &kube::api::Patch::Merge(&annotate("first"))).await?;
     let job = env
