@@ -1,10 +1,11 @@
 //! A broker node lost mid-Job, on a private three-node RabbitMQ cluster (issue #22): the operator
 //! and the workers are given all three addresses; a 5,000-task Job runs on a pool of three
-//! workers; once half its tasks have executed (the other half waits at a gate), the node hosting the pool's work queue (the
-//! quorum leader, or the classic queue's home) is stopped, and started again later. Every index
-//! must end succeeded exactly once in the status and every task must have executed; duplicate
-//! executions (at-least-once) are counted on a side channel and printed with the node-loss rows
-//! of the fault table.
+//! workers; once half its tasks have executed (the other half waits at a side-channel gate), the
+//! node hosting the pool's work queue (the quorum leader, or the classic queue's home) is stopped,
+//! and started again later. Every index must end succeeded exactly once in the status and every
+//! task must have executed; duplicate executions (at-least-once) are counted on the side channel
+//! (on the shared broker, not the private cluster) and printed with the node-loss rows of the
+//! fault table.
 //!
 //! Quorum: the remaining two nodes elect a new leader and the Job goes on while the node is down.
 //! Classic: the queue lives on the stopped node only, so the Job waits until it is back (its
@@ -12,14 +13,15 @@
 //! (`WARREN_REPORTS_QUEUE_TYPE=quorum`, the setting docs/broker.md recommends for a cluster).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use warren_e2e::{Env, EnvOptions, OperatorOptions, PrivateCluster, free_port};
 use warren_operator::crd::{Job, JobPhase};
 
-const EXEC_LOG: &str = "WARREN_E2E_EXEC_LOG";
-const GATE: &str = "WARREN_E2E_GATE";
+/// The side channel the handlers record their executions on.
+const EXECUTIONS: &str = "executions";
+/// The gate the second half of the indexes waits at: open once the node is down.
+const SECOND_HALF: &str = "second-half";
 const TASKS: u32 = 5_000;
 
 /// One cluster at a time: three nodes, an operator and three workers already fill two cores.
@@ -30,14 +32,14 @@ fn finished(job: &Job) -> bool {
 }
 
 /// Executions per index, from the side channel (`done <index>` lines).
-fn executions(path: &Path) -> BTreeMap<u32, u32> {
+async fn executions(env: &Env) -> anyhow::Result<BTreeMap<u32, u32>> {
     let mut counts = BTreeMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+    for line in env.side().lines(EXECUTIONS).await? {
         if let Some(index) = line.strip_prefix("done ").and_then(|i| i.trim().parse().ok()) {
             *counts.entry(index).or_default() += 1;
         }
     }
-    counts
+    Ok(counts)
 }
 
 /// What one node-loss run measured, for the fault table.
@@ -69,23 +71,20 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
     // The failure is printed before the environment is dropped (which prints the operator's log),
     // so that it is not lost below that log in CI's output.
     let result: anyhow::Result<NodeLoss> = async {
-        let log = env.state_dir.join("executions.log");
         // The second half of the indexes waits for a gate that opens once the node is down: at
-        // 2,400 tasks a second the pool would otherwise finish the Job while `rabbitmqctl stop`
-        // is still stopping the node, and nothing would be left to wait for it.
-        let gate = env.state_dir.join("gate");
+        // well over a hundred tasks a second the pool would otherwise finish the Job while
+        // `rabbitmqctl stop` is still stopping the node, and nothing would be left to wait for it.
+        // A wait that times out (after the test's own 600 s) fails the attempt rather than run
+        // past the gate.
         let handler = format!(
-            "cat >/dev/null; while [ \"$WARREN_TASK_INDEX\" -ge {half} ] && [ ! -e \"${GATE}\" ]; do sleep 0.05; done; \
-             sleep 0.01; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"",
+            "cat >/dev/null; if [ \"$WARREN_TASK_INDEX\" -ge {half} ]; then \"$WARREN_E2E_PROBE\" wait {SECOND_HALF} 600 || exit 1; fi; \
+             sleep 0.01; \"$WARREN_E2E_PROBE\" record {EXECUTIONS} done \"$WARREN_TASK_INDEX\"",
             half = TASKS / 2
         );
         env.create_pool(
             "pool",
             serde_json::json!({
-                "workers": {"handler": ["sh", "-c", handler], "env": [
-                    {"name": EXEC_LOG, "value": log.to_string_lossy()},
-                    {"name": GATE, "value": gate.to_string_lossy()},
-                ]},
+                "workers": {"handler": ["sh", "-c", handler], "env": env.side().pod_env()},
                 "replicas": 3, "concurrency": 8, "queueType": queue_type,
             }),
         )
@@ -100,7 +99,7 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
         let work_queue = warren_protocol::names::work_queue(&env.namespace, "pool", "normal");
         let mut last = (0, Instant::now());
         loop {
-            let done = executions(&log).len() as u32;
+            let done = executions(&env).await?.len() as u32;
             if done != last.0 {
                 last = (done, Instant::now());
             } else if done >= TASKS / 4 && last.1.elapsed() >= Duration::from_secs(1) {
@@ -111,16 +110,16 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
         }
         let victim = cluster.queue_node(&work_queue)?;
         println!("stopping node {} ({}), which hosts {work_queue}", victim, cluster.node_names()[victim]);
-        let stopped_at = executions(&log).len() as u32;
+        let stopped_at = executions(&env).await?.len() as u32;
         let down_since = Instant::now();
         cluster.stop(victim);
-        std::fs::write(&gate, "open")?;
+        env.side().open(SECOND_HALF).await?;
         // Quorum: the Job goes on without the node; wait for 500 more tasks (or the end), and 5 s at
         // least. Classic:
         // it cannot; keep the node down for 15 s and see what happened meanwhile.
         if queue_type == "quorum" {
             let down_deadline = Instant::now() + Duration::from_secs(180);
-            while (executions(&log).len() as u32) < (stopped_at + 500).min(TASKS) || down_since.elapsed() < Duration::from_secs(5) {
+            while (executions(&env).await?.len() as u32) < (stopped_at + 500).min(TASKS) || down_since.elapsed() < Duration::from_secs(5) {
                 anyhow::ensure!(Instant::now() < down_deadline, "the Job made no progress with one node of three down");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -168,7 +167,7 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let executed_while_down = executions(&log).len() as u32 - stopped_at;
+        let executed_while_down = executions(&env).await?.len() as u32 - stopped_at;
         let down_for = down_since.elapsed();
         // What a user sees meanwhile (docs/broker.md quotes it).
         let describe = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
@@ -209,7 +208,7 @@ async fn lose_the_work_queue_node(queue_type: &str) -> anyhow::Result<NodeLoss> 
         assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
         assert_eq!((status.succeeded, status.failed, status.dead_lettered), (TASKS, 0, 0), "{status:?}");
         assert_eq!(status.succeeded_indexes, format!("0-{}", TASKS - 1));
-        let counts = executions(&log);
+        let counts = executions(&env).await?;
         let lost: Vec<u32> = (0..TASKS).filter(|i| !counts.contains_key(i)).collect();
         assert!(lost.is_empty(), "tasks never executed: {lost:?}");
         let total: u32 = counts.values().sum();

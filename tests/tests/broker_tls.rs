@@ -13,16 +13,18 @@
 //!   refuses the connection; with one, a Job runs.
 //! - `warren local up --amqp-ca-file`: the local workers get the CA from it (pool without TLS env).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use warren_e2e::{Env, EnvOptions, OperatorOptions, PrivateBroker, free_port};
+use warren_e2e::{Env, EnvOptions, OperatorOptions, PrivateBroker, SideChannel, free_port};
 use warren_operator::crd::{Job, JobPhase};
 use warren_protocol::amqp::Tls;
 
-const EXEC_LOG: &str = "WARREN_E2E_EXEC_LOG";
+/// The side channel the handlers record their executions on (on the shared broker, in plain
+/// AMQP: it is the test's, not Warren's, so it is not part of what must be TLS).
+const EXECUTIONS: &str = "executions";
 
 /// One at a time: each test runs a RabbitMQ node, an operator and workers on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -123,12 +125,14 @@ fn operator_options(url: &str, env: Vec<(String, String)>) -> (OperatorOptions, 
     (OperatorOptions { env: all, metrics_addr: metrics_addr.clone(), ..OperatorOptions::default() }, metrics_addr)
 }
 
-/// A pool whose workers get the TLS settings through `spec.workers.env` and log each execution.
-fn pool_spec(log: &Path, tls_env: &[(String, String)]) -> serde_json::Value {
-    let mut env = vec![serde_json::json!({"name": EXEC_LOG, "value": log.to_string_lossy()})];
+/// A pool whose workers get the TLS settings through `spec.workers.env` and record each
+/// execution on the side channel.
+fn pool_spec(side: &SideChannel, tls_env: &[(String, String)]) -> serde_json::Value {
+    let mut env = side.pod_env();
     env.extend(tls_env.iter().map(|(name, value)| serde_json::json!({"name": name, "value": value})));
+    let handler = format!("cat >/dev/null; \"$WARREN_E2E_PROBE\" record {EXECUTIONS} done \"$WARREN_TASK_INDEX\"");
     serde_json::json!({
-        "workers": {"handler": ["sh", "-c", format!("cat >/dev/null; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"")], "env": env},
+        "workers": {"handler": ["sh", "-c", handler], "env": env},
         "replicas": 2, "concurrency": 4,
     })
 }
@@ -138,7 +142,7 @@ fn finished(job: &Job) -> bool {
 }
 
 /// Runs a Job of `tasks` tasks and checks that each index succeeded, and executed, exactly once.
-async fn run_job_exactly_once(env: &Env, name: &str, tasks: u32, log: &Path) -> anyhow::Result<()> {
+async fn run_job_exactly_once(env: &Env, name: &str, tasks: u32) -> anyhow::Result<()> {
     env.create_job(name, serde_json::json!({"poolRef": "pool", "completions": tasks})).await?;
     let job = env.wait_job(name, Duration::from_secs(180), finished).await?;
     let status = job.status.expect("status");
@@ -146,7 +150,7 @@ async fn run_job_exactly_once(env: &Env, name: &str, tasks: u32, log: &Path) -> 
     assert_eq!((status.succeeded, status.failed), (tasks, 0), "{status:?}");
     assert_eq!(status.succeeded_indexes, format!("0-{}", tasks - 1));
     let mut executions = vec![0u32; tasks as usize];
-    for line in std::fs::read_to_string(log)?.lines() {
+    for line in env.side().lines(EXECUTIONS).await? {
         if let Some(index) = line.strip_prefix("done ").and_then(|i| i.trim().parse::<usize>().ok()) {
             executions[index] += 1;
         }
@@ -193,10 +197,9 @@ async fn a_job_runs_over_tls_with_a_private_ca_exactly_once() -> anyhow::Result<
     let (operator, metrics_addr) = operator_options(&amqps(port), pki.env(false));
     // The harness itself (checks, cleanup) uses the node's plain listener.
     let env = Env::start_custom("broker-tls", EnvOptions { amqp_url: Some(broker.url()), operator, ..EnvOptions::default() }).await?;
-    let log = env.state_dir.join("executions.log");
-    env.create_pool("pool", pool_spec(&log, &pki.env(false))).await?;
+    env.create_pool("pool", pool_spec(env.side(), &pki.env(false))).await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
-    run_job_exactly_once(&env, "over-tls", 200, &log).await?;
+    run_job_exactly_once(&env, "over-tls", 200).await?;
     for connection in ["publish", "reports"] {
         let series = format!("warren_operator_broker_connected{{connection=\"{connection}\"}}");
         assert_eq!(warren_e2e::wait_metric(&metrics_addr, &series, 1.0, Duration::from_secs(10)).await, Ok(()), "{series}");
@@ -231,7 +234,7 @@ async fn without_the_ca_the_operator_cannot_connect_and_says_why() -> anyhow::Re
     let said = std::fs::read_to_string(env.state_dir.join("operator-bad-ca.log"))?;
     assert!(said.contains(&format!("WARREN_AMQP_CA_FILE={:?}", missing.to_string_lossy())) && said.contains("cannot be read"), "{said}");
 
-    env.create_pool("pool", pool_spec(&env.state_dir.join("executions.log"), &[])).await?;
+    env.create_pool("pool", pool_spec(env.side(), &[])).await?;
     let deadline = Instant::now() + Duration::from_secs(90);
     let ready = loop {
         let pool = env.pools().get("pool").await?;
@@ -290,10 +293,9 @@ async fn mutual_tls_needs_the_client_certificate() -> anyhow::Result<()> {
     // The operator and the workers with the client certificate: a Job runs.
     let (operator, _) = operator_options(&amqps(port), pki.env(true));
     let env = Env::start_custom("broker-mtls", EnvOptions { amqp_url: Some(broker.url()), operator, ..EnvOptions::default() }).await?;
-    let log = env.state_dir.join("executions.log");
-    env.create_pool("pool", pool_spec(&log, &pki.env(true))).await?;
+    env.create_pool("pool", pool_spec(env.side(), &pki.env(true))).await?;
     env.wait_pool_ready("pool", Duration::from_secs(60)).await?;
-    run_job_exactly_once(&env, "over-mtls", 50, &log).await?;
+    run_job_exactly_once(&env, "over-mtls", 50).await?;
     let connections = connections(&broker)?;
     assert!(connections.iter().filter(|(name, _)| name.starts_with("pool-workers")).count() == 2, "{connections:?}");
     assert!(connections.iter().all(|(_, tls)| *tls), "every connection is TLS: {connections:?}");

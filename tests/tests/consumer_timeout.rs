@@ -2,7 +2,8 @@
 //! a 3 s timeout (checked every 500 ms): with `channelPerTask` the broker closes only that task's
 //! channel, so the tasks running beside it finish undisturbed, each run once; the long task comes
 //! back redelivered, runs alone, times out again and is dead-lettered `worker-lost` after its
-//! delivery limit — counted once, as failed.
+//! delivery limit — counted once, as failed. Each run of a task is recorded on the side channel,
+//! which is on the shared broker, not on the private node with the short timeout.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use warren_e2e::{Env, EnvOptions, PrivateBroker};
 use warren_operator::crd::JobPhase;
 
-const EXEC_LOG: &str = "WARREN_E2E_EXEC_LOG";
+/// The side channel the handlers record their runs on.
+const EXECUTIONS: &str = "executions";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_past_consumer_timeout_takes_down_only_its_own_channel() -> anyhow::Result<()> {
@@ -20,16 +22,15 @@ async fn a_task_past_consumer_timeout_takes_down_only_its_own_channel() -> anyho
         EnvOptions { amqp_url: Some(broker.url()), crash_backoff: Some(Duration::from_millis(500)), ..EnvOptions::default() },
     )
     .await?;
-    let log = env.state_dir.join("executions.log");
     // Index 0 runs 20 s, far past the 3 s timeout; the others run 2 s each, under it.
     let handler = format!(
-        "cat >/dev/null; echo \"start $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"; \
-         if [ \"$WARREN_TASK_INDEX\" = 0 ]; then sleep 20; else sleep 2; fi; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\""
+        "cat >/dev/null; \"$WARREN_E2E_PROBE\" record {EXECUTIONS} start \"$WARREN_TASK_INDEX\"; \
+         if [ \"$WARREN_TASK_INDEX\" = 0 ]; then sleep 20; else sleep 2; fi; \"$WARREN_E2E_PROBE\" record {EXECUTIONS} done \"$WARREN_TASK_INDEX\""
     );
     env.create_pool(
         "pool",
         serde_json::json!({
-            "workers": {"handler": ["sh", "-c", handler], "env": [{"name": EXEC_LOG, "value": log.to_string_lossy()}]},
+            "workers": {"handler": ["sh", "-c", handler], "env": env.side().pod_env()},
             "replicas": 1, "concurrency": 3, "channelPerTask": true,
         }),
     )
@@ -42,7 +43,7 @@ async fn a_task_past_consumer_timeout_takes_down_only_its_own_channel() -> anyho
     assert_eq!((status.succeeded_indexes.as_str(), status.failed_indexes.as_str()), ("1-6", "0"));
 
     let mut starts: BTreeMap<u32, u32> = BTreeMap::new();
-    for line in std::fs::read_to_string(&log)?.lines() {
+    for line in env.side().lines(EXECUTIONS).await? {
         if let Some(index) = line.strip_prefix("start ").and_then(|i| i.trim().parse().ok()) {
             *starts.entry(index).or_default() += 1;
         }

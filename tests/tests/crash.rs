@@ -2,33 +2,40 @@
 //! node, never the shared one), and the fault test — a 5,000-task Job while a worker is killed at
 //! every tenth of its progress, its work queue is purged, the operator is killed and the broker
 //! restarted once each, and a poison task kills its worker at every run; it prints the fault table.
-//! Every task ends succeeded exactly once in the status; executions are counted with a side channel (the handler appends its index
-//! to a file), so duplicate executions (at-least-once) are visible and printed.
+//! Every task ends succeeded exactly once in the status; the handler records `start <index>` and
+//! `done <index>` on the side channel `executions` (on the shared broker, so the private node's
+//! restarts lose none), so duplicate executions (at-least-once) are visible and printed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use warren_e2e::{Env, EnvOptions, PrivateBroker};
+use warren_e2e::{Env, EnvOptions, PrivateBroker, SideChannel};
 use warren_operator::crd::{Job, JobPhase};
 
-/// Environment variable of the worker pods naming the side-channel file.
-const EXEC_LOG: &str = "WARREN_E2E_EXEC_LOG";
+/// The side channel the handlers record their executions on.
+const EXECUTIONS: &str = "executions";
 
 fn finished(job: &Job) -> bool {
     job.status.as_ref().is_some_and(|s| s.phase.is_finished())
 }
 
+/// The handler's shell command that records `<event> <index>` of the task it runs.
+fn record(event: &str) -> String {
+    format!("\"$WARREN_E2E_PROBE\" record {EXECUTIONS} {event} \"$WARREN_TASK_INDEX\"")
+}
+
 /// `(event, index)` lines of the side channel, in order.
-fn read_log(path: &Path) -> Vec<(String, u32)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+async fn recorded(env: &Env) -> anyhow::Result<Vec<(String, u32)>> {
+    Ok(env
+        .side()
+        .lines(EXECUTIONS)
+        .await?
+        .iter()
         .filter_map(|l| {
             let (what, index) = l.split_once(' ')?;
             Some((what.to_string(), index.trim().parse().ok()?))
         })
-        .collect()
+        .collect())
 }
 
 fn count(log: &[(String, u32)], what: &str) -> BTreeMap<u32, u32> {
@@ -41,11 +48,11 @@ fn count(log: &[(String, u32)], what: &str) -> BTreeMap<u32, u32> {
     counts
 }
 
-fn pool_spec(handler: &str, log: &Path, replicas: u32, concurrency: u32) -> serde_json::Value {
+fn pool_spec(handler: &str, side: &SideChannel, replicas: u32, concurrency: u32) -> serde_json::Value {
     serde_json::json!({
         "workers": {
             "handler": ["sh", "-c", handler],
-            "env": [{"name": EXEC_LOG, "value": log.to_string_lossy()}],
+            "env": side.pod_env(),
         },
         "replicas": replicas,
         "concurrency": concurrency,
@@ -55,23 +62,20 @@ fn pool_spec(handler: &str, log: &Path, replicas: u32, concurrency: u32) -> serd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_has_its_tasks_redelivered_and_counted_once() -> anyhow::Result<()> {
     let env = Env::start_custom("sigkill", EnvOptions { crash_backoff: Some(Duration::from_millis(500)), ..EnvOptions::default() }).await?;
-    let log = env.state_dir.join("executions.log");
-    let handler = format!(
-        "cat >/dev/null; echo \"start $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"; sleep 2; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\""
-    );
-    env.create_pool("pool", pool_spec(&handler, &log, 1, 4)).await?;
+    let handler = format!("cat >/dev/null; {}; sleep 2; {}", record("start"), record("done"));
+    env.create_pool("pool", pool_spec(&handler, env.side(), 1, 4)).await?;
     env.create_job("work", serde_json::json!({"poolRef": "pool", "completions": 12})).await?;
 
     // Wait for the worker to be in the middle of its first tasks (each sleeps 2 s), then kill it.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while count(&read_log(&log), "start").is_empty() {
+    while count(&recorded(&env).await?, "start").is_empty() {
         anyhow::ensure!(Instant::now() < deadline, "no task started within 120 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pids = env.worker_pids("pool").await?;
     assert_eq!(pids.len(), 1, "one worker process");
-    let before = read_log(&log);
+    let before = recorded(&env).await?;
     env.kill_worker(pids[0])?;
     let started = count(&before, "start");
     let done = count(&before, "done");
@@ -85,7 +89,7 @@ async fn a_worker_killed_mid_task_has_its_tasks_redelivered_and_counted_once() -
     assert_eq!(status.succeeded_indexes, "0-11");
     assert_eq!(status.retries, 0, "a redelivery after a crash is not a failed attempt");
 
-    let after = read_log(&log);
+    let after = recorded(&env).await?;
     let started = count(&after, "start");
     let done = count(&after, "done");
     assert_eq!(done.keys().copied().collect::<Vec<_>>(), (0..12).collect::<Vec<_>>(), "every task completed");
@@ -107,9 +111,8 @@ async fn a_worker_killed_mid_task_has_its_tasks_redelivered_and_counted_once() -
 async fn operator_and_workers_reconnect_after_a_broker_restart_and_lose_nothing() -> anyhow::Result<()> {
     let mut broker = PrivateBroker::start().await?;
     let env = Env::start_custom("brokerrestart", EnvOptions { amqp_url: Some(broker.url()), ..EnvOptions::default() }).await?;
-    let log = env.state_dir.join("executions.log");
-    let handler = format!("cat >/dev/null; sleep 0.05; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\"");
-    env.create_pool("pool", pool_spec(&handler, &log, 2, 4)).await?;
+    let handler = format!("cat >/dev/null; sleep 0.05; {}", record("done"));
+    env.create_pool("pool", pool_spec(&handler, env.side(), 2, 4)).await?;
     env.create_job("work", serde_json::json!({"poolRef": "pool", "completions": 400})).await?;
     let before = env.wait_job("work", Duration::from_secs(120), |j| j.status.as_ref().is_some_and(|s| s.succeeded >= 40)).await?;
     let succeeded_at_restart = before.status.map_or(0, |s| s.succeeded);
@@ -127,7 +130,7 @@ async fn operator_and_workers_reconnect_after_a_broker_restart_and_lose_nothing(
     assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
     assert_eq!((status.succeeded, status.failed, status.dead_lettered), (400, 0, 0));
     assert_eq!(status.succeeded_indexes, "0-399");
-    let executions = count(&read_log(&log), "done");
+    let executions = count(&recorded(&env).await?, "done");
     assert_eq!(executions.len(), 400, "every task ran");
     let mut pids = env.worker_pids("pool").await?;
     pids.sort();
@@ -151,14 +154,11 @@ async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> an
         EnvOptions { amqp_url: Some(broker.url()), crash_backoff: Some(Duration::from_millis(500)), ..EnvOptions::default() },
     )
     .await?;
-    let log = env.state_dir.join("executions.log");
     // The short sleep keeps the run long enough for every fault to land while tasks are running.
     // The one task of Job `poison` kills the worker running it, every time.
-    let handler = format!(
-        "cat >/dev/null; if [ \"$WARREN_JOB_NAME\" = poison ]; then kill -9 $PPID; exit 1; fi; \
-         sleep 0.02; echo \"done $WARREN_TASK_INDEX\" >> \"${EXEC_LOG}\""
-    );
-    env.create_pool("pool", pool_spec(&handler, &log, 3, 8)).await?;
+    let handler =
+        format!("cat >/dev/null; if [ \"$WARREN_JOB_NAME\" = poison ]; then kill -9 $PPID; exit 1; fi; sleep 0.02; {}", record("done"));
+    env.create_pool("pool", pool_spec(&handler, env.side(), 3, 8)).await?;
     let started = Instant::now();
     env.create_job("fault", serde_json::json!({"poolRef": "pool", "completions": TASKS})).await?;
     env.create_job("poison", serde_json::json!({"poolRef": "pool", "retry": {"maxAttempts": 2}})).await?;
@@ -167,7 +167,7 @@ async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> an
     // worker is SIGKILLed each time another KILL_STEP distinct tasks have executed, the work queue
     // is purged once 20 % have (the queued rest is lost, to be noticed and re-enqueued), the
     // operator is killed and restarted at 30 % and the broker restarted at 40 %. Progress is read
-    // from the side channel, which is instant.
+    // from the side channel, which is on the shared broker and so goes on across the restart.
     const KILL_STEP: u32 = TASKS / 10;
     let mut next_kill = KILL_STEP;
     let mut kills = 0u32;
@@ -181,7 +181,7 @@ async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> an
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "not finished after 600 s: {:?}", job.status);
-        let executed = count(&read_log(&log), "done").len() as u32;
+        let executed = count(&recorded(&env).await?, "done").len() as u32;
         if purged.is_none() && executed >= TASKS / 5 {
             let queue = warren_protocol::names::work_queue(&env.namespace, "pool", "normal");
             let connection = lapin::Connection::connect(&broker.url(), lapin::ConnectionProperties::default()).await?;
@@ -219,7 +219,7 @@ async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> an
     assert_eq!((status.succeeded, status.failed, status.dead_lettered), (TASKS, 0, 0));
     assert_eq!(status.succeeded_indexes, format!("0-{}", TASKS - 1));
     assert_eq!(status.completions.as_deref(), Some("5000/5000"));
-    let executions = count(&read_log(&log), "done");
+    let executions = count(&recorded(&env).await?, "done");
     let lost: Vec<u32> = (0..TASKS).filter(|i| !executions.contains_key(i)).collect();
     assert!(lost.is_empty(), "tasks never executed: {lost:?}");
     assert!(kills >= 3, "workers were killed during the run ({kills})");

@@ -34,17 +34,19 @@ async fn tasks_failing_their_first_two_attempts_succeed_on_the_third_with_exact_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_wait_in_the_broker_for_the_policys_delay() -> anyhow::Result<()> {
     let env = Env::start("retry-delays").await?;
-    // Each attempt appends "<index> <attempt> <start ms>" to a file; attempts 1 and 2 fail.
-    let log = env.state_dir.join("attempts.log");
+    // Each attempt records "<index> <attempt> <start ms>" on the side channel `attempts` (the
+    // time is taken when the attempt starts, before the record); attempts 1 and 2 fail.
     let handler = serde_json::json!([
         "sh",
         "-c",
-        format!(
-            "cat >/dev/null; echo \"$WARREN_TASK_INDEX $WARREN_ATTEMPT $(date +%s%3N)\" >> {}; [ \"$WARREN_ATTEMPT\" -ge 3 ]",
-            log.display()
-        )
+        "cat >/dev/null; \"$WARREN_E2E_PROBE\" record attempts \"$WARREN_TASK_INDEX\" \"$WARREN_ATTEMPT\" \"$(date +%s%3N)\"; \
+         [ \"$WARREN_ATTEMPT\" -ge 3 ]"
     ]);
-    env.create_pool("pool", serde_json::json!({"workers": {"handler": handler}, "replicas": 1, "concurrency": 4})).await?;
+    env.create_pool(
+        "pool",
+        serde_json::json!({"workers": {"handler": handler, "env": env.side().pod_env()}, "replicas": 1, "concurrency": 4}),
+    )
+    .await?;
     env.create_job(
         "delays",
         serde_json::json!({
@@ -58,7 +60,7 @@ async fn retries_wait_in_the_broker_for_the_policys_delay() -> anyhow::Result<()
     assert_eq!((status.phase, status.succeeded, status.retries), (JobPhase::Succeeded, 4, 8), "{status:?}");
 
     let mut starts = std::collections::BTreeMap::<(u32, u32), u64>::new();
-    for line in std::fs::read_to_string(&log)?.lines() {
+    for line in env.side().lines("attempts").await? {
         let fields: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
         starts.insert((fields[0] as u32, fields[1] as u32), fields[2]);
     }
