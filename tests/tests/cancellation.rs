@@ -83,6 +83,17 @@ async fn wait_markers(env: &Env, kind: &str, job: &str, n: usize) -> anyhow::Res
     }
 }
 
+/// On the local control plane, where the commands are this host's processes: none of
+/// `(index, pid)` still exists.
+fn assert_commands_gone(running: &[(u32, u32)]) {
+    if Env::is_real_cluster() {
+        return;
+    }
+    for (index, pid) in running {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the command of task {index} (pid {pid}) still runs");
+    }
+}
+
 fn status(job: &Job) -> JobStatus {
     job.status.clone().unwrap_or_default()
 }
@@ -181,10 +192,10 @@ async fn suspending_cancels_running_tasks_kills_their_commands_and_leaves_other_
     let job = env.wait_job("long", PATIENCE, |j| status(j).cancelled == 4).await?;
     let s = status(&job);
     assert_eq!((s.phase, s.running, s.succeeded, s.failed, s.retries), (JobPhase::Suspended, 0, 0, 0, 0), "{s:?}");
-    // The commands were killed (and reaped) before the cancellation was reported.
-    for (index, pid) in &running {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the command of task {index} (pid {pid}) still runs");
-    }
+    // The commands were killed (and reaped) before the cancellation was reported. (On a real
+    // cluster the pids are another machine's; the gate opened below shows it there: a command
+    // still alive would go on and record `done`.)
+    assert_commands_gone(&running);
     assert!(markers(&env, "done", "long").await?.is_empty());
 
     // Another Job on the same pool runs while the first stays suspended.
@@ -226,9 +237,7 @@ async fn deleting_a_job_drops_its_queued_tasks_and_cancels_its_running_ones() ->
     let job = env.wait_job("survivor", PATIENCE, finished).await?;
     let s = status(&job);
     assert_eq!((s.phase, s.succeeded, s.cancelled), (JobPhase::Succeeded, 5, 0), "{s:?}");
-    for (index, pid) in &running {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the command of task {index} (pid {pid}) still runs");
-    }
+    assert_commands_gone(&running);
     assert_eq!(markers(&env, "started", "doomed").await?, running, "no further task of the deleted Job started");
     assert!(markers(&env, "done", "doomed").await?.is_empty(), "no task of the deleted Job finished");
     env.cleanup().await
