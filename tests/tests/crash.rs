@@ -61,6 +61,9 @@ fn pool_spec(handler: &str, side: &SideChannel, replicas: u32, concurrency: u32)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_has_its_tasks_redelivered_and_counted_once() -> anyhow::Result<()> {
+    if warren_e2e::skip_on_real_cluster("this test SIGKILLs worker processes of this host") {
+        return Ok(());
+    }
     let env = Env::start_custom("sigkill", EnvOptions { crash_backoff: Some(Duration::from_millis(500)), ..EnvOptions::default() }).await?;
     let handler = format!("cat >/dev/null; {}; sleep 2; {}", record("start"), record("done"));
     env.create_pool("pool", pool_spec(&handler, env.side(), 1, 4)).await?;
@@ -109,6 +112,9 @@ async fn a_worker_killed_mid_task_has_its_tasks_redelivered_and_counted_once() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_and_workers_reconnect_after_a_broker_restart_and_lose_nothing() -> anyhow::Result<()> {
+    if warren_e2e::skip_on_real_cluster("this test restarts a private RabbitMQ node of this host, which the cluster's pods cannot reach") {
+        return Ok(());
+    }
     let mut broker = PrivateBroker::start().await?;
     let env = Env::start_custom("brokerrestart", EnvOptions { amqp_url: Some(broker.url()), ..EnvOptions::default() }).await?;
     let handler = format!("cat >/dev/null; sleep 0.05; {}", record("done"));
@@ -147,6 +153,9 @@ async fn operator_and_workers_reconnect_after_a_broker_restart_and_lose_nothing(
 /// The fault test (issue #4): see README "Fault test".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_test_5000_tasks_survive_worker_kills_and_a_broker_restart() -> anyhow::Result<()> {
+    if warren_e2e::skip_on_real_cluster("this test kills worker and operator processes of this host and restarts a private RabbitMQ node") {
+        return Ok(());
+    }
     const TASKS: u32 = 5_000;
     let mut broker = PrivateBroker::start().await?;
     let mut env = Env::start_custom(
