@@ -101,6 +101,7 @@ pub async fn run(client: kube::Client, config: Config, metrics_addr: Option<Sock
         config.amqp_tls.clone(),
         config.reports_queue.clone(),
         ctx.pools.clone(),
+        ctx.book.clone(),
         config.queue_stats_interval,
     ));
     metrics::global().on_scrape({

@@ -1,11 +1,16 @@
 //! Samples queue depths from RabbitMQ for the metrics: every pool's work queues (ready tasks,
 //! consumers), its dead-letter queue, and the reports queue.
 //!
+//! A pool none of whose Jobs may run and whose queues had no consumer is sampled every
+//! [`QUIET_INTERVAL`] only (its numbers stay as last sampled meanwhile).
+//!
 //! Runs on the leader only, on its own connection: a passive declare of a missing queue closes
 //! its channel, which must not disturb publishing. Sampling is periodic (not per scrape) so that
 //! scrapes never wait for the broker. Must not declare or change anything on the broker.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
@@ -14,6 +19,7 @@ use lapin::types::FieldTable;
 use warren_protocol::names;
 
 use crate::broker::{Broker, reconnect_delay};
+use crate::controllers::job::book::JobBook;
 use crate::crd::WorkerPool;
 use crate::metrics::{self, PoolLabels, PoolOnlyLabels};
 
@@ -60,41 +66,102 @@ async fn inspect(connection: &lapin::Connection, channel: &mut lapin::Channel, q
     }
 }
 
+/// A pool none of whose Jobs may run and whose work queues had no consumer at its last sample
+/// changes only through a publisher outside the operator (a `warren dlq replay`, a stray
+/// message): it is sampled this often instead of every interval, so that idle pools cost little.
+pub const QUIET_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The numbers of one queue at its last sample (`None`: it did not exist).
+type Numbers = Option<(u32, u32)>;
+
+/// What the sampler knows between samples: per pool, when its queues were last sampled; per
+/// queue, what that sample said.
+#[derive(Default)]
+struct Memory {
+    sampled_at: HashMap<String, Instant>,
+    numbers: HashMap<String, Numbers>,
+}
+
+/// Whether a pool's queues are sampled now. Pure.
+pub fn due(sampled_at: Option<Instant>, quiet: bool, now: Instant) -> bool {
+    match sampled_at {
+        None => true,
+        Some(at) => !quiet || now.duration_since(at) >= QUIET_INTERVAL,
+    }
+}
+
+fn pool_of(sampled: &Sampled) -> String {
+    match sampled {
+        Sampled::Work { labels, .. } => format!("{}/{}", labels.namespace, labels.pool),
+        Sampled::DeadLetter { labels, .. } => format!("{}/{}", labels.namespace, labels.pool),
+    }
+}
+
+fn queue_of(sampled: &Sampled) -> &str {
+    match sampled {
+        Sampled::Work { queue, .. } | Sampled::DeadLetter { queue, .. } => queue,
+    }
+}
+
 async fn sample_once(
     connection: &lapin::Connection,
     channel: &mut lapin::Channel,
     pools: &Store<WorkerPool>,
+    book: &JobBook,
+    memory: &mut Memory,
     reports_queue: &str,
 ) -> Result<(), lapin::Error> {
     let state = pools.state();
-    let queues = queues_of(state.iter().map(|p| p.as_ref()).filter(|p| p.metadata.deletion_timestamp.is_none()));
-    let mut work = Vec::new();
-    let mut dead = Vec::new();
-    for sampled in queues {
-        match sampled {
-            Sampled::Work { queue, labels } => {
-                if let Some(numbers) = inspect(connection, channel, &queue).await? {
-                    work.push((labels, numbers));
-                }
-            }
-            Sampled::DeadLetter { queue, labels } => {
-                if let Some((ready, _)) = inspect(connection, channel, &queue).await? {
-                    dead.push((labels, ready));
-                }
-            }
+    let live: Vec<&WorkerPool> = state.iter().map(|p| p.as_ref()).filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let queues = queues_of(live.iter().copied());
+    let now = Instant::now();
+    // Which pools are due: by what their last sample said and whether a Job of theirs may run.
+    let mut due_pools = HashSet::new();
+    for pool in &live {
+        let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+        let key = format!("{namespace}/{name}");
+        let consumed = pool.spec.priorities.iter().any(|priority| {
+            memory
+                .numbers
+                .get(&names::work_queue(&namespace, &name, priority))
+                .is_some_and(|n| n.is_some_and(|(_, consumers)| consumers > 0))
+        });
+        let quiet = !consumed && !book.has_live_jobs(&namespace, &name);
+        if due(memory.sampled_at.get(&key).copied(), quiet, now) {
+            due_pools.insert(key);
         }
     }
+    for sampled in &queues {
+        if due_pools.contains(&pool_of(sampled)) {
+            let numbers = inspect(connection, channel, queue_of(sampled)).await?;
+            memory.numbers.insert(queue_of(sampled).to_string(), numbers);
+        }
+    }
+    for key in due_pools {
+        memory.sampled_at.insert(key, now);
+    }
+    // Forget the pools and queues that are gone.
+    let current: HashSet<&str> = queues.iter().map(queue_of).collect();
+    memory.numbers.retain(|queue, _| current.contains(queue.as_str()));
+    let pool_keys: HashSet<String> = queues.iter().map(pool_of).collect();
+    memory.sampled_at.retain(|key, _| pool_keys.contains(key));
+
     let reports = inspect(connection, channel, reports_queue).await?;
     let m = metrics::global();
     m.queue_ready.clear();
     m.queue_consumers.clear();
-    for (labels, (ready, consumers)) in work {
-        m.queue_ready.get_or_create(&labels).set(i64::from(ready));
-        m.queue_consumers.get_or_create(&labels).set(i64::from(consumers));
-    }
     m.dead_letter_messages.clear();
-    for (labels, ready) in dead {
-        m.dead_letter_messages.get_or_create(&labels).set(i64::from(ready));
+    for sampled in queues {
+        let Some(Some((ready, consumers))) = memory.numbers.get(queue_of(&sampled)).copied() else { continue };
+        match sampled {
+            Sampled::Work { labels, .. } => {
+                m.queue_ready.get_or_create(&labels).set(i64::from(ready));
+                m.queue_consumers.get_or_create(&labels).set(i64::from(consumers));
+            }
+            Sampled::DeadLetter { labels, .. } => {
+                m.dead_letter_messages.get_or_create(&labels).set(i64::from(ready));
+            }
+        }
     }
     if let Some((ready, _)) = reports {
         m.reports_queue_messages.set(i64::from(ready));
@@ -103,8 +170,16 @@ async fn sample_once(
 }
 
 /// Samples every `interval` forever, reconnecting with backoff.
-pub async fn run(url: String, tls: warren_protocol::amqp::Tls, reports_queue: String, pools: Store<WorkerPool>, interval: Duration) {
+pub async fn run(
+    url: String,
+    tls: warren_protocol::amqp::Tls,
+    reports_queue: String,
+    pools: Store<WorkerPool>,
+    book: Arc<JobBook>,
+    interval: Duration,
+) {
     let mut attempt = 0u32;
+    let mut memory = Memory::default();
     loop {
         match Broker::connect(&url, &tls, 1).await {
             Ok(connection) => match connection.create_channel().await {
@@ -114,7 +189,7 @@ pub async fn run(url: String, tls: warren_protocol::amqp::Tls, reports_queue: St
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tick.tick().await;
-                        if let Err(error) = sample_once(&connection, &mut channel, &pools, &reports_queue).await {
+                        if let Err(error) = sample_once(&connection, &mut channel, &pools, &book, &mut memory, &reports_queue).await {
                             tracing::warn!(%error, "sampling queue depths failed; reconnecting");
                             break;
                         }
@@ -134,6 +209,17 @@ pub async fn run(url: String, tls: warren_protocol::amqp::Tls, reports_queue: St
 mod tests {
     use super::*;
     use crate::crd::WorkerPoolSpec;
+
+    #[test]
+    fn a_quiet_pool_is_sampled_every_quiet_interval_a_busy_one_every_time() {
+        let now = Instant::now();
+        let recent = now - Duration::from_secs(5);
+        let old = now - QUIET_INTERVAL;
+        assert!(due(None, true, now), "never sampled: now");
+        assert!(due(Some(recent), false, now), "busy: every interval");
+        assert!(!due(Some(recent), true, now), "quiet, sampled 5 s ago: not yet");
+        assert!(due(Some(old), true, now), "quiet, sampled a quiet interval ago: now");
+    }
 
     #[test]
     fn every_priority_queue_and_the_dead_letter_queue_are_sampled() {

@@ -164,7 +164,9 @@ async fn wait_settled(env: &Env, name: &str) -> anyhow::Result<Job> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_events_reach_the_receiver_once_for_jobs_and_workflows_even_across_a_restart() -> anyhow::Result<()> {
-    if warren_e2e::skip_on_real_cluster("the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach") {
+    if warren_e2e::skip_on_real_cluster(
+        "the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach",
+    ) {
         return Ok(());
     }
     let mut env = setup("notify-signed").await?;
@@ -254,7 +256,9 @@ async fn signed_events_reach_the_receiver_once_for_jobs_and_workflows_even_acros
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_ten_seconds_then_up_gets_exactly_one_delivery() -> anyhow::Result<()> {
-    if warren_e2e::skip_on_real_cluster("the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach") {
+    if warren_e2e::skip_on_real_cluster(
+        "the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach",
+    ) {
         return Ok(());
     }
     let env = setup("notify-down").await?;
@@ -285,7 +289,9 @@ async fn a_receiver_down_for_ten_seconds_then_up_gets_exactly_one_delivery() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_answering_500_is_retried_until_it_answers_200() -> anyhow::Result<()> {
-    if warren_e2e::skip_on_real_cluster("the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach") {
+    if warren_e2e::skip_on_real_cluster(
+        "the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach",
+    ) {
         return Ok(());
     }
     let env = setup("notify-500").await?;
@@ -316,7 +322,9 @@ async fn a_receiver_answering_500_is_retried_until_it_answers_200() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_exchange_set_the_same_event_is_published_there_and_recorded() -> anyhow::Result<()> {
-    if warren_e2e::skip_on_real_cluster("the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach") {
+    if warren_e2e::skip_on_real_cluster(
+        "the webhook receiver listens on this host's loopback, which the operator in a cluster cannot reach",
+    ) {
         return Ok(());
     }
     let exchange = format!("e2e-notify-events-{:08x}", rand::random::<u32>());

@@ -272,6 +272,8 @@ struct PoolState {
     told: tell::Told,
     /// When the pool's previous round ran (for the held time).
     last_round: Option<Instant>,
+    /// The previous round found the pool idle (see [`round`]).
+    idle: bool,
     /// The pool's retried attempts counted so far (`warren_operator_tasks_retried_total`):
     /// each new one is charged to the rate limit's bucket.
     retried: Option<u64>,
@@ -293,12 +295,12 @@ pub async fn run(ctx: Arc<Context>, reconcile: mpsc::UnboundedSender<ObjectRef<J
     tracing::debug!(pools = ctx.pools.state().len(), "admission started");
     loop {
         ticker.tick().await;
-        let pools = ctx.pools.state();
-        let keys: std::collections::HashSet<String> = pools.iter().map(|p| pool_key(p)).collect();
+        let pools: Vec<(String, Arc<WorkerPool>)> = ctx.pools.state().into_iter().map(|p| (pool_key(&p), p)).collect();
+        let keys: std::collections::HashSet<String> = pools.iter().map(|(key, _)| key.clone()).collect();
         states.retain(|key, _| keys.contains(key));
         ctx.circuits.retain(&keys);
-        for pool in pools {
-            let state = states.entry(pool_key(&pool)).or_default();
+        for (key, pool) in pools {
+            let state = states.entry(key).or_default();
             round(&ctx, &pool, state, &reconcile);
         }
         ctx.circuits.primed.store(true, std::sync::atomic::Ordering::Release);
@@ -312,6 +314,17 @@ fn pool_key(pool: &WorkerPool) -> String {
 /// One round for one pool: decide, grant, say why the rest waits.
 fn round(ctx: &Context, pool: &WorkerPool, state: &mut PoolState, reconcile: &mpsc::UnboundedSender<ObjectRef<Job>>) {
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    // A pool without a Job that may run, without a circuit breaker and without a forced
+    // circuit has nothing to decide; once one full round has withdrawn what was told of it (the
+    // backlog, a circuit), it is skipped: idle pools cost the rounds (ten a second) nothing.
+    let idle = pool.spec.circuit_breaker.is_none()
+        && !pool.annotations().contains_key(crate::crd::CIRCUIT_ANNOTATION)
+        && !ctx.book.has_live_jobs(&namespace, &name);
+    if idle && state.idle && state.told.settled() {
+        state.last_round = None;
+        return;
+    }
+    state.idle = idle;
     let controlled = pool.spec.flow_controlled();
     // The live workers only matter to a circuit that may half-open (the probe's worker).
     let live: Vec<String> = if pool.spec.circuit_breaker.is_some() {

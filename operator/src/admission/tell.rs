@@ -35,6 +35,15 @@ pub struct Told {
     writing: Arc<AtomicBool>,
 }
 
+impl Told {
+    /// Nothing is told of the pool: no gauge series, and a status without a backlog, written.
+    pub fn settled(&self) -> bool {
+        self.series.is_empty()
+            && !self.writing.load(Ordering::Acquire)
+            && matches!(*self.written.lock().expect("told lock"), (Some(None), _))
+    }
+}
+
 /// Tells the pool's backlog from this round's demands (an empty list when the pool has none).
 /// `controlled` false: the pool left flow control; what was told is withdrawn.
 pub fn backlog(ctx: &Context, pool: &WorkerPool, told: &mut Told, demands: &[Demand], controlled: bool) {

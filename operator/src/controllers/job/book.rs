@@ -72,6 +72,13 @@ struct Entry {
     held: Option<crate::admission::Held>,
 }
 
+impl Entry {
+    /// Complete or terminated: nothing of the Job runs or is admitted any more (until a replay).
+    fn ended(&self) -> bool {
+        self.ledger.terminated.is_some() || self.ledger.is_complete()
+    }
+}
+
 /// True for an answer that writing the same status again cannot change: too large (413, or the
 /// 500 "etcdserver: request is too large" of older API servers) or invalid (422).
 fn refused_for_good(status: &kube::core::Status) -> bool {
@@ -126,6 +133,12 @@ pub struct JobBook {
     /// The uids of the book's Jobs per pool (`namespace/pool`, immutable in a Job): a pool's Jobs
     /// without scanning the whole book. Locked after `entries`, never before.
     by_pool: Mutex<HashMap<String, HashSet<String>>>,
+    /// The uids of each pool's Jobs that may not have ended: what the admission rounds (ten a
+    /// second, every pool) and the lost-task check look at, so that ended Jobs, which stay in the
+    /// book until deleted, cost them nothing. Added at every [`JobBook::observe`] (a replay that
+    /// reopens an ended Job comes with an update of the Job, so with an observe); removed by the
+    /// reader that finds the Job ended. Locked after `entries`, never before.
+    live_by_pool: Mutex<HashMap<String, HashSet<String>>>,
     /// Which pools have a queue on a broker node that is down: the status a Job's flush writes
     /// says it (`Ready=False`, `PoolNotReady`) whether or not its controller has looked yet.
     queue_health: Arc<crate::queue_health::QueueHealth>,
@@ -175,6 +188,7 @@ impl JobBook {
             broadcast: Mutex::default(),
             pools: Some(pools),
             by_pool: Mutex::default(),
+            live_by_pool: Mutex::default(),
             queue_health,
         }
     }
@@ -187,6 +201,8 @@ impl JobBook {
     pub fn observe(&self, job: Arc<Job>) {
         let Some(uid) = job.uid() else { return };
         let mut entries = self.entries.lock().expect("book lock");
+        let key = pool_key(&job.namespace().unwrap_or_default(), &job.spec.pool_ref);
+        self.live_by_pool.lock().expect("index lock").entry(key).or_default().insert(uid.clone());
         match entries.get_mut(&uid) {
             Some(entry) => entry.job = job,
             None => {
@@ -244,11 +260,13 @@ impl JobBook {
         let mut entries = self.entries.lock().expect("book lock");
         if let Some(entry) = entries.remove(uid) {
             let key = pool_key(&entry.job.namespace().unwrap_or_default(), &entry.job.spec.pool_ref);
-            let mut index = self.by_pool.lock().expect("index lock");
-            if let Some(uids) = index.get_mut(&key) {
-                uids.remove(uid);
-                if uids.is_empty() {
-                    index.remove(&key);
+            for index in [&self.by_pool, &self.live_by_pool] {
+                let mut index = index.lock().expect("index lock");
+                if let Some(uids) = index.get_mut(&key) {
+                    uids.remove(uid);
+                    if uids.is_empty() {
+                        index.remove(&key);
+                    }
                 }
             }
         }
@@ -257,6 +275,33 @@ impl JobBook {
     /// The uids of the book's Jobs of a pool.
     fn uids_of_pool(&self, namespace: &str, pool: &str) -> Vec<String> {
         self.by_pool.lock().expect("index lock").get(&pool_key(namespace, pool)).map(|u| u.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The pool's Jobs that may not have ended (see `live_by_pool`), with the book locked; the
+    /// ones found ended leave the index.
+    fn live_of_pool<'a>(&self, entries: &'a HashMap<String, Entry>, namespace: &str, pool: &str) -> Vec<(&'a String, &'a Entry)> {
+        let mut index = self.live_by_pool.lock().expect("index lock");
+        let key = pool_key(namespace, pool);
+        let Some(uids) = index.get_mut(&key) else { return Vec::new() };
+        let mut live = Vec::with_capacity(uids.len());
+        uids.retain(|uid| match entries.get_key_value(uid) {
+            Some((uid, e)) if !e.ended() => {
+                live.push((uid, e));
+                true
+            }
+            _ => false,
+        });
+        if uids.is_empty() {
+            index.remove(&key);
+        }
+        live
+    }
+
+    /// True when a Job of the pool may still run (neither complete nor terminated, suspended
+    /// or not).
+    pub fn has_live_jobs(&self, namespace: &str, pool: &str) -> bool {
+        let entries = self.entries.lock().expect("book lock");
+        !self.live_of_pool(&entries, namespace, pool).is_empty()
     }
 
     /// Folds an event that worker `from` reported into its Job's ledger.
@@ -387,9 +432,8 @@ impl JobBook {
         let entries = self.entries.lock().expect("book lock");
         let mut queued: u32 = 0;
         let mut demands: Vec<(jiff::Timestamp, String, crate::admission::Demand)> = Vec::new();
-        for uid in self.uids_of_pool(namespace, pool) {
-            let Some(e) = entries.get(&uid) else { continue };
-            if e.job.spec.suspend || e.ledger.terminated.is_some() || e.ledger.is_complete() {
+        for (uid, e) in self.live_of_pool(&entries, namespace, pool) {
+            if e.job.spec.suspend {
                 continue;
             }
             let granted = e.granted.max(e.ledger.enqueued);
@@ -425,8 +469,7 @@ impl JobBook {
         use crate::admission::Held;
         let entries = self.entries.lock().expect("book lock");
         let mut held: HashMap<String, u64> = HashMap::new();
-        for uid in self.uids_of_pool(namespace, pool) {
-            let Some(e) = entries.get(&uid) else { continue };
+        for (_, e) in self.live_of_pool(&entries, namespace, pool) {
             if matches!(e.held, Some(Held::FairShare | Held::Queued)) {
                 let unadmitted = e.job.task_count().saturating_sub(e.granted.max(e.ledger.enqueued));
                 *held.entry(e.job.spec.priority.clone()).or_default() += u64::from(unadmitted);
@@ -481,11 +524,10 @@ impl JobBook {
     /// not started, not finished, not dropped —, finished tasks).
     pub fn queued_in_pool(&self, namespace: &str, pool: &str) -> Vec<(String, u32, u32)> {
         let entries = self.entries.lock().expect("book lock");
-        self.uids_of_pool(namespace, pool)
+        self.live_of_pool(&entries, namespace, pool)
             .into_iter()
-            .filter_map(|uid| entries.get(&uid).map(|e| (uid, e)))
-            .filter(|(_, e)| !e.job.spec.suspend && e.ledger.terminated.is_none() && !e.ledger.is_complete())
-            .map(|(uid, e)| (uid, e.ledger.queued(), e.ledger.finished()))
+            .filter(|(_, e)| !e.job.spec.suspend)
+            .map(|(uid, e)| (uid.clone(), e.ledger.queued(), e.ledger.finished()))
             .collect()
     }
 
