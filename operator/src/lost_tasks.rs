@@ -133,13 +133,15 @@ pub async fn run(ctx: Arc<Context>) {
             }
         }
         checked = keys;
+        // One scratch channel for the sweep (closed as it drops at the end of it).
+        let mut scratch = None;
         for pool in pools {
-            check(&ctx, &mut detector, &pool).await;
+            check(&ctx, &mut detector, &mut scratch, &pool).await;
         }
     }
 }
 
-async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::WorkerPool) {
+async fn check(ctx: &Context, detector: &mut Detector, scratch: &mut Option<crate::broker::Scratch>, pool: &crate::crd::WorkerPool) {
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let key = format!("{namespace}/{name}");
     let jobs = ctx.book.queued_in_pool(&namespace, &name);
@@ -154,7 +156,7 @@ async fn check(ctx: &Context, detector: &mut Detector, pool: &crate::crd::Worker
     let tolerance = rate.map_or(0, |r| (r * TRANSIT).ceil() as u64);
     // The queues are looked at even when no task is expected (or no rate is known yet): whether
     // they are available is said in the pool's condition whatever its Jobs hold.
-    let held = match held(ctx, pool).await {
+    let held = match held(ctx, scratch, pool).await {
         Ok(_) if expected == 0 => Ok(Some(0)),
         Ok(_) if rate.is_none() => Ok(None),
         other => other,
@@ -206,13 +208,13 @@ enum Unknown {
 }
 
 /// What the broker and the pool's workers hold of its queued tasks; None when unknown.
-async fn held(ctx: &Context, pool: &crate::crd::WorkerPool) -> Result<Option<u64>, Unknown> {
+async fn held(ctx: &Context, scratch: &mut Option<crate::broker::Scratch>, pool: &crate::crd::WorkerPool) -> Result<Option<u64>, Unknown> {
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let topology = plan::topology(pool);
     let mut queues = topology.work_queues.clone();
     queues.extend(plan::recorded_retry_queues(pool).into_values());
     queues.push(topology.suspect_queue.clone());
-    let depths = match ctx.broker.queue_depths(&queues).await {
+    let depths = match ctx.broker.queue_depths_on(scratch, &queues).await {
         Ok(depths) => depths,
         Err(error @ crate::broker::BrokerError::Unavailable { .. }) => return Err(Unknown::Unavailable(error)),
         Err(error) => {
